@@ -1,0 +1,222 @@
+"""
+The service's settings, read from a Tangram ``tangram.toml``.
+
+The same file Tangram users already have works unchanged: ``[core] redis_url`` and
+``[core] log_level`` plus the ``[channel]`` table, where our own keys live too. Values
+come, strongest first, from the command line, ``TANGRAM_CHANNEL_<KEY>`` environment
+variables, the file, and the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+ENV_PREFIX = "TANGRAM_CHANNEL_"
+DEFAULT_SECRET = "secret"
+
+
+class ConfigError(Exception):
+    """A setting is missing, of the wrong type or out of range; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 2347
+    listen: tuple[str, ...] = ()
+    public_url: str | None = None
+    redis_url: str = "redis://127.0.0.1:6379"
+    embedded_redis: str | bool = "auto"
+    jwt_secret: str = DEFAULT_SECRET
+    jwt_expiration_secs: int = 315360000
+    jwt_leeway_secs: int = 60
+    id_length: int = 8
+    admin_key: str | None = None
+    cors_origins: tuple[str, ...] = ("*",)
+    allowed_origins: tuple[str, ...] = ("*",)
+    datetime_interval: float = 1.0
+    presence_window: float = 0.05
+    node_timeout: float = 15.0
+    idle_timeout: float = 60.0
+    max_message_size: int = 1024 * 1024
+    max_send_buffer: int = 16 * 1024 * 1024
+    max_channels_per_socket: int = 100
+    workers: int = 1
+    log_level: str = "info"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Twisted server endpoint strings to listen on."""
+        if self.listen:
+            return self.listen
+        host = self.host.replace(":", "\\:")
+        return (f"tcp:{self.port}:interface={host}",)
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict with secrets hidden, for display."""
+        values = dataclasses.asdict(self)
+        for key in ("jwt_secret", "admin_key"):
+            if values[key] is not None:
+                values[key] = "********"
+        return values
+
+
+# How each key is checked and parsed: (kind, minimum). Kinds: str, optional str,
+# int, float, list of str, and "auto" or a boolean.
+_KINDS: dict[str, tuple[str, float | None]] = {
+    "host": ("str", None),
+    "port": ("int", 0),
+    "listen": ("list", None),
+    "public_url": ("optstr", None),
+    "redis_url": ("str", None),
+    "embedded_redis": ("autobool", None),
+    "jwt_secret": ("str", None),
+    "jwt_expiration_secs": ("int", 1),
+    "jwt_leeway_secs": ("int", 0),
+    "id_length": ("int", 1),
+    "admin_key": ("optstr", None),
+    "cors_origins": ("list", None),
+    "allowed_origins": ("list", None),
+    "datetime_interval": ("float", 0),
+    "presence_window": ("float", 0),
+    "node_timeout": ("float", 1),
+    "idle_timeout": ("float", 0),
+    "max_message_size": ("int", 1),
+    "max_send_buffer": ("int", 1),
+    "max_channels_per_socket": ("int", 1),
+    "workers": ("int", 1),
+    "log_level": ("str", None),
+}
+_EXPECTED = {
+    "str": "a string",
+    "optstr": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "list": "a list of strings",
+    "autobool": '"auto", true or false',
+}
+_LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
+
+
+def _check(key: str, value: Any) -> Any:
+    """Return ``value`` in the form ``Config`` holds, or raise ConfigError naming ``key``."""
+    kind, minimum = _KINDS[key]
+    if kind == "str" and isinstance(value, str):
+        checked: Any = value
+    elif kind == "optstr" and (value is None or isinstance(value, str)):
+        checked = value
+    elif kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        checked = value
+    elif kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        checked = float(value)
+    elif kind == "list" and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        checked = tuple(value)
+    elif kind == "autobool" and (value == "auto" or isinstance(value, bool)):
+        checked = value
+    else:
+        raise ConfigError(f"{key} must be {_EXPECTED[kind]}, not {value!r}")
+    if minimum is not None and checked < minimum:
+        raise ConfigError(f"{key} must be at least {minimum:g}, not {checked!r}")
+    if key == "port" and checked > 65535:
+        raise ConfigError(f"port must be at most 65535, not {checked}")
+    if key == "log_level" and checked.lower() not in _LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {checked!r}")
+    return checked
+
+
+def _from_text(key: str, text: str) -> Any:
+    """Parse a setting given as text (environment, command line) by the key's kind."""
+    kind, _ = _KINDS[key]
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "list":
+            if text.lstrip().startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        if kind == "autobool":
+            lowered = text.strip().lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            return lowered
+    except ValueError:
+        raise ConfigError(f"{key} must be {_EXPECTED[kind]}, not {text!r}") from None
+    return text
+
+
+def read_file(path: str) -> tuple[dict[str, Any], list[str]]:
+    """
+    Read the channel settings of a ``tangram.toml``.
+
+    Returns the raw values and warnings for keys of ``[channel]`` that we do not know
+    (a warning, not an error, so a newer Tangram file still starts us).
+    """
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    core = document.get("core", {})
+    channel = document.get("channel", {})
+    if not isinstance(core, dict) or not isinstance(channel, dict):
+        raise ConfigError(f"config file {path}: [core] and [channel] must be tables")
+    values: dict[str, Any] = {}
+    for key in ("redis_url", "log_level"):
+        if key in core:
+            values[key] = core[key]
+    warnings = []
+    for key, value in channel.items():
+        if key in _KINDS:
+            values[key] = value
+        else:
+            warnings.append(f"{path}: unknown key [channel] {key} is ignored")
+    return values, warnings
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings given as ``TANGRAM_CHANNEL_<KEY>`` variables."""
+    values = {}
+    for key in _KINDS:
+        name = ENV_PREFIX + key.upper()
+        if name in environ:
+            values[key] = _from_text(key, environ[name])
+    return values
+
+
+def build(
+    file_values: Mapping[str, Any],
+    environ: Mapping[str, str],
+    command_line: Mapping[str, Any],
+) -> Config:
+    """
+    Merge the sources, strongest last, and check every value.
+
+    ``command_line`` holds values already parsed from text or given as text; ``None``
+    means "not given".
+    """
+    merged: dict[str, Any] = dict(file_values)
+    merged.update(from_environment(environ))
+    for key, value in command_line.items():
+        if value is not None:
+            merged[key] = _from_text(key, value) if isinstance(value, str) else value
+    return Config(**{key: _check(key, value) for key, value in merged.items()})
+
+
+def load(
+    path: str | None,
+    environ: Mapping[str, str],
+    command_line: Mapping[str, Any],
+) -> tuple[Config, list[str]]:
+    """Read ``path`` (if given), then apply environment and command line."""
+    file_values, warnings = read_file(path) if path is not None else ({}, [])
+    return build(file_values, environ, command_line), warnings

@@ -1,0 +1,319 @@
+"""
+Channels and routing: what each Phoenix event does, with no I/O of its own.
+
+A ``Session`` is one WebSocket's view: the topics it joined and the replies it owes.
+The ``Hub`` is the process's view: which sessions are members of which topic, and the
+path from a Redis message to every member. Sockets, Redis and presence are handed in,
+so all of this runs in tests against fakes and a ``Clock``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from . import frames
+from .frames import Broadcast, FrameError, Message
+from .presence import Presence, Replica
+from .redis import RedisUnavailable
+from .tokens import TokenAuthority, TokenRefused
+
+log = Logger()
+
+HEARTBEAT_TOPIC = "phoenix"
+SYSTEM_TOPIC = "system"
+ADMIN_TOPIC = "admin"
+ALWAYS_WATCHED = (SYSTEM_TOPIC, ADMIN_TOPIC)
+
+
+class Outbox(Protocol):
+    """Where a session's frames go: one WebSocket."""
+
+    vsn: str
+
+    def send(self, message: Message) -> None:
+        """Encode and send a message meant for this socket alone."""
+
+    def send_frame(self, frame: bytes, is_binary: bool) -> None:
+        """Send frame bytes already encoded for this socket's serializer."""
+
+    def send_broadcast(self, broadcast: Broadcast) -> None:
+        """Send a broadcast, reusing the framing other members already paid for."""
+
+
+class Bus(Protocol):
+    """Redis as the hub sees it (``RedisBridge`` provides it)."""
+
+    def watch(self, topic: str) -> defer.Deferred[None]: ...
+
+    def unwatch(self, topic: str) -> None: ...
+
+    def publish(self, channel: bytes, payload: bytes) -> defer.Deferred[Any]: ...
+
+
+class Member:
+    """One join of one session to one topic."""
+
+    __slots__ = ("session", "topic", "join_ref", "key", "meta", "backlog")
+
+    def __init__(self, session: Session, topic: str, join_ref: str, key: str, meta: dict[str, Any]) -> None:
+        self.session = session
+        self.topic = topic
+        self.join_ref = join_ref
+        self.key = key
+        self.meta = meta
+        # Broadcasts that arrive before the join reply wait here, so the client sees
+        # the reply, then presence_state, then everything else.
+        self.backlog: list[Broadcast] | None = []
+
+    @property
+    def agent_id(self) -> str:
+        return self.meta["phx_ref"]
+
+    def deliver(self, broadcast: Broadcast) -> None:
+        if self.backlog is None:
+            self.session.outbox.send_broadcast(broadcast)
+        else:
+            self.backlog.append(broadcast)
+
+
+class Hub:
+    """Members of each topic in this process, and the way in from Redis."""
+
+    def __init__(
+        self,
+        tokens: TokenAuthority,
+        bus: Bus,
+        presence: Presence,
+        clock: IReactorTime,
+        max_channels_per_socket: int,
+        datetime_interval: float,
+    ) -> None:
+        self.tokens = tokens
+        self.bus = bus
+        self.presence = presence
+        self.clock = clock
+        self.max_channels_per_socket = max_channels_per_socket
+        self.members: dict[str, set[Member]] = {}
+        self.sessions: set[Session] = set()
+        self._datetime_counter = 0
+        self._ticker: LoopingCall | None = None
+        if datetime_interval > 0:
+            self._ticker = LoopingCall(self._tick)
+            self._ticker.clock = clock
+        self._datetime_interval = datetime_interval
+        presence.on_channel_change = lambda change, payload: self.publish_admin(f"channel.{change}", payload)
+
+    def start(self) -> None:
+        for topic in ALWAYS_WATCHED:
+            self.bus.watch(topic).addErrback(lambda f: None)  # restored on connect
+        if self._ticker is not None:
+            self._ticker.start(self._datetime_interval, now=False)
+
+    def stop(self) -> None:
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+
+    def connect(self, outbox: Outbox, socket_token: str | None) -> Session:
+        session = Session(self, outbox, socket_token, secrets.token_hex(8))
+        self.sessions.add(session)
+        return session
+
+    # membership
+
+    def join(self, member: Member) -> defer.Deferred[Replica]:
+        """Subscribe (if first here), then record presence; fires with the topic's replica."""
+        self.members.setdefault(member.topic, set()).add(member)
+        d = self.bus.watch(member.topic)
+        d.addCallback(lambda _: self.presence.track(member.topic, member.key, member.meta))
+        return d
+
+    def leave(self, member: Member, was_joined: bool) -> None:
+        members = self.members.get(member.topic)
+        if members is not None:
+            members.discard(member)
+            if not members:
+                del self.members[member.topic]
+        self.bus.unwatch(member.topic)
+        self.presence.untrack(member.topic, member.key, member.meta)
+        if was_joined:
+            self.publish_admin("channel.leave", self._agent_event(member))
+
+    def _agent_event(self, member: Member) -> dict[str, Any]:
+        replica = self.presence.replicas.get(member.topic)
+        agents = replica.agents() if replica is not None else []
+        return {"agent": member.agent_id, "agents": agents, "channel": member.topic}
+
+    def joined(self, member: Member) -> None:
+        self.publish_admin("channel.join", self._agent_event(member))
+        if member.topic == ADMIN_TOPIC:
+            self._list_channels()
+
+    def _list_channels(self) -> None:
+        for topic, replica in sorted(self.presence.replicas.items()):
+            self.publish_admin("channel.list", {"channel": topic, "agents": replica.agents()})
+
+    def publish_admin(self, event: str, payload: dict[str, Any]) -> None:
+        self.bus.publish(f"to:{ADMIN_TOPIC}:{event}".encode(), frames.dumps(payload)).addErrback(lambda f: None)
+
+    # the way in from Redis
+
+    def deliver(self, topic: str, event: str, payload: bytes) -> None:
+        """A Redis message for ``topic``: encoded once, the same frames to every member."""
+        if event == "presence_diff":
+            self.presence.diff_received(topic, payload)
+        members = self.members.get(topic)
+        if members:
+            self.broadcast(Broadcast.from_redis(topic, event, payload), members)
+
+    def broadcast(self, broadcast: Broadcast, members: set[Member]) -> None:
+        try:
+            for member in list(members):
+                member.deliver(broadcast)
+        except FrameError as e:
+            log.warn("dropped a message for {topic}: {reason}", topic=broadcast.topic, reason=e.reason)
+
+    def _tick(self) -> None:
+        self._datetime_counter += 1
+        members = self.members.get(SYSTEM_TOPIC)
+        if not members:
+            return
+        now = datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+        response = {"datetime": now.isoformat(timespec="milliseconds"), "counter": self._datetime_counter}
+        self.broadcast(Broadcast.from_value(SYSTEM_TOPIC, "datetime", {"status": "ok", "response": response}), members)
+
+
+class Session:
+    """One socket's joins, and what each incoming message does."""
+
+    def __init__(self, hub: Hub, outbox: Outbox, socket_token: str | None, conn_id: str) -> None:
+        self.hub = hub
+        self.outbox = outbox
+        self.socket_token = socket_token
+        self.conn_id = conn_id
+        self.joins: dict[str, Member] = {}
+        self.closed = False
+
+    def received(self, message: Message) -> None:
+        if message.event == "heartbeat" and message.topic == HEARTBEAT_TOPIC:
+            self._reply_ok(message, {})
+            self._publish(message).addErrback(lambda f: None)
+        elif message.event == "phx_join":
+            self._join(message)
+        elif message.event == "phx_leave":
+            self._leave(message)
+        elif message.topic in self.joins:
+            self._push(message)
+        else:
+            self._reply(None, message.ref, message.topic, "error", {"reason": "unmatched topic"})
+
+    def frame_error(self, error: FrameError) -> None:
+        """Answer an unparseable frame if it carried a ref to answer."""
+        if error.ref is not None and error.topic is not None:
+            self._reply(error.join_ref, error.ref, error.topic, "error", {"reason": error.reason})
+
+    def disconnected(self) -> None:
+        self.closed = True
+        self.hub.sessions.discard(self)
+        for member in list(self.joins.values()):
+            self._drop(member, send_close=False)
+
+    # events
+
+    def _join(self, message: Message) -> None:
+        topic, join_ref = message.topic, message.join_ref
+        if join_ref is None:
+            self._reply(None, message.ref, topic, "error", {"reason": "join_ref required"})
+            return
+        payload = message.payload if isinstance(message.payload, dict) else {}
+        token = payload.get("token")
+        try:
+            grant = self.hub.tokens.verify(token if isinstance(token, str) else self.socket_token, topic)
+        except TokenRefused as e:
+            self._reply(join_ref, message.ref, topic, "error", {"reason": e.reason})
+            return
+        previous = self.joins.get(topic)
+        if previous is not None:
+            self._drop(previous, send_close=True)
+        elif len(self.joins) >= self.hub.max_channels_per_socket:
+            self._reply(join_ref, message.ref, topic, "error", {"reason": "too many channels joined"})
+            return
+        agent_id = f"{self.conn_id}:{topic}:{join_ref}"
+        meta = {"phx_ref": agent_id, "online_at": int(self.hub.clock.seconds() * 1000)}
+        member = self.joins[topic] = Member(self, topic, join_ref, grant.id, meta)
+        d = self.hub.join(member)
+        d.addCallbacks(self._joined, self._join_failed, (member, message), None, (member, message))
+
+    def _joined(self, replica: Replica, member: Member, message: Message) -> None:
+        if self.joins.get(member.topic) is not member:
+            return  # left, rejoined or disconnected while Redis answered
+        self._reply(member.join_ref, message.ref, member.topic, "ok", {"id": member.agent_id})
+        self.outbox.send_frame(
+            frames.splice(member.join_ref, member.topic, "presence_state", replica.state_json(), self.outbox.vsn),
+            False,
+        )
+        backlog, member.backlog = member.backlog or [], None
+        for broadcast in backlog:
+            member.deliver(broadcast)
+        payload = message.payload
+        if isinstance(payload, dict):
+            payload = {k: v for k, v in payload.items() if k != "token"}
+        self._publish(message, payload).addErrback(lambda f: None)
+        self.hub.joined(member)
+
+    def _join_failed(self, failure: Any, member: Member, message: Message) -> None:
+        if self.joins.get(member.topic) is member:
+            self._drop(member, send_close=False, was_joined=False)
+            self._reply(member.join_ref, message.ref, member.topic, "error", {"reason": _reason(failure)})
+        if not failure.check(RedisUnavailable):
+            log.failure("join of {topic} failed", failure, topic=member.topic)
+
+    def _leave(self, message: Message) -> None:
+        member = self.joins.get(message.topic)
+        if member is None:
+            self._reply_ok(message, {})
+            return
+        self._reply_ok(message, {"id": member.agent_id})
+        self._drop(member, send_close=True)
+        self._publish(message).addErrback(lambda f: None)
+
+    def _push(self, message: Message) -> None:
+        d = self._publish(message)
+        d.addCallbacks(
+            lambda _: self._reply_ok(message, {}),
+            lambda f: self._reply(message.join_ref, message.ref, message.topic, "error", {"reason": _reason(f)}),
+        )
+
+    # helpers
+
+    def _drop(self, member: Member, send_close: bool, was_joined: bool = True) -> None:
+        """End a join: tell the client if asked, withdraw presence, maybe unsubscribe."""
+        del self.joins[member.topic]
+        if send_close:
+            self.outbox.send(Message(member.join_ref, member.join_ref, member.topic, "phx_close", {}))
+        self.hub.leave(member, was_joined=was_joined and member.backlog is None)
+
+    def _publish(self, message: Message, payload: Any = None) -> defer.Deferred[Any]:
+        body = message.payload if payload is None else payload
+        data = body if isinstance(body, bytes) else frames.dumps(body)
+        channel = f"from:{message.topic}:{message.event}".encode()
+        return self.hub.bus.publish(channel, data)
+
+    def _reply_ok(self, message: Message, response: Any) -> None:
+        self._reply(message.join_ref, message.ref, message.topic, "ok", response)
+
+    def _reply(self, join_ref: str | None, ref: str | None, topic: str, status: str, response: Any) -> None:
+        if not self.closed:
+            self.outbox.send(frames.reply(join_ref, ref, topic, status, response))
+
+
+def _reason(failure: Any) -> str:
+    if failure.check(RedisUnavailable):
+        return "redis unavailable"
+    return "internal error"

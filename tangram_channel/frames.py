@@ -1,0 +1,239 @@
+"""
+Phoenix channel frames, as bytes, without any I/O.
+
+Text frames hold JSON: serializer ``2.0.0`` (the default) sends the array
+``[join_ref, ref, topic, event, payload]``, serializer ``1.0.0`` the object
+``{"topic", "event", "payload", "ref", "join_ref"}``. Binary frames follow Phoenix's
+binary serializer: every header length is one byte, so each header field is at most 255
+bytes of UTF-8::
+
+    client push       0, jr_len, ref_len, topic_len, event_len, join_ref, ref, topic, event, payload
+    server broadcast  2, topic_len, event_len, topic, event, payload
+
+A payload from a client is re-encoded without loss for Redis: key order, strings and
+integers of any size survive. A payload from Redis is never decoded into objects: its
+bytes are spliced into the frame once and the same frame goes to every member.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+V1 = "1.0.0"
+V2 = "2.0.0"
+VERSIONS = (V1, V2)
+
+_PUSH = 0
+_BROADCAST = 2
+
+
+class FrameError(Exception):
+    """
+    A frame that cannot be understood. ``reason`` is what the client is told; ``ref``
+    and the other header fields are set when the frame carried them, so the error can
+    be answered.
+    """
+
+    def __init__(self, reason: str, join_ref: str | None = None, ref: str | None = None, topic: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.join_ref = join_ref
+        self.ref = ref
+        self.topic = topic
+
+
+@dataclass(frozen=True)
+class Message:
+    """One Phoenix message. ``payload`` is a JSON value, or ``bytes`` for a binary push."""
+
+    join_ref: str | None
+    ref: str | None
+    topic: str
+    event: str
+    payload: Any
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
+def loads(data: bytes | str) -> Any:
+    """Strict JSON: no NaN or Infinity, no float that overflows to infinity."""
+    return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def dumps(value: Any) -> bytes:
+    """
+    Compact UTF-8 JSON. Strings holding lone surrogates (legal in JSON's ``\\u``
+    escapes, illegal in UTF-8) are written as escapes instead of failing.
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+def _optional_ref(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise FrameError(f"{name} must be a string or null")
+
+
+def _validated(join_ref: Any, ref: Any, topic: Any, event: Any, payload: Any) -> Message:
+    """Check header types; errors carry whatever header fields were usable."""
+    good_ref = ref if isinstance(ref, str) else None
+    good_join_ref = join_ref if isinstance(join_ref, str) else None
+    good_topic = topic if isinstance(topic, str) and topic else None
+    try:
+        _optional_ref(join_ref, "join_ref")
+        _optional_ref(ref, "ref")
+        if good_topic is None:
+            raise FrameError("topic must be a non-empty string")
+        if not isinstance(event, str) or not event:
+            raise FrameError("event must be a non-empty string")
+    except FrameError as e:
+        raise FrameError(e.reason, good_join_ref, good_ref, good_topic) from None
+    return Message(join_ref, ref, topic, event, payload)
+
+
+def decode_text(data: bytes, vsn: str) -> Message:
+    """Parse a text frame of serializer ``vsn``."""
+    try:
+        value = loads(data)
+    except (ValueError, RecursionError) as e:
+        raise FrameError(f"invalid JSON: {e}"[:200]) from None
+    if vsn == V1:
+        if not isinstance(value, dict):
+            raise FrameError("a 1.0.0 frame must be a JSON object")
+        if not {"topic", "event", "payload", "ref"} <= value.keys():
+            raise _with_headers(FrameError("a 1.0.0 frame needs topic, event, payload and ref"), value)
+        return _validated(value.get("join_ref"), value["ref"], value["topic"], value["event"], value["payload"])
+    if not isinstance(value, list) or len(value) != 5:
+        raise FrameError("a 2.0.0 frame must be an array of 5 elements")
+    return _validated(*value)
+
+
+def _with_headers(error: FrameError, fields: dict[str, Any]) -> FrameError:
+    """Attach the usable header fields of an incomplete V1 frame to ``error``."""
+    for name in ("join_ref", "ref", "topic"):
+        value = fields.get(name)
+        if isinstance(value, str):
+            setattr(error, name, value)
+    return error
+
+
+def decode_binary(data: bytes) -> Message:
+    """Parse a binary push from a client."""
+    if len(data) < 5 or data[0] != _PUSH:
+        raise FrameError("binary frame is not a push")
+    lengths = data[1:5]
+    start = 5
+    fields = []
+    for length in lengths:
+        end = start + length
+        if end > len(data):
+            raise FrameError("binary frame is shorter than its header says")
+        try:
+            fields.append(data[start:end].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise FrameError("binary frame header is not UTF-8") from None
+        start = end
+    join_ref, ref, topic, event = fields
+    return _validated(join_ref or None, ref or None, topic, event, data[start:])
+
+
+def encode(message: Message, vsn: str) -> bytes:
+    """A text frame for one client."""
+    if vsn == V1:
+        return dumps(
+            {
+                "topic": message.topic,
+                "event": message.event,
+                "payload": message.payload,
+                "ref": message.ref,
+                "join_ref": message.join_ref,
+            }
+        )
+    return dumps([message.join_ref, message.ref, message.topic, message.event, message.payload])
+
+
+def reply(join_ref: str | None, ref: str | None, topic: str, status: str, response: Any) -> Message:
+    return Message(join_ref, ref, topic, "phx_reply", {"status": status, "response": response})
+
+
+def is_json_document(payload: bytes) -> bool:
+    """Whether a Redis payload is a JSON object or array in valid UTF-8 (sent as text)."""
+    head = payload.lstrip()[:1]
+    if head not in (b"{", b"["):
+        return False
+    try:
+        loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+class Broadcast:
+    """
+    One message for every member of a topic, encoded at most once per serializer.
+
+    ``payload`` is JSON bytes when ``is_text``, else raw bytes for a binary frame.
+    ``prepared`` is for the transport layer to cache its own framing of each encoding.
+    """
+
+    __slots__ = ("topic", "event", "payload", "is_text", "_frames", "prepared")
+
+    def __init__(self, topic: str, event: str, payload: bytes, is_text: bool) -> None:
+        self.topic = topic
+        self.event = event
+        self.payload = payload
+        self.is_text = is_text
+        self._frames: dict[str, bytes] = {}
+        self.prepared: dict[str, Any] = {}
+
+    @classmethod
+    def from_redis(cls, topic: str, event: str, payload: bytes) -> Broadcast:
+        return cls(topic, event, payload, is_json_document(payload))
+
+    @classmethod
+    def from_value(cls, topic: str, event: str, value: Any) -> Broadcast:
+        return cls(topic, event, dumps(value), True)
+
+    def frame(self, vsn: str) -> bytes:
+        """The frame bytes for serializer ``vsn``; raises FrameError if unencodable."""
+        key = vsn if self.is_text else "binary"
+        frame = self._frames.get(key)
+        if frame is None:
+            frame = self._frames[key] = self._encode(vsn)
+        return frame
+
+    def _encode(self, vsn: str) -> bytes:
+        if not self.is_text:
+            topic, event = self.topic.encode("utf-8"), self.event.encode("utf-8")
+            if len(topic) > 255 or len(event) > 255:
+                raise FrameError("topic or event longer than 255 bytes cannot be sent in a binary frame")
+            return bytes((_BROADCAST, len(topic), len(event))) + topic + event + self.payload
+        return splice(None, self.topic, self.event, self.payload, vsn)
+
+
+def splice(join_ref: str | None, topic: str, event: str, payload: bytes, vsn: str) -> bytes:
+    """A server push (no ``ref``) around payload JSON that is already encoded."""
+    header = dumps([join_ref, None, topic, event])
+    if vsn == V1:
+        return b'{"topic":%s,"event":%s,"payload":%s,"ref":null,"join_ref":%s}' % (
+            dumps(topic),
+            dumps(event),
+            payload,
+            dumps(join_ref),
+        )
+    return header[:-1] + b"," + payload + b"]"

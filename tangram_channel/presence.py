@@ -1,0 +1,400 @@
+"""
+Presence: who is in each channel, the same from every process sharing one Redis.
+
+Redis holds the truth: a hash per topic (``tangram-channel:presence:<topic>``) maps
+each join's ``phx_ref`` to ``<node>\\n<json [key, meta]>``, so the processes that
+survive a crashed one can find and withdraw its entries. Every process announces its
+joins and leaves as ``presence_diff`` messages on ``to:<topic>:presence_diff`` (as
+Tangram does), coalesced per topic over ``window`` seconds, so a storm of N joins
+costs O(N) frames rather than one frame per member per join.
+
+Each process keeps a replica of each topic it has members in, read from Redis once
+and then kept current by the diffs, so a joiner's ``presence_state`` costs no Redis
+round trip; joiners of one window share one encoding of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from . import frames
+
+log = Logger()
+
+PREFIX = "tangram-channel:"
+CHANNELS_KEY = PREFIX + "channels"
+NODES_KEY = PREFIX + "nodes"
+
+
+def presence_key(topic: str) -> str:
+    return f"{PREFIX}presence:{topic}"
+
+
+def node_key(node: str) -> str:
+    return f"{PREFIX}node:{node}"
+
+
+# KEYS: presence hash, node's topic set, channel set.
+# ARGV: topic, then phx_ref/value pairs to add, "|", phx_refs to remove.
+# Returns: 1 if the channel appeared, 1 if it vanished, the channel list if either,
+# and the hash's entries when asked for (ARGV[2] == "state").
+_UPDATE = """
+local before = redis.call('HLEN', KEYS[1])
+local i = 3
+while ARGV[i] ~= '|' do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('SADD', KEYS[2], ARGV[1])
+  i = i + 2
+end
+i = i + 1
+while i <= #ARGV do
+  redis.call('HDEL', KEYS[1], ARGV[i])
+  i = i + 1
+end
+local after = redis.call('HLEN', KEYS[1])
+local appeared, vanished = 0, 0
+if after > 0 then
+  if before == 0 then appeared = redis.call('SADD', KEYS[3], ARGV[1]) end
+elseif before > 0 then
+  vanished = redis.call('SREM', KEYS[3], ARGV[1])
+end
+local channels = {}
+if appeared == 1 or vanished == 1 then channels = redis.call('SMEMBERS', KEYS[3]) end
+local entries = {}
+if ARGV[2] == 'state' then entries = redis.call('HGETALL', KEYS[1]) end
+return {appeared, vanished, channels, entries}
+"""
+
+# Beat for this node, then withdraw every node silent for longer than the timeout.
+# KEYS: node zset, channel set. ARGV: this node, timeout in ms, key prefix.
+# Returns: flat list of topic, vanished flag, then the withdrawn fields and values
+# of that topic as one list; the channel list last.
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+local out = {}
+for _, node in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], node)
+  local nodekey = ARGV[3] .. 'node:' .. node
+  local mark = node .. '\\n'
+  for _, topic in ipairs(redis.call('SMEMBERS', nodekey)) do
+    local hash = ARGV[3] .. 'presence:' .. topic
+    local entries = redis.call('HGETALL', hash)
+    local withdrawn = {}
+    for j = 1, #entries, 2 do
+      if string.sub(entries[j + 1], 1, #mark) == mark then
+        redis.call('HDEL', hash, entries[j])
+        table.insert(withdrawn, entries[j])
+        table.insert(withdrawn, entries[j + 1])
+      end
+    end
+    local vanished = 0
+    if #withdrawn > 0 and redis.call('HLEN', hash) == 0 then
+      vanished = redis.call('SREM', KEYS[2], topic)
+    end
+    table.insert(out, topic)
+    table.insert(out, vanished)
+    table.insert(out, withdrawn)
+  end
+  redis.call('DEL', nodekey)
+end
+table.insert(out, redis.call('SMEMBERS', KEYS[2]))
+return out
+"""
+
+
+class Store(Protocol):
+    """The Redis commands presence needs (``RedisBridge`` provides them)."""
+
+    def execute(self, *command: Any) -> defer.Deferred[Any]: ...
+
+    def publish(self, channel: bytes, payload: bytes) -> defer.Deferred[Any]: ...
+
+
+@dataclass
+class Diff:
+    """Joins and leaves of one topic not yet announced, in Phoenix's diff shape."""
+
+    joins: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    leaves: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+
+    def join(self, key: str, meta: dict[str, Any]) -> None:
+        self.joins.setdefault(key, {"metas": []})["metas"].append(meta)
+
+    def leave(self, key: str, meta: dict[str, Any]) -> None:
+        self.leaves.setdefault(key, {"metas": []})["metas"].append(meta)
+
+    def __bool__(self) -> bool:
+        return bool(self.joins or self.leaves)
+
+    def payload(self) -> dict[str, Any]:
+        return {"joins": self.joins, "leaves": self.leaves}
+
+
+class Replica:
+    """One topic's presence as this process sees it: ``phx_ref -> (key, meta)``."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._state: bytes | None = None
+
+    def add(self, key: str, meta: dict[str, Any]) -> None:
+        self.entries[meta["phx_ref"]] = (key, meta)
+        self._state = None
+
+    def remove(self, meta: dict[str, Any]) -> None:
+        if self.entries.pop(meta.get("phx_ref"), None) is not None:
+            self._state = None
+
+    def apply(self, diff: Any) -> None:
+        """Apply a diff as phoenix.js does: joins, then leaves, each idempotent."""
+        if not isinstance(diff, dict):
+            return
+        for part, change in (("joins", self.add), ("leaves", lambda key, meta: self.remove(meta))):
+            section = diff.get(part)
+            if not isinstance(section, dict):
+                continue
+            for key, value in section.items():
+                metas = value.get("metas") if isinstance(value, dict) else None
+                for meta in metas if isinstance(metas, list) else ():
+                    if isinstance(meta, dict) and isinstance(meta.get("phx_ref"), str):
+                        change(key, meta)
+
+    def state(self) -> dict[str, Any]:
+        """``{key: {"metas": [...]}}``, Phoenix's ``presence_state`` payload."""
+        state: dict[str, Any] = {}
+        for key, meta in self.entries.values():
+            state.setdefault(key, {"metas": []})["metas"].append(meta)
+        return state
+
+    def state_json(self) -> bytes:
+        """``state()`` as JSON, encoded once until the next change: joiners share it."""
+        if self._state is None:
+            self._state = frames.dumps(self.state())
+        return self._state
+
+    def agents(self) -> list[str]:
+        return list(self.entries)
+
+
+def encode_entry(node: str, key: str, meta: dict[str, Any]) -> bytes:
+    return node.encode() + b"\n" + frames.dumps([key, meta])
+
+
+def decode_entry(value: bytes) -> tuple[str, str, dict[str, Any]]:
+    node, _, data = value.partition(b"\n")
+    key, meta = json.loads(data)
+    return node.decode(), key, meta
+
+
+@dataclass
+class _Batch:
+    """What one topic's next flush writes to Redis and announces."""
+
+    adds: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    removes: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    waiting: list[defer.Deferred[Replica]] = field(default_factory=list)
+    call: IDelayedCall | None = None
+
+
+class Presence:
+    """
+    Tracks this process's joins in Redis and keeps replicas of the topics it serves.
+
+    ``on_channel_change(event, payload)`` reports channels appearing and vanishing
+    anywhere (``"add"``/``"remove"`` with ``{"channel", "channels"}``), for the admin
+    channel; whoever owns the admin channel sets it.
+    """
+
+    on_channel_change: Callable[[str, dict[str, Any]], None] = staticmethod(lambda event, payload: None)
+
+    def __init__(
+        self,
+        store: Store,
+        clock: IReactorTime,
+        node: str,
+        window: float,
+        node_timeout: float,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self.node = node
+        self._window = window
+        self._node_timeout = node_timeout
+        self.replicas: dict[str, Replica] = {}
+        self._local: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+        self._batches: dict[str, _Batch] = {}
+        self._early_diffs: dict[str, list[Any]] = {}
+        self._heartbeat = LoopingCall(self.beat)
+        self._heartbeat.clock = clock
+
+    # joins and leaves of this process
+
+    def track(self, topic: str, key: str, meta: dict[str, Any]) -> defer.Deferred[Replica]:
+        """
+        Record a join; fires with the topic's replica (joiner included) once Redis has
+        it, or fails with RedisUnavailable.
+        """
+        self._local.setdefault(topic, {})[meta["phx_ref"]] = (key, meta)
+        batch = self._batch(topic)
+        batch.adds[meta["phx_ref"]] = (key, meta)
+        d: defer.Deferred[Replica] = defer.Deferred()
+        batch.waiting.append(d)
+        return d
+
+    def untrack(self, topic: str, key: str, meta: dict[str, Any]) -> None:
+        """Record a leave; announced with the next flush of the topic."""
+        local = self._local.get(topic, {})
+        if local.pop(meta["phx_ref"], None) is None:
+            return
+        if not local:
+            del self._local[topic]
+        batch = self._batch(topic)
+        if batch.adds.pop(meta["phx_ref"], None) is None:
+            batch.removes[meta["phx_ref"]] = (key, meta)
+
+    def _batch(self, topic: str) -> _Batch:
+        batch = self._batches.get(topic)
+        if batch is None:
+            batch = self._batches[topic] = _Batch()
+            batch.call = self._clock.callLater(self._window, self._flush, topic)
+        return batch
+
+    def _flush(self, topic: str) -> defer.Deferred[None]:
+        batch = self._batches.pop(topic)
+        replica = self.replicas.get(topic)
+        want_state = replica is None and topic in self._local
+        args: list[Any] = [topic, "state" if want_state else "-"]
+        for ref, (key, meta) in batch.adds.items():
+            args += [ref, encode_entry(self.node, key, meta)]
+        args.append("|")
+        args += list(batch.removes)
+        if want_state:
+            self._early_diffs[topic] = []
+        keys = [presence_key(topic), node_key(self.node), CHANNELS_KEY]
+        d = self._store.execute("EVAL", _UPDATE, len(keys), *keys, *args)
+        d.addCallback(self._flushed, topic, batch)
+        d.addErrback(self._flush_failed, topic, batch)
+        return d
+
+    def _flushed(self, result: list[Any], topic: str, batch: _Batch) -> None:
+        appeared, vanished, channels, entries = result
+        if topic not in self._local:
+            self.replicas.pop(topic, None)
+            self._early_diffs.pop(topic, None)
+            self._store.execute("SREM", node_key(self.node), topic).addErrback(lambda f: None)
+        else:
+            replica = self.replicas.get(topic)
+            if replica is None:
+                replica = self.replicas[topic] = Replica()
+                for i in range(0, len(entries), 2):
+                    _, key, meta = decode_entry(entries[i + 1])
+                    replica.add(key, meta)
+                # diffs that crossed the snapshot on the other connection
+                for diff in self._early_diffs.pop(topic, ()):
+                    replica.apply(diff)
+            for key, meta in batch.adds.values():
+                replica.add(key, meta)
+            for _, meta in batch.removes.values():
+                replica.remove(meta)
+            for d in batch.waiting:
+                d.callback(replica)
+        self._announce(topic, batch.adds.values(), batch.removes.values())
+        self._report_channel(topic, appeared, vanished, channels)
+
+    def _flush_failed(self, failure: Any, topic: str, batch: _Batch) -> None:
+        self._early_diffs.pop(topic, None)
+        for d in batch.waiting:
+            d.errback(failure)
+        # entries stay in _local and are written again by restore()
+
+    def _announce(
+        self, topic: str, joins: Iterable[tuple[str, dict[str, Any]]], leaves: Iterable[tuple[str, dict[str, Any]]]
+    ) -> None:
+        diff = Diff()
+        for key, meta in joins:
+            diff.join(key, meta)
+        for key, meta in leaves:
+            diff.leave(key, meta)
+        if diff:
+            channel = f"to:{topic}:presence_diff".encode()
+            self._store.publish(channel, frames.dumps(diff.payload())).addErrback(lambda f: None)
+
+    def _report_channel(self, topic: str, appeared: int, vanished: int, channels: list[bytes]) -> None:
+        if appeared or vanished:
+            names = sorted(c.decode() for c in channels)
+            self.on_channel_change("add" if appeared else "remove", {"channel": topic, "channels": names})
+
+    # what other processes announce
+
+    def diff_received(self, topic: str, payload: bytes) -> None:
+        try:
+            diff = json.loads(payload)
+        except ValueError:
+            log.warn("ignored a malformed presence_diff on {topic}", topic=topic)
+            return
+        replica = self.replicas.get(topic)
+        if replica is not None:
+            replica.apply(diff)
+        elif topic in self._early_diffs:
+            self._early_diffs[topic].append(diff)
+
+    # liveness of processes
+
+    def start(self) -> None:
+        self._heartbeat.start(self._node_timeout / 3, now=True)
+
+    def stop(self) -> defer.Deferred[None]:
+        """Withdraw every entry of this process now (shutdown); fires when Redis has it."""
+        if self._heartbeat.running:
+            self._heartbeat.stop()
+        for topic, entries in list(self._local.items()):
+            for key, meta in list(entries.values()):
+                self.untrack(topic, key, meta)
+        flushes = []
+        for topic, batch in list(self._batches.items()):
+            if batch.call is not None and batch.call.active():
+                batch.call.cancel()
+            flushes.append(self._flush(topic))
+        flushes.append(self._store.execute("ZREM", NODES_KEY, self.node))
+        return defer.DeferredList(flushes, consumeErrors=True).addCallback(lambda _: None)
+
+    def beat(self) -> defer.Deferred[None]:
+        """Say this node is alive; withdraw and announce nodes that are not."""
+        timeout_ms = int(self._node_timeout * 1000)
+        d = self._store.execute("EVAL", _HEARTBEAT, 2, NODES_KEY, CHANNELS_KEY, self.node, timeout_ms, PREFIX)
+        d.addCallback(self._reaped)
+        d.addErrback(lambda f: None)  # Redis down: the bridge already said so
+        return d
+
+    def _reaped(self, result: list[Any]) -> None:
+        channels = result[-1]
+        for i in range(0, len(result) - 1, 3):
+            topic = result[i].decode()
+            vanished, withdrawn = result[i + 1], result[i + 2]
+            leaves = []
+            for j in range(0, len(withdrawn), 2):
+                node, key, meta = decode_entry(withdrawn[j + 1])
+                leaves.append((key, meta))
+            if leaves:
+                log.info("withdrew {n} presences of a vanished node on {topic}", n=len(leaves), topic=topic)
+            self._announce(topic, (), leaves)
+            self._report_channel(topic, 0, vanished, channels)
+
+    def restore(self) -> None:
+        """After a Redis outage: write this process's entries again and re-read replicas."""
+        self.replicas.clear()
+        for topic, entries in self._local.items():
+            batch = self._batch(topic)
+            for ref, entry in entries.items():
+                batch.adds.setdefault(ref, entry)

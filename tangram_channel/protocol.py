@@ -1,0 +1,208 @@
+"""
+Phoenix channels over Autobahn WebSockets.
+
+The protocol turns frames into ``Message`` objects for its ``Session`` and back. It
+owns the per-socket concerns the dispatcher must not know about: the serializer
+version chosen at the upgrade, the token offered at the upgrade (``userToken`` or the
+Phoenix 1.8 ``base64url.bearer.phx.<token>`` subprotocol), the idle timer, and the
+bound on bytes queued for a client that does not read.
+
+Close codes: 4000 idle, 1008 send buffer over ``max_send_buffer``, 1009 message over
+``max_message_size`` (Autobahn), 1012 service shutting down. Never 1000, after which
+phoenix.js up to 1.8.15 would not reconnect.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from . import frames
+from .dispatcher import Hub, Session
+from .frames import Broadcast, FrameError, Message
+
+log = Logger()
+
+SUBPROTOCOL = "phoenix"
+_TOKEN_PREFIX = "base64url.bearer.phx."
+
+CLOSE_IDLE = 4000
+CLOSE_POLICY = 1008
+CLOSE_RESTART = 1012
+
+
+def subprotocol_token(offered: list[str]) -> str | None:
+    """The token phoenix.js 1.8 puts in ``Sec-WebSocket-Protocol``, if any."""
+    for entry in offered:
+        if entry.startswith(_TOKEN_PREFIX):
+            encoded = entry[len(_TOKEN_PREFIX) :]
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                return None
+    return None
+
+
+@implementer(IPushProducer)
+class PhoenixProtocol(WebSocketServerProtocol):
+    factory: PhoenixFactory
+    vsn = frames.V2
+    session: Session | None = None
+    _idle: IDelayedCall | None = None
+    _paused = False
+    _queued = 0
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        # web.SocketResource already refused bad versions and origins with HTTP errors
+        self.vsn = request.params.get("vsn", [frames.V2])[0]
+        token = request.params.get("userToken", [None])[0]
+        chosen = None
+        if SUBPROTOCOL in request.protocols:
+            chosen = SUBPROTOCOL
+            token = subprotocol_token(request.protocols) or token
+        self._socket_token = token
+        return chosen
+
+    def onOpen(self) -> None:
+        self.session = self.factory.hub.connect(self, self._socket_token)
+        self._socket_token = None
+        # The HTTP channel that served the upgrade is still registered as producer.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self, True)
+        self.factory.sockets.add(self)
+        if self.factory.idle_timeout > 0:
+            self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_out)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self._touch()
+        if self.session is None:
+            return
+        try:
+            message = frames.decode_binary(payload) if isBinary else frames.decode_text(payload, self.vsn)
+        except FrameError as e:
+            self.factory.frame_rejected(e)
+            self.session.frame_error(e)
+            return
+        self.session.received(message)
+
+    def onPing(self, payload: bytes) -> None:
+        self._touch()
+        super().onPing(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._end_session()
+
+    # Outbox, for the session
+
+    def send(self, message: Message) -> None:
+        self.send_frame(frames.encode(message, self.vsn), False)
+
+    def send_frame(self, frame: bytes, is_binary: bool) -> None:
+        if self.state == self.STATE_OPEN:
+            self._count(len(frame))
+            self.sendMessage(frame, is_binary)
+
+    def send_broadcast(self, broadcast: Broadcast) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        key = self.vsn if broadcast.is_text else "binary"
+        prepared = broadcast.prepared.get(key)
+        if prepared is None:
+            prepared = broadcast.prepared[key] = self.factory.prepareMessage(
+                broadcast.frame(self.vsn), not broadcast.is_text
+            )
+        self._count(len(prepared.payloadHybi))
+        self.sendPreparedMessage(prepared)
+
+    # limits
+
+    def _touch(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self.factory.idle_timeout)
+
+    def _idle_out(self) -> None:
+        self.close(CLOSE_IDLE, "idle timeout")
+
+    def _count(self, size: int) -> None:
+        if self._paused:
+            self._queued += size
+            if self._queued > self.factory.max_send_buffer:
+                log.info("closing a client that stopped reading ({n} bytes queued)", n=self._queued)
+                self.factory.slow_clients_closed += 1
+                self.close(CLOSE_POLICY, "send buffer full")
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._queued = 0
+
+    def stopProducing(self) -> None:
+        pass
+
+    def close(self, code: int, reason: str) -> None:
+        """Leave every channel now, then close with ``code``; drop if the client never answers."""
+        self._end_session()
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8"), isReply=False)
+
+    def _end_session(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self.factory.sockets.discard(self)
+        session, self.session = self.session, None
+        if session is not None:
+            session.disconnected()
+
+
+class PhoenixFactory(WebSocketServerFactory):
+    protocol = PhoenixProtocol
+
+    def __init__(
+        self,
+        hub: Hub,
+        clock: IReactorTime,
+        idle_timeout: float,
+        max_message_size: int,
+        max_send_buffer: int,
+    ) -> None:
+        super().__init__()
+        self.hub = hub
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.max_send_buffer = max_send_buffer
+        self.sockets: set[PhoenixProtocol] = set()
+        self.slow_clients_closed = 0
+        self.frames_rejected = 0
+        self._last_rejection_logged = float("-inf")
+        # Origins are checked by web.SocketResource, which answers with a clear 403;
+        # Autobahn's own check would refuse browsers' "null" origin.
+        self.setProtocolOptions(
+            webStatus=False,
+            maxMessagePayloadSize=max_message_size,
+            maxFramePayloadSize=max_message_size,
+            allowNullOrigin=True,
+            closeHandshakeTimeout=2,
+            openHandshakeTimeout=10,
+        )
+
+    def frame_rejected(self, error: FrameError) -> None:
+        """Count a bad frame; log at most one a minute, so bad clients cannot flood the log."""
+        self.frames_rejected += 1
+        now = self.clock.seconds()
+        if now - self._last_rejection_logged >= 60:
+            self._last_rejection_logged = now
+            log.info(
+                "rejected a frame: {reason} ({count} so far)", reason=error.reason, count=self.frames_rejected
+            )
+
+    def close_all(self, code: int, reason: str) -> None:
+        for socket in list(self.sockets):
+            socket.close(code, reason)

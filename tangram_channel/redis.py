@@ -1,0 +1,279 @@
+"""
+The two Redis connections of a process, kept alive across outages.
+
+One connection subscribes (``PSUBSCRIBE to:<topic>:*`` for each topic with members
+here) and feeds every message to the hub; the other runs commands (``PUBLISH``, the
+presence scripts). Both reconnect on their own; the subscriber re-issues every
+subscription each time it comes back, since Redis forgets them with the connection.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import txredisapi
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.ssl import Certificate, optionsForClientTLS
+from twisted.logger import Logger
+
+log = Logger()
+
+_GLOB = re.compile(rb"([*?\[\]\\])")
+
+
+class RedisUnavailable(Exception):
+    """Redis cannot take the command now; the caller answers its client with an error."""
+
+
+class RedisURL:
+    """A parsed ``redis://``, ``rediss://`` or ``unix://`` URL."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, not {url!r}")
+        self.scheme = parts.scheme
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password is not None else None
+        query = parse_qs(parts.query)
+        self.ca_file = query.get("ssl_ca_certs", [None])[0]
+        if self.scheme == "unix":
+            self.path = parts.path or parts.netloc
+            self.host, self.port = None, None
+            db = query.get("db", ["0"])[0]
+        else:
+            self.path = None
+            self.host = parts.hostname or "127.0.0.1"
+            try:
+                self.port = parts.port or 6379
+            except ValueError:
+                raise ValueError(f"redis_url has an invalid port: {url!r}") from None
+            db = parts.path.strip("/") or "0"
+        try:
+            self.db = int(db)
+        except ValueError:
+            raise ValueError(f"redis_url has an invalid database number: {url!r}") from None
+
+    @property
+    def is_local(self) -> bool:
+        """Whether a private redis-server could stand in at this address."""
+        return self.scheme == "unix" or (self.scheme == "redis" and self.host in ("127.0.0.1", "localhost", "::1"))
+
+    def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
+        if self.scheme == "unix":
+            return UNIXClientEndpoint(reactor, self.path, timeout=5)
+        endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=5)
+        if self.scheme == "rediss":
+            trust = None
+            if self.ca_file:
+                with open(self.ca_file, "rb") as f:
+                    trust = Certificate.loadPEM(f.read())
+            endpoint = wrapClientTLS(optionsForClientTLS(self.host, trustRoot=trust), endpoint)
+        return endpoint
+
+    def __str__(self) -> str:
+        """The URL with the password hidden, for logs."""
+        auth = ""
+        if self.username or self.password:
+            auth = f"{self.username or ''}:***@"
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        return f"{self.scheme}://{auth}{self.host}:{self.port}/{self.db}"
+
+
+def topic_pattern(topic: str) -> bytes:
+    """``to:<topic>:*`` with glob characters in the topic escaped."""
+    return b"to:" + _GLOB.sub(rb"\\\1", topic.encode("utf-8")) + b":*"
+
+
+def split_channel(channel: bytes) -> tuple[str, str] | None:
+    """``to:<topic>:<event>`` split at the last colon, or None if it is not one."""
+    if not channel.startswith(b"to:"):
+        return None
+    topic, sep, event = channel[3:].rpartition(b":")
+    if not sep or not topic or not event:
+        return None
+    try:
+        return topic.decode("utf-8"), event.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+class _Factory(protocol.Factory):
+    """
+    Builds txredisapi protocols for a ClientService. txredisapi's protocol calls back
+    into its factory when AUTH or SELECT fails; those calls land here and are logged.
+    """
+
+    isLazy = False
+    noisy = False
+
+    def __init__(self, protocol_class: type, url: RedisURL, on_ready: Callable[[Any], None]) -> None:
+        self._protocol_class = protocol_class
+        self._url = url
+        self._on_ready = on_ready
+
+    def buildProtocol(self, addr: Any) -> Any:
+        p = self._protocol_class(
+            charset=None,
+            password=self._url.password,
+            username=self._url.username,
+            dbid=self._url.db or None,
+            convertNumbers=False,
+        )
+        p.factory = self
+        p.whenConnected().addCallback(self._on_ready)
+        return p
+
+    def stopTrying(self) -> None:
+        pass
+
+    def connectionError(self, why: str) -> None:
+        log.error("Redis refused the connection: {why}", why=why)
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):
+    on_message: Callable[[bytes, bytes, bytes], None] = staticmethod(lambda pattern, channel, message: None)
+
+    def messageReceived(self, pattern: bytes, channel: bytes, message: bytes) -> None:
+        self.on_message(pattern, channel, message)
+
+
+class RedisBridge(MultiService):
+    """
+    Publishes for the hub and feeds it what Redis delivers.
+
+    ``on_message(topic, event, payload)`` is called for each message on a watched
+    topic; ``on_reconnect()`` after the connections came back from an outage, so the
+    owner can restore what Redis lost.
+    """
+
+    def __init__(self, reactor: IReactorTime, url: RedisURL) -> None:
+        super().__init__()
+        self.url = url
+        self.on_message: Callable[[str, str, bytes], None] = lambda topic, event, payload: None
+        self.on_reconnect: Callable[[], None] = lambda: None
+        self._watched: dict[str, int] = {}
+        self._commands: Any = None
+        self._subscriber: Any = None
+        self._was_connected = False
+        self._reported_down = False
+        retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0)
+        ClientService(
+            url.endpoint(reactor), _Factory(txredisapi.RedisProtocol, url, self._commands_ready), retryPolicy=retry
+        ).setServiceParent(self)
+        ClientService(
+            url.endpoint(reactor), _Factory(_Subscriber, url, self._subscriber_ready), retryPolicy=retry
+        ).setServiceParent(self)
+
+    @property
+    def connected(self) -> bool:
+        return self._commands is not None and self._subscriber is not None
+
+    @property
+    def watched_topics(self) -> list[str]:
+        return list(self._watched)
+
+    # connection state
+
+    def _commands_ready(self, conn: Any) -> None:
+        self._commands = conn
+        conn.whenDisconnected().addCallback(self._lost, "_commands")
+        self._maybe_up()
+
+    def _subscriber_ready(self, conn: Any) -> None:
+        conn.on_message = self._received
+        self._subscriber = conn
+        conn.whenDisconnected().addCallback(self._lost, "_subscriber")
+        for topic in self._watched:
+            self._psubscribe(topic)
+        self._maybe_up()
+
+    def _maybe_up(self) -> None:
+        if not self.connected:
+            return
+        if self._was_connected:
+            log.info("Redis at {url} is back; restoring subscriptions and presence", url=str(self.url))
+            self.on_reconnect()
+        else:
+            log.info("connected to Redis at {url}", url=str(self.url))
+        self._was_connected = True
+        self._reported_down = False
+
+    def _lost(self, conn: Any, attribute: str) -> None:
+        if getattr(self, attribute) is conn:
+            setattr(self, attribute, None)
+        if self.running and not self._reported_down:
+            self._reported_down = True
+            log.warn("lost the connection to Redis at {url}; reconnecting", url=str(self.url))
+
+    # subscriptions
+
+    def watch(self, topic: str) -> defer.Deferred[None]:
+        """
+        Subscribe to ``to:<topic>:*``; fires once Redis confirmed (or at once if the
+        topic is already watched). Counted: each watch needs one unwatch.
+        """
+        count = self._watched.get(topic, 0)
+        self._watched[topic] = count + 1
+        if count:
+            return defer.succeed(None)
+        if self._subscriber is None:
+            # restored by _subscriber_ready when Redis is back
+            return defer.fail(RedisUnavailable("redis unavailable"))
+        return self._psubscribe(topic)
+
+    def unwatch(self, topic: str) -> None:
+        count = self._watched.get(topic, 0)
+        if count > 1:
+            self._watched[topic] = count - 1
+            return
+        self._watched.pop(topic, None)
+        if self._subscriber is not None:
+            self._subscriber.punsubscribe([topic_pattern(topic)]).addErrback(lambda f: None)
+
+    def _psubscribe(self, topic: str) -> defer.Deferred[None]:
+        d = self._subscriber.psubscribe([topic_pattern(topic)])
+        d.addCallback(lambda ack: None)
+        return d.addErrback(lambda f: defer.fail(RedisUnavailable("redis unavailable")))
+
+    def _received(self, pattern: bytes, channel: bytes, message: bytes) -> None:
+        split = split_channel(channel)
+        # A topic "a" also matches "to:a:b:event" through its pattern "to:a:*"; only
+        # the pattern of the topic the channel names may deliver it, or members of
+        # "a:b" would get it twice.
+        if split is None or pattern != topic_pattern(split[0]) or split[0] not in self._watched:
+            return
+        self.on_message(split[0], split[1], message)
+
+    # commands
+
+    def execute(self, *command: Any) -> defer.Deferred[Any]:
+        """Run a command; fails with RedisUnavailable at once while Redis is down."""
+        conn = self._commands
+        if conn is None:
+            return defer.fail(RedisUnavailable("redis unavailable"))
+        try:
+            d = conn.execute_command(*command)
+        except txredisapi.ConnectionError:
+            return defer.fail(RedisUnavailable("redis unavailable"))
+        return d.addErrback(_unavailable_on_connection_error)
+
+    def publish(self, channel: bytes, payload: bytes) -> defer.Deferred[Any]:
+        return self.execute("PUBLISH", channel, payload)
+
+    def stopService(self) -> defer.Deferred[None]:
+        self._reported_down = True
+        return super().stopService()
+
+
+def _unavailable_on_connection_error(failure: Any) -> Any:
+    failure.trap(txredisapi.ConnectionError)
+    raise RedisUnavailable("redis unavailable")

@@ -1,0 +1,41 @@
+"""
+The lifetime of one node: start the hub and the presence heartbeat once Redis is
+wired, and on shutdown close every socket with 1012 (so clients reconnect elsewhere)
+and withdraw this node's presence before Redis goes away.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .dispatcher import Hub
+from .presence import Presence
+from .protocol import CLOSE_RESTART, PhoenixFactory
+from .redis import RedisBridge
+
+log = Logger()
+
+
+class ChannelService(Service):
+    def __init__(self, hub: Hub, presence: Presence, bridge: RedisBridge, factory: PhoenixFactory) -> None:
+        self.hub = hub
+        self.presence = presence
+        self.bridge = bridge
+        self.factory = factory
+        bridge.on_message = hub.deliver
+        bridge.on_reconnect = presence.restore
+
+    def startService(self) -> None:
+        super().startService()
+        self.hub.start()
+        self.presence.start()
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        count = len(self.factory.sockets)
+        self.factory.close_all(CLOSE_RESTART, "service restart")
+        self.hub.stop()
+        log.info("shutting down: closed {count} sockets with 1012", count=count)
+        return self.presence.stop()

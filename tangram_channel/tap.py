@@ -1,0 +1,176 @@
+"""
+``twistd tangram-channel``: command-line options and the service tree.
+
+``makeService`` only wires objects together: Redis (maybe a private one), presence,
+the hub, the WebSocket factory and the HTTP site on every listening endpoint.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import sys
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+from twisted.python import usage
+
+from . import config as configuration
+from .dispatcher import Hub
+from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arguments
+from .presence import Presence
+from .protocol import PhoenixFactory
+from .redis import RedisBridge, RedisURL
+from .service import ChannelService
+from .tokens import TokenAuthority
+from .web import make_site
+
+log = Logger()
+
+DEFAULT_CONFIG = "tangram.toml"
+
+
+class Options(usage.Options):
+    synopsis = "[--config tangram.toml] [--listen ENDPOINT]... [options]"
+    longdesc = (
+        "Serve Phoenix channels over WebSocket and bridge them to Redis pub/sub. Settings come, "
+        "strongest first, from these options, TANGRAM_CHANNEL_<KEY> environment variables, the "
+        "[channel] table of the config file (./tangram.toml when present) and the defaults."
+    )
+    optParameters = [
+        ["config", "c", None, "Tangram config file (default: ./tangram.toml if it exists)."],
+        ["host", None, None, "Address to listen on (default 127.0.0.1)."],
+        ["port", "p", None, "Port to listen on (default 2347)."],
+        ["redis-url", None, None, "redis://[user:pass@]host:port/db, rediss://... or unix://path."],
+        ["jwt-secret", None, None, "HS256 key for join tokens (prefer TANGRAM_CHANNEL_JWT_SECRET)."],
+        ["admin-key", None, None, "Bearer key that allows minting admin tokens over HTTP."],
+        ["embedded-redis", None, None, '"auto", "true" or "false".'],
+        ["datetime-interval", None, None, "Seconds between system datetime broadcasts; 0 is off."],
+        ["idle-timeout", None, None, "Seconds of client silence before its socket is closed."],
+        ["workers", None, None, "Processes sharing the listening port."],
+        ["log-level", None, None, "debug, info, warning or error."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Twisted endpoint to listen on, e.g. tcp:2347 or ssl:443:privateKey=k.pem:certKey=c.pem (repeatable)."""
+        self["listen"].append(endpoint)
+
+    def command_line(self) -> dict[str, Any]:
+        """The settings given on the command line, by config key."""
+        given = {key.replace("-", "_"): self[key] for key, *_ in self.optParameters if key != "config"}
+        given["listen"] = self["listen"] or None
+        return given
+
+
+def load_config(options: Options, environ: dict[str, str]) -> configuration.Config:
+    path = options["config"]
+    if path is None and os.path.exists(DEFAULT_CONFIG):
+        path = DEFAULT_CONFIG
+    config, warnings = configuration.load(path, environ, options.command_line())
+    for warning in warnings:
+        log.warn("{warning}", warning=warning)
+    if path is not None:
+        log.info("read settings from {path}", path=path)
+    return config
+
+
+def _is_loopback_endpoint(description: str) -> bool:
+    """Whether a server endpoint string only accepts connections from this machine."""
+    kind = description.split(":", 1)[0]
+    if kind == "unix":
+        return True
+    for part in description.split(":"):
+        if part.startswith("interface="):
+            host = part[len("interface=") :].replace("\\", "")
+            try:
+                return ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                return host == "localhost"
+    return False
+
+
+def check_secret(config: configuration.Config) -> None:
+    """The well-known default secret would let anyone forge tokens: loopback only."""
+    if config.jwt_secret != configuration.DEFAULT_SECRET:
+        return
+    if all(_is_loopback_endpoint(e) for e in config.endpoints):
+        log.warn(
+            'USING THE DEFAULT jwt_secret "secret": anyone can forge tokens. Fine on loopback for a trial; '
+            "set jwt_secret in tangram.toml or TANGRAM_CHANNEL_JWT_SECRET before exposing this service."
+        )
+        return
+    raise configuration.ConfigError(
+        'refusing to listen beyond loopback with the default jwt_secret "secret": set [channel] jwt_secret '
+        "in tangram.toml, TANGRAM_CHANNEL_JWT_SECRET, or --jwt-secret"
+    )
+
+
+class _Listener(StreamServerEndpointService):
+    """Fails start-up with one clear line instead of a traceback when the port is taken."""
+
+    _raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            sys.stderr.write(f"tangram-channel: cannot listen on {self.endpoint_description}: {e.socketError}\n")
+            raise SystemExit(1) from None
+
+
+def embedded_redis(reactor: Any, config: configuration.Config, url: RedisURL) -> EmbeddedRedis | None:
+    """A private redis-server when allowed, the URL is local and nothing answers there."""
+    if config.embedded_redis is False or not url.is_local:
+        return None
+    if url.scheme == "unix":
+        if os.path.exists(url.path):
+            return None
+    elif is_listening(url.host, url.port):
+        return None
+    binary = find_redis_server()
+    if binary is None:
+        if config.embedded_redis is True:
+            raise configuration.ConfigError("embedded_redis is true but no redis-server was found")
+        log.warn("nothing listens at {url} and no redis-server was found; waiting for Redis", url=str(url))
+        return None
+    return EmbeddedRedis(reactor, server_arguments(binary, url.host, url.port, url.path), str(url))
+
+
+def makeService(options: Options, reactor: Any = None, environ: dict[str, str] | None = None) -> IService:
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        config = load_config(options, dict(os.environ if environ is None else environ))
+        check_secret(config)
+        url = RedisURL(config.redis_url)
+    except (configuration.ConfigError, ValueError) as e:
+        raise usage.UsageError(str(e)) from None
+
+    top = MultiService()
+    private_redis = embedded_redis(reactor, config, url)
+    if private_redis is not None:
+        private_redis.setServiceParent(top)
+    bridge = RedisBridge(reactor, url)
+    bridge.setServiceParent(top)
+    tokens = TokenAuthority(
+        config.jwt_secret, config.jwt_expiration_secs, config.jwt_leeway_secs, config.id_length, reactor.seconds
+    )
+    presence = Presence(bridge, reactor, secrets.token_hex(8), config.presence_window, config.node_timeout)
+    hub = Hub(tokens, bridge, presence, reactor, config.max_channels_per_socket, config.datetime_interval)
+    factory = PhoenixFactory(hub, reactor, config.idle_timeout, config.max_message_size, config.max_send_buffer)
+    ChannelService(hub, presence, bridge, factory).setServiceParent(top)
+    site = make_site(factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins)
+    for description in config.endpoints:
+        listener = _Listener(serverFromString(reactor, description), site)
+        listener.endpoint_description = description
+        listener.setServiceParent(top)
+    return top
