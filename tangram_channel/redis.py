@@ -274,6 +274,14 @@ class RedisBridge(MultiService):
         return super().stopService()
 
 
+async def connect_once(reactor: Any, url: RedisURL, subscriber: bool = False) -> Any:
+    """One txredisapi connection, authenticated and ready, for short-lived tools."""
+    ready: defer.Deferred[Any] = defer.Deferred()
+    factory = _Factory(_Subscriber if subscriber else txredisapi.RedisProtocol, url, ready.callback)
+    await url.endpoint(reactor).connect(factory)
+    return await ready
+
+
 def _unavailable_on_connection_error(failure: Any) -> Any:
     failure.trap(txredisapi.ConnectionError)
     raise RedisUnavailable("redis unavailable")
