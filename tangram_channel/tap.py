@@ -29,6 +29,7 @@ from .redis import RedisBridge, RedisURL
 from .service import ChannelService
 from .tokens import TokenAuthority
 from .web import make_site
+from .workers import ReusePortReactor, WorkerPool
 
 log = Logger()
 
@@ -56,9 +57,16 @@ class Options(usage.Options):
         ["log-level", None, None, "debug, info, warning or error."],
     ]
 
+    optFlags = [["worker", None, "(internal) serve as one process of a worker pool, sharing the port"]]
+
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self.arguments: list[str] = []
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        self.arguments = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_listen(self, endpoint: str) -> None:
         """Twisted endpoint to listen on, e.g. tcp:2347 or ssl:443:privateKey=k.pem:certKey=c.pem (repeatable)."""
@@ -159,6 +167,12 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     private_redis = embedded_redis(reactor, config, url)
     if private_redis is not None:
         private_redis.setServiceParent(top)
+    if config.workers > 1 and not options["worker"]:
+        if not all(e.startswith(("tcp:", "ssl:")) for e in config.endpoints):
+            raise usage.UsageError("workers > 1 needs tcp: or ssl: endpoints, which the workers share")
+        arguments = [*options.arguments, "--worker", "--workers", "1", "--embedded-redis", "false"]
+        WorkerPool(reactor, config.workers, arguments).setServiceParent(top)
+        return top
     bridge = RedisBridge(reactor, url)
     bridge.setServiceParent(top)
     tokens = TokenAuthority(
@@ -169,8 +183,9 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     factory = PhoenixFactory(hub, reactor, config.idle_timeout, config.max_message_size, config.max_send_buffer)
     ChannelService(hub, presence, bridge, factory).setServiceParent(top)
     site = make_site(factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins)
+    listening_reactor = ReusePortReactor(reactor) if options["worker"] else reactor
     for description in config.endpoints:
-        listener = _Listener(serverFromString(reactor, description), site)
+        listener = _Listener(serverFromString(listening_reactor, description), site)
         listener.endpoint_description = description
         listener.setServiceParent(top)
     return top
