@@ -47,6 +47,7 @@ class Config:
     max_channels_per_socket: int = 100
     workers: int = 1
     log_level: str = "info"
+    conformance_echo: bool = False
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -90,6 +91,7 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "max_channels_per_socket": ("int", 1),
     "workers": ("int", 1),
     "log_level": ("str", None),
+    "conformance_echo": ("bool", None),
 }
 _EXPECTED = {
     "str": "a string",
@@ -98,6 +100,7 @@ _EXPECTED = {
     "float": "a number",
     "list": "a list of strings",
     "autobool": '"auto", true or false',
+    "bool": "true or false",
 }
 _LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
 
@@ -116,6 +119,8 @@ def _check(key: str, value: Any) -> Any:
     elif kind == "list" and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         checked = tuple(value)
     elif kind == "autobool" and (value == "auto" or isinstance(value, bool)):
+        checked = value
+    elif kind == "bool" and isinstance(value, bool):
         checked = value
     else:
         raise ConfigError(f"{key} must be {_EXPECTED[kind]}, not {value!r}")
@@ -140,7 +145,7 @@ def _from_text(key: str, text: str) -> Any:
             if text.lstrip().startswith("["):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
-        if kind == "autobool":
+        if kind in ("autobool", "bool"):
             lowered = text.strip().lower()
             if lowered in ("true", "1", "yes", "on"):
                 return True

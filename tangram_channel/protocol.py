@@ -32,6 +32,10 @@ log = Logger()
 SUBPROTOCOL = "phoenix"
 _TOKEN_PREFIX = "base64url.bearer.phx."
 
+# Only routed when conformance_echo is on: an echo of every message on the same
+# WebSocket stack and settings, for the Autobahn testsuite, whose cases expect an echo.
+CONFORMANCE_PATH = "/conformance"
+
 CLOSE_IDLE = 4000
 CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
@@ -57,9 +61,11 @@ class PhoenixProtocol(WebSocketServerProtocol):
     _idle: IDelayedCall | None = None
     _paused = False
     _queued = 0
+    _echo = False
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         # web.SocketResource already refused bad versions and origins with HTTP errors
+        self._echo = request.path.rstrip("/") == CONFORMANCE_PATH
         self.vsn = request.params.get("vsn", [frames.V2])[0]
         token = request.params.get("userToken", [None])[0]
         chosen = None
@@ -70,17 +76,21 @@ class PhoenixProtocol(WebSocketServerProtocol):
         return chosen
 
     def onOpen(self) -> None:
-        self.session = self.factory.hub.connect(self, self._socket_token)
-        self._socket_token = None
         # The HTTP channel that served the upgrade is still registered as producer.
         self.transport.unregisterProducer()
         self.transport.registerProducer(self, True)
         self.factory.sockets.add(self)
         if self.factory.idle_timeout > 0:
             self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_out)
+        if not self._echo:
+            self.session = self.factory.hub.connect(self, self._socket_token)
+        self._socket_token = None
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self._touch()
+        if self._echo:
+            self.sendMessage(payload, isBinary)
+            return
         if self.session is None:
             return
         try:

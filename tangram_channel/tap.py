@@ -182,7 +182,9 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     hub = Hub(tokens, bridge, presence, reactor, config.max_channels_per_socket, config.datetime_interval)
     factory = PhoenixFactory(hub, reactor, config.idle_timeout, config.max_message_size, config.max_send_buffer)
     ChannelService(hub, presence, bridge, factory).setServiceParent(top)
-    site = make_site(factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins)
+    site = make_site(
+        factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins, config.conformance_echo
+    )
     listening_reactor = ReusePortReactor(reactor) if options["worker"] else reactor
     for description in config.endpoints:
         listener = _Listener(serverFromString(listening_reactor, description), site)

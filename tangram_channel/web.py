@@ -18,7 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from . import frames
-from .protocol import PhoenixFactory
+from .protocol import CONFORMANCE_PATH, PhoenixFactory
 from .tokens import ADMIN_CHANNEL, TokenAuthority
 
 MAX_TOKEN_REQUEST = 64 * 1024
@@ -138,9 +138,12 @@ def make_site(
     admin_key: str | None,
     cors_origins: tuple[str, ...],
     allowed_origins: tuple[str, ...],
+    conformance_echo: bool = False,
 ) -> Site:
     socket = SocketResource(factory, allowed_origins)
     root = Resource()
+    if conformance_echo:
+        root.putChild(CONFORMANCE_PATH.strip("/").encode(), socket)
     root.putChild(b"token", TokenResource(tokens, admin_key))
     root.putChild(b"websocket", socket)  # also /websocket/websocket: the resource is a leaf
     phoenix_default = Resource()
