@@ -113,6 +113,7 @@ class Hub:
     def start(self) -> None:
         for topic in ALWAYS_WATCHED:
             self.bus.watch(topic).addErrback(lambda f: None)  # restored on connect
+        self.presence.observe(ADMIN_TOPIC)
         if self._ticker is not None:
             self._ticker.start(self._datetime_interval, now=False)
 
@@ -143,21 +144,31 @@ class Hub:
         self.bus.unwatch(member.topic)
         self.presence.untrack(member.topic, member.key, member.meta)
         if was_joined:
-            self.publish_admin("channel.leave", self._agent_event(member))
-
-    def _agent_event(self, member: Member) -> dict[str, Any]:
-        replica = self.presence.replicas.get(member.topic)
-        agents = replica.agents() if replica is not None else []
-        return {"agent": member.agent_id, "agents": agents, "channel": member.topic}
+            self._publish_agent_event("channel.leave", member)
 
     def joined(self, member: Member) -> None:
-        self.publish_admin("channel.join", self._agent_event(member))
+        self._publish_agent_event("channel.join", member)
         if member.topic == ADMIN_TOPIC:
-            self._list_channels()
+            self.presence.channel_agents().addCallbacks(self._list_channels, lambda f: None)
 
-    def _list_channels(self) -> None:
-        for topic, replica in sorted(self.presence.replicas.items()):
-            self.publish_admin("channel.list", {"channel": topic, "agents": replica.agents()})
+    def _publish_agent_event(self, event: str, member: Member) -> None:
+        """
+        Tangram's ``channel.join``/``channel.leave``, sent only while someone watches
+        the admin channel: each lists every agent of the channel, so on a big channel
+        they cost O(members) per join and nobody would read them.
+        """
+        admin = self.presence.replicas.get(ADMIN_TOPIC)
+        if admin is None or not admin.entries:
+            return
+        replica = self.presence.replicas.get(member.topic)
+        agents = [a for a in replica.agents() if a != member.agent_id] if replica is not None else []
+        if event == "channel.join":
+            agents.append(member.agent_id)
+        self.publish_admin(event, {"agent": member.agent_id, "agents": agents, "channel": member.topic})
+
+    def _list_channels(self, channels: dict[str, list[str]]) -> None:
+        for topic, agents in sorted(channels.items()):
+            self.publish_admin("channel.list", {"channel": topic, "agents": agents})
 
     def publish_admin(self, event: str, payload: dict[str, Any]) -> None:
         self.bus.publish(f"to:{ADMIN_TOPIC}:{event}".encode(), frames.dumps(payload)).addErrback(lambda f: None)

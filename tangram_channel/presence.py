@@ -113,6 +113,17 @@ return out
 """
 
 
+# KEYS: channel set. ARGV: key prefix. Returns: topic, agent ids, topic, agent ids, ...
+_LIST = """
+local out = {}
+for _, topic in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  table.insert(out, topic)
+  table.insert(out, redis.call('HKEYS', ARGV[1] .. 'presence:' .. topic))
+end
+return out
+"""
+
+
 class Store(Protocol):
     """The Redis commands presence needs (``RedisBridge`` provides them)."""
 
@@ -235,6 +246,9 @@ class Presence:
         self._local: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
         self._batches: dict[str, _Batch] = {}
         self._early_diffs: dict[str, list[Any]] = {}
+        self._in_flight: dict[str, defer.Deferred[None]] = {}
+        self._observed: set[str] = set()
+        self._stale: dict[str, Replica] = {}
         self._heartbeat = LoopingCall(self.beat)
         self._heartbeat.clock = clock
 
@@ -267,8 +281,28 @@ class Presence:
         batch = self._batches.get(topic)
         if batch is None:
             batch = self._batches[topic] = _Batch()
-            batch.call = self._clock.callLater(self._window, self._flush, topic)
+            batch.call = self._clock.callLater(self.window_for(topic), self._flush_in_turn, topic)
         return batch
+
+    def window_for(self, topic: str) -> float:
+        """
+        How long a topic's changes gather before they are announced. Every diff goes to
+        every member, so the window grows with the channel (up to a second): a join
+        storm on a big channel then costs a bounded number of diffs per member.
+        """
+        replica = self.replicas.get(topic)
+        members = len(replica.entries) if replica is not None else 0
+        return min(max(self._window, self._window * members / 500), max(self._window, 1.0))
+
+    def _flush_in_turn(self, topic: str) -> None:
+        """Flush now, or right after the topic's flush in flight: one at a time, in order."""
+        batch = self._batches[topic]
+        batch.call = None
+        in_flight = self._in_flight.get(topic)
+        if in_flight is not None:
+            in_flight.addBoth(lambda _: self._flush_in_turn(topic) if self._batches.get(topic) is batch else None)
+        else:
+            self._flush(topic)
 
     def _flush(self, topic: str) -> defer.Deferred[None]:
         batch = self._batches.pop(topic)
@@ -280,37 +314,41 @@ class Presence:
         args.append("|")
         args += list(batch.removes)
         if want_state:
-            self._early_diffs[topic] = []
+            self._early_diffs.setdefault(topic, [])
         keys = [presence_key(topic), node_key(self.node), CHANNELS_KEY]
         d = self._store.execute("EVAL", _UPDATE, len(keys), *keys, *args)
         d.addCallback(self._flushed, topic, batch)
         d.addErrback(self._flush_failed, topic, batch)
+        self._in_flight[topic] = d
+        d.addBoth(self._landed, topic, d)
         return d
+
+    def _landed(self, result: Any, topic: str, d: defer.Deferred[None]) -> Any:
+        if self._in_flight.get(topic) is d:
+            del self._in_flight[topic]
+        return result
 
     def _flushed(self, result: list[Any], topic: str, batch: _Batch) -> None:
         appeared, vanished, channels, entries = result
         if topic not in self._local:
-            self.replicas.pop(topic, None)
-            self._early_diffs.pop(topic, None)
+            if topic not in self._observed:
+                self.replicas.pop(topic, None)
+                self._early_diffs.pop(topic, None)
             self._store.execute("SREM", node_key(self.node), topic).addErrback(lambda f: None)
         else:
             replica = self.replicas.get(topic)
             if replica is None:
-                replica = self.replicas[topic] = Replica()
-                for i in range(0, len(entries), 2):
-                    _, key, meta = decode_entry(entries[i + 1])
-                    replica.add(key, meta)
-                # diffs that crossed the snapshot on the other connection
-                for diff in self._early_diffs.pop(topic, ()):
-                    replica.apply(diff)
+                replica = self._snapshot(topic, entries)
             for key, meta in batch.adds.values():
                 replica.add(key, meta)
             for _, meta in batch.removes.values():
                 replica.remove(meta)
-            for d in batch.waiting:
-                d.callback(replica)
-        self._announce(topic, batch.adds.values(), batch.removes.values())
         self._report_channel(topic, appeared, vanished, channels)
+        self._announce(topic, batch.adds.values(), batch.removes.values())
+        # a joiner that left before the flush is no longer waited for by anyone
+        replica = self.replicas.get(topic) or Replica()
+        for d in batch.waiting:
+            d.callback(replica)
 
     def _flush_failed(self, failure: Any, topic: str, batch: _Batch) -> None:
         self._early_diffs.pop(topic, None)
@@ -335,6 +373,42 @@ class Presence:
             names = sorted(c.decode() for c in channels)
             self.on_channel_change("add" if appeared else "remove", {"channel": topic, "channels": names})
 
+    def _snapshot(self, topic: str, entries: list[bytes]) -> Replica:
+        """Make the topic's replica from Redis's entries (``HGETALL``) and catch it up."""
+        replica = self.replicas[topic] = Replica()
+        for i in range(0, len(entries), 2):
+            _, key, meta = decode_entry(entries[i + 1])
+            replica.add(key, meta)
+        # diffs that crossed the snapshot on the other connection
+        for diff in self._early_diffs.pop(topic, ()):
+            replica.apply(diff)
+        stale = self._stale.pop(topic, None)
+        if stale is not None:
+            # Redis came back: tell members what changed while it was away
+            self._announce(
+                topic,
+                [e for ref, e in replica.entries.items() if ref not in stale.entries],
+                [e for ref, e in stale.entries.items() if ref not in replica.entries],
+            )
+        return replica
+
+    def observe(self, topic: str) -> defer.Deferred[None]:
+        """
+        Keep ``topic``'s replica current even with no member here (the admin channel);
+        read now, and again by ``restore()`` on every connection.
+        """
+        self._observed.add(topic)
+        self._early_diffs.setdefault(topic, [])
+        d = self._store.execute("HGETALL", presence_key(topic))
+        d.addCallback(lambda entries: self._snapshot(topic, entries) and None)
+        d.addErrback(lambda f: None)  # read again by restore() once Redis is back
+        return d
+
+    def channel_agents(self) -> defer.Deferred[dict[str, list[str]]]:
+        """Every channel of every process with its agent ids, for ``channel.list``."""
+        d = self._store.execute("EVAL", _LIST, 1, CHANNELS_KEY, PREFIX)
+        return d.addCallback(lambda flat: {flat[i].decode(): [a.decode() for a in flat[i + 1]] for i in range(0, len(flat), 2)})
+
     # what other processes announce
 
     def diff_received(self, topic: str, payload: bytes) -> None:
@@ -352,7 +426,7 @@ class Presence:
     # liveness of processes
 
     def start(self) -> None:
-        self._heartbeat.start(self._node_timeout / 3, now=True)
+        self._heartbeat.start(self._node_timeout / 3, now=False)
 
     def stop(self) -> defer.Deferred[None]:
         """Withdraw every entry of this process now (shutdown); fires when Redis has it."""
@@ -392,9 +466,17 @@ class Presence:
             self._report_channel(topic, 0, vanished, channels)
 
     def restore(self) -> None:
-        """After a Redis outage: write this process's entries again and re-read replicas."""
+        """
+        On every connection to Redis: say this node is alive; after an outage also write
+        this process's entries again, re-read every replica, and announce what differs
+        from what members were last told.
+        """
+        self.beat()
+        self._stale.update(self.replicas)
         self.replicas.clear()
         for topic, entries in self._local.items():
             batch = self._batch(topic)
             for ref, entry in entries.items():
                 batch.adds.setdefault(ref, entry)
+        for topic in self._observed - self._local.keys():
+            self.observe(topic)

@@ -151,15 +151,15 @@ class RedisBridge(MultiService):
     Publishes for the hub and feeds it what Redis delivers.
 
     ``on_message(topic, event, payload)`` is called for each message on a watched
-    topic; ``on_reconnect()`` after the connections came back from an outage, so the
-    owner can restore what Redis lost.
+    topic; ``on_connect()`` each time both connections are up, the first time and after
+    every outage, so the owner can restore what Redis lost.
     """
 
     def __init__(self, reactor: IReactorTime, url: RedisURL) -> None:
         super().__init__()
         self.url = url
         self.on_message: Callable[[str, str, bytes], None] = lambda topic, event, payload: None
-        self.on_reconnect: Callable[[], None] = lambda: None
+        self.on_connect: Callable[[], None] = lambda: None
         self._watched: dict[str, int] = {}
         self._commands: Any = None
         self._subscriber: Any = None
@@ -201,11 +201,11 @@ class RedisBridge(MultiService):
             return
         if self._was_connected:
             log.info("Redis at {url} is back; restoring subscriptions and presence", url=str(self.url))
-            self.on_reconnect()
         else:
             log.info("connected to Redis at {url}", url=str(self.url))
         self._was_connected = True
         self._reported_down = False
+        self.on_connect()
 
     def _lost(self, conn: Any, attribute: str) -> None:
         if getattr(self, attribute) is conn:

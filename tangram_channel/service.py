@@ -25,7 +25,7 @@ class ChannelService(Service):
         self.bridge = bridge
         self.factory = factory
         bridge.on_message = hub.deliver
-        bridge.on_reconnect = presence.restore
+        bridge.on_connect = presence.restore
 
     def startService(self) -> None:
         super().startService()
