@@ -188,7 +188,8 @@ class Broadcast:
     One message for every member of a topic, encoded at most once per serializer.
 
     ``payload`` is JSON bytes when ``is_text``, else raw bytes for a binary frame.
-    ``prepared`` is for the transport layer to cache its own framing of each encoding.
+    ``prepared`` is for the transport layer to cache its own framing of each encoding,
+    so that framing too is paid once, not once per member.
     """
 
     __slots__ = ("topic", "event", "payload", "is_text", "_frames", "prepared")

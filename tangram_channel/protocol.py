@@ -18,6 +18,7 @@ import base64
 import binascii
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -122,13 +123,16 @@ class PhoenixProtocol(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return
         key = self.vsn if broadcast.is_text else "binary"
-        prepared = broadcast.prepared.get(key)
-        if prepared is None:
-            prepared = broadcast.prepared[key] = self.factory.prepareMessage(
-                broadcast.frame(self.vsn), not broadcast.is_text
-            )
-        self._count(len(prepared.payloadHybi))
-        self.sendPreparedMessage(prepared)
+        frame = broadcast.prepared.get(key)
+        if frame is None:
+            # WebSocket framing, done once per broadcast and serializer (server frames
+            # are unmasked, so every member gets the same bytes)
+            frame = broadcast.prepared[key] = PreparedMessage(
+                broadcast.frame(self.vsn), not broadcast.is_text, applyMask=False, doNotCompress=True
+            ).payloadHybi
+        self._count(len(frame))
+        # Straight to the transport: Autobahn's sendData formats a debug line per call.
+        self.transport.write(frame)
 
     # limits
 
