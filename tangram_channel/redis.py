@@ -21,7 +21,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
-from twisted.logger import Logger
+from twisted.logger import LogLevel, Logger, globalLogPublisher
 
 log = Logger()
 
@@ -139,6 +139,17 @@ class _Factory(protocol.Factory):
         log.error("Redis refused the connection: {why}", why=why)
 
 
+def _warnings_only(event: dict[str, Any]) -> None:
+    if event["log_level"] >= LogLevel.warn:
+        globalLogPublisher(event)
+
+
+class _ReconnectingService(ClientService):
+    """A ClientService that does not log every retry: the bridge says once that Redis is down."""
+
+    _log = Logger(observer=_warnings_only)
+
+
 class _Subscriber(txredisapi.SubscriberProtocol):
     on_message: Callable[[bytes, bytes, bytes], None] = staticmethod(lambda pattern, channel, message: None)
 
@@ -166,10 +177,10 @@ class RedisBridge(MultiService):
         self._was_connected = False
         self._reported_down = False
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0)
-        ClientService(
+        _ReconnectingService(
             url.endpoint(reactor), _Factory(txredisapi.RedisProtocol, url, self._commands_ready), retryPolicy=retry
         ).setServiceParent(self)
-        ClientService(
+        _ReconnectingService(
             url.endpoint(reactor), _Factory(_Subscriber, url, self._subscriber_ready), retryPolicy=retry
         ).setServiceParent(self)
 
