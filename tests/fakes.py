@@ -1,0 +1,188 @@
+"""
+Fakes for the unit tests of pure logic: a Redis that answers in memory (as the hub's
+``Bus`` and presence's ``Store``), a socket ``Outbox`` that records frames, and a hub
+wired to them with a ``Clock``. No sockets, no redis-server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from tangram_channel import frames
+from tangram_channel.dispatcher import Hub, Session
+from tangram_channel.frames import Broadcast, Message
+from tangram_channel.presence import Presence
+from tangram_channel.redis import RedisUnavailable
+from tangram_channel.tokens import TokenAuthority
+
+SECRET = "unit-test-secret"
+WINDOW = 0.05
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class FakeRedis:
+    """
+    Redis as the hub and presence use it, in memory.
+
+    ``mode`` decides what commands and publishes do: ``"ok"`` answers at once,
+    ``"hold"`` keeps the answer until ``release()`` (the command still runs when
+    called, as Redis would take its snapshot then), ``"fail"`` fails with
+    RedisUnavailable.
+    """
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.published: list[tuple[bytes, bytes]] = []
+        self.commands: list[tuple[Any, ...]] = []
+        self.watches: dict[str, int] = {}
+        self.unwatches: dict[str, int] = {}
+        self.hashes: dict[str, dict[str, bytes]] = {}
+        self.channels: set[str] = set()
+        self._held: list[tuple[defer.Deferred[Any], Any]] = []
+
+    # Bus
+
+    def watch(self, topic: str) -> defer.Deferred[None]:
+        self.watches[topic] = self.watches.get(topic, 0) + 1
+        return defer.succeed(None)
+
+    def unwatch(self, topic: str) -> None:
+        self.unwatches[topic] = self.unwatches.get(topic, 0) + 1
+
+    def publish(self, channel: bytes, payload: bytes) -> defer.Deferred[Any]:
+        if self.mode != "fail":
+            self.published.append((channel, payload))
+        return self._answer(1)
+
+    # Store
+
+    def execute(self, *command: Any) -> defer.Deferred[Any]:
+        self.commands.append(command)
+        if self.mode == "fail":
+            return self._answer(None)
+        if command[0] == "EVAL":
+            nkeys = command[2]
+            keys, args = command[3 : 3 + nkeys], command[3 + nkeys :]
+            return self._answer(self._update(keys[0], args))
+        return self._answer(1)
+
+    def _update(self, hash_key: str, args: tuple[Any, ...]) -> list[Any]:
+        """What presence's update script does, in Python."""
+        topic, mode = args[0], args[1]
+        entries = self.hashes.setdefault(hash_key, {})
+        before = len(entries)
+        bar = args.index("|")
+        for i in range(2, bar, 2):
+            entries[_text(args[i])] = args[i + 1]
+        for ref in args[bar + 1 :]:
+            entries.pop(_text(ref), None)
+        appeared = vanished = 0
+        if entries and not before and topic not in self.channels:
+            self.channels.add(topic)
+            appeared = 1
+        elif not entries and before and topic in self.channels:
+            self.channels.discard(topic)
+            vanished = 1
+        channels = sorted(c.encode() for c in self.channels) if appeared or vanished else []
+        flat: list[bytes] = []
+        if mode == "state":
+            for ref, value in entries.items():
+                flat += [ref.encode(), value]
+        return [appeared, vanished, channels, flat]
+
+    def _answer(self, value: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        if self.mode == "hold":
+            self._held.append((d, value))
+        elif self.mode == "fail":
+            d.errback(RedisUnavailable("redis is down (fake)"))
+        else:
+            d.callback(value)
+        return d
+
+    def release(self) -> None:
+        """Answer every held command and publish, in order, and stop holding."""
+        self.mode = "ok"
+        held, self._held = self._held, []
+        for d, value in held:
+            d.callback(value)
+
+    def fail_held(self) -> None:
+        """Fail every held command and publish with RedisUnavailable."""
+        self.mode = "ok"
+        held, self._held = self._held, []
+        for d, _ in held:
+            d.errback(RedisUnavailable("redis is down (fake)"))
+
+    # what the tests look at
+
+    def published_to(self, channel: str) -> list[Any]:
+        """Payloads published to ``channel``, decoded from JSON."""
+        return [frames.loads(payload) for name, payload in self.published if name == channel.encode()]
+
+    def presence(self, topic: str) -> dict[str, bytes]:
+        return self.hashes.get(f"tangram-channel:presence:{topic}", {})
+
+
+class FakeOutbox:
+    """One socket's outgoing frames, decoded: JSON values for text, bytes for binary."""
+
+    def __init__(self, vsn: str = frames.V2) -> None:
+        self.vsn = vsn
+        self.frames: list[Any] = []
+        self.broadcasts: list[Broadcast] = []
+
+    def send(self, message: Message) -> None:
+        self.frames.append(frames.loads(frames.encode(message, self.vsn)))
+
+    def send_frame(self, frame: bytes, is_binary: bool) -> None:
+        self.frames.append(frame if is_binary else frames.loads(frame))
+
+    def send_broadcast(self, broadcast: Broadcast) -> None:
+        self.broadcasts.append(broadcast)
+        frame = broadcast.frame(self.vsn)
+        self.send_frame(frame, not broadcast.is_text)
+
+    def take(self) -> list[Any]:
+        """The frames sent since the last take."""
+        taken, self.frames = self.frames, []
+        return taken
+
+
+class World:
+    """A hub over fakes: one clock, one fake Redis, real tokens and real presence."""
+
+    def __init__(self, max_channels_per_socket: int = 100, datetime_interval: float = 0) -> None:
+        self.clock = Clock()
+        self.redis = FakeRedis()
+        self.tokens = TokenAuthority(SECRET, 3600, 60, 8, self.clock.seconds)
+        self.presence = Presence(self.redis, self.clock, "node-a", WINDOW, 15.0)
+        self.hub = Hub(self.tokens, self.redis, self.presence, self.clock, max_channels_per_socket, datetime_interval)
+
+    def token(self, topic: str, client_id: str = "alice") -> str:
+        return self.tokens.mint(topic, client_id)[1]
+
+    def connect(self, socket_token: str | None = None) -> tuple[Session, FakeOutbox]:
+        outbox = FakeOutbox()
+        return self.hub.connect(outbox, socket_token), outbox
+
+    def settle(self) -> None:
+        """Let presence flush its window."""
+        self.clock.advance(WINDOW)
+
+    def join(self, session: Session, topic: str, join_ref: str = "1", client_id: str = "alice", **payload: Any) -> None:
+        """Send a phx_join with a valid token (unless the payload says otherwise) and settle."""
+        payload.setdefault("token", self.token(topic, client_id))
+        session.received(Message(join_ref, join_ref, topic, "phx_join", payload))
+        self.settle()
+
+
+def reply(join_ref: str | None, ref: str | None, topic: str, status: str, response: Any) -> list[Any]:
+    """A phx_reply frame as the client decodes it."""
+    return [join_ref, ref, topic, "phx_reply", {"status": status, "response": response}]
