@@ -20,6 +20,7 @@ from tangram_channel.tokens import TokenAuthority
 
 SECRET = "unit-test-secret-" * 4  # long enough for HS512 too, so PyJWT stays quiet
 WINDOW = 0.05
+START = 1_700_000_000.0  # 2023-11-14T22:13:20Z: "now" for every fake world
 
 
 def _text(value: Any) -> str:
@@ -160,6 +161,7 @@ class World:
 
     def __init__(self, max_channels_per_socket: int = 100, datetime_interval: float = 0) -> None:
         self.clock = Clock()
+        self.clock.advance(START)
         self.redis = FakeRedis()
         self.tokens = TokenAuthority(SECRET, 3600, 60, 8, self.clock.seconds)
         self.presence = Presence(self.redis, self.clock, "node-a", WINDOW, 15.0)
