@@ -59,8 +59,10 @@ def test_v1_encoding_is_the_phoenix_object() -> None:
 
 # malformed text frames: (frame, vsn, expected join_ref, ref, topic on the error)
 MALFORMED = [
-    pytest.param(b'["1","2","room","ev"]', V2, None, None, None, id="v2-four-elements"),
-    pytest.param(b'["1","2","room","ev",{},6]', V2, None, None, None, id="v2-six-elements"),
+    pytest.param(b'["1","2","room","ev"]', V2, "1", "2", "room", id="v2-four-elements"),
+    pytest.param(b'["1","2","room","ev",{},6]', V2, "1", "2", "room", id="v2-six-elements"),
+    pytest.param(b'[null,"2"]', V2, None, "2", None, id="v2-two-elements"),
+    pytest.param(b"[]", V2, None, None, None, id="v2-empty-array"),
     pytest.param(b'{"a":1}', V2, None, None, None, id="v2-object"),
     pytest.param(b'"text"', V2, None, None, None, id="v2-string"),
     pytest.param(b'["1",2,"room","ev",{}]', V2, "1", None, "room", id="v2-ref-number"),
@@ -116,22 +118,29 @@ def test_binary_push_header_fields_are_utf8() -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
+    "data, join_ref, ref, topic",
     [
-        pytest.param(b"", id="empty"),
-        pytest.param(b"\x00\x01\x01", id="short-header"),
-        pytest.param(b"\x01" + binary_push(b"1", b"2", b"room", b"ev", b"")[1:], id="kind-1"),
-        pytest.param(b"\x02" + binary_push(b"1", b"2", b"room", b"ev", b"")[1:], id="kind-2"),
-        pytest.param(binary_push(b"1", b"2", b"room", b"ev", b"")[:-1], id="truncated-event"),
-        pytest.param(bytes((0, 1, 1, 200, 2)) + b"12room", id="topic-length-past-end"),
-        pytest.param(binary_push(b"1", b"2", b"ro\xffm", b"ev", b""), id="topic-not-utf8"),
-        pytest.param(binary_push(b"\xc3", b"2", b"room", b"ev", b""), id="join-ref-not-utf8"),
-        pytest.param(binary_push(b"1", b"2", b"", b"ev", b""), id="empty-topic"),
+        pytest.param(b"", None, None, None, id="empty"),
+        pytest.param(b"\x00\x01\x01", None, None, None, id="short-header"),
+        pytest.param(b"\x01" + binary_push(b"1", b"2", b"room", b"ev", b"")[1:], None, None, None, id="kind-1"),
+        pytest.param(b"\x02" + binary_push(b"1", b"2", b"room", b"ev", b"")[1:], None, None, None, id="kind-2"),
+        pytest.param(binary_push(b"1", b"2", b"room", b"ev", b"")[:-1], "1", "2", "room", id="truncated-event"),
+        pytest.param(bytes((0, 1, 1, 200, 2)) + b"12room", "1", "2", None, id="topic-length-past-end"),
+        pytest.param(binary_push(b"1", b"2", b"ro\xffm", b"ev", b""), "1", "2", None, id="topic-not-utf8"),
+        pytest.param(binary_push(b"1", b"2", b"room", b"e\xff", b""), "1", "2", "room", id="event-not-utf8"),
+        pytest.param(binary_push(b"\xc3", b"2", b"room", b"ev", b""), None, None, None, id="join-ref-not-utf8"),
+        pytest.param(binary_push(b"1", b"2", b"", b"ev", b""), "1", "2", None, id="empty-topic"),
+        pytest.param(binary_push(b"1", b"2", b"room", b"", b""), "1", "2", "room", id="empty-event"),
     ],
 )
-def test_malformed_binary_frame_is_a_frame_error(data: bytes) -> None:
-    with pytest.raises(FrameError):
+def test_malformed_binary_frame_is_a_frame_error_with_usable_headers(
+    data: bytes, join_ref: str | None, ref: str | None, topic: str | None
+) -> None:
+    with pytest.raises(FrameError) as caught:
         frames.decode_binary(data)
+    error = caught.value
+    assert error.reason
+    assert (error.join_ref, error.ref, error.topic) == (join_ref, ref, topic)
 
 
 @given(
