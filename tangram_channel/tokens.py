@@ -95,7 +95,9 @@ class TokenAuthority:
         # PyJWT would check exp against the wall clock; we check it against ours so
         # that tests and the service agree on what "now" is.
         exp = claims.get("exp")
-        if not isinstance(exp, (int, float)) or exp + self._leeway_secs < self._now():
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+            raise TokenRefused("unauthorized")
+        if exp + self._leeway_secs < self._now():
             raise TokenRefused("token expired")
         client_id, channel = claims.get("id"), claims.get("channel")
         if not isinstance(client_id, str) or not isinstance(channel, str):
