@@ -109,6 +109,11 @@ def test_a_token_without_exp_is_refused(authority: TokenAuthority) -> None:
     assert refusal(authority, signed(good_claims(exp=None))) == "unauthorized"
 
 
+@pytest.mark.parametrize("exp", ["2100-01-01", [START + 3600], True])
+def test_a_non_numeric_exp_is_unauthorized_not_expired(authority: TokenAuthority, exp: object) -> None:
+    assert refusal(authority, signed(good_claims(exp=exp))) == "unauthorized"
+
+
 def test_expiry_counts_leeway_on_the_injected_clock(authority: TokenAuthority, clock: Clock) -> None:
     _, token = authority.mint("room", "alice", expires_in=10)
     clock.advance(10 + LEEWAY)
