@@ -345,3 +345,15 @@ def test_datetime_ticks_are_off_with_zero() -> None:
     world.hub.start()
     world.clock.pump([1] * 5)
     assert outbox.take() == []
+
+
+def test_an_unsendable_broadcast_held_during_the_join_does_not_break_the_join(world: World) -> None:
+    """A binary broadcast cannot name a topic over 255 bytes; it is dropped, the join completes."""
+    topic = "t" * 300
+    session, outbox = world.connect()
+    session.received(Message("1", "1", topic, "phx_join", {"token": world.token(topic)}))
+    world.hub.deliver(topic, "raw", b"not json")
+    world.hub.deliver(topic, "json", b"{}")
+    world.settle()
+    assert [frame[3] for frame in outbox.take()] == ["phx_reply", "presence_state", "json"]
+    assert world.redis.published_to(f"from:{topic}:phx_join") == [{}]
