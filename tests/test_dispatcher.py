@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -102,20 +103,25 @@ def test_join_publishes_the_payload_without_the_token(world: World) -> None:
     assert all(token.encode() not in payload for _, payload in world.redis.published)
 
 
-def refusal_cases(world: World) -> list[tuple[str | None, dict[str, Any], str]]:
-    """(join_ref, payload, reason) for each refused join of topic "room"."""
-    return [
-        ("1", {"token": "not-a-jwt"}, "unauthorized"),
-        ("1", {"token": world.token("other")}, "unauthorized"),
-        ("1", {}, "unauthorized"),
-        ("1", {"token": world.tokens.mint("room", "alice", expires_in=-61)[1]}, "token expired"),
-        (None, {"token": world.token("room")}, "join_ref required"),
-    ]
+REFUSALS = [
+    pytest.param("1", lambda world: {"token": "not-a-jwt"}, "unauthorized", id="malformed-token"),
+    pytest.param("1", lambda world: {"token": world.token("other")}, "unauthorized", id="token-for-another-topic"),
+    pytest.param("1", lambda world: {}, "unauthorized", id="no-token"),
+    pytest.param(
+        "1",
+        lambda world: {"token": world.tokens.mint("room", "alice", expires_in=-61)[1]},
+        "token expired",
+        id="expired-past-leeway",
+    ),
+    pytest.param(None, lambda world: {"token": world.token("room")}, "join_ref required", id="no-join-ref"),
+]
 
 
-@pytest.mark.parametrize("case", range(5))
-def test_a_refused_join_is_answered_and_leaves_the_socket_usable(world: World, case: int) -> None:
-    join_ref, payload, reason = refusal_cases(world)[case]
+@pytest.mark.parametrize("join_ref, make_payload, reason", REFUSALS)
+def test_a_refused_join_is_answered_and_leaves_the_socket_usable(
+    world: World, join_ref: str | None, make_payload: Callable[[World], dict[str, Any]], reason: str
+) -> None:
+    payload = make_payload(world)
     session, outbox = world.connect()
     session.received(Message(join_ref, "9", "room", "phx_join", payload))
     world.settle()

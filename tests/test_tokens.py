@@ -12,7 +12,8 @@ from twisted.internet.task import Clock
 
 from tangram_channel.tokens import Grant, TokenAuthority, TokenRefused, random_id
 
-SECRET = "unit-test-secret-" * 4  # long enough for HS512 too, so PyJWT stays quiet
+from .fakes import SECRET, claims_of
+
 LEEWAY = 60
 # a fixed "now" far from the wall clock, so nothing passes by accident of real time
 START = 1_000_000.0
@@ -28,10 +29,6 @@ def clock() -> Clock:
 @pytest.fixture
 def authority(clock: Clock) -> TokenAuthority:
     return TokenAuthority(SECRET, 3600, LEEWAY, 8, clock.seconds)
-
-
-def claims_of(token: str) -> dict:
-    return jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False})
 
 
 def signed(claims: dict, key: object = SECRET, algorithm: str = "HS256") -> str:

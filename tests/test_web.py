@@ -6,7 +6,6 @@ import json
 import string
 from typing import Any
 
-import jwt
 import pytest
 from treq.testing import StubTreq
 from twisted.internet.defer import Deferred
@@ -16,7 +15,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from tangram_channel.protocol import PhoenixFactory
 from tangram_channel.web import MAX_TOKEN_REQUEST, SocketResource, make_site
 
-from .fakes import SECRET, World
+from .fakes import World, claims_of
 
 ADMIN_KEY = "admin-key-for-tests"
 JSON = {"content-type": "application/json"}
@@ -73,10 +72,6 @@ class Answer:
 def post_token(stub: StubTreq, fields: Any, headers: dict[str, str] | None = None) -> Answer:
     body = fields if isinstance(fields, bytes) else json.dumps(fields).encode()
     return Answer(stub, "POST", "/token", body, {**JSON, **(headers or {})})
-
-
-def claims_of(token: str) -> dict[str, Any]:
-    return jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False})
 
 
 # POST /token
