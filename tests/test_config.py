@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -215,25 +216,35 @@ def test_a_real_secret_may_listen_anywhere() -> None:
 # twistd options
 
 
+@pytest.fixture
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No ./tangram.toml and no TANGRAM_CHANNEL_* variables, whatever the machine has."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith(configuration.ENV_PREFIX):
+            monkeypatch.delenv(name)
+    return tmp_path
+
+
 def parse(*argv: str) -> Options:
     options = Options()
     options.parseOptions(list(argv))
     return options
 
 
-def test_listen_is_repeatable() -> None:
+def test_listen_is_repeatable(isolated: Path) -> None:
     options = parse("--listen", "tcp:1", "--listen", "unix:/tmp/s")
     assert options.command_line()["listen"] == ["tcp:1", "unix:/tmp/s"]
 
 
-def test_options_not_given_are_none() -> None:
+def test_options_not_given_are_none(isolated: Path) -> None:
     given = parse().command_line()
     assert given["listen"] is None
     assert given["port"] is None and given["jwt_secret"] is None
     assert "config" not in given
 
 
-def test_options_become_config_keys_over_the_environment() -> None:
+def test_options_become_config_keys_over_the_environment(isolated: Path) -> None:
     options = parse("--port", "9000", "--redis-url", "unix:///tmp/r.sock", "--jwt-secret", "cli", "--embedded-redis", "false")
     config = load(options["config"], {"TANGRAM_CHANNEL_PORT": "1"}, **options.command_line())
     assert config.port == 9000
@@ -242,11 +253,12 @@ def test_options_become_config_keys_over_the_environment() -> None:
     assert config.embedded_redis is False
 
 
-def test_config_option_names_the_file() -> None:
-    assert parse("--config", "other.toml")["config"] == "other.toml"
-    assert parse("-c", "x.toml")["config"] == "x.toml"
+@pytest.mark.parametrize("flag", ["--config", "-c"])
+def test_config_option_names_the_file(isolated: Path, flag: str) -> None:
+    path = write(isolated, "[channel]\nport = 1\n")
+    assert parse(flag, path)["config"] == path
 
 
-def test_unknown_option_is_a_usage_error() -> None:
+def test_unknown_option_is_a_usage_error(isolated: Path) -> None:
     with pytest.raises(usage.UsageError):
         parse("--no-such-option")
