@@ -128,6 +128,21 @@ def test_v1_sockets_speak_objects(world: World) -> None:
     ]
 
 
+def test_v1_join_gets_presence_state_as_an_object_with_the_join_ref(world: World) -> None:
+    client = Client(world, "?vsn=1.0.0")
+    client.send_text({"topic": "room", "event": "phx_join", "payload": {"token": world.token("room")}, "ref": "1", "join_ref": "1"})
+    world.settle()
+    (_, joined), (_, state) = client.received()
+    assert (joined["event"], joined["payload"]["status"]) == ("phx_reply", "ok")
+    assert {k: state[k] for k in ("topic", "event", "ref", "join_ref")} == {
+        "topic": "room",
+        "event": "presence_state",
+        "ref": None,
+        "join_ref": "1",
+    }
+    assert list(state["payload"]) == ["alice"]
+
+
 def test_a_malformed_frame_is_answered_and_the_socket_stays_open(world: World) -> None:
     client = Client(world)
     client.send_text(b'["1","2","room",5,{}]')
