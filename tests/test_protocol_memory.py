@@ -16,8 +16,7 @@ from twisted.python.failure import Failure
 
 from tangram_channel.protocol import CLOSE_IDLE, CLOSE_POLICY, PhoenixFactory, PhoenixProtocol
 
-from .fakes import World, reply
-from .test_protocol_unit import offered
+from .fakes import World, offered, reply
 
 TEXT, BINARY, CLOSE = 0x1, 0x2, 0x8
 IDLE = 30.0

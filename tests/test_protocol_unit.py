@@ -11,12 +11,7 @@ from tangram_channel import protocol
 from tangram_channel.frames import FrameError
 from tangram_channel.protocol import PhoenixFactory, subprotocol_token
 
-from .fakes import World
-
-
-def offered(token: str) -> str:
-    """What phoenix.js 1.8 puts in Sec-WebSocket-Protocol for ``authToken``."""
-    return "base64url.bearer.phx." + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+from .fakes import World, offered
 
 
 @pytest.mark.parametrize("token", ["a", "ab", "abc", "eyJhbGciOiJIUzI1NiJ9.e30.sig", "tôken/+?"])
