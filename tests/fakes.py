@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import fakeredis
 import jwt
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -16,7 +17,7 @@ from twisted.internet.task import Clock
 from tangram_channel import frames
 from tangram_channel.dispatcher import Hub, Session
 from tangram_channel.frames import Broadcast, Message
-from tangram_channel.presence import Presence
+from tangram_channel.presence import Presence, presence_key
 from tangram_channel.redis import RedisUnavailable
 from tangram_channel.tokens import TokenAuthority
 
@@ -25,28 +26,23 @@ WINDOW = 0.05
 START = 1_700_000_000.0  # 2023-11-14T22:13:20Z: "now" for every fake world
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class FakeRedis:
     """
-    Redis as the hub and presence use it, in memory.
+    Redis as the hub and presence use it, in memory: commands (the presence Lua
+    scripts included) run on fakeredis, so this fake follows the scripts as they change.
 
-    ``mode`` decides what commands and publishes do: ``"ok"`` answers at once,
-    ``"hold"`` keeps the answer until ``release()`` (the command still runs when
-    called, as Redis would take its snapshot then), ``"fail"`` fails with
-    RedisUnavailable.
+    ``mode`` decides what commands and publishes answer: ``"ok"`` at once, ``"hold"``
+    only at ``release()`` (the command still runs when called, as Redis would take its
+    snapshot then), ``"fail"`` fails with RedisUnavailable without running it.
     """
 
     def __init__(self) -> None:
+        self.server = fakeredis.FakeRedis(server=fakeredis.FakeServer())  # a Redis of its own
         self.mode = "ok"
         self.published: list[tuple[bytes, bytes]] = []
         self.commands: list[tuple[Any, ...]] = []
         self.watches: dict[str, int] = {}
         self.unwatches: dict[str, int] = {}
-        self.hashes: dict[str, dict[str, bytes]] = {}
-        self.channels: set[str] = set()
         self._held: list[tuple[defer.Deferred[Any], Any]] = []
 
     # Bus
@@ -69,35 +65,7 @@ class FakeRedis:
         self.commands.append(command)
         if self.mode == "fail":
             return self._answer(None)
-        if command[0] == "EVAL":
-            nkeys = command[2]
-            keys, args = command[3 : 3 + nkeys], command[3 + nkeys :]
-            return self._answer(self._update(keys[0], args))
-        return self._answer(1)
-
-    def _update(self, hash_key: str, args: tuple[Any, ...]) -> list[Any]:
-        """What presence's update script does, in Python."""
-        topic, mode = args[0], args[1]
-        entries = self.hashes.setdefault(hash_key, {})
-        before = len(entries)
-        bar = args.index("|")
-        for i in range(2, bar, 2):
-            entries[_text(args[i])] = args[i + 1]
-        for ref in args[bar + 1 :]:
-            entries.pop(_text(ref), None)
-        appeared = vanished = 0
-        if entries and not before and topic not in self.channels:
-            self.channels.add(topic)
-            appeared = 1
-        elif not entries and before and topic in self.channels:
-            self.channels.discard(topic)
-            vanished = 1
-        channels = sorted(c.encode() for c in self.channels) if appeared or vanished else []
-        flat: list[bytes] = []
-        if mode == "state":
-            for ref, value in entries.items():
-                flat += [ref.encode(), value]
-        return [appeared, vanished, channels, flat]
+        return self._answer(self.server.execute_command(*command))
 
     def _answer(self, value: Any) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = defer.Deferred()
@@ -130,7 +98,8 @@ class FakeRedis:
         return [frames.loads(payload) for name, payload in self.published if name == channel.encode()]
 
     def presence(self, topic: str) -> dict[str, bytes]:
-        return self.hashes.get(f"tangram-channel:presence:{topic}", {})
+        """The topic's presence hash in Redis: phx_ref -> stored entry."""
+        return {ref.decode(): value for ref, value in self.server.hgetall(presence_key(topic)).items()}
 
 
 class FakeOutbox:

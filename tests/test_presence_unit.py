@@ -200,7 +200,7 @@ def test_a_join_and_leave_in_one_window_never_reach_redis(node: Node) -> None:
 
 def test_diffs_during_the_first_state_read_apply_after_the_snapshot(node: Node) -> None:
     """Another process's join and leave that cross our first read of the hash are not lost."""
-    node.redis.hashes[presence_key("room")] = {"c1": encode_entry("node-b", "carol", meta("c1"))}
+    node.redis.server.hset(presence_key("room"), "c1", encode_entry("node-b", "carol", meta("c1")))
     node.redis.mode = "hold"
     node.track("room", "alice", "a1")
     node.clock.advance(WINDOW)
