@@ -6,8 +6,8 @@ Presence over a fake Redis and a fake socket, driven by a Clock.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
