@@ -8,7 +8,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from tangram_channel import frames
-from tangram_channel.presence import Diff, Presence, Replica, encode_entry, presence_key
+from tangram_channel.presence import NODES_KEY, Diff, Presence, Replica, encode_entry, presence_key
 
 from .fakes import WINDOW, FakeRedis
 
@@ -126,10 +126,10 @@ def test_state_json_follows_applied_diffs() -> None:
 class Node:
     """One process's Presence over a fake Redis, with the fired track results."""
 
-    def __init__(self, redis: FakeRedis | None = None) -> None:
+    def __init__(self, redis: FakeRedis | None = None, name: str = "node-a") -> None:
         self.clock = Clock()
         self.redis = redis or FakeRedis()
-        self.presence = Presence(self.redis, self.clock, "node-a", WINDOW, 15.0)
+        self.presence = Presence(self.redis, self.clock, name, WINDOW, 15.0)
         self.changes: list[tuple[str, dict[str, Any]]] = []
         self.presence.on_channel_change = lambda event, payload: self.changes.append((event, payload))
         self.replicas: list[Replica] = []
@@ -258,3 +258,27 @@ def test_stop_withdraws_everything(node: Node) -> None:
     assert node.diffs("room")[-1] == diff(leaves={"alice": ["a1"]})
     assert ("ZREM", "tangram-channel:nodes", "node-a") in node.redis.commands
     assert node.clock.getDelayedCalls() == []
+
+
+def test_a_silent_node_is_reaped_and_its_entries_announced_as_leaves(node: Node) -> None:
+    """What the survivors do for a process that died without cleaning up (SIGKILL)."""
+    dead = Node(node.redis, "node-b")
+    dead.track("room", "bob", "b1")
+    dead.clock.advance(WINDOW)
+    node.track("room", "alice", "a1")
+    node.clock.advance(WINDOW)
+    node.redis.server.zadd(NODES_KEY, {"node-b": 0})  # its last beat, long ago
+    node.presence.beat()
+    assert set(node.redis.presence("room")) == {"a1"}
+    assert node.diffs("room")[-1] == diff(leaves={"bob": ["b1"]})
+
+
+def test_a_live_node_is_not_reaped(node: Node) -> None:
+    alive = Node(node.redis, "node-b")
+    alive.track("room", "bob", "b1")
+    alive.clock.advance(WINDOW)
+    alive.presence.beat()
+    published = list(node.redis.published)
+    node.presence.beat()
+    assert set(node.redis.presence("room")) == {"b1"}
+    assert node.redis.published == published
