@@ -137,6 +137,7 @@ class World:
         self.tokens = TokenAuthority(SECRET, 3600, 60, 8, self.clock.seconds)
         self.presence = Presence(self.redis, self.clock, "node-a", WINDOW, 15.0)
         self.hub = Hub(self.tokens, self.redis, self.presence, self.clock, max_channels_per_socket, datetime_interval)
+        self._echoed = 0
 
     def token(self, topic: str, client_id: str = "alice") -> str:
         return self.tokens.mint(topic, client_id)[1]
@@ -148,6 +149,14 @@ class World:
     def settle(self) -> None:
         """Let presence flush its window."""
         self.clock.advance(WINDOW)
+
+    def echo(self) -> None:
+        """Deliver what was published to ``to:<topic>:<event>`` back to the hub, as Redis would."""
+        published, self._echoed = self.redis.published[self._echoed :], len(self.redis.published)
+        for channel, payload in published:
+            if channel.startswith(b"to:"):
+                topic, _, event = channel.decode()[3:].rpartition(":")
+                self.hub.deliver(topic, event, payload)
 
     def join(self, session: Session, topic: str, join_ref: str = "1", client_id: str = "alice", **payload: Any) -> None:
         """Send a phx_join with a valid token (unless the payload says otherwise) and settle."""

@@ -5,6 +5,7 @@ Presence over a fake Redis and a fake socket, driven by a Clock.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -183,6 +184,35 @@ def test_a_second_join_closes_the_first_then_joins_again(world: World) -> None:
     diff = world.redis.published_to("to:room:presence_diff")[-1]
     assert [m["phx_ref"] for m in diff["leaves"]["alice"]["metas"]] == [old]
     assert [m["phx_ref"] for m in diff["joins"]["alice"]["metas"]] == [new]
+
+
+def test_a_join_is_announced_to_every_member_after_the_joiners_state(world: World) -> None:
+    """Once Redis echoes the diff: the joiner sees reply, state, then its own join; others the join."""
+    first, first_out = joined(world, "room", "1", "alice")
+    world.echo()
+    first_out.take()
+    second, second_out = world.connect()
+    world.join(second, "room", "7", "bob")
+    world.echo()
+    bob = agent(second, "room", "7")
+    sent = second_out.take()
+    assert [frame[3] for frame in sent] == ["phx_reply", "presence_state", "presence_diff"]
+    assert set(sent[1][4]) == {"alice", "bob"}
+    bob_meta = sent[1][4]["bob"]["metas"][0]
+    assert bob_meta["phx_ref"] == bob
+    diff = [None, None, "room", "presence_diff", {"joins": {"bob": {"metas": [bob_meta]}}, "leaves": {}}]
+    assert sent[2] == diff
+    assert first_out.take() == [diff]
+
+
+def test_diffs_from_other_processes_reach_members_and_later_joiners_state(world: World) -> None:
+    _, outbox = joined(world, "room", "1", "alice")
+    other = {"joins": {"carol": {"metas": [{"phx_ref": "elsewhere:room:1", "online_at": 5}]}}, "leaves": {}}
+    world.hub.deliver("room", "presence_diff", json.dumps(other).encode())
+    assert outbox.take()[-1] == [None, None, "room", "presence_diff", other]
+    late, late_out = world.connect()
+    world.join(late, "room", "2", "dave")
+    assert set(late_out.take()[1][4]) == {"alice", "carol", "dave"}
 
 
 # leaves
