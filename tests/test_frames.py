@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tangram_channel import frames
@@ -143,6 +143,7 @@ def test_malformed_binary_frame_is_a_frame_error_with_usable_headers(
     assert (error.join_ref, error.ref, error.topic) == (join_ref, ref, topic)
 
 
+@settings(deadline=None)  # no timed assertions: a slow machine must not fail it
 @given(
     join_ref=st.text(max_size=20),
     ref=st.text(max_size=20),
@@ -261,6 +262,7 @@ json_values = st.recursive(
 )
 
 
+@settings(deadline=None)
 @given(json_values)
 def test_dumps_then_loads_is_the_identity(value: object) -> None:
     assert frames.loads(frames.dumps(value)) == value
