@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -97,7 +98,7 @@ _EXPECTED = {
     "str": "a string",
     "optstr": "a string",
     "int": "an integer",
-    "float": "a number",
+    "float": "a finite number",
     "list": "a list of strings",
     "autobool": '"auto", true or false',
     "bool": "true or false",
@@ -114,7 +115,7 @@ def _check(key: str, value: Any) -> Any:
         checked = value
     elif kind == "int" and isinstance(value, int) and not isinstance(value, bool):
         checked = value
-    elif kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         checked = float(value)
     elif kind == "list" and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         checked = tuple(value)

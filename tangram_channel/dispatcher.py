@@ -271,7 +271,7 @@ class Session:
         )
         backlog, member.backlog = member.backlog or [], None
         for broadcast in backlog:
-            member.deliver(broadcast)
+            self.hub.broadcast(broadcast, {member})  # drops (and logs) what cannot be framed
         payload = message.payload
         if isinstance(payload, dict):
             payload = {k: v for k, v in payload.items() if k != "token"}

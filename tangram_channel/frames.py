@@ -119,7 +119,10 @@ def decode_text(data: bytes, vsn: str) -> Message:
             raise _with_headers(FrameError("a 1.0.0 frame needs topic, event, payload and ref"), value)
         return _validated(value.get("join_ref"), value["ref"], value["topic"], value["event"], value["payload"])
     if not isinstance(value, list) or len(value) != 5:
-        raise FrameError("a 2.0.0 frame must be an array of 5 elements")
+        error = FrameError("a 2.0.0 frame must be an array of 5 elements")
+        if isinstance(value, list):
+            raise _with_headers(error, dict(zip(("join_ref", "ref", "topic"), value)))
+        raise error
     return _validated(*value)
 
 
@@ -138,16 +141,23 @@ def decode_binary(data: bytes) -> Message:
         raise FrameError("binary frame is not a push")
     lengths = data[1:5]
     start = 5
-    fields = []
+    fields: list[str] = []
+    problem = None
     for length in lengths:
         end = start + length
         if end > len(data):
-            raise FrameError("binary frame is shorter than its header says")
+            problem = "binary frame is shorter than its header says"
+            break
         try:
             fields.append(data[start:end].decode("utf-8"))
         except UnicodeDecodeError:
-            raise FrameError("binary frame header is not UTF-8") from None
+            problem = "binary frame header is not UTF-8"
+            break
         start = end
+    if problem is not None:
+        # the fields before the bad one can still address the error reply
+        join_ref, ref, topic = (fields + ["", "", ""])[:3]
+        raise FrameError(problem, join_ref or None, ref or None, topic or None)
     join_ref, ref, topic, event = fields
     return _validated(join_ref or None, ref or None, topic, event, data[start:])
 

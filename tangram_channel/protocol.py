@@ -203,6 +203,9 @@ class PhoenixFactory(WebSocketServerFactory):
             maxMessagePayloadSize=max_message_size,
             maxFramePayloadSize=max_message_size,
             allowNullOrigin=True,
+            # Autobahn drops the TCP connection on a protocol failure by default, so a
+            # too-big message reached the client as 1006: send the close code instead.
+            failByDrop=False,
             closeHandshakeTimeout=2,
             openHandshakeTimeout=10,
         )

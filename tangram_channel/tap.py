@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 import sys
 from typing import Any
@@ -96,7 +97,8 @@ def _is_loopback_endpoint(description: str) -> bool:
     kind = description.split(":", 1)[0]
     if kind == "unix":
         return True
-    for part in description.split(":"):
+    # endpoint strings escape the colons of IPv6 addresses: split on the others only
+    for part in re.split(r"(?<!\\):", description):
         if part.startswith("interface="):
             host = part[len("interface=") :].replace("\\", "")
             try:

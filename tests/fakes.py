@@ -1,0 +1,180 @@
+"""
+Fakes for the unit tests of pure logic: a Redis that answers in memory (as the hub's
+``Bus`` and presence's ``Store``), a socket ``Outbox`` that records frames, and a hub
+wired to them with a ``Clock``. No sockets, no redis-server.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import fakeredis
+import jwt
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from tangram_channel import frames
+from tangram_channel.dispatcher import Hub, Session
+from tangram_channel.frames import Broadcast, Message
+from tangram_channel.presence import Presence, presence_key
+from tangram_channel.redis import RedisUnavailable
+from tangram_channel.tokens import TokenAuthority
+
+SECRET = "unit-test-secret-" * 4  # long enough for HS512 too, so PyJWT stays quiet
+WINDOW = 0.05
+START = 1_700_000_000.0  # 2023-11-14T22:13:20Z: "now" for every fake world
+
+
+class FakeRedis:
+    """
+    Redis as the hub and presence use it, in memory: commands (the presence Lua
+    scripts included) run on fakeredis, so this fake follows the scripts as they change.
+
+    ``mode`` decides what commands and publishes answer: ``"ok"`` at once, ``"hold"``
+    only at ``release()`` (the command still runs when called, as Redis would take its
+    snapshot then), ``"fail"`` fails with RedisUnavailable without running it.
+    """
+
+    def __init__(self) -> None:
+        self.server = fakeredis.FakeRedis(server=fakeredis.FakeServer())  # a Redis of its own
+        self.mode = "ok"
+        self.published: list[tuple[bytes, bytes]] = []
+        self.commands: list[tuple[Any, ...]] = []
+        self.watches: dict[str, int] = {}
+        self.unwatches: dict[str, int] = {}
+        self._held: list[tuple[defer.Deferred[Any], Any]] = []
+
+    # Bus
+
+    def watch(self, topic: str) -> defer.Deferred[None]:
+        self.watches[topic] = self.watches.get(topic, 0) + 1
+        return defer.succeed(None)
+
+    def unwatch(self, topic: str) -> None:
+        self.unwatches[topic] = self.unwatches.get(topic, 0) + 1
+
+    def publish(self, channel: bytes, payload: bytes) -> defer.Deferred[Any]:
+        if self.mode != "fail":
+            self.published.append((channel, payload))
+        return self._answer(1)
+
+    # Store
+
+    def execute(self, *command: Any) -> defer.Deferred[Any]:
+        self.commands.append(command)
+        if self.mode == "fail":
+            return self._answer(None)
+        return self._answer(self.server.execute_command(*command))
+
+    def _answer(self, value: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        if self.mode == "hold":
+            self._held.append((d, value))
+        elif self.mode == "fail":
+            d.errback(RedisUnavailable("redis is down (fake)"))
+        else:
+            d.callback(value)
+        return d
+
+    def release(self) -> None:
+        """Answer every held command and publish, in order, and stop holding."""
+        self.mode = "ok"
+        held, self._held = self._held, []
+        for d, value in held:
+            d.callback(value)
+
+    def fail_held(self) -> None:
+        """Fail every held command and publish with RedisUnavailable."""
+        self.mode = "ok"
+        held, self._held = self._held, []
+        for d, _ in held:
+            d.errback(RedisUnavailable("redis is down (fake)"))
+
+    # what the tests look at
+
+    def published_to(self, channel: str) -> list[Any]:
+        """Payloads published to ``channel``, decoded from JSON."""
+        return [frames.loads(payload) for name, payload in self.published if name == channel.encode()]
+
+    def presence(self, topic: str) -> dict[str, bytes]:
+        """The topic's presence hash in Redis: phx_ref -> stored entry."""
+        return {ref.decode(): value for ref, value in self.server.hgetall(presence_key(topic)).items()}
+
+
+class FakeOutbox:
+    """One socket's outgoing frames, decoded: JSON values for text, bytes for binary."""
+
+    def __init__(self, vsn: str = frames.V2) -> None:
+        self.vsn = vsn
+        self.frames: list[Any] = []
+        self.broadcasts: list[Broadcast] = []
+
+    def send(self, message: Message) -> None:
+        self.frames.append(frames.loads(frames.encode(message, self.vsn)))
+
+    def send_frame(self, frame: bytes, is_binary: bool) -> None:
+        self.frames.append(frame if is_binary else frames.loads(frame))
+
+    def send_broadcast(self, broadcast: Broadcast) -> None:
+        self.broadcasts.append(broadcast)
+        frame = broadcast.frame(self.vsn)
+        self.send_frame(frame, not broadcast.is_text)
+
+    def take(self) -> list[Any]:
+        """The frames sent since the last take."""
+        taken, self.frames = self.frames, []
+        return taken
+
+
+class World:
+    """A hub over fakes: one clock, one fake Redis, real tokens and real presence."""
+
+    def __init__(self, max_channels_per_socket: int = 100, datetime_interval: float = 0) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.redis = FakeRedis()
+        self.tokens = TokenAuthority(SECRET, 3600, 60, 8, self.clock.seconds)
+        self.presence = Presence(self.redis, self.clock, "node-a", WINDOW, 15.0)
+        self.hub = Hub(self.tokens, self.redis, self.presence, self.clock, max_channels_per_socket, datetime_interval)
+        self._echoed = 0
+
+    def token(self, topic: str, client_id: str = "alice") -> str:
+        return self.tokens.mint(topic, client_id)[1]
+
+    def connect(self, socket_token: str | None = None) -> tuple[Session, FakeOutbox]:
+        outbox = FakeOutbox()
+        return self.hub.connect(outbox, socket_token), outbox
+
+    def settle(self) -> None:
+        """Let presence flush its window."""
+        self.clock.advance(WINDOW)
+
+    def echo(self) -> None:
+        """Deliver what was published to ``to:<topic>:<event>`` back to the hub, as Redis would."""
+        published, self._echoed = self.redis.published[self._echoed :], len(self.redis.published)
+        for channel, payload in published:
+            if channel.startswith(b"to:"):
+                topic, _, event = channel.decode()[3:].rpartition(":")
+                self.hub.deliver(topic, event, payload)
+
+    def join(self, session: Session, topic: str, join_ref: str = "1", client_id: str = "alice", **payload: Any) -> None:
+        """Send a phx_join with a valid token (unless the payload says otherwise) and settle."""
+        payload.setdefault("token", self.token(topic, client_id))
+        session.received(Message(join_ref, join_ref, topic, "phx_join", payload))
+        self.settle()
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    """The claims of a token signed with SECRET, whatever its expiry."""
+    return jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False})
+
+
+def offered(token: str) -> str:
+    """What phoenix.js 1.8 puts in Sec-WebSocket-Protocol for its ``authToken``."""
+    return "base64url.bearer.phx." + base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
+
+
+def reply(join_ref: str | None, ref: str | None, topic: str, status: str, response: Any) -> list[Any]:
+    """A phx_reply frame as the client decodes it."""
+    return [join_ref, ref, topic, "phx_reply", {"status": status, "response": response}]

@@ -1,0 +1,395 @@
+"""
+What each Phoenix event does, with no I/O: a real Hub, Session, TokenAuthority and
+Presence over a fake Redis and a fake socket, driven by a Clock.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from tangram_channel.dispatcher import Session
+from tangram_channel.frames import FrameError, Message
+
+from .fakes import START, FakeOutbox, World, reply
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def agent(session: Session, topic: str, join_ref: str) -> str:
+    return f"{session.conn_id}:{topic}:{join_ref}"
+
+
+def push(session: Session, topic: str, event: str, payload: Any, join_ref: str | None = "1", ref: str = "2") -> None:
+    session.received(Message(join_ref, ref, topic, event, payload))
+
+
+def joined(world: World, topic: str = "room", join_ref: str = "1", client_id: str = "alice") -> tuple[Session, FakeOutbox]:
+    """A session that joined ``topic``, its join frames already taken."""
+    session, outbox = world.connect()
+    world.join(session, topic, join_ref, client_id)
+    assert outbox.take()[0] == reply(join_ref, join_ref, topic, "ok", {"id": agent(session, topic, join_ref)})
+    return session, outbox
+
+
+def assert_usable(world: World, session: Session, outbox: FakeOutbox) -> None:
+    """After a refusal the socket still answers heartbeats and can join."""
+    outbox.take()
+    push(session, "phoenix", "heartbeat", {}, join_ref=None, ref="hb")
+    world.join(session, "usable", "u1")
+    sent = outbox.take()
+    assert sent[0] == reply(None, "hb", "phoenix", "ok", {})
+    assert sent[1] == reply("u1", "u1", "usable", "ok", {"id": agent(session, "usable", "u1")})
+
+
+# heartbeats
+
+
+def test_heartbeat_is_answered_and_published_with_nothing_joined(world: World) -> None:
+    session, outbox = world.connect()
+    push(session, "phoenix", "heartbeat", {"n": 1}, join_ref=None, ref="7")
+    assert outbox.take() == [reply(None, "7", "phoenix", "ok", {})]
+    assert world.redis.published_to("from:phoenix:heartbeat") == [{"n": 1}]
+
+
+# joins
+
+
+def test_join_replies_with_the_agent_id_then_presence_state_with_the_join_ref(world: World) -> None:
+    session, outbox = world.connect()
+    world.join(session, "room", "4", "alice")
+    me = agent(session, "room", "4")
+    assert outbox.take() == [
+        reply("4", "4", "room", "ok", {"id": me}),
+        ["4", None, "room", "presence_state", {"alice": {"metas": [{"phx_ref": me, "online_at": int(START * 1000)}]}}],
+    ]
+
+
+def test_join_subscribes_before_replying(world: World) -> None:
+    session, outbox = world.connect()
+    session.received(Message("1", "1", "room", "phx_join", {"token": world.token("room")}))
+    assert world.redis.watches == {"room": 1}
+    assert outbox.frames == []
+
+
+def test_join_takes_the_token_from_the_payload_first(world: World) -> None:
+    session, outbox = world.connect(socket_token=world.token("elsewhere"))
+    world.join(session, "room")
+    assert outbox.take()[0] == reply("1", "1", "room", "ok", {"id": agent(session, "room", "1")})
+
+
+@pytest.mark.parametrize("payload", [{}, {"token": None}, {"token": 5}, "not an object"])
+def test_join_falls_back_to_the_socket_token(world: World, payload: Any) -> None:
+    session, outbox = world.connect(socket_token=world.token("room", "bob"))
+    session.received(Message("1", "1", "room", "phx_join", payload))
+    world.settle()
+    sent = outbox.take()
+    assert sent[0] == reply("1", "1", "room", "ok", {"id": agent(session, "room", "1")})
+    assert list(sent[1][4]) == ["bob"]
+
+
+def test_join_publishes_the_payload_without_the_token(world: World) -> None:
+    session, _ = world.connect()
+    token = world.token("room")
+    world.join(session, "room", token=token, z=1, a={"request_id": "r1"})
+    assert world.redis.published_to("from:room:phx_join") == [{"z": 1, "a": {"request_id": "r1"}}]
+    assert all(token.encode() not in payload for _, payload in world.redis.published)
+
+
+REFUSALS = [
+    pytest.param("1", lambda world: {"token": "not-a-jwt"}, "unauthorized", id="malformed-token"),
+    pytest.param("1", lambda world: {"token": world.token("other")}, "unauthorized", id="token-for-another-topic"),
+    pytest.param("1", lambda world: {}, "unauthorized", id="no-token"),
+    pytest.param(
+        "1",
+        lambda world: {"token": world.tokens.mint("room", "alice", expires_in=-61)[1]},
+        "token expired",
+        id="expired-past-leeway",
+    ),
+    pytest.param(None, lambda world: {"token": world.token("room")}, "join_ref required", id="no-join-ref"),
+]
+
+
+@pytest.mark.parametrize("join_ref, make_payload, reason", REFUSALS)
+def test_a_refused_join_is_answered_and_leaves_the_socket_usable(
+    world: World, join_ref: str | None, make_payload: Callable[[World], dict[str, Any]], reason: str
+) -> None:
+    payload = make_payload(world)
+    session, outbox = world.connect()
+    session.received(Message(join_ref, "9", "room", "phx_join", payload))
+    world.settle()
+    assert outbox.take() == [reply(join_ref, "9", "room", "error", {"reason": reason})]
+    assert "room" not in world.hub.members
+    assert world.redis.published_to("from:room:phx_join") == []
+    assert world.redis.presence("room") == {}
+    assert_usable(world, session, outbox)
+
+
+def test_joins_past_the_limit_are_refused() -> None:
+    world = World(max_channels_per_socket=2)
+    session, outbox = world.connect()
+    world.join(session, "a", "1")
+    world.join(session, "b", "2")
+    outbox.take()
+    world.join(session, "c", "3")
+    assert outbox.take() == [reply("3", "3", "c", "error", {"reason": "too many channels joined"})]
+    assert world.redis.watches.get("c") is None
+    world.join(session, "a", "4")  # rejoining a topic already joined is not one more
+    assert outbox.take()[1] == reply("4", "4", "a", "ok", {"id": agent(session, "a", "4")})
+
+
+def test_a_join_redis_cannot_record_is_refused_and_the_socket_stays_usable(world: World) -> None:
+    session, outbox = world.connect()
+    world.redis.mode = "fail"
+    world.join(session, "room", "1")
+    world.redis.mode = "ok"
+    assert outbox.take() == [reply("1", "1", "room", "error", {"reason": "redis unavailable"})]
+    assert session.joins == {}
+    assert "room" not in world.hub.members
+    assert_usable(world, session, outbox)
+
+
+def test_a_leave_while_the_join_is_in_flight_ends_it_without_a_join_reply(world: World) -> None:
+    session, outbox = world.connect()
+    session.received(Message("1", "1", "room", "phx_join", {"token": world.token("room")}))
+    push(session, "room", "phx_leave", {}, join_ref="1", ref="2")
+    world.settle()
+    assert outbox.take() == [
+        reply("1", "2", "room", "ok", {"id": agent(session, "room", "1")}),
+        ["1", "1", "room", "phx_close", {}],
+    ]
+    assert world.redis.presence("room") == {}
+    assert world.redis.published_to("to:room:presence_diff") == []
+
+
+def test_a_second_join_closes_the_first_then_joins_again(world: World) -> None:
+    session, outbox = joined(world, "room", "1")
+    outbox.take()
+    session.received(Message("3", "3", "room", "phx_join", {"token": world.token("room")}))
+    assert outbox.take() == [["1", "1", "room", "phx_close", {}]]
+    world.settle()
+    old, new = agent(session, "room", "1"), agent(session, "room", "3")
+    sent = outbox.take()
+    assert sent[0] == reply("3", "3", "room", "ok", {"id": new})
+    assert sent[1][:4] == ["3", None, "room", "presence_state"]
+    assert [meta["phx_ref"] for meta in sent[1][4]["alice"]["metas"]] == [new]
+    diff = world.redis.published_to("to:room:presence_diff")[-1]
+    assert [m["phx_ref"] for m in diff["leaves"]["alice"]["metas"]] == [old]
+    assert [m["phx_ref"] for m in diff["joins"]["alice"]["metas"]] == [new]
+
+
+def test_a_join_is_announced_to_every_member_after_the_joiners_state(world: World) -> None:
+    """Once Redis echoes the diff: the joiner sees reply, state, then its own join; others the join."""
+    first, first_out = joined(world, "room", "1", "alice")
+    world.echo()
+    first_out.take()
+    second, second_out = world.connect()
+    world.join(second, "room", "7", "bob")
+    world.echo()
+    bob = agent(second, "room", "7")
+    sent = second_out.take()
+    assert [frame[3] for frame in sent] == ["phx_reply", "presence_state", "presence_diff"]
+    assert set(sent[1][4]) == {"alice", "bob"}
+    bob_meta = sent[1][4]["bob"]["metas"][0]
+    assert bob_meta["phx_ref"] == bob
+    diff = [None, None, "room", "presence_diff", {"joins": {"bob": {"metas": [bob_meta]}}, "leaves": {}}]
+    assert sent[2] == diff
+    assert first_out.take() == [diff]
+
+
+def test_diffs_from_other_processes_reach_members_and_later_joiners_state(world: World) -> None:
+    _, outbox = joined(world, "room", "1", "alice")
+    other = {"joins": {"carol": {"metas": [{"phx_ref": "elsewhere:room:1", "online_at": 5}]}}, "leaves": {}}
+    world.hub.deliver("room", "presence_diff", json.dumps(other).encode())
+    assert outbox.take()[-1] == [None, None, "room", "presence_diff", other]
+    late, late_out = world.connect()
+    world.join(late, "room", "2", "dave")
+    assert set(late_out.take()[1][4]) == {"alice", "carol", "dave"}
+
+
+# leaves
+
+
+def test_leave_replies_with_the_agent_id_then_closes_and_withdraws(world: World) -> None:
+    session, outbox = joined(world, "room", "1")
+    outbox.take()
+    push(session, "room", "phx_leave", {}, join_ref="1", ref="8")
+    assert outbox.take() == [
+        reply("1", "8", "room", "ok", {"id": agent(session, "room", "1")}),
+        ["1", "1", "room", "phx_close", {}],
+    ]
+    assert world.redis.unwatches == {"room": 1}
+    assert world.redis.published_to("from:room:phx_leave") == [{}]
+    world.settle()
+    assert world.redis.presence("room") == {}
+    assert "alice" in world.redis.published_to("to:room:presence_diff")[-1]["leaves"]
+
+
+def test_leaving_a_topic_not_joined_is_ok_and_nothing_else(world: World) -> None:
+    session, outbox = world.connect()
+    push(session, "room", "phx_leave", {}, join_ref="1", ref="8")
+    world.settle()
+    assert outbox.take() == [reply("1", "8", "room", "ok", {})]
+    assert world.redis.published == []
+    assert world.redis.unwatches == {}
+
+
+# pushes
+
+
+def test_a_push_is_published_and_answered_once_redis_acknowledges(world: World) -> None:
+    session, outbox = joined(world)
+    outbox.take()
+    world.redis.mode = "hold"
+    push(session, "room", "new_msg", {"z": 1, "a": [2**70, "é"]}, ref="5")
+    assert world.redis.published[-1] == (b"from:room:new_msg", '{"z":1,"a":[1180591620717411303424,"é"]}'.encode())
+    assert outbox.take() == []
+    world.redis.release()
+    assert outbox.take() == [reply("1", "5", "room", "ok", {})]
+
+
+def test_a_push_redis_cannot_take_is_answered_with_an_error(world: World) -> None:
+    session, outbox = joined(world)
+    outbox.take()
+    world.redis.mode = "fail"
+    push(session, "room", "new_msg", {}, ref="5")
+    assert outbox.take() == [reply("1", "5", "room", "error", {"reason": "redis unavailable"})]
+
+
+def test_a_push_that_fails_later_is_answered_with_an_error(world: World) -> None:
+    session, outbox = joined(world)
+    outbox.take()
+    world.redis.mode = "hold"
+    push(session, "room", "new_msg", {}, ref="5")
+    world.redis.fail_held()
+    assert outbox.take() == [reply("1", "5", "room", "error", {"reason": "redis unavailable"})]
+
+
+def test_a_binary_push_publishes_its_raw_bytes(world: World) -> None:
+    session, _ = joined(world)
+    push(session, "room", "upload", b"\x00\xff raw")
+    assert world.redis.published[-1] == (b"from:room:upload", b"\x00\xff raw")
+
+
+def test_a_push_on_a_topic_not_joined_is_unmatched_and_not_published(world: World) -> None:
+    session, outbox = joined(world, "room")
+    outbox.take()
+    published = list(world.redis.published)
+    push(session, "elsewhere", "new_msg", {"x": 1}, join_ref="1", ref="6")
+    assert outbox.take() == [reply(None, "6", "elsewhere", "error", {"reason": "unmatched topic"})]
+    assert world.redis.published == published
+
+
+def test_a_frame_error_with_a_ref_is_answered(world: World) -> None:
+    session, outbox = world.connect()
+    session.frame_error(FrameError("event must be a non-empty string", "1", "2", "room"))
+    session.frame_error(FrameError("invalid JSON"))
+    assert outbox.take() == [reply("1", "2", "room", "error", {"reason": "event must be a non-empty string"})]
+
+
+# broadcasts
+
+
+def test_broadcasts_before_the_join_reply_wait_until_after_presence_state(world: World) -> None:
+    session, outbox = world.connect()
+    session.received(Message("1", "1", "room", "phx_join", {"token": world.token("room")}))
+    world.hub.deliver("room", "first", b'{"n":1}')
+    world.hub.deliver("room", "second", b"raw")
+    assert outbox.frames == []
+    world.settle()
+    sent = outbox.take()
+    assert [frame[3] if isinstance(frame, list) else frame for frame in sent] == [
+        "phx_reply",
+        "presence_state",
+        "first",
+        bytes((2, 4, 6)) + b"roomsecondraw",
+    ]
+
+
+def test_deliver_sends_the_same_broadcast_to_every_member_of_the_topic(world: World) -> None:
+    members = [joined(world, "room", "1", name) for name in ("alice", "bob", "carol")]
+    _, outsider = joined(world, "lobby")
+    world.hub.deliver("room", "message", b'{"hello":"world"}')
+    sent = [outbox.broadcasts[-1] for _, outbox in members]
+    assert all(broadcast is sent[0] for broadcast in sent)
+    assert [outbox.take() for _, outbox in members] == [[[None, None, "room", "message", {"hello": "world"}]]] * 3
+    assert outsider.take() == []
+
+
+def test_a_closed_session_gets_nothing_more(world: World) -> None:
+    session, outbox = joined(world)
+    session.disconnected()
+    world.hub.deliver("room", "message", b"{}")
+    push(session, "phoenix", "heartbeat", {}, join_ref=None)
+    assert outbox.take() == []
+
+
+def test_disconnect_untracks_every_join(world: World) -> None:
+    session, outbox = joined(world, "room")
+    world.join(session, "lobby", "2")
+    outbox.take()
+    session.disconnected()
+    assert outbox.take() == []  # no phx_close to a socket that is gone
+    assert world.hub.members == {}
+    assert world.hub.sessions == set()
+    assert world.redis.unwatches == {"room": 1, "lobby": 1}
+    world.settle()
+    assert world.redis.presence("room") == {} and world.redis.presence("lobby") == {}
+    for topic in ("room", "lobby"):
+        assert "alice" in world.redis.published_to(f"to:{topic}:presence_diff")[-1]["leaves"]
+
+
+# the system channel's clock
+
+ISO_MS_OFFSET = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$")
+
+
+def test_datetime_ticks_reach_system_members() -> None:
+    world = World(datetime_interval=1)
+    _, outbox = joined(world, "system")
+    outbox.take()
+    world.hub.start()
+    world.clock.pump([1, 1, 1])
+    ticks = outbox.take()
+    assert len(ticks) == 3
+    counters = []
+    for tick in ticks:
+        join_ref, ref, topic, event, payload = tick
+        assert (join_ref, ref, topic, event) == (None, None, "system", "datetime")
+        assert payload["status"] == "ok"
+        assert set(payload["response"]) == {"datetime", "counter"}
+        assert ISO_MS_OFFSET.match(payload["response"]["datetime"])
+        counters.append(payload["response"]["counter"])
+    assert counters == [counters[0], counters[0] + 1, counters[0] + 2]
+    when = datetime.fromisoformat(ticks[-1][4]["response"]["datetime"])
+    assert when == datetime.fromtimestamp(world.clock.seconds(), timezone.utc)
+    world.hub.stop()
+
+
+def test_datetime_ticks_are_off_with_zero() -> None:
+    world = World(datetime_interval=0)
+    _, outbox = joined(world, "system")
+    outbox.take()
+    world.hub.start()
+    world.clock.pump([1] * 5)
+    assert outbox.take() == []
+
+
+def test_an_unsendable_broadcast_held_during_the_join_does_not_break_the_join(world: World) -> None:
+    """A binary broadcast cannot name a topic over 255 bytes; it is dropped, the join completes."""
+    topic = "t" * 300
+    session, outbox = world.connect()
+    session.received(Message("1", "1", topic, "phx_join", {"token": world.token(topic)}))
+    world.hub.deliver(topic, "raw", b"not json")
+    world.hub.deliver(topic, "json", b"{}")
+    world.settle()
+    assert [frame[3] for frame in outbox.take()] == ["phx_reply", "presence_state", "json"]
+    assert world.redis.published_to(f"from:{topic}:phx_join") == [{}]

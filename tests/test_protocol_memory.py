@@ -1,0 +1,232 @@
+"""
+The Phoenix WebSocket protocol on a StringTransport: real Autobahn framing, a fake
+Redis, a Clock; no socket. The client side is a few lines of RFC 6455 below.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from tangram_channel.protocol import CLOSE_IDLE, CLOSE_POLICY, PhoenixFactory, PhoenixProtocol
+
+from .fakes import World, offered, reply
+
+TEXT, BINARY, CLOSE = 0x1, 0x2, 0x8
+IDLE = 30.0
+MAX_MESSAGE = 4096
+MAX_BUFFER = 64 * 1024
+
+
+def client_frame(payload: bytes, opcode: int) -> bytes:
+    """One masked, unfragmented frame, as a client must send it."""
+    mask = b"\x37\xfa\x21\x3d"
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 1 << 16:
+        header = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """Split the server's unmasked, unfragmented frames into (opcode, payload)."""
+    out = []
+    i = 0
+    while i < len(data):
+        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n, i = int.from_bytes(data[i : i + 2], "big"), i + 2
+        elif n == 127:
+            n, i = int.from_bytes(data[i : i + 8], "big"), i + 8
+        out.append((opcode, data[i : i + n]))
+        i += n
+    return out
+
+
+class Client:
+    """One WebSocket to a PhoenixProtocol over a StringTransport."""
+
+    def __init__(self, world: World, query: str = "", protocols: list[str] | None = None) -> None:
+        self.world = world
+        factory = PhoenixFactory(world.hub, world.clock, IDLE, MAX_MESSAGE, MAX_BUFFER)
+        self.protocol: PhoenixProtocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        self.transport = StringTransport()
+        # Behind web.SocketResource the HTTP channel is the transport's producer at
+        # upgrade time, and the protocol replaces it: stand in for that channel.
+        self.transport.registerProducer(StringTransport(), True)
+        self.protocol.makeConnection(self.transport)
+        lines = [
+            f"GET /websocket{query} HTTP/1.1",
+            "Host: tangram.test",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+        ]
+        if protocols:
+            lines.append("Sec-WebSocket-Protocol: " + ", ".join(protocols))
+        self.protocol.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head, _, rest = self.transport.value().partition(b"\r\n\r\n")
+        self.handshake = head.decode()
+        assert self.handshake.startswith("HTTP/1.1 101"), self.handshake
+        self.transport.clear()
+        self._pending = rest
+
+    def send_text(self, value: Any) -> None:
+        data = value if isinstance(value, bytes) else json.dumps(value).encode()
+        self.protocol.dataReceived(client_frame(data, TEXT))
+
+    def send_binary(self, data: bytes) -> None:
+        self.protocol.dataReceived(client_frame(data, BINARY))
+
+    def received(self) -> list[tuple[int, Any]]:
+        """Frames since the last call: text decoded from JSON, binary as bytes."""
+        data, self._pending = self._pending + self.transport.value(), b""
+        self.transport.clear()
+        return [(op, json.loads(p) if op == TEXT else p) for op, p in server_frames(data)]
+
+    def close_code(self) -> int | None:
+        closes = [p for op, p in server_frames(self.transport.value()) if op == CLOSE]
+        return int.from_bytes(closes[0][:2], "big") if closes else None
+
+    def join(self, topic: str, join_ref: str = "1", **payload: Any) -> list[tuple[int, Any]]:
+        self.send_text([join_ref, join_ref, topic, "phx_join", payload])
+        self.world.settle()
+        return self.received()
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_v2_join_over_the_wire_is_a_reply_then_presence_state(world: World) -> None:
+    client = Client(world, "?vsn=2.0.0")
+    sent = client.join("room", "1", token=world.token("room"))
+    assert [op for op, _ in sent] == [TEXT, TEXT]
+    assert sent[0][1][:4] == ["1", "1", "room", "phx_reply"]
+    assert sent[0][1][4]["status"] == "ok"
+    assert sent[1][1][:4] == ["1", None, "room", "presence_state"]
+
+
+def test_v1_sockets_speak_objects(world: World) -> None:
+    client = Client(world, "?vsn=1.0.0")
+    client.send_text({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": "5", "join_ref": None})
+    assert client.received() == [
+        (TEXT, {"topic": "phoenix", "event": "phx_reply", "payload": {"status": "ok", "response": {}}, "ref": "5", "join_ref": None})
+    ]
+
+
+def test_v1_join_gets_presence_state_as_an_object_with_the_join_ref(world: World) -> None:
+    client = Client(world, "?vsn=1.0.0")
+    client.send_text({"topic": "room", "event": "phx_join", "payload": {"token": world.token("room")}, "ref": "1", "join_ref": "1"})
+    world.settle()
+    (_, joined), (_, state) = client.received()
+    assert (joined["event"], joined["payload"]["status"]) == ("phx_reply", "ok")
+    assert {k: state[k] for k in ("topic", "event", "ref", "join_ref")} == {
+        "topic": "room",
+        "event": "presence_state",
+        "ref": None,
+        "join_ref": "1",
+    }
+    assert list(state["payload"]) == ["alice"]
+
+
+def test_a_malformed_frame_is_answered_and_the_socket_stays_open(world: World) -> None:
+    client = Client(world)
+    client.send_text(b'["1","2","room",5,{}]')
+    client.send_text(b"{not json")
+    client.send_binary(b"\x07junk")
+    assert client.received() == [
+        (TEXT, reply("1", "2", "room", "error", {"reason": "event must be a non-empty string"}))
+    ]
+    assert client.protocol.factory.frames_rejected == 3
+    client.send_text([None, "3", "phoenix", "heartbeat", {}])
+    assert client.received() == [(TEXT, reply(None, "3", "phoenix", "ok", {}))]
+    assert not client.transport.disconnecting
+
+
+def test_broadcasts_go_out_as_text_or_binary_frames(world: World) -> None:
+    client = Client(world)
+    client.join("room", token=world.token("room"))
+    world.hub.deliver("room", "message", b'{"a": 1}')
+    world.hub.deliver("room", "update-node", b"Hello from plugin")
+    assert client.received() == [
+        (TEXT, [None, None, "room", "message", {"a": 1}]),
+        (BINARY, bytes((2, 4, 11)) + b"roomupdate-nodeHello from plugin"),
+    ]
+
+
+def test_a_binary_push_is_published_raw(world: World) -> None:
+    client = Client(world)
+    client.join("room", token=world.token("room"))
+    client.send_binary(bytes((0, 1, 1, 4, 6)) + b"12roomupload" + b"\x00\x01\xff")
+    assert world.redis.published[-1] == (b"from:room:upload", b"\x00\x01\xff")
+    assert client.received() == [(TEXT, reply("1", "2", "room", "ok", {}))]
+
+
+def test_user_token_in_the_query_is_the_join_fallback(world: World) -> None:
+    client = Client(world, "?vsn=2.0.0&userToken=" + world.token("room"))
+    assert client.join("room")[0][1][4]["status"] == "ok"
+
+
+def test_the_phoenix_subprotocol_carries_a_token(world: World) -> None:
+    client = Client(world, protocols=["phoenix", offered(world.token("room"))])
+    assert "sec-websocket-protocol: phoenix" in client.handshake.lower()
+    assert client.join("room")[0][1][4]["status"] == "ok"
+
+
+def test_an_idle_socket_is_closed_with_4000_and_leaves(world: World) -> None:
+    client = Client(world)
+    client.join("room", token=world.token("room"))
+    world.clock.advance(IDLE - 1)
+    client.send_text([None, "9", "phoenix", "heartbeat", {}])  # activity resets the timer
+    world.clock.advance(IDLE - 1)
+    assert client.close_code() is None
+    world.clock.advance(1)
+    assert client.close_code() == CLOSE_IDLE
+    assert world.hub.members == {}
+
+
+def test_a_message_over_the_limit_closes_with_1009(world: World) -> None:
+    client = Client(world)
+    client.join("room", token=world.token("room"))
+    client.send_text(b'["1","2","room","ev","' + b"x" * MAX_MESSAGE + b'"]')
+    assert client.close_code() == 1009
+    client.protocol.dataReceived(client_frame((1009).to_bytes(2, "big"), CLOSE))  # the client's close reply
+    assert client.transport.disconnecting
+    client.protocol.connectionLost(Failure(ConnectionDone()))
+    assert world.hub.members == {}
+
+
+def test_a_client_that_stops_reading_is_closed_with_1008_and_leaves(world: World) -> None:
+    client = Client(world)
+    client.join("room", token=world.token("room"))
+    client.protocol.pauseProducing()
+    big = b'{"pad":"' + b"x" * 8000 + b'"}'
+    for _ in range(MAX_BUFFER // len(big) + 1):
+        world.hub.deliver("room", "message", big)
+    assert client.close_code() == CLOSE_POLICY
+    assert world.hub.members == {}
+
+
+def test_the_buffer_bound_resets_when_the_client_reads_again(world: World) -> None:
+    client = Client(world)
+    client.join("room", token=world.token("room"))
+    big = b'{"pad":"' + b"x" * 8000 + b'"}'
+    for _ in range(3):
+        client.protocol.pauseProducing()
+        for _ in range(MAX_BUFFER // len(big) - 1):
+            world.hub.deliver("room", "message", big)
+        client.protocol.resumeProducing()
+    assert client.close_code() is None

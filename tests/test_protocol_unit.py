@@ -1,0 +1,48 @@
+"""The pure parts of the WebSocket layer: the Phoenix 1.8 subprotocol token and the bad-frame counter."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from tangram_channel import protocol
+from tangram_channel.frames import FrameError
+from tangram_channel.protocol import PhoenixFactory, subprotocol_token
+
+from .fakes import World, offered
+
+
+@pytest.mark.parametrize("token", ["a", "ab", "abc", "eyJhbGciOiJIUzI1NiJ9.e30.sig", "tôken/+?"])
+def test_the_subprotocol_token_is_decoded_without_padding(token: str) -> None:
+    assert subprotocol_token(["phoenix", offered(token)]) == token
+
+
+@pytest.mark.parametrize(
+    "protocols",
+    [
+        [],
+        ["phoenix"],
+        ["phoenix", "bearer.phx.abc"],
+        ["phoenix", "base64url.bearer.phx." + base64.urlsafe_b64encode(b"\xff\xfe").decode().rstrip("=")],
+    ],
+)
+def test_no_or_unreadable_subprotocol_token_is_none(protocols: list[str]) -> None:
+    assert subprotocol_token(protocols) is None
+
+
+def test_bad_frames_are_counted_and_logged_at_most_once_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    world = World()
+    factory = PhoenixFactory(world.hub, world.clock, 60, 1 << 20, 16 << 20)
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(protocol.log, "observer", events.append)
+    for _ in range(5):
+        factory.frame_rejected(FrameError("invalid JSON"))
+        world.clock.advance(10)
+    assert factory.frames_rejected == 5
+    assert len(events) == 1
+    world.clock.advance(20)
+    factory.frame_rejected(FrameError("invalid JSON"))
+    assert factory.frames_rejected == 6
+    assert len(events) == 2

@@ -1,0 +1,138 @@
+"""Join tokens: what is minted, and every way a token is refused, on an injected clock."""
+
+from __future__ import annotations
+
+import string
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from twisted.internet.task import Clock
+
+from tangram_channel.tokens import Grant, TokenAuthority, TokenRefused, random_id
+
+from .fakes import SECRET, claims_of
+
+LEEWAY = 60
+# a fixed "now" far from the wall clock, so nothing passes by accident of real time
+START = 1_000_000.0
+
+
+@pytest.fixture
+def clock() -> Clock:
+    clock = Clock()
+    clock.advance(START)
+    return clock
+
+
+@pytest.fixture
+def authority(clock: Clock) -> TokenAuthority:
+    return TokenAuthority(SECRET, 3600, LEEWAY, 8, clock.seconds)
+
+
+def signed(claims: dict, key: object = SECRET, algorithm: str = "HS256") -> str:
+    return jwt.encode(claims, key, algorithm=algorithm)
+
+
+def good_claims(**changes: object) -> dict:
+    claims = {"id": "alice", "channel": "room", "iat": int(START), "exp": int(START) + 3600}
+    claims.update(changes)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def refusal(authority: TokenAuthority, token: object, topic: str = "room") -> str:
+    with pytest.raises(TokenRefused) as caught:
+        authority.verify(token, topic)
+    return caught.value.reason
+
+
+# minting
+
+
+def test_mint_signs_id_channel_iat_exp_with_hs256(authority: TokenAuthority) -> None:
+    client_id, token = authority.mint("room", "alice")
+    assert client_id == "alice"
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    assert claims_of(token) == {"id": "alice", "channel": "room", "iat": START, "exp": START + 3600}
+
+
+def test_mint_honours_expires_in(authority: TokenAuthority) -> None:
+    _, token = authority.mint("room", "alice", expires_in=5)
+    assert claims_of(token)["exp"] == START + 5
+
+
+def test_mint_without_id_draws_a_random_id_of_id_length(clock: Clock) -> None:
+    authority = TokenAuthority(SECRET, 3600, LEEWAY, 13, clock.seconds)
+    ids = {authority.mint("room")[0] for _ in range(50)}
+    assert len(ids) == 50
+    for client_id in ids:
+        assert len(client_id) == 13
+        assert set(client_id) <= set(string.ascii_letters + string.digits)
+
+
+def test_random_id_uses_the_whole_alphanumeric_alphabet() -> None:
+    drawn = set(random_id(5000))
+    assert drawn == set(string.ascii_letters + string.digits)
+
+
+def test_a_minted_token_verifies_for_its_channel(authority: TokenAuthority) -> None:
+    _, token = authority.mint("room", "alice")
+    assert authority.verify(token, "room") == Grant(id="alice", channel="room")
+
+
+# refusals
+
+
+def test_alg_none_is_refused(authority: TokenAuthority) -> None:
+    assert refusal(authority, signed(good_claims(), None, "none")) == "unauthorized"
+
+
+def test_hs512_with_the_right_secret_is_refused(authority: TokenAuthority) -> None:
+    assert refusal(authority, signed(good_claims(), SECRET, "HS512")) == "unauthorized"
+
+
+def test_rs256_is_refused(authority: TokenAuthority) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    assert refusal(authority, signed(good_claims(), pem, "RS256")) == "unauthorized"
+
+
+def test_a_token_signed_with_another_key_is_refused(authority: TokenAuthority) -> None:
+    assert refusal(authority, signed(good_claims(), "another-secret-of-at-least-32-bytes")) == "unauthorized"
+
+
+def test_a_token_without_exp_is_refused(authority: TokenAuthority) -> None:
+    assert refusal(authority, signed(good_claims(exp=None))) == "unauthorized"
+
+
+@pytest.mark.parametrize("exp", ["2100-01-01", [START + 3600], True])
+def test_a_non_numeric_exp_is_unauthorized_not_expired(authority: TokenAuthority, exp: object) -> None:
+    assert refusal(authority, signed(good_claims(exp=exp))) == "unauthorized"
+
+
+def test_expiry_counts_leeway_on_the_injected_clock(authority: TokenAuthority, clock: Clock) -> None:
+    _, token = authority.mint("room", "alice", expires_in=10)
+    clock.advance(10 + LEEWAY)
+    assert authority.verify(token, "room").id == "alice"
+    clock.advance(1)
+    assert refusal(authority, token) == "token expired"
+
+
+def test_a_token_expired_long_ago_is_refused_as_expired(authority: TokenAuthority) -> None:
+    assert refusal(authority, signed(good_claims(exp=int(START) - 3600))) == "token expired"
+
+
+def test_the_channel_claim_must_be_the_topic(authority: TokenAuthority) -> None:
+    _, token = authority.mint("room", "alice")
+    assert refusal(authority, token, topic="other") == "unauthorized"
+
+
+@pytest.mark.parametrize("changes", [{"id": 7}, {"id": None}, {"channel": ["room"]}, {"channel": None}])
+def test_id_and_channel_must_be_strings(authority: TokenAuthority, changes: dict) -> None:
+    assert refusal(authority, signed(good_claims(**changes))) == "unauthorized"
+
+
+@pytest.mark.parametrize("token", [None, "", 42, {"token": "x"}, "not.a.jwt", "garbage"])
+def test_a_missing_or_malformed_token_is_unauthorized(authority: TokenAuthority, token: object) -> None:
+    assert refusal(authority, token) == "unauthorized"
