@@ -110,6 +110,20 @@ class SocketResource(Resource):
         return self._websocket.render(request)
 
 
+class NotFound(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return _error(request, 404, "no such resource")
+
+
+class Root(Resource):
+    """The routes below; anything else is a JSON 404."""
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        return NotFound()
+
+
 class CORSRequest(Request):
     """Adds CORS headers to every response and answers every preflight."""
 
@@ -141,12 +155,12 @@ def make_site(
     conformance_echo: bool = False,
 ) -> Site:
     socket = SocketResource(factory, allowed_origins)
-    root = Resource()
+    root = Root()
     if conformance_echo:
         root.putChild(CONFORMANCE_PATH.strip("/").encode(), socket)
     root.putChild(b"token", TokenResource(tokens, admin_key))
     root.putChild(b"websocket", socket)  # also /websocket/websocket: the resource is a leaf
-    phoenix_default = Resource()
+    phoenix_default = Root()
     phoenix_default.putChild(b"websocket", socket)
     root.putChild(b"socket", phoenix_default)
     request_class = type("ConfiguredCORSRequest", (CORSRequest,), {"cors_origins": cors_origins})
