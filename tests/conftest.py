@@ -19,6 +19,7 @@ import pytest
 from tangram_channel.embedded import find_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"  # of services from ``start_service``
 
 
 def free_port() -> int:
@@ -65,10 +66,10 @@ class RedisServer:
             self.process.wait()
             self.process = None
 
-    def client(self):  # -> redis.Redis, imported lazily so pure unit tests need no redis-py
+    def client(self, **options):  # -> redis.Redis, imported lazily so pure unit tests need no redis-py
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port)
+        return redis.Redis(host="127.0.0.1", port=self.port, **options)
 
 
 @pytest.fixture(scope="session")
@@ -164,6 +165,7 @@ class RunningService:
         self.channel = next(s for s in service if s.__class__.__name__ == "ChannelService")
         self.hub = self.channel.hub
         self.bridge = self.channel.bridge
+        self.jwt_secret = JWT_SECRET
 
     @property
     def base_url(self) -> str:
@@ -190,7 +192,7 @@ def start_service(redis_server: RedisServer):
 
     async def start(redis: RedisServer | None = None, wait_for_redis: bool = True, **settings):
         port = free_port()
-        environ = {"TANGRAM_CHANNEL_JWT_SECRET": "test-secret-that-is-long-enough-for-hs256"}
+        environ = {"TANGRAM_CHANNEL_JWT_SECRET": JWT_SECRET}
         environ.update({f"TANGRAM_CHANNEL_{k.upper()}": str(v) for k, v in settings.items()})
         options = Options()
         options.parseOptions(
