@@ -64,6 +64,13 @@ class Options(usage.Options):
         """Twisted endpoint to listen on, e.g. tcp:2347 or ssl:443:privateKey=k.pem:certKey=c.pem (repeatable)."""
         self["listen"].append(endpoint)
 
+    def postOptions(self) -> None:
+        """Refuse a bad configuration while parsing, where twistd reports it without a traceback."""
+        try:
+            RedisURL(load_config(self, dict(os.environ), quiet=True).redis_url)
+        except (configuration.ConfigError, ValueError) as e:
+            raise usage.UsageError(str(e)) from None
+
     def command_line(self) -> dict[str, Any]:
         """The settings given on the command line, by config key."""
         given = {key.replace("-", "_"): self[key] for key, *_ in self.optParameters if key != "config"}
@@ -71,11 +78,13 @@ class Options(usage.Options):
         return given
 
 
-def load_config(options: Options, environ: dict[str, str]) -> configuration.Config:
+def load_config(options: Options, environ: dict[str, str], quiet: bool = False) -> configuration.Config:
     path = options["config"]
     if path is None and os.path.exists(DEFAULT_CONFIG):
         path = DEFAULT_CONFIG
     config, warnings = configuration.load(path, environ, options.command_line())
+    if quiet:
+        return config
     for warning in warnings:
         log.warn("{warning}", warning=warning)
     if path is not None:
