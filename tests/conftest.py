@@ -137,6 +137,14 @@ class Twistd:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
+        """Block until ``text`` is in the log, e.g. "connected to Redis" before relying on Redis."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise TimeoutError(f"{text!r} not in the twistd log within {timeout}s:\n{self.log()}")
+            time.sleep(0.02)
+
 
 @pytest.fixture
 def twistd(tmp_path: Path) -> Iterator:

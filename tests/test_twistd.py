@@ -30,7 +30,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 from tangram_channel.embedded import is_listening
 
 from .conftest import ROOT, free_port, wait_for_port
-from .e2e import eventually, mint
+from .e2e import mint
 from .wsclient import connect, fields
 
 SECRET = "twistd-test-secret-long-enough-for-hs256"
@@ -56,6 +56,9 @@ async def join_and_receive(ws_url: str, token: str, topic: str, redis, trust: Ce
     assert await client.until(lambda f: fields(f)[3] == "test") == [None, None, topic, "test", {"msg": "hi"}]
     client.close()
     await client.closed
+
+
+CONNECTED = "connected to Redis"
 
 
 def wait_exit(process: subprocess.Popen, timeout: float = 15) -> int:
@@ -100,6 +103,7 @@ async def test_serves_token_websocket_and_redis_broadcast(twistd, flushed_redis)
     """twistd -n tangram-channel mints tokens over HTTP, admits a join with one and relays a Redis broadcast."""
     port = free_port()
     proc = twistd(*listen(port), "--redis-url", flushed_redis.url, "--jwt-secret", SECRET, port=port)
+    proc.wait_for_log(CONNECTED)
     minted = await mint(f"http://127.0.0.1:{port}", "system", "browser-1")
     assert minted["id"] == "browser-1" and claims(minted["token"], SECRET)["channel"] == "system"
     await join_and_receive(f"ws://127.0.0.1:{port}/websocket", minted["token"], "system", flushed_redis.client())
@@ -118,7 +122,7 @@ async def test_config_file_in_tangram_format(twistd, flushed_redis, tmp_path):
         f'[server]\nhost = "127.0.0.1"\nport = 2346\n\n'
         f'[channel]\nhost = "127.0.0.1"\nport = {port}\njwt_secret = "{SECRET}"\n'
     )
-    twistd("--config", str(config), "--embedded-redis", "false", port=port)
+    twistd("--config", str(config), "--embedded-redis", "false", port=port).wait_for_log(CONNECTED)
     minted = await mint(f"http://127.0.0.1:{port}", "room")
     assert claims(minted["token"], SECRET)["channel"] == "room"
     await join_and_receive(f"ws://127.0.0.1:{port}/websocket", minted["token"], "room", flushed_redis.client())
@@ -250,7 +254,7 @@ async def test_tls_listener_serves_https_token_and_wss(twistd, flushed_redis, tm
     twistd(
         "--listen", f"ssl:{port}:privateKey={key_file}:certKey={cert_file}:interface=127.0.0.1",
         "--redis-url", flushed_redis.url, "--jwt-secret", SECRET, port=port,
-    )
+    ).wait_for_log(CONNECTED)
     https = treq.client.HTTPClient(Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust)))
     minted = await mint(f"https://localhost:{port}", "room", agent=https)
     await join_and_receive(f"wss://localhost:{port}/websocket", minted["token"], "room", flushed_redis.client(), trust)
@@ -268,11 +272,10 @@ async def test_embedded_redis_started_when_nothing_listens_and_stopped_on_exit(t
 
     port, redis_port = free_port(), free_port()
     proc = twistd(*listen(port), "--redis-url", f"redis://127.0.0.1:{redis_port}", "--jwt-secret", SECRET, port=port)
-    wait_for_port(redis_port)
+    proc.wait_for_log(CONNECTED)
     redis = redis_py.Redis(host="127.0.0.1", port=redis_port)
     redis_pid = int(redis.info("server")["process_id"])
     minted = await mint(f"http://127.0.0.1:{port}", "room")
-    await eventually(lambda: redis.execute_command("PUBSUB", "NUMPAT") >= 2, what="the service to subscribe")
     await join_and_receive(f"ws://127.0.0.1:{port}/websocket", minted["token"], "room", redis)
     redis.close()
     log = stop_cleanly(proc)
