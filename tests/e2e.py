@@ -83,8 +83,8 @@ class RedisListener:
         self._pubsub = client.pubsub()
         self._pubsub.psubscribe(pattern)
         # the subscription is confirmed before anything the test does next is published
-        while self._pubsub.get_message(timeout=1.0) is None:
-            pass
+        confirmation = self._pubsub.get_message(timeout=5.0)
+        assert confirmation is not None and confirmation["type"] == "psubscribe", confirmation
 
     async def next(self, timeout: float = 5.0) -> tuple[bytes, bytes]:
         """The next ``(channel, data)`` published to a matching channel."""

@@ -287,7 +287,7 @@ async def test_embedded_redis_started_when_nothing_listens_and_stopped_on_exit(t
 
 @pytest_twisted.ensureDeferred
 async def test_embedded_redis_false_never_starts_one(twistd):
-    """With --embedded-redis false and nothing at redis_url, no redis-server is started; joins get 'redis unavailable'."""
+    """--embedded-redis false with nothing at redis_url starts no redis-server; joins get 'redis unavailable'."""
     port, redis_port = free_port(), free_port()
     proc = twistd(
         *listen(port), "--redis-url", f"redis://127.0.0.1:{redis_port}", "--embedded-redis", "false",

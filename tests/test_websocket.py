@@ -25,9 +25,8 @@ def socket_url(service, path: str = "/websocket", query: str = "") -> str:
     return f"ws://127.0.0.1:{service.port}{path}{query}"
 
 
-
 async def join(client: PhoenixTestClient, topic: str, token: str | None, **payload) -> list:
-    """Join and return the reply, skipping nothing the client should see first."""
+    """Join and return the reply; frames received before it are dropped."""
     ref = client.join(topic, token, **payload)
     return await client.reply(ref)
 
@@ -46,6 +45,14 @@ async def next_broadcast(client: PhoenixTestClient):
     return await client.until(lambda f: isinstance(f, bytes) or fields(f)[3] not in ("presence_diff", "presence_state"))
 
 
+def error(reason: str) -> dict:
+    """A reply payload refusing with ``reason``."""
+    return {"status": "error", "response": {"reason": reason}}
+
+
+OK_EMPTY = {"status": "ok", "response": {}}
+
+
 def numpat(redis) -> int:
     return redis.execute_command("PUBSUB", "NUMPAT")
 
@@ -60,7 +67,7 @@ async def test_socket_served_on_every_path(start_service, path):
     service = await start_service(datetime_interval=0)
     client = await connect(socket_url(service, path))
     ref = client.push("phoenix", "heartbeat", {})
-    assert await client.reply(ref) == [None, ref, "phoenix", "phx_reply", {"status": "ok", "response": {}}]
+    assert await client.reply(ref) == [None, ref, "phoenix", "phx_reply", OK_EMPTY]
 
 
 @pytest_twisted.ensureDeferred
@@ -134,7 +141,7 @@ async def test_binary_push_publishes_raw_bytes(start_service, flushed_redis):
     listener = RedisListener(flushed_redis.client())
     raw = b"\x00\xffARROW1\x00not json \xc3"
     ref = client.push_binary("feed", "upload", raw, join_ref="1")
-    assert fields(await client.reply(ref))[4] == {"status": "ok", "response": {}}
+    assert fields(await client.reply(ref))[4] == OK_EMPTY
     assert await listener.until(b"from:feed:upload") == raw
 
 
@@ -158,7 +165,7 @@ async def test_non_json_document_from_redis_arrives_as_binary_broadcast(start_se
 async def test_json_document_from_redis_arrives_as_text_frame_with_payload_bytes_kept(
     start_service, flushed_redis, payload
 ):
-    """A JSON object or array becomes a text frame [null, null, topic, event, payload] with the payload spliced in as is."""
+    """A JSON object or array becomes the text frame [null, null, topic, event, payload], payload bytes as sent."""
     service = await start_service(datetime_interval=0)
     client = await joined_client(service, "feed")
     flushed_redis.client().publish("to:feed:doc", payload)
@@ -177,7 +184,7 @@ async def test_heartbeat_without_any_join_replies_and_publishes(start_service, f
     listener = RedisListener(flushed_redis.client())
     client = await connect(socket_url(service))
     ref = client.push("phoenix", "heartbeat", {"beat": 1})
-    assert await client.reply(ref) == [None, ref, "phoenix", "phx_reply", {"status": "ok", "response": {}}]
+    assert await client.reply(ref) == [None, ref, "phoenix", "phx_reply", OK_EMPTY]
     assert await listener.until(b"from:phoenix:heartbeat") == b'{"beat":1}'
 
 
@@ -218,7 +225,7 @@ async def test_refused_join_replies_error_and_socket_stays_usable(start_service,
     client = await connect(socket_url(service))
     ref = client.join("room", refused_token(service, "room", case))
     reply = await client.reply(ref)
-    assert reply == [ref, ref, "room", "phx_reply", {"status": "error", "response": {"reason": case.get("reason", "unauthorized")}}]
+    assert reply == [ref, ref, "room", "phx_reply", error(case.get("reason", "unauthorized"))]
     good = await join(client, "room", forge_token(service.jwt_secret, "room"))
     assert good[4]["status"] == "ok"
     assert not client.closed.called
@@ -239,7 +246,7 @@ async def test_join_without_join_ref_is_refused(start_service):
     service = await start_service(datetime_interval=0)
     client = await connect(socket_url(service))
     client.send_raw(json.dumps([None, "1", "room", "phx_join", {"token": forge_token(service.jwt_secret, "room")}]))
-    assert await client.reply("1") == [None, "1", "room", "phx_reply", {"status": "error", "response": {"reason": "join_ref required"}}]
+    assert await client.reply("1") == [None, "1", "room", "phx_reply", error("join_ref required")]
 
 
 @pytest_twisted.ensureDeferred
@@ -249,20 +256,20 @@ async def test_user_token_query_is_the_fallback_for_joins_without_token(start_se
     user_token = forge_token(service.jwt_secret, "room")
     client = await connect(socket_url(service, query=f"?vsn=2.0.0&userToken={user_token}"))
     wrong = await join(client, "room", forge_token(service.jwt_secret, "elsewhere"))
-    assert wrong[4] == {"status": "error", "response": {"reason": "unauthorized"}}
+    assert wrong[4] == error("unauthorized")
     assert (await join(client, "room", None))[4]["status"] == "ok"
 
 
 @pytest_twisted.ensureDeferred
 async def test_phoenix_1_8_subprotocol_token(start_service):
-    """The token offered as Sec-WebSocket-Protocol base64url.bearer.phx.<b64> admits joins; the server picks 'phoenix'."""
+    """A token offered as subprotocol base64url.bearer.phx.<b64> admits joins; the server picks 'phoenix'."""
     service = await start_service(datetime_interval=0)
     token = forge_token(service.jwt_secret, "room")
     encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
     client = await connect(socket_url(service), protocols=["phoenix", f"base64url.bearer.phx.{encoded}"])
     assert client.response.protocol == "phoenix"
     assert (await join(client, "room", None))[4]["status"] == "ok"
-    assert (await join(client, "other", None))[4] == {"status": "error", "response": {"reason": "unauthorized"}}
+    assert (await join(client, "other", None))[4] == error("unauthorized")
 
 
 # leave, rejoin, unmatched topics
@@ -282,7 +289,7 @@ async def test_leave_replies_with_agent_id_then_phx_close_and_publishes(start_se
     assert await listener.until(b"from:room:phx_leave") == b"{}"
     again = client.push("room", "phx_leave", {}, join_ref="J")
     assert await client.until(lambda f: f[3] != "presence_diff") == [
-        "J", again, "room", "phx_reply", {"status": "ok", "response": {}}
+        "J", again, "room", "phx_reply", OK_EMPTY
     ]
 
 
@@ -294,8 +301,9 @@ async def test_second_join_of_a_topic_closes_the_first(start_service):
     token = forge_token(service.jwt_secret, "room")
     await join(client, "room", token, join_ref="old")
     ref = client.join("room", token, join_ref="new")
-    assert await client.until(lambda f: f[3] not in ("presence_diff", "presence_state")) == ["old", "old", "room", "phx_close", {}]
-    reply = await client.until(lambda f: f[3] not in ("presence_diff", "presence_state"))
+    not_presence = lambda f: f[3] not in ("presence_diff", "presence_state")  # noqa: E731
+    assert await client.until(not_presence) == ["old", "old", "room", "phx_close", {}]
+    reply = await client.until(not_presence)
     assert reply[:4] == ["new", ref, "room", "phx_reply"]
     assert reply[4]["status"] == "ok" and reply[4]["response"]["id"].endswith(":room:new")
     assert len(service.hub.members["room"]) == 1
@@ -308,7 +316,7 @@ async def test_push_to_topic_not_joined_is_unmatched_and_not_published(start_ser
     listener = RedisListener(flushed_redis.client())
     client = await connect(socket_url(service))
     ref = client.push("room", "say", {"text": "hi"}, join_ref="1")
-    assert await client.reply(ref) == [None, ref, "room", "phx_reply", {"status": "error", "response": {"reason": "unmatched topic"}}]
+    assert await client.reply(ref) == [None, ref, "room", "phx_reply", error("unmatched topic")]
     beat = client.push("phoenix", "heartbeat", {})
     await client.reply(beat)
     assert await listener.next() == (b"from:phoenix:heartbeat", b"{}")
@@ -328,7 +336,7 @@ async def test_push_is_answered_ok_only_after_redis_acknowledged(start_service, 
     beat = client.push("phoenix", "heartbeat", {})
     replies = [await client.until(lambda f: f[3] == "phx_reply") for _ in range(2)]
     assert [r[1] for r in replies] == [beat, push]
-    assert replies[1][4] == {"status": "ok", "response": {}}
+    assert replies[1][4] == OK_EMPTY
     # Redis hands the message to subscribers before it acknowledges the PUBLISH
     assert (b"from:room:say", b'{"text":"hi"}') in listener.pending()
 
@@ -341,10 +349,10 @@ async def test_push_while_redis_is_down_replies_redis_unavailable(start_service,
     own_redis.kill()
     for _ in range(2):  # before and after the service noticed the outage
         ref = client.push("room", "say", {}, join_ref="1")
-        assert await client.reply(ref) == ["1", ref, "room", "phx_reply", {"status": "error", "response": {"reason": "redis unavailable"}}]
+        assert await client.reply(ref) == ["1", ref, "room", "phx_reply", error("redis unavailable")]
         await eventually(lambda: not service.bridge.connected, what="the bridge to notice")
     beat = client.push("phoenix", "heartbeat", {})
-    assert (await client.reply(beat))[4] == {"status": "ok", "response": {}}
+    assert (await client.reply(beat))[4] == OK_EMPTY
     assert not client.closed.called
 
 
@@ -485,7 +493,12 @@ async def test_redis_message_reaches_each_member_once_with_identical_bytes(start
     """One Redis message is encoded once and the same frame bytes reach every member, exactly once each."""
     encodings = []
     encode = frames.Broadcast._encode
-    monkeypatch.setattr(frames.Broadcast, "_encode", lambda self, vsn: encodings.append((self.event, vsn)) or encode(self, vsn))
+
+    def counted(broadcast, vsn):
+        encodings.append((broadcast.event, vsn))
+        return encode(broadcast, vsn)
+
+    monkeypatch.setattr(frames.Broadcast, "_encode", counted)
     service = await start_service(datetime_interval=0)
     members = [await joined_client(service, "fan", client_id=f"m{i}") for i in range(4)]
     payload = '{"b": 2, "a": [1, 2.50, "é"], "big": 340282366920938463463374607431768211457}'
