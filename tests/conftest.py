@@ -188,7 +188,8 @@ class RunningService:
 def start_service(redis_server: RedisServer):
     """
     ``await start_service(redis=..., **settings)``: run the service in this reactor
-    with TANGRAM_CHANNEL-style settings; stopped after the test.
+    with TANGRAM_CHANNEL-style settings; stopped after the test. ``redis_url`` overrides
+    the server's plain URL (credentials, database, unix socket).
     """
     import pytest_twisted
     from twisted.internet import reactor
@@ -198,13 +199,15 @@ def start_service(redis_server: RedisServer):
 
     started = []
 
-    async def start(redis: RedisServer | None = None, wait_for_redis: bool = True, **settings):
+    async def start(
+        redis: RedisServer | None = None, wait_for_redis: bool = True, redis_url: str | None = None, **settings
+    ):
         port = free_port()
         environ = {"TANGRAM_CHANNEL_JWT_SECRET": JWT_SECRET}
         environ.update({f"TANGRAM_CHANNEL_{k.upper()}": str(v) for k, v in settings.items()})
         options = Options()
         options.parseOptions(
-            ["--redis-url", (redis or redis_server).url, "--listen", f"tcp:{port}:interface=127.0.0.1",
+            ["--redis-url", redis_url or (redis or redis_server).url, "--listen", f"tcp:{port}:interface=127.0.0.1",
              "--embedded-redis", "false"]
         )
         service = makeService(options, reactor, environ)

@@ -30,7 +30,7 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 from tangram_channel.embedded import is_listening
 
 from .conftest import ROOT, free_port, wait_for_port
-from .e2e import mint
+from .e2e import eventually, mint
 from .wsclient import connect, fields
 
 SECRET = "twistd-test-secret-long-enough-for-hs256"
@@ -46,16 +46,15 @@ def claims(token: str, secret: str) -> dict:
     return jwt.decode(token, secret, algorithms=["HS256"])
 
 
-async def join_and_receive(ws_url: str, token: str, topic: str, redis, trust: Certificate | None = None) -> None:
-    """Join ``topic`` with ``token``, then a message published on Redis must reach the socket."""
+async def join_and_receive(ws_url: str, token: str, topic: str, redis, trust: Certificate | None = None):
+    """Join ``topic`` with ``token``, then a message published on Redis must reach the socket; returns the client."""
     client = await connect(ws_url, trust=trust)
     ref = client.join(topic, token)
     reply = await client.reply(ref)
     assert fields(reply)[4]["status"] == "ok", reply
     assert redis.publish(f"to:{topic}:test", '{"msg":"hi"}') == 1
     assert await client.until(lambda f: fields(f)[3] == "test") == [None, None, topic, "test", {"msg": "hi"}]
-    client.close()
-    await client.closed
+    return client
 
 
 CONNECTED = "connected to Redis"
@@ -100,15 +99,19 @@ def process_gone(pid: int) -> bool:
 
 @pytest_twisted.ensureDeferred
 async def test_serves_token_websocket_and_redis_broadcast(twistd, flushed_redis):
-    """twistd -n tangram-channel mints tokens over HTTP, admits a join with one and relays a Redis broadcast."""
+    """twistd -n tangram-channel mints tokens, admits a join, relays a broadcast; SIGTERM closes sockets with 1012."""
     port = free_port()
     proc = twistd(*listen(port), "--redis-url", flushed_redis.url, "--jwt-secret", SECRET, port=port)
     proc.wait_for_log(CONNECTED)
     minted = await mint(f"http://127.0.0.1:{port}", "system", "browser-1")
     assert minted["id"] == "browser-1" and claims(minted["token"], SECRET)["channel"] == "system"
-    await join_and_receive(f"ws://127.0.0.1:{port}/websocket", minted["token"], "system", flushed_redis.client())
+    ws_url = f"ws://127.0.0.1:{port}/websocket"
+    client = await join_and_receive(ws_url, minted["token"], "system", flushed_redis.client())
+    proc.process.send_signal(signal.SIGTERM)
+    assert await client.wait_closed() == 1012  # "service restart": phoenix.js reconnects elsewhere
+    await eventually(lambda: proc.process.poll() is not None, timeout=15, what="twistd to exit")
     log = stop_cleanly(proc)
-    assert "closed 0 sockets with 1012" in log
+    assert "closed 1 sockets with 1012" in log
     assert minted["token"].rsplit(".", 1)[1] not in log
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from urllib.parse import quote
 
 import pytest
 import pytest_twisted
@@ -15,6 +16,7 @@ import treq
 
 from tangram_channel import frames
 
+from .conftest import RedisServer, free_port
 from .e2e import RedisListener, RedisMonitor, captured_log, eventually, forge_token
 from .wsclient import PhoenixTestClient, binary_broadcast, connect, fields
 
@@ -405,7 +407,7 @@ async def test_tokens_never_reach_redis_or_the_log(start_service, own_redis):
         assert (await join(by_protocol, "secret-room", None))[4]["status"] == "ok"
         client.send_raw(f'["1","2","secret-room","say",{{"token":"{tokens[0]}"')  # truncated: logged as rejected
         by_query.close()
-        await by_query.closed
+        await by_query.wait_closed()
         await monitor.sync(redis)
     monitor.close()
     assert b"from:secret-room:phx_join" in monitor.seen  # the monitor saw the joins
@@ -455,7 +457,7 @@ async def test_subscribed_only_to_channels_with_members_here(start_service, own_
     assert numpat(redis) == 3
     assert sorted(service.bridge.watched_topics) == ["admin", "alpha", "system"]
     second.close()
-    await second.closed
+    await second.wait_closed()
     await eventually(lambda: numpat(redis) == 2, what="alpha to be unsubscribed after its last member left")
     assert redis.publish("to:alpha:x", "{}") == 0
     assert sorted(service.bridge.watched_topics) == ["admin", "system"]
@@ -525,3 +527,40 @@ async def test_broadcasts_keep_redis_order_per_channel(start_service, flushed_re
         [None, None, "ordered", "n", {"n": n}] if n % 2 else binary_broadcast("ordered", "n", str(n).encode())
         for n in range(50)
     ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_url_with_user_password_and_database(start_service, redis_binary):
+    """redis://user:pass@host:port/db authenticates with an ACL user (password URL-decoded) and selects the db."""
+    password = "p@ss:w/rd%"
+    acl = ("--user", "default", "off", "--user", "bridge", "on", f">{password}", "~*", "&*", "+@all")
+    server = RedisServer(redis_binary, free_port(), acl)
+    server.start()
+    try:
+        url = f"redis://bridge:{quote(password, safe='')}@127.0.0.1:{server.port}/3"
+        service = await start_service(redis_url=url, datetime_interval=0)
+        client = await joined_client(service, "room")
+        redis = server.client(username="bridge", password=password)
+        assert redis.publish("to:room:x", "{}") == 1
+        assert fields(await next_broadcast(client))[3] == "x"
+        assert server.client(username="bridge", password=password, db=3).keys("*room*")
+        assert not redis.keys("*room*")  # nothing in db 0
+    finally:
+        server.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_url_unix_socket(start_service, redis_binary, tmp_path):
+    """unix:///path reaches a Redis listening on a Unix socket only."""
+    path = tmp_path / "redis.sock"
+    server = RedisServer(redis_binary, free_port(), ("--unixsocket", str(path), "--unixsocketperm", "700"))
+    server.start()
+    try:
+        service = await start_service(redis_url=f"unix://{path}", datetime_interval=0)
+        client = await joined_client(service, "room")
+        redis = server.client()
+        assert len([c for c in redis.client_list() if str(path) in c["laddr"]]) == 2
+        assert redis.publish("to:room:x", "{}") == 1
+        assert fields(await next_broadcast(client))[3] == "x"
+    finally:
+        server.kill()

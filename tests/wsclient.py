@@ -129,6 +129,19 @@ class PhoenixTestClient:
         if self.protocol is not None:
             self.protocol.sendClose(1000)
 
+    async def wait_closed(self, timeout: float = 5.0) -> int | None:
+        """The close code once the connection is gone; fails after ``timeout``."""
+        done: defer.Deferred[int | None] = defer.Deferred()
+
+        def closed(code: int | None) -> int | None:
+            if not done.called:
+                done.callback(code)
+            return code
+
+        self.closed.addCallback(closed)
+        done.addTimeout(timeout, reactor)
+        return await done
+
 
 async def connect(
     url: str,
