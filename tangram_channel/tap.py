@@ -67,7 +67,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         """Refuse a bad configuration while parsing, where twistd reports it without a traceback."""
         try:
-            RedisURL(load_config(self, dict(os.environ), quiet=True).redis_url)
+            config = load_config(self, dict(os.environ), quiet=True)
+            RedisURL(config.redis_url)
+            if _exposes_default_secret(config):
+                check_secret(config)  # raises
         except (configuration.ConfigError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
 
@@ -107,11 +110,17 @@ def _is_loopback_endpoint(description: str) -> bool:
     return False
 
 
+def _exposes_default_secret(config: configuration.Config) -> bool:
+    return config.jwt_secret == configuration.DEFAULT_SECRET and not all(
+        _is_loopback_endpoint(e) for e in config.endpoints
+    )
+
+
 def check_secret(config: configuration.Config) -> None:
     """The well-known default secret would let anyone forge tokens: loopback only."""
     if config.jwt_secret != configuration.DEFAULT_SECRET:
         return
-    if all(_is_loopback_endpoint(e) for e in config.endpoints):
+    if not _exposes_default_secret(config):
         log.warn(
             'USING THE DEFAULT jwt_secret "secret": anyone can forge tokens. Fine on loopback for a trial; '
             "set jwt_secret in tangram.toml or TANGRAM_CHANNEL_JWT_SECRET before exposing this service."
