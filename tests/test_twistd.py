@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
@@ -131,21 +132,26 @@ async def test_config_file_in_tangram_format(twistd, flushed_redis, tmp_path):
     await join_and_receive(f"ws://127.0.0.1:{port}/websocket", minted["token"], "room", flushed_redis.client())
 
 
-def test_missing_config_file_exits_with_a_message(twistd, tmp_path):
-    """A --config file that does not exist stops start-up with a non-zero exit naming the file, no traceback."""
-    code, output = run_to_exit(twistd, "--config", str(tmp_path / "nowhere.toml"))
-    assert code != 0
-    assert "config file not found" in output and "nowhere.toml" in output
-    assert "Traceback" not in output
+BAD_STARTS = {
+    "missing config file": (["--config", "nowhere.toml"], None, "config file not found: nowhere.toml"),
+    "wrong-typed key": (
+        ["--config", "tangram.toml"],
+        '[channel]\njwt_expiration_secs = "a week"\n',
+        "jwt_expiration_secs must be an integer, not 'a week'",
+    ),
+    "default secret beyond loopback": (["--listen", "tcp:0"], None, "refusing to listen beyond loopback"),
+    "not a redis url": (["--redis-url", "http://127.0.0.1:1"], None, "redis_url must start with redis://"),
+}
 
 
-def test_wrong_typed_key_is_named(twistd, tmp_path):
-    """A key of the wrong type stops start-up with a message naming the key."""
-    config = tmp_path / "tangram.toml"
-    config.write_text('[channel]\njwt_expiration_secs = "a week"\n')
-    code, output = run_to_exit(twistd, "--config", str(config))
+@pytest.mark.parametrize("args,config,message", BAD_STARTS.values(), ids=BAD_STARTS.keys())
+def test_bad_configuration_exits_with_one_line(twistd, tmp_path, args, config, message):
+    """A bad configuration stops start-up with a non-zero exit and a last line naming the problem, no traceback."""
+    if config is not None:
+        (tmp_path / "tangram.toml").write_text(config)
+    code, output = run_to_exit(twistd, *args, "--embedded-redis", "false")
     assert code != 0
-    assert "jwt_expiration_secs must be an integer" in output
+    assert message in output.strip().splitlines()[-1]
     assert "Traceback" not in output
 
 
