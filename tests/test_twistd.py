@@ -118,18 +118,21 @@ async def test_serves_token_websocket_and_redis_broadcast(twistd, flushed_redis)
 
 @pytest_twisted.ensureDeferred
 async def test_config_file_in_tangram_format(twistd, flushed_redis, tmp_path):
-    """--config reads [core] redis_url and [channel] port and jwt_secret from a Tangram tangram.toml."""
+    """--config reads [core] redis_url, [channel] port and jwt_secret of a Tangram tangram.toml; unknown keys warn."""
     port = free_port()
     config = tmp_path / "site.toml"
     config.write_text(
         f'[core]\nredis_url = "{flushed_redis.url}"\nplugins = []\n\n'
         f'[server]\nhost = "127.0.0.1"\nport = 2346\n\n'
-        f'[channel]\nhost = "127.0.0.1"\nport = {port}\njwt_secret = "{SECRET}"\n'
+        f'[channel]\nhost = "127.0.0.1"\nport = {port}\njwt_secret = "{SECRET}"\nfrom_a_newer_tangram = 1\n'
     )
-    twistd("--config", str(config), "--embedded-redis", "false", port=port).wait_for_log(CONNECTED)
+    proc = twistd("--config", str(config), "--embedded-redis", "false", port=port)
+    proc.wait_for_log(CONNECTED)
     minted = await mint(f"http://127.0.0.1:{port}", "room")
     assert claims(minted["token"], SECRET)["channel"] == "room"
     await join_and_receive(f"ws://127.0.0.1:{port}/websocket", minted["token"], "room", flushed_redis.client())
+    warnings = [line for line in proc.log().splitlines() if "from_a_newer_tangram" in line]
+    assert len(warnings) == 1 and "unknown key" in warnings[0]
 
 
 BAD_STARTS = {
