@@ -132,6 +132,21 @@ async def test_unknown_vsn_is_refused_with_http_400(start_service):
     assert "vsn" in body["error"] and "3.0.0" in body["error"] and "2.0.0" in body["error"]
 
 
+@pytest_twisted.ensureDeferred
+async def test_unparseable_frames_never_drop_the_socket(start_service):
+    """Garbage text or binary frames are ignored or answered with an error when they carry a ref; the socket lives."""
+    service = await start_service(datetime_interval=0)
+    client = await connect(socket_url(service))
+    client.send_raw("not json at all")
+    client.send_raw(b"\x07\x01", binary=True)
+    client.send_raw(json.dumps(["j", "r", "room"]))
+    client.send_raw(json.dumps([1, "r-5", "room", "say", {}]))
+    assert await client.next() == [None, "r-5", "room", "phx_reply", error("join_ref must be a string or null")]
+    beat = client.push("phoenix", "heartbeat", {})
+    assert await client.next() == [None, beat, "phoenix", "phx_reply", OK_EMPTY]
+    assert service.channel.factory.frames_rejected == 4
+
+
 # binary frames
 
 
