@@ -73,6 +73,16 @@ class Options(usage.Options):
         """Twisted endpoint to listen on, e.g. tcp:2347 or ssl:443:privateKey=k.pem:certKey=c.pem (repeatable)."""
         self["listen"].append(endpoint)
 
+    def postOptions(self) -> None:
+        """Refuse a bad configuration while parsing, where twistd reports it without a traceback."""
+        try:
+            config = load_config(self, dict(os.environ), quiet=True)
+            RedisURL(config.redis_url)
+            if _exposes_default_secret(config):
+                check_secret(config)  # raises
+        except (configuration.ConfigError, ValueError) as e:
+            raise usage.UsageError(str(e)) from None
+
     def command_line(self) -> dict[str, Any]:
         """The settings given on the command line, by config key."""
         given = {key.replace("-", "_"): self[key] for key, *_ in self.optParameters if key != "config"}
@@ -80,11 +90,13 @@ class Options(usage.Options):
         return given
 
 
-def load_config(options: Options, environ: dict[str, str]) -> configuration.Config:
+def load_config(options: Options, environ: dict[str, str], quiet: bool = False) -> configuration.Config:
     path = options["config"]
     if path is None and os.path.exists(DEFAULT_CONFIG):
         path = DEFAULT_CONFIG
     config, warnings = configuration.load(path, environ, options.command_line())
+    if quiet:
+        return config
     for warning in warnings:
         log.warn("{warning}", warning=warning)
     if path is not None:
@@ -108,11 +120,17 @@ def _is_loopback_endpoint(description: str) -> bool:
     return False
 
 
+def _exposes_default_secret(config: configuration.Config) -> bool:
+    return config.jwt_secret == configuration.DEFAULT_SECRET and not all(
+        _is_loopback_endpoint(e) for e in config.endpoints
+    )
+
+
 def check_secret(config: configuration.Config) -> None:
     """The well-known default secret would let anyone forge tokens: loopback only."""
     if config.jwt_secret != configuration.DEFAULT_SECRET:
         return
-    if all(_is_loopback_endpoint(e) for e in config.endpoints):
+    if not _exposes_default_secret(config):
         log.warn(
             'USING THE DEFAULT jwt_secret "secret": anyone can forge tokens. Fine on loopback for a trial; '
             "set jwt_secret in tangram.toml or TANGRAM_CHANNEL_JWT_SECRET before exposing this service."

@@ -19,6 +19,7 @@ import pytest
 from tangram_channel.embedded import find_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
+JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"  # of services from ``start_service``
 
 
 def free_port() -> int:
@@ -65,10 +66,10 @@ class RedisServer:
             self.process.wait()
             self.process = None
 
-    def client(self):  # -> redis.Redis, imported lazily so pure unit tests need no redis-py
+    def client(self, **options):  # -> redis.Redis, imported lazily so pure unit tests need no redis-py
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=self.port)
+        return redis.Redis(host="127.0.0.1", port=self.port, **options)
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +137,14 @@ class Twistd:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
+        """Block until ``text`` is in the log, e.g. "connected to Redis" before relying on Redis."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise TimeoutError(f"{text!r} not in the twistd log within {timeout}s:\n{self.log()}")
+            time.sleep(0.02)
+
 
 @pytest.fixture
 def twistd(tmp_path: Path) -> Iterator:
@@ -164,6 +173,7 @@ class RunningService:
         self.channel = next(s for s in service if s.__class__.__name__ == "ChannelService")
         self.hub = self.channel.hub
         self.bridge = self.channel.bridge
+        self.jwt_secret = JWT_SECRET
 
     @property
     def base_url(self) -> str:
@@ -178,7 +188,8 @@ class RunningService:
 def start_service(redis_server: RedisServer):
     """
     ``await start_service(redis=..., **settings)``: run the service in this reactor
-    with TANGRAM_CHANNEL-style settings; stopped after the test.
+    with TANGRAM_CHANNEL-style settings; stopped after the test. ``redis_url`` overrides
+    the server's plain URL (credentials, database, unix socket).
     """
     import pytest_twisted
     from twisted.internet import reactor
@@ -188,13 +199,15 @@ def start_service(redis_server: RedisServer):
 
     started = []
 
-    async def start(redis: RedisServer | None = None, wait_for_redis: bool = True, **settings):
+    async def start(
+        redis: RedisServer | None = None, wait_for_redis: bool = True, redis_url: str | None = None, **settings
+    ):
         port = free_port()
-        environ = {"TANGRAM_CHANNEL_JWT_SECRET": "test-secret-that-is-long-enough-for-hs256"}
+        environ = {"TANGRAM_CHANNEL_JWT_SECRET": JWT_SECRET}
         environ.update({f"TANGRAM_CHANNEL_{k.upper()}": str(v) for k, v in settings.items()})
         options = Options()
         options.parseOptions(
-            ["--redis-url", (redis or redis_server).url, "--listen", f"tcp:{port}:interface=127.0.0.1",
+            ["--redis-url", redis_url or (redis or redis_server).url, "--listen", f"tcp:{port}:interface=127.0.0.1",
              "--embedded-redis", "false"]
         )
         service = makeService(options, reactor, environ)

@@ -1,0 +1,313 @@
+"""
+The real ``twistd tangram-channel`` as a subprocess (PROTOCOL.md sections 1, 2, 10 and
+issue 2's running and embedded-Redis points): what an operator types, what a browser
+and a plugin then see.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import reactor
+from twisted.internet.ssl import Certificate
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
+
+from tangram_channel.embedded import is_listening
+
+from .conftest import ROOT, free_port, wait_for_port
+from .e2e import eventually, mint
+from .wsclient import connect, fields
+
+SECRET = "twistd-test-secret-long-enough-for-hs256"
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+
+def listen(port: int) -> list[str]:
+    return ["--listen", f"tcp:{port}:interface=127.0.0.1"]
+
+
+def claims(token: str, secret: str) -> dict:
+    """The token's claims, which only decode with the secret the service signed them with."""
+    return jwt.decode(token, secret, algorithms=["HS256"])
+
+
+async def join_and_receive(ws_url: str, token: str, topic: str, redis, trust: Certificate | None = None):
+    """Join ``topic`` with ``token``, then a message published on Redis must reach the socket; returns the client."""
+    client = await connect(ws_url, trust=trust)
+    ref = client.join(topic, token)
+    reply = await client.reply(ref)
+    assert fields(reply)[4]["status"] == "ok", reply
+    assert redis.publish(f"to:{topic}:test", '{"msg":"hi"}') == 1
+    assert await client.until(lambda f: fields(f)[3] == "test") == [None, None, topic, "test", {"msg": "hi"}]
+    return client
+
+
+CONNECTED = "connected to Redis"
+
+
+def wait_exit(process: subprocess.Popen, timeout: float = 15) -> int:
+    return process.wait(timeout=timeout)
+
+
+# twistd ends a clean shutdown caused by a signal by re-raising that signal, so a parent
+# (systemd counts SIGTERM as a clean exit) sees "terminated by SIGTERM" rather than a crash.
+CLEAN_STOP = (0, -signal.SIGTERM)
+
+
+def stop_cleanly(proc) -> str:
+    """SIGTERM the service; it must go through its shutdown, not die; returns its log."""
+    assert proc.stop() in CLEAN_STOP
+    log = proc.log()
+    assert "Server Shut Down." in log and "Traceback" not in log
+    return log
+
+
+def run_to_exit(twistd, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Start a twistd that is expected to stop by itself; its exit code and output."""
+    proc = twistd(*args, env=env)
+    code = wait_exit(proc.process)
+    proc.log_file.close()
+    return code, proc.log()
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie waiting for a reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+# serving
+
+
+@pytest_twisted.ensureDeferred
+async def test_serves_token_websocket_and_redis_broadcast(twistd, flushed_redis):
+    """twistd -n tangram-channel mints tokens, admits a join, relays a broadcast; SIGTERM closes sockets with 1012."""
+    port = free_port()
+    proc = twistd(*listen(port), "--redis-url", flushed_redis.url, "--jwt-secret", SECRET, port=port)
+    proc.wait_for_log(CONNECTED)
+    minted = await mint(f"http://127.0.0.1:{port}", "system", "browser-1")
+    assert minted["id"] == "browser-1" and claims(minted["token"], SECRET)["channel"] == "system"
+    ws_url = f"ws://127.0.0.1:{port}/websocket"
+    client = await join_and_receive(ws_url, minted["token"], "system", flushed_redis.client())
+    proc.process.send_signal(signal.SIGTERM)
+    assert await client.wait_closed() == 1012  # "service restart": phoenix.js reconnects elsewhere
+    await eventually(lambda: proc.process.poll() is not None, timeout=15, what="twistd to exit")
+    log = stop_cleanly(proc)
+    assert "closed 1 sockets with 1012" in log
+    assert minted["token"].rsplit(".", 1)[1] not in log
+
+
+@pytest_twisted.ensureDeferred
+async def test_config_file_in_tangram_format(twistd, flushed_redis, tmp_path):
+    """--config reads [core] redis_url, [channel] port and jwt_secret of a Tangram tangram.toml; unknown keys warn."""
+    port = free_port()
+    config = tmp_path / "site.toml"
+    config.write_text(
+        f'[core]\nredis_url = "{flushed_redis.url}"\nplugins = []\n\n'
+        f'[server]\nhost = "127.0.0.1"\nport = 2346\n\n'
+        f'[channel]\nhost = "127.0.0.1"\nport = {port}\njwt_secret = "{SECRET}"\nfrom_a_newer_tangram = 1\n'
+    )
+    proc = twistd("--config", str(config), "--embedded-redis", "false", port=port)
+    proc.wait_for_log(CONNECTED)
+    minted = await mint(f"http://127.0.0.1:{port}", "room")
+    assert claims(minted["token"], SECRET)["channel"] == "room"
+    await join_and_receive(f"ws://127.0.0.1:{port}/websocket", minted["token"], "room", flushed_redis.client())
+    warnings = [line for line in proc.log().splitlines() if "from_a_newer_tangram" in line]
+    assert len(warnings) == 1 and "unknown key" in warnings[0]
+
+
+BAD_STARTS = {
+    "missing config file": (["--config", "nowhere.toml"], None, "config file not found: nowhere.toml"),
+    "wrong-typed key": (
+        ["--config", "tangram.toml"],
+        '[channel]\njwt_expiration_secs = "a week"\n',
+        "jwt_expiration_secs must be an integer, not 'a week'",
+    ),
+    "default secret beyond loopback": (["--listen", "tcp:0"], None, "refusing to listen beyond loopback"),
+    "not a redis url": (["--redis-url", "http://127.0.0.1:1"], None, "redis_url must start with redis://"),
+}
+
+
+@pytest.mark.parametrize("args,config,message", BAD_STARTS.values(), ids=BAD_STARTS.keys())
+def test_bad_configuration_exits_with_one_line(twistd, tmp_path, args, config, message):
+    """A bad configuration stops start-up with a non-zero exit and a last line naming the problem, no traceback."""
+    if config is not None:
+        (tmp_path / "tangram.toml").write_text(config)
+    code, output = run_to_exit(twistd, *args, "--embedded-redis", "false")
+    assert code != 0
+    assert message in output.strip().splitlines()[-1]
+    assert "Traceback" not in output
+
+
+@pytest_twisted.ensureDeferred
+async def test_jwt_secret_from_environment(twistd, flushed_redis):
+    """TANGRAM_CHANNEL_JWT_SECRET sets the signing key."""
+    port = free_port()
+    twistd(*listen(port), "--redis-url", flushed_redis.url, env={"TANGRAM_CHANNEL_JWT_SECRET": SECRET}, port=port)
+    minted = await mint(f"http://127.0.0.1:{port}", "room")
+    assert claims(minted["token"], SECRET)["id"] == minted["id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_command_line_beats_environment_beats_file(twistd, flushed_redis, tmp_path):
+    """Each setting comes from the strongest source that gives it: command line, environment, file, default."""
+    port = free_port()
+    config = tmp_path / "tangram.toml"
+    config.write_text(
+        f'[core]\nredis_url = "{flushed_redis.url}"\n\n'
+        f'[channel]\nport = {port}\njwt_secret = "from-the-file-long-enough-for-hs256"\n'
+        "id_length = 3\njwt_expiration_secs = 1000\n"
+    )
+    env = {"TANGRAM_CHANNEL_JWT_SECRET": "from-the-environment-long-enough", "TANGRAM_CHANNEL_ID_LENGTH": "5"}
+    twistd("--config", str(config), "--jwt-secret", SECRET, env=env, port=port)  # port: from the file
+    minted = await mint(f"http://127.0.0.1:{port}", "room")
+    token = claims(minted["token"], SECRET)  # command line over environment and file
+    assert len(minted["id"]) == 5  # environment over file
+    assert token["exp"] - token["iat"] == 1000  # file over default
+
+
+# process life
+
+
+def test_daemon_stops_cleanly_on_sigterm(tmp_path, flushed_redis):
+    """twistd --pidfile P --logfile L tangram-channel daemonizes; SIGTERM stops it and removes the pidfile."""
+    port, pidfile, logfile = free_port(), tmp_path / "tc.pid", tmp_path / "tc.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = subprocess.run(
+        [TWISTD, "--pidfile", str(pidfile), "--logfile", str(logfile), "tangram-channel", *listen(port),
+         "--redis-url", flushed_redis.url, "--jwt-secret", SECRET],
+        env=env, cwd=tmp_path, timeout=15,
+    )
+    assert started.returncode == 0
+    wait_for_port(port)
+    pid = int(pidfile.read_text())
+    assert not process_gone(pid)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while not process_gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_gone(pid)
+    finally:
+        if not process_gone(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert not pidfile.exists()
+    log = logfile.read_text()
+    assert "Server Shut Down." in log and "Traceback" not in log
+
+
+def test_port_in_use_exits_with_one_line(twistd, flushed_redis):
+    """A port already taken stops start-up with a non-zero exit and one line saying which and why."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = run_to_exit(twistd, *listen(port), "--redis-url", flushed_redis.url, "--jwt-secret", SECRET)
+    assert code != 0
+    reasons = [line for line in output.splitlines() if "cannot listen" in line]
+    assert len(reasons) == 1
+    assert f"tcp:{port}" in reasons[0] and "in use" in reasons[0]
+    assert "Traceback" not in output
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path, Certificate]:
+    """A self-signed certificate for localhost: key file, certificate file, and the trust root for clients."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    key_file, cert_file = directory / "key.pem", directory / "cert.pem"
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    cert_file.write_bytes(pem)
+    return key_file, cert_file, Certificate.loadPEM(pem)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_listener_serves_https_token_and_wss(twistd, flushed_redis, tmp_path):
+    """--listen ssl:PORT:privateKey=K:certKey=C serves https://.../token and wss://.../websocket."""
+    key_file, cert_file, trust = make_certificate(tmp_path)
+    port = free_port()
+    twistd(
+        "--listen", f"ssl:{port}:privateKey={key_file}:certKey={cert_file}:interface=127.0.0.1",
+        "--redis-url", flushed_redis.url, "--jwt-secret", SECRET, port=port,
+    ).wait_for_log(CONNECTED)
+    https = treq.client.HTTPClient(Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust)))
+    minted = await mint(f"https://localhost:{port}", "room", agent=https)
+    await join_and_receive(f"wss://localhost:{port}/websocket", minted["token"], "room", flushed_redis.client(), trust)
+
+
+# embedded Redis
+
+EMBEDDED_LINE = "STARTED A PRIVATE redis-server"
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_redis_started_when_nothing_listens_and_stopped_on_exit(twistd, redis_binary):
+    """With embedded_redis auto and nothing at a local redis_url, a private redis-server serves and dies with us."""
+    import redis as redis_py
+
+    port, redis_port = free_port(), free_port()
+    proc = twistd(*listen(port), "--redis-url", f"redis://127.0.0.1:{redis_port}", "--jwt-secret", SECRET, port=port)
+    proc.wait_for_log(CONNECTED)
+    redis = redis_py.Redis(host="127.0.0.1", port=redis_port)
+    redis_pid = int(redis.info("server")["process_id"])
+    minted = await mint(f"http://127.0.0.1:{port}", "room")
+    await join_and_receive(f"ws://127.0.0.1:{port}/websocket", minted["token"], "room", redis)
+    redis.close()
+    log = stop_cleanly(proc)
+    assert process_gone(redis_pid)
+    assert not is_listening("127.0.0.1", redis_port)
+    lines = [line for line in log.splitlines() if EMBEDDED_LINE in line]
+    assert len(lines) == 1 and f"127.0.0.1:{redis_port}" in lines[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_redis_false_never_starts_one(twistd):
+    """--embedded-redis false with nothing at redis_url starts no redis-server; joins get 'redis unavailable'."""
+    port, redis_port = free_port(), free_port()
+    proc = twistd(
+        *listen(port), "--redis-url", f"redis://127.0.0.1:{redis_port}", "--embedded-redis", "false",
+        "--jwt-secret", SECRET, port=port,
+    )
+    minted = await mint(f"http://127.0.0.1:{port}", "room")
+    client = await connect(f"ws://127.0.0.1:{port}/websocket")
+    reply = await client.reply(client.join("room", minted["token"]))
+    assert reply[4] == {"status": "error", "response": {"reason": "redis unavailable"}}
+    assert not is_listening("127.0.0.1", redis_port)
+    assert EMBEDDED_LINE not in stop_cleanly(proc)
