@@ -6,6 +6,9 @@ and withdraw this node's presence before Redis goes away.
 
 from __future__ import annotations
 
+import signal
+from typing import Any
+
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -39,3 +42,27 @@ class ChannelService(Service):
         self.hub.stop()
         log.info("shutting down: closed {count} sockets with 1012", count=count)
         return self.presence.stop()
+
+
+class ExitZeroOnSignal(Service):
+    """
+    SIGTERM and SIGINT stop the reactor, so shutdown runs as usual, and the process then
+    exits 0. Twisted's own handlers re-raise the signal after a clean shutdown, which
+    process managers and scripts read as "killed"; a stop that was asked for is a success.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        # after the reactor has installed its handlers, so these replace them
+        self._reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        log.info("received {name}, shutting down", name=signal.Signals(signum).name)
+        self._reactor.callFromThread(self._reactor.stop)

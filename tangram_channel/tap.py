@@ -27,7 +27,7 @@ from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arg
 from .presence import Presence
 from .protocol import PhoenixFactory
 from .redis import RedisBridge, RedisURL
-from .service import ChannelService
+from .service import ChannelService, ExitZeroOnSignal
 from .tokens import TokenAuthority
 from .web import make_site
 from .workers import ReusePortReactor, WorkerPool
@@ -184,6 +184,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         raise usage.UsageError(str(e)) from None
 
     top = MultiService()
+    ExitZeroOnSignal(reactor).setServiceParent(top)
     private_redis = embedded_redis(reactor, config, url)
     if private_redis is not None:
         private_redis.setServiceParent(top)

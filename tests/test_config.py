@@ -233,8 +233,8 @@ def parse(*argv: str) -> Options:
 
 
 def test_listen_is_repeatable(isolated: Path) -> None:
-    options = parse("--listen", "tcp:1", "--listen", "unix:/tmp/s")
-    assert options.command_line()["listen"] == ["tcp:1", "unix:/tmp/s"]
+    options = parse("--listen", "tcp:1:interface=127.0.0.1", "--listen", "unix:/tmp/s")
+    assert options.command_line()["listen"] == ["tcp:1:interface=127.0.0.1", "unix:/tmp/s"]
 
 
 def test_options_not_given_are_none(isolated: Path) -> None:

@@ -141,6 +141,7 @@ async def test_unparseable_frames_never_drop_the_socket(start_service):
     client.send_raw(b"\x07\x01", binary=True)
     client.send_raw(json.dumps(["j", "r", "room"]))
     client.send_raw(json.dumps([1, "r-5", "room", "say", {}]))
+    assert await client.next() == ["j", "r", "room", "phx_reply", error("a 2.0.0 frame must be an array of 5 elements")]
     assert await client.next() == [None, "r-5", "room", "phx_reply", error("join_ref must be a string or null")]
     beat = client.push("phoenix", "heartbeat", {})
     assert await client.next() == [None, beat, "phoenix", "phx_reply", OK_EMPTY]
