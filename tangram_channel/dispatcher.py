@@ -131,8 +131,15 @@ class Hub:
         """Subscribe (if first here), then record presence; fires with the topic's replica."""
         self.members.setdefault(member.topic, set()).add(member)
         d = self.bus.watch(member.topic)
-        d.addCallback(lambda _: self.presence.track(member.topic, member.key, member.meta))
+        d.addCallback(self._track, member)
         return d
+
+    def _track(self, _: None, member: Member) -> defer.Deferred[Replica] | None:
+        # A leave or disconnect while Redis confirmed the subscription has already
+        # untracked (nothing); tracking now would leave a presence nobody withdraws.
+        if member.session.joins.get(member.topic) is not member:
+            return None
+        return self.presence.track(member.topic, member.key, member.meta)
 
     def leave(self, member: Member, was_joined: bool) -> None:
         members = self.members.get(member.topic)
