@@ -76,11 +76,12 @@ return {appeared, vanished, channels, entries}
 # Beat for this node, then withdraw every node silent for longer than the timeout.
 # KEYS: node zset, channel set. ARGV: this node, timeout in ms, key prefix.
 # Returns: flat list of topic, vanished flag, then the withdrawn fields and values
-# of that topic as one list; the channel list last.
+# of that topic as one list; then the channel list, and 1 if this node was not in the
+# zset (first beat, or reaped by others while it was stalled).
 _HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
+local fresh = redis.call('ZADD', KEYS[1], now, ARGV[1])
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 local out = {}
 for _, node in ipairs(dead) do
@@ -109,6 +110,7 @@ for _, node in ipairs(dead) do
   redis.call('DEL', nodekey)
 end
 table.insert(out, redis.call('SMEMBERS', KEYS[2]))
+table.insert(out, fresh)
 return out
 """
 
@@ -235,6 +237,8 @@ class Presence:
         self._local: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
         self._batches: dict[str, _Batch] = {}
         self._early_diffs: dict[str, list[Any]] = {}
+        self._unwritten_removes: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+        self._beaten = False
         self._heartbeat = LoopingCall(self.beat)
         self._heartbeat.clock = clock
 
@@ -280,7 +284,9 @@ class Presence:
         args.append("|")
         args += list(batch.removes)
         if want_state:
-            self._early_diffs[topic] = []
+            # keep what an earlier snapshot still in flight collected: that flush
+            # builds the replica and applies them
+            self._early_diffs.setdefault(topic, [])
         keys = [presence_key(topic), node_key(self.node), CHANNELS_KEY]
         d = self._store.execute("EVAL", _UPDATE, len(keys), *keys, *args)
         d.addCallback(self._flushed, topic, batch)
@@ -316,7 +322,9 @@ class Presence:
         self._early_diffs.pop(topic, None)
         for d in batch.waiting:
             d.errback(failure)
-        # entries stay in _local and are written again by restore()
+        # adds stay in _local and are written again by restore(); removes would be
+        # forgotten, leaving entries in a Redis that kept its data, so keep them too
+        self._unwritten_removes.setdefault(topic, {}).update(batch.removes)
 
     def _announce(
         self, topic: str, joins: Iterable[tuple[str, dict[str, Any]]], leaves: Iterable[tuple[str, dict[str, Any]]]
@@ -378,8 +386,12 @@ class Presence:
         return d
 
     def _reaped(self, result: list[Any]) -> None:
-        channels = result[-1]
-        for i in range(0, len(result) - 1, 3):
+        channels, fresh = result[-2], result[-1]
+        if fresh and self._beaten:
+            log.warn("this node was taken for dead by the others; writing its presence again")
+            self.restore()
+        self._beaten = True
+        for i in range(0, len(result) - 2, 3):
             topic = result[i].decode()
             vanished, withdrawn = result[i + 1], result[i + 2]
             leaves = []
@@ -392,9 +404,18 @@ class Presence:
             self._report_channel(topic, 0, vanished, channels)
 
     def restore(self) -> None:
-        """After a Redis outage: write this process's entries again and re-read replicas."""
+        """
+        After a Redis outage (or after being reaped as dead): write this process's
+        entries again, withdraw the leaves Redis missed, and re-read replicas.
+        """
         self.replicas.clear()
         for topic, entries in self._local.items():
             batch = self._batch(topic)
             for ref, entry in entries.items():
                 batch.adds.setdefault(ref, entry)
+        removes, self._unwritten_removes = self._unwritten_removes, {}
+        for topic, entries in removes.items():
+            batch = self._batch(topic)
+            for ref, entry in entries.items():
+                if ref not in batch.adds:
+                    batch.removes.setdefault(ref, entry)
