@@ -42,13 +42,22 @@ def node_key(node: str) -> str:
     return f"{PREFIX}node:{node}"
 
 
-# KEYS: presence hash, node's topic set, channel set.
-# ARGV: topic, then phx_ref/value pairs to add, "|", phx_refs to remove.
+# KEYS: presence hash, node's topic set, channel set, node zset.
+# ARGV: topic, "state" or "-", this node, then phx_ref/value pairs to add, "|",
+# phx_refs to remove.
 # Returns: 1 if the channel appeared, 1 if it vanished, the channel list if either,
-# and the hash's entries when asked for (ARGV[2] == "state").
+# the hash's entries when asked for (ARGV[2] == "state"), and 1 if this node was not
+# in the node zset. Registering the node with its first entry means a process that
+# dies before its first heartbeat is still reaped.
 _UPDATE = """
+local fresh = 0
+if ARGV[4] ~= '|' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  fresh = redis.call('ZADD', KEYS[4], 'NX', now, ARGV[3])
+end
 local before = redis.call('HLEN', KEYS[1])
-local i = 3
+local i = 4
 while ARGV[i] ~= '|' do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   redis.call('SADD', KEYS[2], ARGV[1])
@@ -70,7 +79,7 @@ local channels = {}
 if appeared == 1 or vanished == 1 then channels = redis.call('SMEMBERS', KEYS[3]) end
 local entries = {}
 if ARGV[2] == 'state' then entries = redis.call('HGETALL', KEYS[1]) end
-return {appeared, vanished, channels, entries}
+return {appeared, vanished, channels, entries, fresh}
 """
 
 # Beat for this node, then withdraw every node silent for longer than the timeout.
@@ -238,7 +247,7 @@ class Presence:
         self._batches: dict[str, _Batch] = {}
         self._early_diffs: dict[str, list[Any]] = {}
         self._unwritten_removes: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
-        self._beaten = False
+        self._known = False  # whether this node was ever in the node zset
         self._heartbeat = LoopingCall(self.beat)
         self._heartbeat.clock = clock
 
@@ -278,7 +287,7 @@ class Presence:
         batch = self._batches.pop(topic)
         replica = self.replicas.get(topic)
         want_state = replica is None and topic in self._local
-        args: list[Any] = [topic, "state" if want_state else "-"]
+        args: list[Any] = [topic, "state" if want_state else "-", self.node]
         for ref, (key, meta) in batch.adds.items():
             args += [ref, encode_entry(self.node, key, meta)]
         args.append("|")
@@ -287,14 +296,14 @@ class Presence:
             # keep what an earlier snapshot still in flight collected: that flush
             # builds the replica and applies them
             self._early_diffs.setdefault(topic, [])
-        keys = [presence_key(topic), node_key(self.node), CHANNELS_KEY]
+        keys = [presence_key(topic), node_key(self.node), CHANNELS_KEY, NODES_KEY]
         d = self._store.execute("EVAL", _UPDATE, len(keys), *keys, *args)
         d.addCallback(self._flushed, topic, batch)
         d.addErrback(self._flush_failed, topic, batch)
         return d
 
     def _flushed(self, result: list[Any], topic: str, batch: _Batch) -> None:
-        appeared, vanished, channels, entries = result
+        appeared, vanished, channels, entries, fresh = result
         if topic not in self._local:
             self.replicas.pop(topic, None)
             self._early_diffs.pop(topic, None)
@@ -317,6 +326,7 @@ class Presence:
                 d.callback(replica)
         self._announce(topic, batch.adds.values(), batch.removes.values())
         self._report_channel(topic, appeared, vanished, channels)
+        self._registered(fresh)
 
     def _flush_failed(self, failure: Any, topic: str, batch: _Batch) -> None:
         self._early_diffs.pop(topic, None)
@@ -386,11 +396,8 @@ class Presence:
         return d
 
     def _reaped(self, result: list[Any]) -> None:
-        channels, fresh = result[-2], result[-1]
-        if fresh and self._beaten:
-            log.warn("this node was taken for dead by the others; writing its presence again")
-            self.restore()
-        self._beaten = True
+        channels = result[-2]
+        self._registered(result[-1])
         for i in range(0, len(result) - 2, 3):
             topic = result[i].decode()
             vanished, withdrawn = result[i + 1], result[i + 2]
@@ -402,6 +409,13 @@ class Presence:
                 log.info("withdrew {n} presences of a vanished node on {topic}", n=len(leaves), topic=topic)
             self._announce(topic, (), leaves)
             self._report_channel(topic, 0, vanished, channels)
+
+    def _registered(self, fresh: int) -> None:
+        """Note that Redis knows this node; if it had forgotten it, others reaped us."""
+        if fresh and self._known:
+            log.warn("this node was taken for dead by the others; writing its presence again")
+            self.restore()
+        self._known = True
 
     def restore(self) -> None:
         """
