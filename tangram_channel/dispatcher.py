@@ -153,8 +153,11 @@ class Hub:
             self.publish_admin("channel.leave", self._agent_event(member))
 
     def _agent_event(self, member: Member) -> dict[str, Any]:
+        """``{"agent", "agents", "channel"}``; ``agents`` as they are after the event."""
         replica = self.presence.replicas.get(member.topic)
         agents = replica.agents() if replica is not None else []
+        if member.session.joins.get(member.topic) is not member:  # a leave not yet flushed
+            agents = [agent for agent in agents if agent != member.agent_id]
         return {"agent": member.agent_id, "agents": agents, "channel": member.topic}
 
     def joined(self, member: Member) -> None:
@@ -163,8 +166,12 @@ class Hub:
             self._list_channels()
 
     def _list_channels(self) -> None:
-        for topic, replica in sorted(self.presence.replicas.items()):
-            self.publish_admin("channel.list", {"channel": topic, "agents": replica.agents()})
+        # from Redis: the replicas only cover channels with members in this process
+        def publish(channels: list[tuple[str, list[str]]]) -> None:
+            for topic, agents in channels:
+                self.publish_admin("channel.list", {"channel": topic, "agents": agents})
+
+        self.presence.channels().addCallbacks(publish, lambda f: None)
 
     def publish_admin(self, event: str, payload: dict[str, Any]) -> None:
         self.bus.publish(f"to:{ADMIN_TOPIC}:{event}".encode(), frames.dumps(payload)).addErrback(lambda f: None)

@@ -124,6 +124,17 @@ return out
 """
 
 
+# KEYS: channel set. ARGV: key prefix. Returns: flat list of channel, its phx_refs.
+_LIST = """
+local out = {}
+for _, topic in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  table.insert(out, topic)
+  table.insert(out, redis.call('HKEYS', ARGV[1] .. 'presence:' .. topic))
+end
+return out
+"""
+
+
 class Store(Protocol):
     """The Redis commands presence needs (``RedisBridge`` provides them)."""
 
@@ -304,6 +315,7 @@ class Presence:
 
     def _flushed(self, result: list[Any], topic: str, batch: _Batch) -> None:
         appeared, vanished, channels, entries, fresh = result
+        replica = None
         if topic not in self._local:
             self.replicas.pop(topic, None)
             self._early_diffs.pop(topic, None)
@@ -322,10 +334,12 @@ class Presence:
                 replica.add(key, meta)
             for _, meta in batch.removes.values():
                 replica.remove(meta)
-            for d in batch.waiting:
-                d.callback(replica)
         self._announce(topic, batch.adds.values(), batch.removes.values())
         self._report_channel(topic, appeared, vanished, channels)
+        # joiners last, so admin sees channel.add before their channel.join; those
+        # who left meanwhile get an empty replica (their session ignores it)
+        for d in batch.waiting:
+            d.callback(replica if replica is not None else Replica())
         self._registered(fresh)
 
     def _flush_failed(self, failure: Any, topic: str, batch: _Batch) -> None:
@@ -366,6 +380,16 @@ class Presence:
             replica.apply(diff)
         elif topic in self._early_diffs:
             self._early_diffs[topic].append(diff)
+
+    def channels(self) -> defer.Deferred[list[tuple[str, list[str]]]]:
+        """Every channel with members on any process, with its agents, from Redis."""
+        d = self._store.execute("EVAL", _LIST, 1, CHANNELS_KEY, PREFIX)
+        d.addCallback(
+            lambda flat: sorted(
+                (flat[i].decode(), sorted(ref.decode() for ref in flat[i + 1])) for i in range(0, len(flat), 2)
+            )
+        )
+        return d
 
     # liveness of processes
 
