@@ -11,9 +11,11 @@ it receives to its view and keeps them for assertions.
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 
 from .wsclient import PhoenixTestClient, connect
 
@@ -152,3 +154,11 @@ class Tab:
     async def close(self) -> None:
         self.client.close()
         await self.client.closed
+
+
+async def until_true(check, timeout: float = 10.0) -> None:
+    """Wait for ``check()`` to hold: for effects no client gets a frame about."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition never held"
+        await deferLater(reactor, 0.02, lambda: None)

@@ -7,13 +7,11 @@ thousand join/leave cycles leave no subscription, timer, entry or Redis key behi
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
 
-from .presence_view import Tab
+from .presence_view import Tab, until_true
 
 BASE_PATTERNS = 2  # system and admin are always watched
 
@@ -42,14 +40,6 @@ class EchoPlugin(threading.Thread):
         self.stopping.set()
         self.join()
         self.pubsub.close()
-
-
-async def until_true(check, timeout: float = 10.0) -> None:
-    """Wait for ``check()`` to hold: for effects the client gets no frame about."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition never held"
-        await deferLater(reactor, 0.02, lambda: None)
 
 
 async def cycles(service, topic: str, client_id: str, count: int, on_joined=None) -> None:

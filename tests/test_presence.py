@@ -14,7 +14,7 @@ from twisted.internet import defer
 
 from tangram_channel.presence import decode_entry, presence_key
 
-from .presence_view import Tab, refs
+from .presence_view import Tab, refs, until_true
 
 TOPIC = "room"
 
@@ -175,3 +175,22 @@ async def test_concurrent_churn_on_two_services_converges_on_every_client(start_
     assert truth(redis) == expected
     for tab in survivors + leavers:
         await tab.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_is_written_again_when_redis_comes_back_empty(start_service, own_redis):
+    """After Redis restarts without its data, this process's members are in Redis again and new joiners see them."""
+    service = await start_service(redis=own_redis, datetime_interval=0)
+    alice = await joined(service, "alice")
+    own_redis.kill()
+    await until_true(lambda: not service.bridge.connected)
+    own_redis.start()
+    await until_true(lambda: service.bridge.connected)
+    await until_true(lambda: truth(own_redis.client()) == {"alice": [alice.agent_id]})
+    assert own_redis.client().zscore("tangram-channel:nodes", service.channel.presence.node) is not None
+    bob = await joined(service, "bob")
+    expected = {"alice": [alice.agent_id], "bob": [bob.agent_id]}
+    assert refs(bob.view.state) == expected
+    await settle_all([alice, bob], expected)
+    await alice.close()
+    await bob.close()
