@@ -149,7 +149,7 @@ class Hub:
                 del self.members[member.topic]
         self.bus.unwatch(member.topic)
         self.presence.untrack(member.topic, member.key, member.meta)
-        if was_joined:
+        if was_joined and self.presence.admins_present:
             self.publish_admin("channel.leave", self._agent_event(member))
 
     def _agent_event(self, member: Member) -> dict[str, Any]:
@@ -161,7 +161,8 @@ class Hub:
         return {"agent": member.agent_id, "agents": agents, "channel": member.topic}
 
     def joined(self, member: Member) -> None:
-        self.publish_admin("channel.join", self._agent_event(member))
+        if self.presence.admins_present:
+            self.publish_admin("channel.join", self._agent_event(member))
         if member.topic == ADMIN_TOPIC:
             self._list_channels()
 

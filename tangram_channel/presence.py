@@ -31,6 +31,7 @@ log = Logger()
 
 PREFIX = "tangram-channel:"
 CHANNELS_KEY = PREFIX + "channels"
+ADMIN_TOPIC = "admin"
 NODES_KEY = PREFIX + "nodes"
 
 
@@ -42,13 +43,14 @@ def node_key(node: str) -> str:
     return f"{PREFIX}node:{node}"
 
 
-# KEYS: presence hash, node's topic set, channel set, node zset.
+# KEYS: presence hash, node's topic set, channel set, node zset, the admin hash.
 # ARGV: topic, "state" or "-", this node, then phx_ref/value pairs to add, "|",
 # phx_refs to remove.
 # Returns: 1 if the channel appeared, 1 if it vanished, the channel list if either,
 # the hash's entries when asked for (ARGV[2] == "state"), and 1 if this node was not
-# in the node zset. Registering the node with its first entry means a process that
-# dies before its first heartbeat is still reaped.
+# in the node zset, and whether any admin is joined anywhere. Registering the node
+# with its first entry means a process that dies before its first heartbeat is still
+# reaped.
 _UPDATE = """
 local fresh = 0
 if ARGV[4] ~= '|' then
@@ -79,7 +81,7 @@ local channels = {}
 if appeared == 1 or vanished == 1 then channels = redis.call('SMEMBERS', KEYS[3]) end
 local entries = {}
 if ARGV[2] == 'state' then entries = redis.call('HGETALL', KEYS[1]) end
-return {appeared, vanished, channels, entries, fresh}
+return {appeared, vanished, channels, entries, fresh, redis.call('EXISTS', KEYS[5])}
 """
 
 # Beat for this node, then withdraw every node silent for longer than the timeout.
@@ -254,6 +256,10 @@ class Presence:
         self._window = window
         self._node_timeout = node_timeout
         self.replicas: dict[str, Replica] = {}
+        # Whether an admin was joined anywhere at the last flush. Admin agent events
+        # carry every agent of the channel, O(N^2) bytes in a join storm: not worth
+        # publishing (into every process's subscriber) when nobody reads them.
+        self.admins_present = True
         self._local: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
         self._batches: dict[str, _Batch] = {}
         self._early_diffs: dict[str, list[Any]] = {}
@@ -307,14 +313,15 @@ class Presence:
             # keep what an earlier snapshot still in flight collected: that flush
             # builds the replica and applies them
             self._early_diffs.setdefault(topic, [])
-        keys = [presence_key(topic), node_key(self.node), CHANNELS_KEY, NODES_KEY]
+        keys = [presence_key(topic), node_key(self.node), CHANNELS_KEY, NODES_KEY, presence_key(ADMIN_TOPIC)]
         d = self._store.execute("EVAL", _UPDATE, len(keys), *keys, *args)
         d.addCallback(self._flushed, topic, batch)
         d.addErrback(self._flush_failed, topic, batch)
         return d
 
     def _flushed(self, result: list[Any], topic: str, batch: _Batch) -> None:
-        appeared, vanished, channels, entries, fresh = result
+        appeared, vanished, channels, entries, fresh, admins = result
+        self.admins_present = bool(admins)
         replica = None
         if topic not in self._local:
             self.replicas.pop(topic, None)
