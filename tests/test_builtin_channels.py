@@ -13,7 +13,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from .presence_view import Tab
+from .presence_view import Tab, until_true
 from .test_presence import joined
 
 ISO_MS_OFFSET = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$")
@@ -83,6 +83,27 @@ async def test_admin_gets_channel_list_add_join_leave_remove_across_services(sta
     assert admin_events(admin, "channel.remove") == [{"channel": "lobby", "channels": ["admin", "room"]}]
     for tab in (user, admin, visitor):
         await tab.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_admin_agent_events_while_no_admin_is_joined(start_service, flushed_redis):
+    """channel.join/leave carry every agent (O(N^2) in a join storm): not published while no admin listens."""
+    service = await start_service(datetime_interval=0)
+    listener = flushed_redis.client().pubsub()
+    listener.psubscribe("to:admin:*")
+    visitor = await joined(service, "visitor", topic="lobby")
+    await visitor.leave()
+    await visitor.close()
+    await until_true(lambda: "lobby" not in service.channel.presence.replicas)
+    flushed_redis.client().publish("to:admin:marker", "{}")
+    seen = []
+    while not seen or seen[-1] != b"to:admin:marker":
+        message = listener.get_message(timeout=5)
+        assert message is not None, seen
+        if message["type"] == "pmessage":
+            seen.append(message["channel"])
+    listener.close()
+    assert seen == [b"to:admin:channel.add", b"to:admin:channel.remove", b"to:admin:marker"]
 
 
 @pytest_twisted.ensureDeferred
