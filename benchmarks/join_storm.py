@@ -8,7 +8,7 @@ ports), opens N WebSockets from this one asyncio process (not timed), then sends
 through its ``presence_state`` and ``presence_diff`` frames. Without coalescing this
 costs O(N^2) frames; with it, about N + N x (storm length / presence_window).
 
-Usage: python benchmarks/join_storm.py [--clients 2000] [--window 0.05] [--json-only]
+Usage: python benchmarks/join_storm.py [--clients 2000] [--window 0.05] [--spread 0] [--json-only]
 Needs the ``websockets`` package (pip install websockets).
 """
 
@@ -99,7 +99,7 @@ class Client:
                         done.set()
 
 
-async def storm(url: str, n: int, tokens: TokenAuthority) -> dict:
+async def storm(url: str, n: int, tokens: TokenAuthority, spread: float) -> dict:
     clients = []
     for i in range(n):  # connecting is not part of the storm
         ws = await websockets.connect(url, max_size=None, ping_interval=None, compression=None)
@@ -111,8 +111,10 @@ async def storm(url: str, n: int, tokens: TokenAuthority) -> dict:
              for i in range(n)]
     cpu_before = time.process_time()
     started = time.monotonic()
-    for client, join in zip(clients, joins):
+    for i, (client, join) in enumerate(zip(clients, joins)):
         await client.ws.send(join)
+        if spread:  # joins evenly over `spread` seconds instead of all at once
+            await asyncio.sleep(max(0.0, started + spread * (i + 1) / n - time.monotonic()))
     sent = time.monotonic()
     await asyncio.wait_for(done.wait(), timeout=600)
     finished = time.monotonic()
@@ -122,10 +124,9 @@ async def storm(url: str, n: int, tokens: TokenAuthority) -> dict:
     sent_bytes = sum(c.bytes for c in clients)
     diff_refs = sum(c.diff_refs for c in clients)
     state_refs = sum(c.state_refs for c in clients)
+    await asyncio.gather(*(client.ws.close() for client in clients))
     for reader in readers:
         reader.cancel()
-    for client in clients:
-        await client.ws.close()
     return {
         "clients": n,
         "frames_sent": frames,
@@ -143,6 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--window", type=float, default=0.05, help="presence_window of the service")
+    parser.add_argument("--spread", type=float, default=0.0, help="send the joins over this many seconds")
     parser.add_argument("--json-only", action="store_true")
     args = parser.parse_args()
 
@@ -165,9 +167,10 @@ def main() -> None:
         wait_for_port(port)
         tokens = TokenAuthority(SECRET, 3600, 60, 8, time.time)
         server_cpu = cpu_seconds(server.pid)
-        result = asyncio.run(storm(f"ws://127.0.0.1:{port}/websocket?vsn=2.0.0", args.clients, tokens))
+        result = asyncio.run(storm(f"ws://127.0.0.1:{port}/websocket?vsn=2.0.0", args.clients, tokens, args.spread))
         result["server_cpu_s"] = round(cpu_seconds(server.pid) - server_cpu, 2)
         result["presence_window_s"] = args.window
+        result["spread_s"] = args.spread
     finally:
         server.terminate()
         server.wait()
@@ -177,7 +180,8 @@ def main() -> None:
     if not args.json_only:
         n = result["clients"]
         print(
-            f"{n} clients joined one channel (presence_window {args.window}s): every client had all {n} "
+            f"{n} clients joined one channel (presence_window {args.window}s, joins sent over "
+            f"{result['joins_sent_s']}s): every client had all {n} "
             f"presences after {result['full_presence_s']}s; the service sent {result['frames_sent']} frames "
             f"({result['frames_per_client']} per client; N^2 would be {n * n}) and "
             f"{result['bytes_sent'] / 1e6:.1f} MB. CPU: service {result['server_cpu_s']}s, "
