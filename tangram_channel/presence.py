@@ -276,6 +276,14 @@ class Presence:
         it, or fails with RedisUnavailable.
         """
         self._local.setdefault(topic, {})[meta["phx_ref"]] = (key, meta)
+        pending = self._batches.get(topic)
+        if pending is not None and meta["phx_ref"] in pending.removes:
+            # The same phx_ref left and joins again (a client reusing its join_ref):
+            # one diff cannot say "leave, then join" (Phoenix applies joins first),
+            # so the leave goes out now, in its own flush, ahead of the join.
+            if pending.call is not None and pending.call.active():
+                pending.call.cancel()
+            self._flush(topic)
         batch = self._batch(topic)
         batch.adds[meta["phx_ref"]] = (key, meta)
         d: defer.Deferred[Replica] = defer.Deferred()

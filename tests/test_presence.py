@@ -147,6 +147,28 @@ async def test_rejoin_closes_the_old_join_and_diffs_the_swap(start_service, flus
 
 
 @pytest_twisted.ensureDeferred
+async def test_rejoin_with_the_same_join_ref_stays_present(start_service, flushed_redis):
+    """A client rejoining with its old join_ref (same agent id) is present afterwards, for others and in Redis."""
+    service = await start_service(datetime_interval=0)
+    watcher = await joined(service, "watcher")
+    tab = await joined(service, "alice", join_ref="1")
+    agent = tab.agent_id
+    expected = {"watcher": [watcher.agent_id], "alice": [agent]}
+    await settle_all([watcher, tab], expected)
+    for _ in range(3):
+        await tab.join(service.hub.tokens.mint(TOPIC, "alice")[1], join_ref="1")
+        assert tab.agent_id == agent
+    await settle_all([watcher, tab], expected)
+    await until_true(lambda: truth(flushed_redis.client()) == expected)
+    flushed_redis.client().publish(f"to:{TOPIC}:marker", "{}")
+    for t in (watcher, tab):
+        await t.until(lambda f: f[3] == "marker")
+        assert refs(t.view.state) == expected
+    await tab.close()
+    await watcher.close()
+
+
+@pytest_twisted.ensureDeferred
 async def test_concurrent_churn_on_two_services_converges_on_every_client(start_service, flushed_redis):
     """Joins, leaves and disconnects fired without waiting, on two services: every survivor ends with Redis's presence."""
     redis = flushed_redis.client()
