@@ -10,6 +10,8 @@ import signal
 import time
 
 import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
 from tangram_channel.config import Config
 from tangram_channel.tokens import TokenAuthority
@@ -85,3 +87,44 @@ async def test_two_processes_share_presence_broadcasts_and_reap_a_killed_one(twi
     seen = [(part, m["phx_ref"]) for d in alice.diffs() for part in ("joins", "leaves") for m in metas(d, part)]
     assert len(seen) == len(set(seen)), seen
     await alice.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_survivors_announce_a_killed_process_leaves_once(twistd, start_service, flushed_redis):
+    """
+    Two surviving services race to reap a SIGKILLed third: its members' leaves reach
+    each surviving member once, and Redis ends with only the survivors' entries.
+    """
+    redis = flushed_redis.client()
+    survivors = [await start_service(datetime_interval=0, node_timeout=NODE_TIMEOUT, jwt_secret=SECRET)
+                 for _ in range(2)]
+    tokens = TokenAuthority(SECRET, 3600, 0, 8, time.time)
+    victim, url = start_node(twistd, flushed_redis)
+    doomed = []
+    for i in range(3):
+        tab = await Tab.open(url, TOPIC)
+        await tab.join(tokens.mint(TOPIC, f"doomed{i}")[1])
+        doomed.append(tab)
+    tabs = []
+    for i, service in enumerate(survivors):
+        tab = await Tab.open(service.ws_url, TOPIC)
+        await tab.join(tokens.mint(TOPIC, f"survivor{i}")[1])
+        tabs.append(tab)
+    everyone = {f"doomed{i}": [t.agent_id] for i, t in enumerate(doomed)}
+    everyone.update({f"survivor{i}": [t.agent_id] for i, t in enumerate(tabs)})
+    for tab in tabs:
+        await tab.settle(everyone)
+
+    assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
+    rest = {f"survivor{i}": [t.agent_id] for i, t in enumerate(tabs)}
+    for tab in tabs:
+        await tab.settle(rest, timeout=30)
+    # both survivors beat at least twice more: a second reaping would show by now
+    await deferLater(reactor, 2 * NODE_TIMEOUT / 3 + 0.5, lambda: None)
+    redis.publish(f"to:{TOPIC}:marker", "{}")
+    for tab in tabs:
+        await tab.until(lambda f: f[3] == "marker")
+        left = [m["phx_ref"] for d in tab.diffs() for m in metas(d, "leaves")]
+        assert sorted(left) == sorted(t.agent_id for t in doomed)
+        await tab.close()
+    assert truth(redis) == rest
