@@ -5,7 +5,7 @@ Presence as a phoenix.js client sees it, for tests over real sockets.
 ``Presence.syncState``/``Presence.syncDiff`` (1.8), and ``PresenceView`` follows its
 ``Presence`` class: diffs are buffered until the ``presence_state`` of the channel's
 current join arrives. ``Tab`` is one socket joined to one topic that feeds every frame
-it receives to its view and keeps them for assertions.
+it receives to its view and keeps them for assertions; the rest are shared helpers.
 """
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 
+from tangram_channel.presence import decode_entry, presence_key
+
 from .wsclient import PhoenixTestClient, connect
 
 State = dict[str, dict[str, list[dict[str, Any]]]]
+
+TOPIC = "room"
 
 
 def sync_diff(state: State, diff: dict[str, Any]) -> State:
@@ -162,3 +166,29 @@ async def until_true(check, timeout: float = 10.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition never held"
         await deferLater(reactor, 0.02, lambda: None)
+
+
+def truth(redis, topic: str = TOPIC) -> dict[str, list[str]]:
+    """The presence Redis holds for ``topic``, in ``refs`` form."""
+    state: dict[str, list[str]] = {}
+    for value in redis.hgetall(presence_key(topic)).values():
+        _, key, meta = decode_entry(value)
+        state.setdefault(key, []).append(meta["phx_ref"])
+    return {key: sorted(v) for key, v in state.items()}
+
+
+async def joined(service, client_id: str, topic: str = TOPIC, join_ref: str | None = None) -> Tab:
+    """A socket on an in-process ``service`` joined to ``topic`` as ``client_id``."""
+    tab = await Tab.open(service.ws_url, topic)
+    await tab.join(service.hub.tokens.mint(topic, client_id)[1], join_ref)
+    return tab
+
+
+def metas(diff_frame, part: str) -> list[dict]:
+    """Every meta in the ``joins`` or ``leaves`` of a presence_diff frame."""
+    return [m for p in diff_frame[4][part].values() for m in p["metas"]]
+
+
+async def settle_all(tabs: list[Tab], expected: dict[str, list[str]]) -> None:
+    """Every tab's view holds ``expected``."""
+    await defer.gatherResults([defer.ensureDeferred(tab.settle(expected)) for tab in tabs])

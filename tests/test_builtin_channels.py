@@ -13,8 +13,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from .presence_view import Tab, until_true
-from .test_presence import joined
+from .presence_view import Tab, joined, until_true
 
 ISO_MS_OFFSET = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$")
 

@@ -17,8 +17,7 @@ from tangram_channel.config import Config
 from tangram_channel.tokens import TokenAuthority
 
 from .conftest import free_port
-from .presence_view import Tab
-from .test_presence import metas, truth
+from .presence_view import Tab, metas, truth
 
 SECRET = "multiprocess-test-secret-long-enough-for-hs256"
 NODE_TIMEOUT = 3

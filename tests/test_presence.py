@@ -10,38 +10,8 @@ import random
 import time
 
 import pytest_twisted
-from twisted.internet import defer
 
-from tangram_channel.presence import decode_entry, presence_key
-
-from .presence_view import Tab, refs, until_true
-
-TOPIC = "room"
-
-
-def truth(redis, topic: str = TOPIC) -> dict[str, list[str]]:
-    """The presence Redis holds for ``topic``, in ``refs`` form."""
-    state: dict[str, list[str]] = {}
-    for value in redis.hgetall(presence_key(topic)).values():
-        _, key, meta = decode_entry(value)
-        state.setdefault(key, []).append(meta["phx_ref"])
-    return {key: sorted(v) for key, v in state.items()}
-
-
-async def joined(service, client_id: str, topic: str = TOPIC, join_ref: str | None = None) -> Tab:
-    tab = await Tab.open(service.ws_url, topic)
-    await tab.join(service.hub.tokens.mint(topic, client_id)[1], join_ref)
-    return tab
-
-
-def metas(diff_frame, part: str) -> list[dict]:
-    """Every meta in the ``joins`` or ``leaves`` of a presence_diff frame."""
-    return [m for p in diff_frame[4][part].values() for m in p["metas"]]
-
-
-async def settle_all(tabs: list[Tab], expected: dict[str, list[str]]) -> None:
-    await defer.gatherResults([defer.ensureDeferred(tab.settle(expected)) for tab in tabs])
-
+from .presence_view import TOPIC, Tab, joined, metas, refs, settle_all, truth, until_true
 
 @pytest_twisted.ensureDeferred
 async def test_joiner_gets_reply_then_state_with_its_join_ref_and_meta(start_service, flushed_redis):
