@@ -186,3 +186,22 @@ async def test_presence_is_written_again_when_redis_comes_back_empty(start_servi
     await settle_all([alice, bob], expected)
     await alice.close()
     await bob.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_leave_during_a_redis_blip_is_withdrawn_when_redis_is_back(start_service, own_redis):
+    """A leave whose write failed while the Redis connections were down is written and announced on reconnect."""
+    redis = own_redis.client()
+    service = await start_service(redis=own_redis, datetime_interval=0, presence_window=0)
+    alice = await joined(service, "alice")
+    bob = await joined(service, "bob")
+    await settle_all([alice, bob], {"alice": [alice.agent_id], "bob": [bob.agent_id]})
+    redis.client_kill_filter(_type="normal")
+    redis.client_kill_filter(_type="pubsub")
+    await until_true(lambda: not service.bridge.connected)
+    await bob.leave()
+    await until_true(lambda: service.bridge.connected)
+    await alice.settle({"alice": [alice.agent_id]})
+    await until_true(lambda: truth(redis) == {"alice": [alice.agent_id]})
+    await alice.close()
+    await bob.close()
