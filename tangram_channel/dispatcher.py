@@ -109,6 +109,7 @@ class Hub:
             self._ticker.clock = clock
         self._datetime_interval = datetime_interval
         presence.on_channel_change = lambda change, payload: self.publish_admin(f"channel.{change}", payload)
+        presence.on_resync = self._resync
 
     def start(self) -> None:
         for topic in ALWAYS_WATCHED:
@@ -186,6 +187,11 @@ class Hub:
         members = self.members.get(topic)
         if members:
             self.broadcast(Broadcast.from_redis(topic, event, payload), members)
+
+    def _resync(self, topic: str, diff: dict[str, Any]) -> None:
+        members = self.members.get(topic)
+        if members:
+            self.broadcast(Broadcast.from_value(topic, "presence_diff", diff), members)
 
     def broadcast(self, broadcast: Broadcast, members: set[Member]) -> None:
         try:

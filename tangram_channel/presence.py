@@ -241,6 +241,9 @@ class Presence:
     """
 
     on_channel_change: Callable[[str, dict[str, Any]], None] = staticmethod(lambda event, payload: None)
+    # After an outage: the diff between what this process's clients were last told
+    # and what Redis holds now, for the hub to send to local members only.
+    on_resync: Callable[[str, dict[str, Any]], None] = staticmethod(lambda topic, diff: None)
 
     def __init__(
         self,
@@ -264,6 +267,7 @@ class Presence:
         self._batches: dict[str, _Batch] = {}
         self._early_diffs: dict[str, list[Any]] = {}
         self._unwritten_removes: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+        self._stale: dict[str, Replica] = {}  # replicas from before an outage
         self._known = False  # whether this node was ever in the node zset
         self._heartbeat = LoopingCall(self.beat)
         self._heartbeat.clock = clock
@@ -334,6 +338,7 @@ class Presence:
         if topic not in self._local:
             self.replicas.pop(topic, None)
             self._early_diffs.pop(topic, None)
+            self._stale.pop(topic, None)
             self._store.execute("SREM", node_key(self.node), topic).addErrback(lambda f: None)
         else:
             replica = self.replicas.get(topic)
@@ -349,6 +354,7 @@ class Presence:
                 replica.add(key, meta)
             for _, meta in batch.removes.values():
                 replica.remove(meta)
+            self._resync(topic, replica)
         self._announce(topic, batch.adds.values(), batch.removes.values())
         self._report_channel(topic, appeared, vanished, channels)
         # joiners last, so admin sees channel.add before their channel.join; those
@@ -356,6 +362,21 @@ class Presence:
         for d in batch.waiting:
             d.callback(replica if replica is not None else Replica())
         self._registered(fresh)
+
+    def _resync(self, topic: str, replica: Replica) -> None:
+        """Tell local members what changed elsewhere while they could not hear it."""
+        stale = self._stale.pop(topic, None)
+        if stale is None:
+            return
+        diff = Diff()
+        for ref, (key, meta) in replica.entries.items():
+            if ref not in stale.entries:
+                diff.join(key, meta)
+        for ref, (key, meta) in stale.entries.items():
+            if ref not in replica.entries:
+                diff.leave(key, meta)
+        if diff:
+            self.on_resync(topic, diff.payload())
 
     def _flush_failed(self, failure: Any, topic: str, batch: _Batch) -> None:
         self._early_diffs.pop(topic, None)
@@ -461,6 +482,8 @@ class Presence:
         After a Redis outage (or after being reaped as dead): write this process's
         entries again, withdraw the leaves Redis missed, and re-read replicas.
         """
+        for topic, replica in self.replicas.items():
+            self._stale.setdefault(topic, replica)  # the oldest: what clients last saw
         self.replicas.clear()
         for topic, entries in self._local.items():
             batch = self._batch(topic)
