@@ -115,6 +115,8 @@ def leftovers(service) -> dict:
         "local": sorted(presence._local),
         "batches": sorted(presence._batches),
         "early_diffs": sorted(presence._early_diffs),
+        "stale": sorted(presence._stale),
+        "unwritten_removes": sorted(presence._unwritten_removes),
         "watched": sorted(service.bridge.watched_topics),
         "confirming": sorted(service.bridge._confirming),
     }

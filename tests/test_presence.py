@@ -205,3 +205,28 @@ async def test_leave_during_a_redis_blip_is_withdrawn_when_redis_is_back(start_s
     await until_true(lambda: truth(redis) == {"alice": [alice.agent_id]})
     await alice.close()
     await bob.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_changes_elsewhere_during_a_redis_blip_reach_members_on_reconnect(start_service, own_redis):
+    """While one service is cut off from Redis, a member of another leaves and one joins: its members learn both when it is back."""
+    redis = own_redis.client()
+    cut = await start_service(redis=own_redis, datetime_interval=0)
+    other = await start_service(redis=own_redis, datetime_interval=0)
+    alice = await joined(cut, "alice")
+    bob = await joined(other, "bob")
+    await alice.settle({"alice": [alice.agent_id], "bob": [bob.agent_id]})
+    # keep `cut` out: no new connections, then drop its two
+    redis.config_set("maxclients", len(redis.client_list()))
+    for conn in (cut.bridge._commands, cut.bridge._subscriber):
+        redis.client_kill(f"127.0.0.1:{conn.transport.getHost().port}")
+    await until_true(lambda: not cut.bridge.connected)
+    await bob.leave()
+    carol = await joined(other, "carol")
+    expected = {"alice": [alice.agent_id], "carol": [carol.agent_id]}
+    await until_true(lambda: truth(redis) == expected)
+    redis.config_set("maxclients", 10000)
+    await until_true(lambda: cut.bridge.connected)
+    await alice.settle(expected)
+    for tab in (alice, bob, carol):
+        await tab.close()
