@@ -11,6 +11,12 @@ costs O(N) frames rather than one frame per member per join.
 Each process keeps a replica of each topic it has members in, read from Redis once
 and then kept current by the diffs, so a joiner's ``presence_state`` costs no Redis
 round trip; joiners of one window share one encoding of it.
+
+A process is in the node zset from its first entry on and beats there; the
+survivors withdraw and announce the entries of a node silent for ``node_timeout``
+(atomically, so exactly one of them does). After an outage a process writes its
+entries (and the leaves it could not write) again and tells its own members what
+changed elsewhere meanwhile.
 """
 
 from __future__ import annotations
