@@ -10,11 +10,13 @@ missing ``node``, ``npm ci`` or ``chromium`` is a failure with the command that 
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import queue
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,6 +28,7 @@ import pytest
 from .conftest import RedisServer, Twistd, free_port
 
 JS_DIR = Path(__file__).resolve().parent / "js"
+PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 PHOENIX_VERSIONS = ["189", "1816"]  # Tangram's pin (1.8.9) and the newest (1.8.16)
 STEP_TIMEOUT = 30.0  # a guard against hangs, never an assertion about speed
@@ -52,11 +55,14 @@ class DriverFailed(AssertionError):
 
 
 class Driver:
-    """One ``node tests/js/SCRIPT`` process and its step/command lines."""
+    """
+    One driver process (``node tests/js/SCRIPT`` or a Python plugin) and its step/command
+    lines; other stdout lines become ``{"step": "stdout", "line": ...}``.
+    """
 
-    def __init__(self, script: str, *args: str, env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            [node_binary(), str(JS_DIR / script), *args],
+            argv,
             cwd=JS_DIR,
             env={**os.environ, **env},
             stdin=subprocess.PIPE,
@@ -76,6 +82,8 @@ class Driver:
             line = line.strip()
             if line.startswith("{"):
                 self.steps.put(json.loads(line))
+            elif line:
+                self.steps.put({"step": "stdout", "line": line})
         self.steps.put(None)
 
     def _read_stderr(self) -> None:
@@ -148,7 +156,13 @@ class ChannelService:
         self.process = self.start_twistd(*self.args, port=self.port, env=self.env)
 
     def driver(self, script: str, *args: str, **env: str) -> Driver:
-        return Driver(script, *args, env={"SERVICE_URL": self.url, "REDIS_PORT": str(self.redis.port), **env})
+        """``node tests/js/SCRIPT ARGS`` with SERVICE_URL and REDIS_PORT set."""
+        environment = {"SERVICE_URL": self.url, "REDIS_PORT": str(self.redis.port), **env}
+        if script == "browser.mjs":
+            environment["CHROMIUM"] = chromium_binary()
+        if script.endswith(".py"):
+            return Driver([sys.executable, str(PLUGINS_DIR / script), *args], environment)
+        return Driver([node_binary(), str(JS_DIR / script), *args], environment)
 
 
 @pytest.fixture
@@ -198,3 +212,59 @@ class Listener:
 
     def close(self) -> None:
         self.pubsub.close()
+
+
+class PageServer:
+    """
+    A tiny HTTP server on its own port (so its pages are another origin than the service):
+    ``/`` is one HTML page from tests/js/pages, ``/phoenix.js`` the chosen phoenix build.
+    """
+
+    def __init__(self, page: str, phoenix: str) -> None:
+        files = {
+            "/": (JS_DIR / "pages" / page, "text/html"),
+            "/phoenix.js": (JS_DIR / "node_modules" / f"phoenix{phoenix}" / "priv" / "static" / "phoenix.js",
+                            "text/javascript"),
+        }
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path, content_type = files.get(self.path.split("?")[0], (None, None))
+                if path is None:
+                    self.send_error(404)
+                    return
+                body = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def page_server():
+    """``page_server(page, phoenix)``: a PageServer, shut down after the test."""
+    servers: list[PageServer] = []
+
+    def start(page: str, phoenix: str) -> PageServer:
+        servers.append(PageServer(page, phoenix))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

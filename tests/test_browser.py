@@ -1,0 +1,33 @@
+"""
+A real browser: headless Debian Chromium (tests/js/browser.mjs) runs phoenix.js in a page
+served from another origin than the service, against a real ``twistd`` and Redis.
+"""
+
+import json
+
+import pytest
+
+from .jsdriver import PHOENIX_VERSIONS, Listener, channel_service, page_server  # noqa: F401
+
+
+@pytest.mark.parametrize("phoenix", PHOENIX_VERSIONS)
+def test_page_from_another_origin_mints_joins_shows_and_pushes(channel_service, page_server, phoenix):
+    """fetch('/token') across origins (CORS), join, a Redis broadcast shown in the DOM, a push published."""
+    service = channel_service()
+    page = page_server("cross_origin.html", phoenix)
+    listener = Listener(service.redis, "from:radar:*")
+    browser = service.driver("browser.mjs", f"{page.url}?service={service.url}")
+    assert browser.expect("token")["origin"] == page.url.rstrip("/")
+    assert ":radar:" in browser.expect("joined")["response"]["id"]
+    assert service.redis.client().publish("to:radar:message", json.dumps({"text": "AFR123 at FL350"})) == 1
+    assert browser.expect("shown")["text"] == "AFR123 at FL350"
+    browser.send("push", text="hello from the page")
+    assert browser.expect("pushed")["status"] == "ok"
+    assert json.loads(listener.next("from:radar:custom_event")) == {"from": "chromium", "text": "hello from the page"}
+    browser.send("read")
+    dom = browser.expect("dom")
+    assert dom["title"] == "pushed"
+    assert "AFR123 at FL350" in dom["text"]
+    browser.send("done")
+    browser.finish()
+    listener.close()
