@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -48,6 +49,17 @@ def chromium_binary() -> str:
     if chromium is None:
         pytest.fail("no chromium on PATH: apt-get install chromium (tests/run.sh does)")
     return chromium
+
+
+def _step(line: str) -> dict[str, Any] | None:
+    """The step a driver's stdout line reports, or None for any other output."""
+    if not line.startswith("{"):
+        return None
+    try:
+        step = json.loads(line)
+    except ValueError:
+        return None
+    return step if isinstance(step, dict) and "step" in step else None
 
 
 class DriverFailed(AssertionError):
@@ -80,8 +92,9 @@ class Driver:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             line = line.strip()
-            if line.startswith("{"):
-                self.steps.put(json.loads(line))
+            step = _step(line)
+            if step is not None:
+                self.steps.put(step)
             elif line:
                 self.steps.put({"step": "stdout", "line": line})
         self.steps.put(None)
@@ -94,8 +107,11 @@ class Driver:
     def _explain(self, why: str) -> DriverFailed:
         return DriverFailed(f"{why}\nsteps so far: {self.seen}\nstderr:\n{''.join(self.stderr[-40:])}")
 
-    def expect(self, step: str) -> dict[str, Any]:
-        """The next step called ``step``; earlier steps of other names are kept in ``seen``."""
+    def expect(self, step: str, where: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """
+        The next step called ``step`` (and, given ``where``, satisfying it); the steps
+        passed over are kept in ``seen``.
+        """
         deadline = time.monotonic() + STEP_TIMEOUT
         while True:
             try:
@@ -108,7 +124,7 @@ class Driver:
             self.seen.append(got)
             if got["step"] == "failed":
                 raise self._explain(f"driver failed: {got['error']}")
-            if got["step"] == step:
+            if got["step"] == step and (where is None or where(got)):
                 return got
 
     def send(self, command: str, **data: Any) -> None:
@@ -144,6 +160,7 @@ class ChannelService:
         self.env = {"TANGRAM_CHANNEL_JWT_SECRET": SECRET, "TANGRAM_CHANNEL_DATETIME_INTERVAL": "0"}
         self.env.update({f"TANGRAM_CHANNEL_{k.upper()}": str(v) for k, v in settings.items()})
         self.start_twistd = start_twistd
+        self.drivers: list[Driver] = []  # killed after the test
         self.process: Twistd = self.start_twistd(*self.args, port=self.port, env=self.env)
 
     @property
@@ -161,30 +178,31 @@ class ChannelService:
         if script == "browser.mjs":
             environment["CHROMIUM"] = chromium_binary()
         if script.endswith(".py"):
-            return Driver([sys.executable, str(PLUGINS_DIR / script), *args], environment)
-        return Driver([node_binary(), str(JS_DIR / script), *args], environment)
+            argv = [sys.executable, "-u", str(PLUGINS_DIR / script), *args]
+        else:
+            argv = [node_binary(), str(JS_DIR / script), *args]
+        self.drivers.append(Driver(argv, environment))
+        return self.drivers[-1]
+
+    def command(self, *argv: str) -> Driver:
+        """Any other program (redis-cli, curl), its output lines as "stdout" steps."""
+        self.drivers.append(Driver(list(argv), {}))
+        return self.drivers[-1]
 
 
 @pytest.fixture
 def channel_service(twistd, flushed_redis):
     """``channel_service(**settings)``: a twistd service on the session Redis."""
-    drivers: list[Driver] = []
+    services: list[ChannelService] = []
 
     def start(**settings: Any) -> ChannelService:
-        service = ChannelService(twistd, flushed_redis, **settings)
-        original = service.driver
-
-        def tracked(*args: Any, **kwargs: Any) -> Driver:
-            driver = original(*args, **kwargs)
-            drivers.append(driver)
-            return driver
-
-        service.driver = tracked  # type: ignore[method-assign]
-        return service
+        services.append(ChannelService(twistd, flushed_redis, **settings))
+        return services[-1]
 
     yield start
-    for driver in drivers:
-        driver.kill()
+    for service in services:
+        for driver in service.drivers:
+            driver.kill()
 
 
 def expired_token(channel: str, client_id: str = "late") -> str:

@@ -43,6 +43,12 @@ try {
   });
   report("launched", { version: context.browser() ? context.browser().version() : null });
   const page = context.pages()[0] || await context.newPage();
+  if (routes.length) {
+    // A routed document has no network address, so Chromium's Local Network Access checks
+    // treat it as public and block its socket to 127.0.0.1; a page really served from the
+    // service's host would be loopback. Grant what that page would have.
+    await context.grantPermissions(["local-network-access"]);
+  }
   for (const route of routes) {
     const [url, file] = route.split("=");
     await page.route(url, r => r.fulfill({

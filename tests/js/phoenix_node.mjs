@@ -133,6 +133,28 @@ const scenarios = {
     socket.disconnect();
   },
 
+  /** Join TOPIC; report every message but replies; push on "push" commands until "done". */
+  async listen() {
+    const { socket, id } = await connectAs();
+    const { token } = await mintToken(TOPIC, id);
+    const channel = socket.channel(TOPIC, { token });
+    const onMessage = channel.onMessage.bind(channel);
+    channel.onMessage = (event, payload, ref) => {
+      if (event !== "phx_reply") report("message", { event, payload });
+      return onMessage(event, payload, ref);
+    };
+    report("joined", { reply: await join(channel) });
+    let pushes = command("push");
+    const done = command("done");
+    while (true) {
+      const next = await Promise.race([pushes, done]);
+      if (next.command === "done") break;
+      report("pushed", await push(channel, next.event, next.payload));
+      pushes = command("push");
+    }
+    socket.disconnect();
+  },
+
   /** Phoenix 1.8's authToken: the token rides in Sec-WebSocket-Protocol; joins carry none. */
   async authtoken() {
     const { token, id } = await mintToken("system");
