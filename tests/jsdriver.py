@@ -161,6 +161,7 @@ class ChannelService:
         self.env.update({f"TANGRAM_CHANNEL_{k.upper()}": str(v) for k, v in settings.items()})
         self.start_twistd = start_twistd
         self.drivers: list[Driver] = []  # killed after the test
+        self.listeners: list[Listener] = []  # closed after the test
         self.process: Twistd = self.start_twistd(*self.args, port=self.port, env=self.env)
 
     @property
@@ -184,6 +185,11 @@ class ChannelService:
         self.drivers.append(Driver(argv, environment))
         return self.drivers[-1]
 
+    def listener(self, pattern: str) -> Listener:
+        """A redis-py PSUBSCRIBE on ``pattern``, made before this returns."""
+        self.listeners.append(Listener(self.redis, pattern))
+        return self.listeners[-1]
+
     def command(self, *argv: str) -> Driver:
         """Any other program (redis-cli, curl), its output lines as "stdout" steps."""
         self.drivers.append(Driver(list(argv), {}))
@@ -203,6 +209,8 @@ def channel_service(twistd, flushed_redis):
     for service in services:
         for driver in service.drivers:
             driver.kill()
+        for listener in service.listeners:
+            listener.close()
 
 
 def expired_token(channel: str, client_id: str = "late") -> str:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from .jsdriver import PHOENIX_VERSIONS, Listener, channel_service, page_server  # noqa: F401
+from .jsdriver import PHOENIX_VERSIONS, channel_service, page_server  # noqa: F401
 
 
 @pytest.mark.parametrize("phoenix", PHOENIX_VERSIONS)
@@ -15,7 +15,7 @@ def test_page_from_another_origin_mints_joins_shows_and_pushes(channel_service, 
     """fetch('/token') across origins (CORS), join, a Redis broadcast shown in the DOM, a push published."""
     service = channel_service()
     page = page_server("cross_origin.html", phoenix)
-    listener = Listener(service.redis, "from:radar:*")
+    listener = service.listener("from:radar:*")
     browser = service.driver("browser.mjs", f"{page.url}?service={service.url}")
     assert browser.expect("token")["origin"] == page.url.rstrip("/")
     assert ":radar:" in browser.expect("joined")["response"]["id"]
@@ -30,4 +30,3 @@ def test_page_from_another_origin_mints_joins_shows_and_pushes(channel_service, 
     assert "AFR123 at FL350" in dom["text"]
     browser.send("done")
     browser.finish()
-    listener.close()

@@ -7,15 +7,15 @@ import json
 
 import pytest
 
-from .jsdriver import PHOENIX_VERSIONS, Listener, channel_service, expired_token  # noqa: F401
+from .jsdriver import PHOENIX_VERSIONS, channel_service, expired_token  # noqa: F401
 
 pytestmark = pytest.mark.parametrize("phoenix", PHOENIX_VERSIONS)
 
 
 def test_join_broadcasts_and_push(channel_service, phoenix):
-    """userToken params, join ok, JSON and binary (ArrayBuffer) broadcasts, push ok and published as sent."""
+    """userToken params, join ok, JSON and binary (ArrayBuffer) broadcasts, JSON and binary pushes published as sent."""
     service = channel_service()
-    listener = Listener(service.redis, "from:radar:*")
+    listener = service.listener("from:radar:*")
     driver = service.driver("phoenix_node.mjs", "basic", PHOENIX_VERSION=phoenix)
     joined = driver.expect("joined")
     assert joined["reply"]["status"] == "ok"
@@ -30,8 +30,9 @@ def test_join_broadcasts_and_push(channel_service, phoenix):
     assert binary["bytes"].encode("latin1") == b"Hello from plugin \xff\x00"
     assert driver.expect("pushed") == {"step": "pushed", "status": "ok", "response": {}}
     assert json.loads(listener.next("from:radar:custom_event")) == {"request_id": "r-1", "nested": {"a": [1, 2]}}
+    assert driver.expect("pushed-binary")["status"] == "ok"
+    assert listener.next("from:radar:arrow-batch") == bytes([0, 1, 2, 254, 255])
     driver.finish()
-    listener.close()
 
 
 def test_refused_joins_reach_the_client_as_errors(channel_service, phoenix):
@@ -110,7 +111,7 @@ def test_client_reconnects_and_rejoins_after_a_service_restart(channel_service, 
 def test_auth_token_option_rides_in_the_subprotocol(channel_service, phoenix):
     """Phoenix 1.8 ``authToken``: handshake accepted with subprotocol "phoenix"; a join without token uses it."""
     service = channel_service()
-    listener = Listener(service.redis, "from:system:*")
+    listener = service.listener("from:system:*")
     driver = service.driver("phoenix_node.mjs", "authtoken", PHOENIX_VERSION=phoenix)
     assert driver.expect("open")["protocol"] == "phoenix"
     joined = driver.expect("joined")
@@ -119,7 +120,6 @@ def test_auth_token_option_rides_in_the_subprotocol(channel_service, phoenix):
     assert driver.expect("pushed")["status"] == "ok"
     assert json.loads(listener.next("from:system:custom_event")) == {"via": "authToken"}
     driver.finish()
-    listener.close()
 
 
 def test_vsn_1_object_frames(channel_service, phoenix):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .jsdriver import JS_DIR, PHOENIX_VERSIONS, STEP_TIMEOUT, Listener, channel_service  # noqa: F401
+from .jsdriver import JS_DIR, PHOENIX_VERSIONS, STEP_TIMEOUT, channel_service  # noqa: F401
 
 
 def wait_for_new_pattern(redis, before: int) -> None:
@@ -25,7 +25,7 @@ def wait_for_new_pattern(redis, before: int) -> None:
 def test_js_snippet_and_python_backend_snippet(channel_service, phoenix):
     """The JS snippet joins on /websocket, logs datetimes and pushes; the backend snippet's update arrives and it receives pushes."""
     service = channel_service(datetime_interval=0.2)
-    listener = Listener(service.redis, "from:*")
+    listener = service.listener("from:*")
     browser = service.driver(
         "browser.mjs",
         f"{service.url}/snippet.html",
@@ -47,7 +47,6 @@ def test_js_snippet_and_python_backend_snippet(channel_service, phoenix):
     assert backend.expect("stdout")["line"] == "Received: b'{\"message\":\"Hello from client\"}'"
     browser.send("done")
     browser.finish()
-    listener.close()
 
 
 def test_readme_curl_and_redis_cli_commands(channel_service):

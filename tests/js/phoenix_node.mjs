@@ -27,7 +27,7 @@ async function joinTopic(socket, id, topic = TOPIC) {
 }
 
 const scenarios = {
-  /** Join, one JSON and one binary broadcast from Redis, one push. */
+  /** Join, one JSON and one binary broadcast from Redis, one JSON and one binary push. */
   async basic() {
     const { socket, id } = await connectAs();
     const { channel, reply } = await joinTopic(socket, id);
@@ -39,6 +39,8 @@ const scenarios = {
     const bytes = await binary;
     report("binary", { isArrayBuffer: bytes instanceof ArrayBuffer, bytes: bytesOf(bytes) });
     report("pushed", await push(channel, "custom_event", { request_id: "r-1", nested: { a: [1, 2] } }));
+    const raw = new Uint8Array([0, 1, 2, 254, 255]).buffer;
+    report("pushed-binary", await push(channel, "arrow-batch", raw));
     socket.disconnect();
   },
 
