@@ -19,8 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -31,7 +31,8 @@ from .conftest import RedisServer, Twistd, free_port
 JS_DIR = Path(__file__).resolve().parent / "js"
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
 SECRET = "test-secret-that-is-long-enough-for-hs256"
-PHOENIX_VERSIONS = ["189", "1816"]  # Tangram's pin (1.8.9) and the newest (1.8.16)
+# npm aliases in tests/js/package.json: Tangram's pin (1.8.9) and the newest (1.8.16)
+PHOENIX_VERSIONS = [pytest.param("189", id="phoenix-1.8.9"), pytest.param("1816", id="phoenix-1.8.16")]
 STEP_TIMEOUT = 30.0  # a guard against hangs, never an assertion about speed
 
 
