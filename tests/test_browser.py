@@ -30,3 +30,22 @@ def test_page_from_another_origin_mints_joins_shows_and_pushes(channel_service, 
     assert "AFR123 at FL350" in dom["text"]
     browser.send("done")
     browser.finish()
+
+
+@pytest.mark.parametrize("socket_allowed", [True, False], ids=["page-origin-allowed", "page-origin-refused"])
+def test_origin_settings_as_a_browser_meets_them(channel_service, page_server, socket_allowed):
+    """cors_origins naming the page lets it mint; allowed_origins decides whether its socket opens."""
+    page = page_server("cross_origin.html", "1816")
+    origin = page.url.rstrip("/")
+    service = channel_service(
+        cors_origins=origin, allowed_origins=origin if socket_allowed else "http://elsewhere.example"
+    )
+    browser = service.driver("browser.mjs", f"{page.url}?service={service.url}")
+    assert browser.expect("token")["origin"] == origin
+    if socket_allowed:
+        assert ":radar:" in browser.expect("joined")["response"]["id"]
+    else:
+        browser.expect("socket-error")
+        assert not [step for step in browser.seen if step["step"] == "joined"]
+    browser.send("done")
+    browser.finish()
