@@ -69,12 +69,12 @@ def test_presence_class_converges_across_clients_and_tabs(channel_service, phoen
     driver.finish()
 
 
-@pytest.mark.parametrize(("heartbeat_ms", "closed"), [(500, False), (60000, True)], ids=["heartbeats", "silent"])
+@pytest.mark.parametrize(("heartbeat_ms", "closed"), [(250, False), (60000, True)], ids=["heartbeats", "silent"])
 def test_heartbeats_keep_an_idle_socket_open(channel_service, phoenix, heartbeat_ms, closed):
-    """With idle_timeout 2 s, 500 ms heartbeats keep the socket open for 5 s; a silent client is closed."""
-    service = channel_service(idle_timeout=2)
+    """With idle_timeout 1 s, 250 ms heartbeats keep the socket open for 3 s; a silent client is closed."""
+    service = channel_service(idle_timeout=1)
     driver = service.driver(
-        "phoenix_node.mjs", "heartbeat", PHOENIX_VERSION=phoenix, HEARTBEAT_MS=str(heartbeat_ms), IDLE_MS="5000"
+        "phoenix_node.mjs", "heartbeat", PHOENIX_VERSION=phoenix, HEARTBEAT_MS=str(heartbeat_ms), IDLE_MS="3000"
     )
     assert driver.expect("joined")["reply"]["status"] == "ok"
     closes = driver.expect("idle-done")["closes"]
