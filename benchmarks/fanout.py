@@ -81,6 +81,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
             settled = server.usage()
             publisher = redis.Redis.from_url(redis_url)
             before_server, before_client = server.usage(), h.usage(client.pid)
+            profiler = h.start_profiler(server.pid, args.duration, args.py_spy) if args.py_spy and target == "ours" else None
             published, publish_s = publish(publisher, args.channel, args.rate, args.duration, args.payload_bytes)
             publish_end = time.monotonic()
             expected = published * args.clients
@@ -88,6 +89,8 @@ def run(target: str, args: argparse.Namespace) -> dict:
             after_server, after_client = server.usage(), h.usage(client.pid)
             result = client.finish()
             client = None
+            if profiler is not None:
+                profiler.wait(timeout=60)
         finally:
             if client is not None:
                 client.kill()
@@ -155,6 +158,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=1.0, help="seconds between all joined and publishing")
     p.add_argument("--join-timeout", type=float, default=120)
     p.add_argument("--max-seconds", type=int, default=600, help="hard lifetime of the load client")
+    p.add_argument("--py-spy", metavar="FILE", help="profile ours with py-spy while publishing (collapsed stacks)")
     p.add_argument("--json-only", action="store_true")
     return p.parse_args(argv)
 

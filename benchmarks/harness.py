@@ -285,3 +285,15 @@ def ratio(ours: float | None, reference: float | None) -> float | None:
     if ours is None or reference is None or reference == 0:
         return None
     return ours / reference
+
+
+def start_profiler(pid: int, seconds: float, output: str) -> subprocess.Popen:
+    """py-spy sampling ``pid`` (and its subprocesses) for ``seconds`` into collapsed stacks."""
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if py_spy is None:
+        raise SystemExit("py-spy not found: pip install py-spy")
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--format", "raw",
+         "--nonblocking", "--subprocesses", "--rate", "200", "--output", output],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
