@@ -81,12 +81,14 @@ def run(target: str, args: argparse.Namespace) -> dict:
             settled = server.usage()
             publisher = redis.Redis.from_url(redis_url)
             before_server, before_client = server.usage(), h.usage(client.pid)
+            sampler = h.Sampler(server.pid)
             profiler = h.start_profiler(server.pid, args.duration, args.py_spy) if args.py_spy and target == "ours" else None
             published, publish_s = publish(publisher, args.channel, args.rate, args.duration, args.payload_bytes)
             publish_end = time.monotonic()
             expected = published * args.clients
             stats, last_delivery = drain(client, expected)
             after_server, after_client = server.usage(), h.usage(client.pid)
+            samples = sampler.stop()
             result = client.finish()
             client = None
             if profiler is not None:
@@ -116,6 +118,9 @@ def run(target: str, args: argparse.Namespace) -> dict:
         "server_cpu_s": cpu.cpu_s,
         "server_cpu_us_per_delivery": 1e6 * cpu.cpu_s / delivered if delivered else None,
         "server_cpu_share": cpu.cpu_s / window if window else None,
+        "server_peak_cpu_share": samples["peak_cpu_share"],
+        "server_cpu_share_timeline": samples["cpu_share_timeline"],
+        "server_peak_rss_kb": samples["peak_rss_kb"],
         "server_rss_idle_kb": base.rss_kb,
         "server_rss_joined_kb": settled.rss_kb,
         "server_rss_end_kb": after_server.rss_kb,
@@ -133,7 +138,8 @@ def summary(r: dict) -> str:
         f"delivered {h.pct(r['delivered'], r['expected_deliveries'])} ({r['delivered']}/{r['expected_deliveries']}), "
         f"{r['deliveries_per_s']:.0f} deliveries/s, dropped clients {r['clients_dropped']}\n"
         f"           latency p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms; "
-        f"server CPU {r['server_cpu_us_per_delivery'] or 0:.2f} us/delivery ({100 * (r['server_cpu_share'] or 0):.0f}% of a core), "
+        f"server CPU {r['server_cpu_us_per_delivery'] or 0:.2f} us/delivery ({100 * (r['server_cpu_share'] or 0):.0f}% of a core, "
+        f"peak {100 * (r['server_peak_cpu_share'] or 0):.0f}%), peak RSS {(r['server_peak_rss_kb'] or 0) / 1024:.0f} MB, "
         f"RSS {r['server_rss_joined_kb'] / 1024:.1f} MB joined ({r['rss_per_client_kb']:.1f} KB/client); "
         f"load client CPU {100 * (r['client_cpu_share'] or 0):.0f}% of a core"
     )

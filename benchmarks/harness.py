@@ -297,3 +297,33 @@ def start_profiler(pid: int, seconds: float, output: str) -> subprocess.Popen:
          "--nonblocking", "--subprocesses", "--rate", "200", "--output", output],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+
+
+class Sampler:
+    """Samples a process tree's usage every ``interval`` s on a thread: peak CPU share, peak RSS."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, Usage]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), usage(self.pid)))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> dict:
+        """Peak CPU share over any sampling interval, mean share, peak RSS, and the CPU-share timeline."""
+        self._stop.set()
+        self._thread.join()
+        shares = [
+            (b[1].cpu_s - a[1].cpu_s) / (b[0] - a[0]) for a, b in zip(self.samples, self.samples[1:]) if b[0] > a[0]
+        ]
+        return {
+            "peak_cpu_share": max(shares, default=None),
+            "peak_rss_kb": max((u.rss_kb for _, u in self.samples), default=None),
+            "cpu_share_timeline": [round(s, 2) for s in shares],
+        }
