@@ -81,7 +81,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
             settled = server.usage()
             publisher = redis.Redis.from_url(redis_url)
             before_server, before_client = server.usage(), h.usage(client.pid)
-            sampler = h.Sampler(server.pid)
+            sampler = h.Sampler(server.pid, rss_limit_mb=args.rss_limit_mb)
             profiler = h.start_profiler(server.pid, args.duration, args.py_spy) if args.py_spy and target == "ours" else None
             published, publish_s = publish(publisher, args.channel, args.rate, args.duration, args.payload_bytes)
             publish_end = time.monotonic()
@@ -165,6 +165,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--join-timeout", type=float, default=120)
     p.add_argument("--max-seconds", type=int, default=600, help="hard lifetime of the load client")
     p.add_argument("--py-spy", metavar="FILE", help="profile ours with py-spy while publishing (collapsed stacks)")
+    p.add_argument("--rss-limit-mb", type=float, default=8000, help="kill the server past this RSS")
     p.add_argument("--json-only", action="store_true")
     return p.parse_args(argv)
 

@@ -302,9 +302,11 @@ def start_profiler(pid: int, seconds: float, output: str) -> subprocess.Popen:
 class Sampler:
     """Samples a process tree's usage every ``interval`` s on a thread: peak CPU share, peak RSS."""
 
-    def __init__(self, pid: int, interval: float = 0.5) -> None:
+    def __init__(self, pid: int, interval: float = 0.5, rss_limit_mb: float | None = None) -> None:
         self.pid = pid
         self.interval = interval
+        self.rss_limit_kb = None if rss_limit_mb is None else rss_limit_mb * 1024
+        self.limit_hit = False
         self.samples: list[tuple[float, Usage]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -312,7 +314,15 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.monotonic(), usage(self.pid)))
+            now = usage(self.pid)
+            self.samples.append((time.monotonic(), now))
+            if self.rss_limit_kb is not None and now.rss_kb > self.rss_limit_kb and not self.limit_hit:
+                # The reference grows by gigabytes in a join storm: stop it before the machine swaps.
+                self.limit_hit = True
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                except OSError:
+                    pass
             self._stop.wait(self.interval)
 
     def stop(self) -> dict:
@@ -325,5 +335,6 @@ class Sampler:
         return {
             "peak_cpu_share": max(shares, default=None),
             "peak_rss_kb": max((u.rss_kb for _, u in self.samples), default=None),
+            "killed_at_rss_limit": self.limit_hit,
             "cpu_share_timeline": [round(s, 2) for s in shares],
         }

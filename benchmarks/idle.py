@@ -27,6 +27,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
         try:
             time.sleep(1)
             base = server.usage()
+            sampler = h.Sampler(server.pid, rss_limit_mb=args.rss_limit_mb)
             sockets = []
             for i in range(args.clients):
                 cid = f"c{i}"
@@ -43,7 +44,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
             storm_server = server.usage()
             time.sleep(args.settle)
             settled = server.usage()
-            peak_server = settled
+            samples = sampler.stop()
             result = client.finish()
             client = None
         finally:
@@ -67,8 +68,11 @@ def run(target: str, args: argparse.Namespace) -> dict:
         "server_cpu_storm_s": (storm_server - base).cpu_s,
         "server_rss_idle_kb": base.rss_kb,
         "server_rss_storm_kb": storm_server.rss_kb,
-        "server_rss_settled_kb": peak_server.rss_kb,
-        "rss_per_client_kb": (settled.rss_kb - base.rss_kb) / args.clients,
+        "server_rss_settled_kb": settled.rss_kb,
+        "server_peak_rss_kb": samples["peak_rss_kb"],
+        "server_killed_at_rss_limit": samples["killed_at_rss_limit"],
+        "server_peak_cpu_share": samples["peak_cpu_share"],
+        "rss_per_client_kb": None if samples["killed_at_rss_limit"] else (settled.rss_kb - base.rss_kb) / args.clients,
         "client_cpu_s": result["cpu_user_s"] + result["cpu_sys_s"],
         "client": result,
     }
@@ -77,12 +81,13 @@ def run(target: str, args: argparse.Namespace) -> dict:
 def summary(r: dict) -> str:
     fmt = lambda x: "not reached" if x is None else f"{x:.2f} s"  # noqa: E731
     return (
-        f"{r['target']:>9}: {r['clients']} clients: all joined {fmt(r['all_joined_s'])}, full system presence "
+        f"{r['target']:>9}: {r['clients']} clients: all joined {fmt(r['all_joined_s'])} ({r['joined_conns']} of {r['clients']}), full system presence "
         f"{fmt(r['all_full_presence_s'])} ({r['full_presence_conns']} of {r['clients']}), dropped {r['clients_dropped']}, "
         f"connect errors {r['connect_errors']}, join errors {r['join_errors']}\n"
         f"           server sent {r['server_frames_sent']} frames / {r['server_bytes_sent'] / 1e6:.1f} MB, "
         f"CPU {r['server_cpu_storm_s']:.2f} s for the storm, RSS {r['server_rss_settled_kb'] / 1024:.1f} MB settled "
-        f"({r['rss_per_client_kb']:.1f} KB/client); load client CPU {r['client_cpu_s']:.2f} s"
+        f"({r['rss_per_client_kb'] or 0:.1f} KB/client), peak {(r['server_peak_rss_kb'] or 0) / 1024:.0f} MB"
+        f"{' (KILLED at the RSS limit)' if r['server_killed_at_rss_limit'] else ''}; load client CPU {r['client_cpu_s']:.2f} s"
     )
 
 
@@ -99,6 +104,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=120, help="seconds allowed to join and get full presence")
     p.add_argument("--settle", type=float, default=5, help="seconds after the storm before RSS is read")
     p.add_argument("--max-seconds", type=int, default=600, help="hard lifetime of the load client")
+    p.add_argument("--rss-limit-mb", type=float, default=8000, help="kill the server past this RSS (the reference balloons)")
     p.add_argument("--json-only", action="store_true")
     return p.parse_args(argv)
 
