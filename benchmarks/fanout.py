@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -82,6 +83,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
             publisher = redis.Redis.from_url(redis_url)
             before_server, before_client = server.usage(), h.usage(client.pid)
             sampler = h.Sampler(server.pid, rss_limit_mb=args.rss_limit_mb)
+            machine_before = h.machine_busy()
             profiler = h.start_profiler(server.pid, args.duration, args.py_spy) if args.py_spy and target == "ours" else None
             published, publish_s = publish(publisher, args.channel, args.rate, args.duration, args.payload_bytes)
             publish_end = time.monotonic()
@@ -89,6 +91,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
             stats, last_delivery = drain(client, expected)
             after_server, after_client = server.usage(), h.usage(client.pid)
             samples = sampler.stop()
+            machine = h.busy_cores(machine_before, h.machine_busy())
             result = client.finish()
             client = None
             if profiler is not None:
@@ -127,6 +130,8 @@ def run(target: str, args: argparse.Namespace) -> dict:
         "rss_per_client_kb": (settled.rss_kb - base.rss_kb) / args.clients,
         "client_cpu_s": (after_client - before_client).cpu_s,
         "client_cpu_share": (after_client - before_client).cpu_s / window if window else None,
+        "machine_cores": os.cpu_count(),
+        "machine_busy_cores": machine,
         "client": result,
     }
 
@@ -141,7 +146,8 @@ def summary(r: dict) -> str:
         f"server CPU {r['server_cpu_us_per_delivery'] or 0:.2f} us/delivery ({100 * (r['server_cpu_share'] or 0):.0f}% of a core, "
         f"peak {100 * (r['server_peak_cpu_share'] or 0):.0f}%), peak RSS {(r['server_peak_rss_kb'] or 0) / 1024:.0f} MB, "
         f"RSS {r['server_rss_joined_kb'] / 1024:.1f} MB joined ({r['rss_per_client_kb']:.1f} KB/client); "
-        f"load client CPU {100 * (r['client_cpu_share'] or 0):.0f}% of a core"
+        f"load client CPU {100 * (r['client_cpu_share'] or 0):.0f}% of a core; "
+        f"machine busy {r['machine_busy_cores']:.2f} of {r['machine_cores']} cores"
     )
 
 
@@ -172,7 +178,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    h.raise_fd_limit()
+    h.prepare()
     targets = ["ours", "reference"] if args.target == "both" else [args.target]
     results = {}
     for target in targets:

@@ -7,6 +7,7 @@ Everything is started on loopback on free ports, bounded in time, and stopped on
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import queue
@@ -32,6 +33,37 @@ LOGS = CACHE / "logs"
 SECRET = "bench-secret-0123456789abcdef0123456789"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _die_with_parent() -> None:
+    """In the child: own process group, and SIGTERM when the benchmark dies, even by SIGKILL."""
+    os.setsid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def prepare() -> None:
+    """Raise the descriptor limit and make SIGTERM unwind so every ``finally`` stops its process."""
+    raise_fd_limit()
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, to tell when something else was running."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def busy_cores(start: tuple[int, int], end: tuple[int, int]) -> float:
+    """Cores the whole machine kept busy between two ``machine_busy()`` readings."""
+    total = end[1] - start[1]
+    return os.cpu_count() * (end[0] - start[0]) / total if total else 0.0
 
 
 def raise_fd_limit() -> None:
@@ -119,7 +151,7 @@ class Proc:
         self.log_path = LOGS / f"{name}.log"
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
-            args, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=LOGS, start_new_session=True
+            args, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=LOGS, preexec_fn=_die_with_parent
         )
         self.pid = self.process.pid
 
@@ -214,6 +246,7 @@ class LoadClient:
         self.process = subprocess.Popen(
             [str(binary), "127.0.0.1", str(port), str(spec), *options],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, bufsize=1,
+            preexec_fn=_die_with_parent,
         )
         self.pid = self.process.pid
         self.lines: queue.Queue[str] = queue.Queue()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import time
 
@@ -28,6 +30,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
             time.sleep(1)
             base = server.usage()
             sampler = h.Sampler(server.pid, rss_limit_mb=args.rss_limit_mb)
+            machine_before = h.machine_busy()
             sockets = []
             for i in range(args.clients):
                 cid = f"c{i}"
@@ -38,15 +41,20 @@ def run(target: str, args: argparse.Namespace) -> dict:
             options = ["-c", str(args.concurrency), "-m", str(args.max_seconds),
                        "-p", "system", "-n", str(args.clients)]
             client = h.LoadClient(port, sockets, options, f"idle-{target}")
+            profiler = h.start_profiler(server.pid, args.timeout, args.py_spy) if args.py_spy and target == "ours" else None
             joined = client.wait_event("JOINED", args.timeout)
             presence = client.wait_event("PRESENCE", max(0.0, args.timeout - (joined or args.timeout)))
             storm = client.stats()
             storm_server = server.usage()
+            machine = h.busy_cores(machine_before, h.machine_busy())
             time.sleep(args.settle)
             settled = server.usage()
             samples = sampler.stop()
             result = client.finish()
             client = None
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)  # py-spy writes its profile on Ctrl-C
+                profiler.wait(timeout=60)
         finally:
             if client is not None:
                 client.kill()
@@ -74,6 +82,8 @@ def run(target: str, args: argparse.Namespace) -> dict:
         "server_peak_cpu_share": samples["peak_cpu_share"],
         "rss_per_client_kb": None if samples["killed_at_rss_limit"] else (settled.rss_kb - base.rss_kb) / args.clients,
         "client_cpu_s": result["cpu_user_s"] + result["cpu_sys_s"],
+        "machine_cores": os.cpu_count(),
+        "machine_busy_cores_storm": machine,
         "client": result,
     }
 
@@ -87,7 +97,8 @@ def summary(r: dict) -> str:
         f"           server sent {r['server_frames_sent']} frames / {r['server_bytes_sent'] / 1e6:.1f} MB, "
         f"CPU {r['server_cpu_storm_s']:.2f} s for the storm, RSS {r['server_rss_settled_kb'] / 1024:.1f} MB settled "
         f"({r['rss_per_client_kb'] or 0:.1f} KB/client), peak {(r['server_peak_rss_kb'] or 0) / 1024:.0f} MB"
-        f"{' (KILLED at the RSS limit)' if r['server_killed_at_rss_limit'] else ''}; load client CPU {r['client_cpu_s']:.2f} s"
+        f"{' (KILLED at the RSS limit)' if r['server_killed_at_rss_limit'] else ''}; load client CPU {r['client_cpu_s']:.2f} s; "
+        f"machine busy {r['machine_busy_cores_storm']:.2f} of {r['machine_cores']} cores during the storm"
     )
 
 
@@ -105,13 +116,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=5, help="seconds after the storm before RSS is read")
     p.add_argument("--max-seconds", type=int, default=600, help="hard lifetime of the load client")
     p.add_argument("--rss-limit-mb", type=float, default=8000, help="kill the server past this RSS (the reference balloons)")
+    p.add_argument("--py-spy", metavar="FILE", help="profile ours with py-spy during the storm (collapsed stacks)")
     p.add_argument("--json-only", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    h.raise_fd_limit()
+    h.prepare()
     targets = ["ours", "reference"] if args.target == "both" else [args.target]
     results = {}
     for target in targets:
