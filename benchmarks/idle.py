@@ -35,9 +35,10 @@ def run(target: str, args: argparse.Namespace) -> dict:
             for i in range(args.clients):
                 cid = f"c{i}"
                 system = h.token(cid, "system")
-                streaming = h.token(cid, f"streaming-{cid}")
-                sockets.append((f"/websocket?vsn=2.0.0&userToken={system}",
-                                [("system", system), (f"streaming-{cid}", streaming)]))
+                joins = [("system", system)]
+                if not args.system_only:
+                    joins.append((f"streaming-{cid}", h.token(cid, f"streaming-{cid}")))
+                sockets.append((f"/websocket?vsn=2.0.0&userToken={system}", joins))
             options = ["-c", str(args.concurrency), "-m", str(args.max_seconds),
                        "-p", "system", "-n", str(args.clients)]
             client = h.LoadClient(port, sockets, options, f"idle-{target}")
@@ -62,6 +63,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
     return {
         "target": target,
         "clients": args.clients,
+        "channels": "system" if args.system_only else "system+streaming",
         "all_joined_s": joined,
         "all_full_presence_s": presence,
         "joined_conns": result["joined_conns"],
@@ -91,7 +93,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
 def summary(r: dict) -> str:
     fmt = lambda x: "not reached" if x is None else f"{x:.2f} s"  # noqa: E731
     return (
-        f"{r['target']:>9}: {r['clients']} clients: all joined {fmt(r['all_joined_s'])} ({r['joined_conns']} of {r['clients']}), full system presence "
+        f"{r['target']:>9}: {r['clients']} clients on {r['channels']}: all joined {fmt(r['all_joined_s'])} ({r['joined_conns']} of {r['clients']}), full system presence "
         f"{fmt(r['all_full_presence_s'])} ({r['full_presence_conns']} of {r['clients']}), dropped {r['clients_dropped']}, "
         f"connect errors {r['connect_errors']}, join errors {r['join_errors']}\n"
         f"           server sent {r['server_frames_sent']} frames / {r['server_bytes_sent'] / 1e6:.1f} MB, "
@@ -116,6 +118,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=5, help="seconds after the storm before RSS is read")
     p.add_argument("--max-seconds", type=int, default=600, help="hard lifetime of the load client")
     p.add_argument("--rss-limit-mb", type=float, default=8000, help="kill the server past this RSS (the reference balloons)")
+    p.add_argument("--system-only", action="store_true", help="join only system, no streaming-<id> channels")
     p.add_argument("--py-spy", metavar="FILE", help="profile ours with py-spy during the storm (collapsed stacks)")
     p.add_argument("--json-only", action="store_true")
     return p.parse_args(argv)
