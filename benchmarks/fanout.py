@@ -158,6 +158,55 @@ def compare(ours: dict, ref: dict) -> dict:
     return out
 
 
+def passes(r: dict, p99_ms: float) -> bool:
+    """W4's bar: everything delivered, nobody dropped, p99 within ``p99_ms``."""
+    return "error" not in r and r["delivery_ratio"] == 1.0 and r["clients_dropped"] == 0 and r["latency_ms"]["p99"] <= p99_ms
+
+
+def find_max(target: str, args: argparse.Namespace) -> dict:
+    """
+    The highest publish rate (for --clients) that still passes: rates grow x1.5 from --rate
+    until one fails, then a few bisection steps. Every step is a fresh server and Redis.
+    """
+    tried: list[dict] = []
+
+    def attempt(rate: float) -> bool:
+        step = argparse.Namespace(**{**vars(args), "rate": round(rate)})
+        try:
+            r = run(target, step)
+        except Exception as e:
+            r = {"target": target, "rate": step.rate, "error": str(e)}
+        ok = passes(r, args.p99_ms)
+        tried.append({"rate": step.rate, "passed": ok, "delivery_ratio": r.get("delivery_ratio"),
+                      "deliveries_per_s": r.get("deliveries_per_s"), "p99_ms": r.get("latency_ms", {}).get("p99"),
+                      "server_cpu_us_per_delivery": r.get("server_cpu_us_per_delivery"), "error": r.get("error")})
+        if not args.json_only:
+            t = tried[-1]
+            print(f"  {target}: {step.rate} msg/s x {args.clients}: {'pass' if ok else 'FAIL'} "
+                  f"(delivered {t['delivery_ratio']}, p99 {t['p99_ms']} ms)", file=sys.stderr)
+        return ok
+
+    low, high, rate = None, None, args.rate
+    for _ in range(args.max_steps):
+        if attempt(rate):
+            low = rate
+            rate *= 1.5
+        else:
+            high = rate
+            break
+    if low is not None and high is not None:
+        for _ in range(args.bisect_steps):
+            mid = (low + high) / 2
+            if attempt(mid):
+                low = mid
+            else:
+                high = mid
+    best = max((t for t in tried if t["passed"]), key=lambda t: t["deliveries_per_s"], default=None)
+    return {"target": target, "clients": args.clients, "p99_ms_bar": args.p99_ms,
+            "best_rate": best and best["rate"], "best_deliveries_per_s": best and best["deliveries_per_s"],
+            "first_failing_rate": high and round(high), "tried": tried}
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", choices=["ours", "reference", "both"], default="both")
@@ -172,6 +221,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=int, default=600, help="hard lifetime of the load client")
     p.add_argument("--py-spy", metavar="FILE", help="profile ours with py-spy while publishing (collapsed stacks)")
     p.add_argument("--rss-limit-mb", type=float, default=8000, help="kill the server past this RSS")
+    p.add_argument("--find-max", action="store_true",
+                   help="search the highest rate with 100%% delivered, none dropped and p99 <= --p99-ms (W4)")
+    p.add_argument("--p99-ms", type=float, default=100)
+    p.add_argument("--max-steps", type=int, default=8, help="growth steps of --find-max")
+    p.add_argument("--bisect-steps", type=int, default=3, help="bisection steps of --find-max")
     p.add_argument("--json-only", action="store_true")
     return p.parse_args(argv)
 
@@ -180,6 +234,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     h.prepare()
     targets = ["ours", "reference"] if args.target == "both" else [args.target]
+    if args.find_max:
+        found = {t: find_max(t, args) for t in targets}
+        report = {"benchmark": "fanout-max", "results": found}
+        if len(found) == 2:
+            report["ours_over_reference"] = h.ratio(found["ours"]["best_deliveries_per_s"],
+                                                    found["reference"]["best_deliveries_per_s"])
+        print(json.dumps(report, indent=2))
+        if not args.json_only:
+            print()
+            for r in found.values():
+                best = "none passed" if r["best_rate"] is None else (
+                    f"{r['best_rate']} msg/s = {r['best_deliveries_per_s']:.0f} deliveries/s")
+                print(f"{r['target']:>9}: {r['clients']} clients, highest passing (100%, none dropped, "
+                      f"p99 <= {r['p99_ms_bar']:g} ms): {best}; first failing {r['first_failing_rate']} msg/s")
+            if report.get("ours_over_reference") is not None:
+                print(f"ours/reference highest deliveries/s: {report['ours_over_reference']:.2f}x")
+        return
     results = {}
     for target in targets:
         try:
