@@ -62,7 +62,7 @@ def drain(client: h.LoadClient, expected: int, quiet: float = 2.0, limit: float 
 def run(target: str, args: argparse.Namespace) -> dict:
     with h.redis_server() as (redis_url, _):
         port = h.free_port()
-        server = h.start_target(target, port, redis_url)
+        server = h.start_target(target, port, redis_url, args.workers)
         client = None
         try:
             time.sleep(1)
@@ -226,6 +226,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--p99-ms", type=float, default=100)
     p.add_argument("--max-steps", type=int, default=8, help="growth steps of --find-max")
     p.add_argument("--bisect-steps", type=int, default=3, help="bisection steps of --find-max")
+    p.add_argument("--workers", type=int, help="ours only: run with --workers N (CPU/RSS count the whole tree)")
     p.add_argument("--json-only", action="store_true")
     return p.parse_args(argv)
 

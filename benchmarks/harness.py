@@ -209,8 +209,11 @@ def start_reference(port: int, redis_url: str) -> Proc:
     return proc
 
 
-def start_target(target: str, port: int, redis_url: str) -> Proc:
-    return start_ours(port, redis_url) if target == "ours" else start_reference(port, redis_url)
+def start_target(target: str, port: int, redis_url: str, workers: int | None = None) -> Proc:
+    """Ours (with ``--workers`` when given; the reference has no such setting) or the reference."""
+    if target == "ours":
+        return start_ours(port, redis_url, ["--workers", str(workers)] if workers else None)
+    return start_reference(port, redis_url)
 
 
 # ---- tokens and the load client ----

@@ -24,7 +24,7 @@ import harness as h
 def run(target: str, args: argparse.Namespace) -> dict:
     with h.redis_server() as (redis_url, _):
         port = h.free_port()
-        server = h.start_target(target, port, redis_url)
+        server = h.start_target(target, port, redis_url, args.workers)
         client = None
         try:
             time.sleep(1)
@@ -120,6 +120,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rss-limit-mb", type=float, default=8000, help="kill the server past this RSS (the reference balloons)")
     p.add_argument("--system-only", action="store_true", help="join only system, no streaming-<id> channels")
     p.add_argument("--py-spy", metavar="FILE", help="profile ours with py-spy during the storm (collapsed stacks)")
+    p.add_argument("--workers", type=int, help="ours only: run with --workers N (CPU/RSS count the whole tree)")
     p.add_argument("--json-only", action="store_true")
     return p.parse_args(argv)
 
