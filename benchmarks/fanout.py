@@ -63,7 +63,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
     with h.redis_server() as (redis_url, _):
         port = h.free_port()
         server = h.start_target(target, port, redis_url, args.workers)
-        client = None
+        client = sampler = None
         try:
             time.sleep(1)
             base = server.usage()
@@ -97,6 +97,8 @@ def run(target: str, args: argparse.Namespace) -> dict:
             if profiler is not None:
                 profiler.wait(timeout=60)
         finally:
+            if sampler is not None:
+                sampler.stop()
             if client is not None:
                 client.kill()
             server.stop()

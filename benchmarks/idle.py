@@ -25,7 +25,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
     with h.redis_server() as (redis_url, _):
         port = h.free_port()
         server = h.start_target(target, port, redis_url, args.workers)
-        client = None
+        client = sampler = None
         try:
             time.sleep(1)
             base = server.usage()
@@ -57,6 +57,8 @@ def run(target: str, args: argparse.Namespace) -> dict:
                 profiler.send_signal(signal.SIGINT)  # py-spy writes its profile on Ctrl-C
                 profiler.wait(timeout=60)
         finally:
+            if sampler is not None:
+                sampler.stop()
             if client is not None:
                 client.kill()
             server.stop()
