@@ -1,0 +1,376 @@
+"""
+What the benchmarks share: a private redis-server, the two services under test, the C load
+client, tokens, and CPU/RSS read from /proc.
+
+Everything is started on loopback on free ports, bounded in time, and stopped on exit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import queue
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CACHE = HERE / ".cache"
+LOGS = CACHE / "logs"
+SECRET = "bench-secret-0123456789abcdef0123456789"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _die_with_parent() -> None:
+    """In the child: own process group, and SIGTERM when the benchmark dies, even by SIGKILL."""
+    os.setsid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def prepare() -> None:
+    """Raise the descriptor limit and make SIGTERM unwind so every ``finally`` stops its process."""
+    raise_fd_limit()
+
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, to tell when something else was running."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def busy_cores(start: tuple[int, int], end: tuple[int, int]) -> float:
+    """Cores the whole machine kept busy between two ``machine_busy()`` readings."""
+    total = end[1] - start[1]
+    return os.cpu_count() * (end[0] - start[0]) / total if total else 0.0
+
+
+def raise_fd_limit() -> None:
+    """10,000 sockets need more descriptors than the usual soft limit; children inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port} after {timeout} s")
+
+
+# ---- /proc ----
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+@dataclass
+class Usage:
+    """CPU seconds (user+system) and resident memory of a process tree at one instant."""
+
+    cpu_s: float
+    rss_kb: int
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(self.cpu_s - other.cpu_s, self.rss_kb - other.rss_kb)
+
+
+def usage(pid: int) -> Usage:
+    cpu, rss = 0, 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu += int(fields[11]) + int(fields[12])  # utime, stime of the live process
+        rss += int(fields[21]) * PAGE_KB
+    return Usage(cpu / CLK_TCK, rss)
+
+
+# ---- processes ----
+
+
+class Proc:
+    """A child process that logs to a file and is killed, with its group, on stop."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = LOGS / f"{name}.log"
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            args, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=LOGS, preexec_fn=_die_with_parent
+        )
+        self.pid = self.process.pid
+
+    def usage(self) -> Usage:
+        return usage(self.pid)
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+@contextmanager
+def redis_server() -> Iterator[tuple[str, int]]:
+    """A private redis-server on a free port (never 6379); yields its URL and port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server not found")
+    port = free_port()
+    proc = Proc(
+        f"redis-{port}",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--maxclients", "30000"],
+    )
+    try:
+        wait_for_port(port, process=proc.process)
+        yield f"redis://127.0.0.1:{port}", port
+    finally:
+        proc.stop()
+
+
+def start_ours(port: int, redis_url: str, extra: list[str] | None = None) -> Proc:
+    """``twistd -n tangram-channel`` from the venv running this script, on this tree's code."""
+    twistd = str(Path(sys.executable).parent / "twistd")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [twistd, "-n", "--pidfile", "", "--logfile", "-", "tangram-channel",
+            "--listen", f"tcp:{port}:interface=127.0.0.1", "--redis-url", redis_url,
+            "--jwt-secret", SECRET, "--embedded-redis", "false", *(extra or [])]
+    proc = Proc(f"ours-{port}", args, env)
+    wait_for_port(port, process=proc.process)
+    return proc
+
+
+def start_reference(port: int, redis_url: str) -> Proc:
+    """Tangram 0.6.0's compiled channel service, alone in its process."""
+    args = [sys.executable, str(HERE / "reference.py"), "--port", str(port), "--redis-url", redis_url,
+            "--jwt-secret", SECRET]
+    proc = Proc(f"reference-{port}", args)
+    wait_for_port(port, timeout=60, process=proc.process)
+    return proc
+
+
+def start_target(target: str, port: int, redis_url: str, workers: int | None = None) -> Proc:
+    """Ours (with ``--workers`` when given; the reference has no such setting) or the reference."""
+    if target == "ours":
+        return start_ours(port, redis_url, ["--workers", str(workers)] if workers else None)
+    return start_reference(port, redis_url)
+
+
+# ---- tokens and the load client ----
+
+
+def token(client_id: str, channel: str) -> str:
+    now = int(time.time())
+    claims = {"id": client_id, "channel": channel, "iat": now, "exp": now + 3600}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def build_client() -> Path:
+    """Compile loadclient.c with the machine's gcc when the binary is missing or stale."""
+    source, binary = HERE / "loadclient.c", CACHE / "loadclient"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+class LoadClient:
+    """The C client as a subprocess; reads its event lines on a thread."""
+
+    def __init__(self, port: int, sockets: list[tuple[str, list[tuple[str, str]]]], options: list[str],
+                 name: str) -> None:
+        binary = build_client()
+        LOGS.mkdir(parents=True, exist_ok=True)
+        spec = LOGS / f"{name}.spec"
+        with open(spec, "w") as f:
+            for path, joins in sockets:
+                f.write("\t".join([path, *(x for pair in joins for x in pair)]) + "\n")
+        self.stderr = open(LOGS / f"{name}.stderr", "wb")
+        self.process = subprocess.Popen(
+            [str(binary), "127.0.0.1", str(port), str(spec), *options],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, bufsize=1,
+            preexec_fn=_die_with_parent,
+        )
+        self.pid = self.process.pid
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.events: dict[str, float] = {}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put("EOF")
+
+    def _next(self, timeout: float) -> str | None:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        word, _, rest = line.partition(" ")
+        if word in ("CONNECTED", "JOINED", "PRESENCE"):
+            self.events[word] = float(rest)
+        return line
+
+    def wait_event(self, word: str, timeout: float) -> float | None:
+        """Seconds since client start at which ``word`` happened, or None after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while word not in self.events:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            line = self._next(min(left, 0.5))
+            if line == "EOF":
+                return None
+        return self.events[word]
+
+    def _command(self, command: str, answer: str, timeout: float = 30) -> dict:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self._next(deadline - time.monotonic())
+            if line is None or line == "EOF":
+                break
+            if line.startswith(answer + " "):
+                return json.loads(line[len(answer) + 1 :])
+        raise RuntimeError(f"load client gave no {answer}")
+
+    def stats(self) -> dict:
+        return self._command("stats", "STATS")
+
+    def finish(self) -> dict:
+        result = self._command("quit", "RESULT", timeout=120)
+        self.process.wait(timeout=30)
+        self.stderr.close()
+        return result
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def pct(a: float, b: float) -> str:
+    return f"{100 * a / b:.1f}%" if b else "n/a"
+
+
+def ratio(ours: float | None, reference: float | None) -> float | None:
+    """ours / reference, or None when either is missing or the reference is zero."""
+    if ours is None or reference is None or reference == 0:
+        return None
+    return ours / reference
+
+
+def start_profiler(pid: int, seconds: float, output: str) -> subprocess.Popen:
+    """py-spy sampling ``pid`` (and its subprocesses) for ``seconds`` into collapsed stacks."""
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if py_spy is None:
+        raise SystemExit("py-spy not found: pip install py-spy")
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--format", "raw",
+         "--nonblocking", "--subprocesses", "--rate", "200", "--output", output],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+class Sampler:
+    """Samples a process tree's usage every ``interval`` s on a thread: peak CPU share, peak RSS."""
+
+    def __init__(self, pid: int, interval: float = 0.5, rss_limit_mb: float | None = None) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.rss_limit_kb = None if rss_limit_mb is None else rss_limit_mb * 1024
+        self.limit_hit = False
+        self.samples: list[tuple[float, Usage]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = usage(self.pid)
+            self.samples.append((time.monotonic(), now))
+            if self.rss_limit_kb is not None and now.rss_kb > self.rss_limit_kb and not self.limit_hit:
+                # The reference grows by gigabytes in a join storm: stop it before the machine swaps.
+                self.limit_hit = True
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            self._stop.wait(self.interval)
+
+    def stop(self) -> dict:
+        """Peak CPU share over any sampling interval, mean share, peak RSS, and the CPU-share timeline."""
+        self._stop.set()
+        self._thread.join()
+        shares = [
+            (b[1].cpu_s - a[1].cpu_s) / (b[0] - a[0]) for a, b in zip(self.samples, self.samples[1:]) if b[0] > a[0]
+        ]
+        return {
+            "peak_cpu_share": max(shares, default=None),
+            "peak_rss_kb": max((u.rss_kb for _, u in self.samples), default=None),
+            "killed_at_rss_limit": self.limit_hit,
+            "cpu_share_timeline": [round(s, 2) for s in shares],
+        }

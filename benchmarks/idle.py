@@ -1,0 +1,157 @@
+"""
+Join storm and idle connections: N clients connect, join ``system`` and their own
+``streaming-<id>`` channel (as Tangram's frontend does) and heartbeat every 30 s.
+
+Prints JSON, then a human summary: time until all joined, time until every client holds
+the full ``system`` presence (N keys), the server's RSS per client once settled, the frames
+and bytes the server sent, and the server's and load client's CPU.
+
+    python benchmarks/idle.py --target both --clients 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+import harness as h
+
+
+def run(target: str, args: argparse.Namespace) -> dict:
+    with h.redis_server() as (redis_url, _):
+        port = h.free_port()
+        server = h.start_target(target, port, redis_url, args.workers)
+        client = sampler = None
+        try:
+            time.sleep(1)
+            base = server.usage()
+            sampler = h.Sampler(server.pid, rss_limit_mb=args.rss_limit_mb)
+            machine_before = h.machine_busy()
+            sockets = []
+            for i in range(args.clients):
+                cid = f"c{i}"
+                system = h.token(cid, "system")
+                joins = [("system", system)]
+                if not args.system_only:
+                    joins.append((f"streaming-{cid}", h.token(cid, f"streaming-{cid}")))
+                sockets.append((f"/websocket?vsn=2.0.0&userToken={system}", joins))
+            options = ["-c", str(args.concurrency), "-m", str(args.max_seconds),
+                       "-p", "system", "-n", str(args.clients)]
+            client = h.LoadClient(port, sockets, options, f"idle-{target}")
+            profiler = h.start_profiler(server.pid, args.timeout, args.py_spy) if args.py_spy and target == "ours" else None
+            joined = client.wait_event("JOINED", args.timeout)
+            presence = client.wait_event("PRESENCE", max(0.0, args.timeout - (joined or args.timeout)))
+            storm = client.stats()
+            storm_server = server.usage()
+            machine = h.busy_cores(machine_before, h.machine_busy())
+            time.sleep(args.settle)
+            settled = server.usage()
+            samples = sampler.stop()
+            result = client.finish()
+            client = None
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)  # py-spy writes its profile on Ctrl-C
+                profiler.wait(timeout=60)
+        finally:
+            if sampler is not None:
+                sampler.stop()
+            if client is not None:
+                client.kill()
+            server.stop()
+    return {
+        "target": target,
+        "clients": args.clients,
+        "channels": "system" if args.system_only else "system+streaming",
+        "all_joined_s": joined,
+        "all_full_presence_s": presence,
+        "joined_conns": result["joined_conns"],
+        "full_presence_conns": result["full_presence_conns"],
+        "open_at_end": result["open"],
+        "clients_dropped": result["closed_by_server"],
+        "connect_errors": result["connect_errors"] + result["handshake_errors"],
+        "join_errors": result["join_errors"],
+        "server_frames_sent": result["frames_in"],
+        "server_bytes_sent": result["bytes_in"],
+        "server_frames_during_storm": storm["frames_in"],
+        "server_cpu_storm_s": (storm_server - base).cpu_s,
+        "server_rss_idle_kb": base.rss_kb,
+        "server_rss_storm_kb": storm_server.rss_kb,
+        "server_rss_settled_kb": settled.rss_kb,
+        "server_peak_rss_kb": samples["peak_rss_kb"],
+        "server_killed_at_rss_limit": samples["killed_at_rss_limit"],
+        "server_peak_cpu_share": samples["peak_cpu_share"],
+        "rss_per_client_kb": None if samples["killed_at_rss_limit"] else (settled.rss_kb - base.rss_kb) / args.clients,
+        "client_cpu_s": result["cpu_user_s"] + result["cpu_sys_s"],
+        "machine_cores": os.cpu_count(),
+        "machine_busy_cores_storm": machine,
+        "client": result,
+    }
+
+
+def summary(r: dict) -> str:
+    fmt = lambda x: "not reached" if x is None else f"{x:.2f} s"  # noqa: E731
+    return (
+        f"{r['target']:>9}: {r['clients']} clients on {r['channels']}: all joined {fmt(r['all_joined_s'])} ({r['joined_conns']} of {r['clients']}), full system presence "
+        f"{fmt(r['all_full_presence_s'])} ({r['full_presence_conns']} of {r['clients']}), dropped {r['clients_dropped']}, "
+        f"connect errors {r['connect_errors']}, join errors {r['join_errors']}\n"
+        f"           server sent {r['server_frames_sent']} frames / {r['server_bytes_sent'] / 1e6:.1f} MB, "
+        f"CPU {r['server_cpu_storm_s']:.2f} s for the storm, RSS {r['server_rss_settled_kb'] / 1024:.1f} MB settled "
+        f"({r['rss_per_client_kb'] or 0:.1f} KB/client), peak {(r['server_peak_rss_kb'] or 0) / 1024:.0f} MB"
+        f"{' (KILLED at the RSS limit)' if r['server_killed_at_rss_limit'] else ''}; load client CPU {r['client_cpu_s']:.2f} s; "
+        f"machine busy {r['machine_busy_cores_storm']:.2f} of {r['machine_cores']} cores during the storm"
+    )
+
+
+def compare(ours: dict, ref: dict) -> dict:
+    keys = ["all_joined_s", "all_full_presence_s", "rss_per_client_kb", "server_frames_sent", "server_cpu_storm_s"]
+    return {k: h.ratio(ours[k], ref[k]) for k in keys}
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", choices=["ours", "reference", "both"], default="both")
+    p.add_argument("--clients", "-n", type=int, default=2000)
+    p.add_argument("--concurrency", type=int, default=200, help="client handshakes in flight")
+    p.add_argument("--timeout", type=float, default=120, help="seconds allowed to join and get full presence")
+    p.add_argument("--settle", type=float, default=5, help="seconds after the storm before RSS is read")
+    p.add_argument("--max-seconds", type=int, default=600, help="hard lifetime of the load client")
+    p.add_argument("--rss-limit-mb", type=float, default=8000, help="kill the server past this RSS (the reference balloons)")
+    p.add_argument("--system-only", action="store_true", help="join only system, no streaming-<id> channels")
+    p.add_argument("--py-spy", metavar="FILE", help="profile ours with py-spy during the storm (collapsed stacks)")
+    p.add_argument("--workers", type=int, help="ours only: run with --workers N (CPU/RSS count the whole tree)")
+    p.add_argument("--json-only", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    h.prepare()
+    targets = ["ours", "reference"] if args.target == "both" else [args.target]
+    results = {}
+    for target in targets:
+        try:
+            results[target] = run(target, args)
+        except Exception as e:  # one failed target still lets the other report
+            results[target] = {"target": target, "error": str(e)}
+    report = {"benchmark": "idle", "results": results}
+    if "error" not in results.get("ours", {"error": 1}) and "error" not in results.get("reference", {"error": 1}):
+        report["ours_over_reference"] = compare(results["ours"], results["reference"])
+    print(json.dumps(report, indent=2))
+    if args.json_only:
+        return
+    print()
+    for r in results.values():
+        print(summary(r) if "error" not in r else f"{r['target']:>9}: FAILED: {r['error']}")
+    if "ours_over_reference" in report:
+        c = report["ours_over_reference"]
+        fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
+        print("ours/reference: " + ", ".join(f"{k} {fmt(v)}" for k, v in c.items()))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
