@@ -24,6 +24,8 @@ from twisted.python import usage
 from . import config as configuration
 from .dispatcher import Hub
 from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arguments
+from .health import HealthResource
+from .metrics import Metrics, metrics_resource
 from .presence import Presence
 from .protocol import PhoenixFactory
 from .redis import RedisBridge, RedisURL
@@ -194,17 +196,21 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         arguments = [*options.arguments, "--worker", "--workers", "1", "--embedded-redis", "false"]
         WorkerPool(reactor, config.workers, arguments).setServiceParent(top)
         return top
-    bridge = RedisBridge(reactor, url)
+    metrics = Metrics()
+    bridge = RedisBridge(reactor, url, metrics)
     bridge.setServiceParent(top)
     tokens = TokenAuthority(
         config.jwt_secret, config.jwt_expiration_secs, config.jwt_leeway_secs, config.id_length, reactor.seconds
     )
     presence = Presence(bridge, reactor, secrets.token_hex(8), config.presence_window, config.node_timeout)
-    hub = Hub(tokens, bridge, presence, reactor, config.max_channels_per_socket, config.datetime_interval)
-    factory = PhoenixFactory(hub, reactor, config.idle_timeout, config.max_message_size, config.max_send_buffer)
+    hub = Hub(tokens, bridge, presence, reactor, config.max_channels_per_socket, config.datetime_interval, metrics)
+    factory = PhoenixFactory(
+        hub, reactor, config.idle_timeout, config.max_message_size, config.max_send_buffer, metrics
+    )
     ChannelService(hub, presence, bridge, factory).setServiceParent(top)
+    routes = {b"metrics": metrics_resource(metrics), b"healthz": HealthResource(bridge, factory, reactor)}
     site = make_site(
-        factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins, config.conformance_echo
+        factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins, config.conformance_echo, routes
     )
     listening_reactor = ReusePortReactor(reactor) if options["worker"] else reactor
     for description in config.endpoints:
