@@ -48,6 +48,7 @@ class Config:
     max_channels_per_socket: int = 100
     workers: int = 1
     log_level: str = "info"
+    log_format: str = "text"
     conformance_echo: bool = False
 
     @property
@@ -92,6 +93,7 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "max_channels_per_socket": ("int", 1),
     "workers": ("int", 1),
     "log_level": ("str", None),
+    "log_format": ("str", None),
     "conformance_echo": ("bool", None),
 }
 _EXPECTED = {
@@ -104,6 +106,7 @@ _EXPECTED = {
     "bool": "true or false",
 }
 _LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
+_LOG_FORMATS = ("text", "json")
 
 
 def _check(key: str, value: Any) -> Any:
@@ -131,6 +134,8 @@ def _check(key: str, value: Any) -> Any:
         raise ConfigError(f"port must be at most 65535, not {checked}")
     if key == "log_level" and checked.lower() not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {checked!r}")
+    if key == "log_format" and checked not in _LOG_FORMATS:
+        raise ConfigError(f"log_format must be one of {', '.join(_LOG_FORMATS)}, not {checked!r}")
     return checked
 
 

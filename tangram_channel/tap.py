@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -25,6 +25,7 @@ from . import config as configuration
 from .dispatcher import Hub
 from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arguments
 from .health import HealthResource
+from .logs import LoggedService, twistd_observer
 from .metrics import Metrics, metrics_resource
 from .presence import Presence
 from .protocol import PhoenixFactory
@@ -58,6 +59,7 @@ class Options(usage.Options):
         ["idle-timeout", None, None, "Seconds of client silence before its socket is closed."],
         ["workers", None, None, "Processes sharing the listening port."],
         ["log-level", None, None, "debug, info, warning or error."],
+        ["log-format", None, None, 'Log lines as "text" (default) or "json" (one object per line, for log shippers).'],
     ]
 
     optFlags = [["worker", None, "(internal) serve as one process of a worker pool, sharing the port"]]
@@ -185,7 +187,8 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     except (configuration.ConfigError, ValueError) as e:
         raise usage.UsageError(str(e)) from None
 
-    top = MultiService()
+    # options.parent: twistd's own options (--logfile, --nodaemon), absent outside twistd
+    top = LoggedService(twistd_observer(options.parent, config.log_format, config.log_level))
     ExitZeroOnSignal(reactor).setServiceParent(top)
     private_redis = embedded_redis(reactor, config, url)
     if private_redis is not None:
@@ -193,7 +196,10 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     if config.workers > 1 and not options["worker"]:
         if not all(e.startswith(("tcp:", "ssl:")) for e in config.endpoints):
             raise usage.UsageError("workers > 1 needs tcp: or ssl: endpoints, which the workers share")
-        arguments = [*options.arguments, "--worker", "--workers", "1", "--embedded-redis", "false"]
+        # workers log text, which this process relays in its own format
+        arguments = [
+            *options.arguments, "--worker", "--workers", "1", "--embedded-redis", "false", "--log-format", "text"
+        ]
         WorkerPool(reactor, config.workers, arguments).setServiceParent(top)
         return top
     metrics = Metrics()
