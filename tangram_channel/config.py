@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -65,6 +66,8 @@ class Config:
         for key in ("jwt_secret", "admin_key"):
             if values[key] is not None:
                 values[key] = "********"
+        # redis://user:password@host: the password is a secret too
+        values["redis_url"] = re.sub(r"^([a-z]+://[^/@:]*:)[^/]*@", r"\1********@", self.redis_url)
         return values
 
 
