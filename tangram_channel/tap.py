@@ -23,6 +23,7 @@ from twisted.python import usage
 
 from . import config as configuration
 from .dispatcher import Hub
+from .admin import AdminPage
 from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arguments
 from .health import HealthResource
 from .logs import LoggedService, twistd_observer
@@ -214,7 +215,11 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         hub, reactor, config.idle_timeout, config.max_message_size, config.max_send_buffer, metrics
     )
     ChannelService(hub, presence, bridge, factory).setServiceParent(top)
-    routes = {b"metrics": metrics_resource(metrics), b"healthz": HealthResource(bridge, factory, reactor)}
+    routes = {
+        b"metrics": metrics_resource(metrics),
+        b"healthz": HealthResource(bridge, factory, reactor),
+        b"admin": AdminPage(),
+    }
     site = make_site(
         factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins, config.conformance_echo, routes
     )
