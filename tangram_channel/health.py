@@ -21,8 +21,11 @@ from .redis import RedisBridge
 class HealthResource(Resource):
     isLeaf = True
 
-    def __init__(self, bridge: RedisBridge, factory: PhoenixFactory, clock: IReactorTime) -> None:
+    def __init__(
+        self, bridge: RedisBridge, factory: PhoenixFactory, clock: IReactorTime, public_url: str | None = None
+    ) -> None:
         super().__init__()
+        self._public_url = public_url
         self._bridge = bridge
         self._factory = factory
         self._clock = clock
@@ -37,6 +40,7 @@ class HealthResource(Resource):
             "sockets": len(self._factory.sockets),
             "uptime_seconds": round(self._clock.seconds() - self._started, 3),
             "version": __version__,
+            "public_url": self._public_url,
         }
 
     def render_GET(self, request: Request) -> bytes:

@@ -217,7 +217,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     ChannelService(hub, presence, bridge, factory).setServiceParent(top)
     routes = {
         b"metrics": metrics_resource(metrics),
-        b"healthz": HealthResource(bridge, factory, reactor),
+        b"healthz": HealthResource(bridge, factory, reactor, config.public_url),
         b"admin": AdminPage(),
     }
     site = make_site(

@@ -111,13 +111,14 @@ async def test_a_broadcast_counts_one_delivery_per_member(start_service, flushed
 @pytest_twisted.ensureDeferred
 async def test_health_is_503_while_redis_is_down_and_metrics_count_the_reconnect(start_service, own_redis):
     """healthz: 200 with Redis, 503 while it is unreachable, 200 again after; metrics follow."""
-    service = await start_service(redis=own_redis, datetime_interval=0)
+    service = await start_service(redis=own_redis, datetime_interval=0, public_url="https://tangram.example.org")
     code, body = await health(service)
     assert code == 200
     assert body["status"] == "ok"
     assert body["redis"] == {"connected": True, "url": f"redis://127.0.0.1:{own_redis.port}/0"}
     assert body["subscriptions"] == 2  # system and admin, always
     assert body["sockets"] == 0 and body["uptime_seconds"] >= 0 and body["version"]
+    assert body["public_url"] == "https://tangram.example.org"
     assert (await scrape(service))[M + "redis_connected"] == 1
 
     own_redis.kill()
