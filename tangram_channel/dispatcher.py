@@ -189,16 +189,18 @@ class Hub:
         if members:
             self.broadcast(Broadcast.from_redis(topic, event, payload), members)
 
-    def broadcast(self, broadcast: Broadcast, members: set[Member]) -> None:
+    def broadcast(self, broadcast: Broadcast, members: set[Member], counted: bool = True) -> None:
+        """Deliver to ``members``; counted once, unless it is a joiner's backlog, counted on arrival."""
         try:
             for member in list(members):
                 member.deliver(broadcast)
         except FrameError as e:
             log.warn("dropped a message for {topic}: {reason}", topic=broadcast.topic, reason=e.reason)
             return
-        # counted once per broadcast, with the size of its (first) framing
-        framed = next(iter(broadcast.prepared.values()), b"")
-        self.metrics.sent(len(members), len(framed))
+        if counted:
+            # once per broadcast, with the size of its (first) framing
+            framed = next(iter(broadcast.prepared.values()), b"")
+            self.metrics.sent(len(members), len(framed))
 
     def _tick(self) -> None:
         self._datetime_counter += 1
@@ -283,7 +285,7 @@ class Session:
         )
         backlog, member.backlog = member.backlog or [], None
         for broadcast in backlog:
-            self.hub.broadcast(broadcast, {member})  # drops (and logs) what cannot be framed
+            self.hub.broadcast(broadcast, {member}, counted=False)  # drops (and logs) what cannot be framed
         payload = message.payload
         if isinstance(payload, dict):
             payload = {k: v for k, v in payload.items() if k != "token"}
