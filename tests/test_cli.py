@@ -138,3 +138,14 @@ async def test_check_config_fails_naming_a_bad_key(tmp_path, extra, code, messag
     got, out, err = await run(tmp_path, "check-config", str(config))
     assert got == code
     assert message in err and "Traceback" not in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_script_is_the_same_program(tmp_path):
+    """The installed ``tangram-channel`` script runs the same command line."""
+    script = Path(sys.executable).parent / "tangram-channel"
+    out, err, code = await getProcessOutputAndValue(
+        str(script), ["token", "--help"], env=environment(), path=str(tmp_path), reactor=reactor
+    )
+    assert code == 0, err
+    assert out.decode().startswith("usage: tangram-channel token")
