@@ -113,11 +113,11 @@ class Hub:
             self._ticker.clock = clock
         self._datetime_interval = datetime_interval
         presence.on_channel_change = lambda change, payload: self.publish_admin(f"channel.{change}", payload)
+        presence.on_resync = self._resync
 
     def start(self) -> None:
         for topic in ALWAYS_WATCHED:
             self.bus.watch(topic).addErrback(lambda f: None)  # restored on connect
-        self.presence.observe(ADMIN_TOPIC)
         if self._ticker is not None:
             self._ticker.start(self._datetime_interval, now=False)
 
@@ -137,8 +137,15 @@ class Hub:
         self.members.setdefault(member.topic, set()).add(member)
         self.metrics.members.inc()
         d = self.bus.watch(member.topic)
-        d.addCallback(lambda _: self.presence.track(member.topic, member.key, member.meta))
+        d.addCallback(self._track, member)
         return d
+
+    def _track(self, _: None, member: Member) -> defer.Deferred[Replica] | None:
+        # A leave or disconnect while Redis confirmed the subscription has already
+        # untracked (nothing); tracking now would leave a presence nobody withdraws.
+        if member.session.joins.get(member.topic) is not member:
+            return None
+        return self.presence.track(member.topic, member.key, member.meta)
 
     def leave(self, member: Member, was_joined: bool) -> None:
         members = self.members.get(member.topic)
@@ -149,32 +156,30 @@ class Hub:
                 del self.members[member.topic]
         self.bus.unwatch(member.topic)
         self.presence.untrack(member.topic, member.key, member.meta)
-        if was_joined:
-            self._publish_agent_event("channel.leave", member)
+        if was_joined and self.presence.admins_present:
+            self.publish_admin("channel.leave", self._agent_event(member))
+
+    def _agent_event(self, member: Member) -> dict[str, Any]:
+        """``{"agent", "agents", "channel"}``; ``agents`` as they are after the event."""
+        replica = self.presence.replicas.get(member.topic)
+        agents = replica.agents() if replica is not None else []
+        if member.session.joins.get(member.topic) is not member:  # a leave not yet flushed
+            agents = [agent for agent in agents if agent != member.agent_id]
+        return {"agent": member.agent_id, "agents": agents, "channel": member.topic}
 
     def joined(self, member: Member) -> None:
-        self._publish_agent_event("channel.join", member)
+        if self.presence.admins_present:
+            self.publish_admin("channel.join", self._agent_event(member))
         if member.topic == ADMIN_TOPIC:
-            self.presence.channel_agents().addCallbacks(self._list_channels, lambda f: None)
+            self._list_channels()
 
-    def _publish_agent_event(self, event: str, member: Member) -> None:
-        """
-        Tangram's ``channel.join``/``channel.leave``, sent only while someone watches
-        the admin channel: each lists every agent of the channel, so on a big channel
-        they cost O(members) per join and nobody would read them.
-        """
-        admin = self.presence.replicas.get(ADMIN_TOPIC)
-        if admin is None or not admin.entries:
-            return
-        replica = self.presence.replicas.get(member.topic)
-        agents = [a for a in replica.agents() if a != member.agent_id] if replica is not None else []
-        if event == "channel.join":
-            agents.append(member.agent_id)
-        self.publish_admin(event, {"agent": member.agent_id, "agents": agents, "channel": member.topic})
+    def _list_channels(self) -> None:
+        # from Redis: the replicas only cover channels with members in this process
+        def publish(channels: list[tuple[str, list[str]]]) -> None:
+            for topic, agents in channels:
+                self.publish_admin("channel.list", {"channel": topic, "agents": agents})
 
-    def _list_channels(self, channels: dict[str, list[str]]) -> None:
-        for topic, agents in sorted(channels.items()):
-            self.publish_admin("channel.list", {"channel": topic, "agents": agents})
+        self.presence.channels().addCallbacks(publish, lambda f: None)
 
     def publish_admin(self, event: str, payload: dict[str, Any]) -> None:
         self.bus.publish(f"to:{ADMIN_TOPIC}:{event}".encode(), frames.dumps(payload)).addErrback(lambda f: None)
@@ -188,6 +193,11 @@ class Hub:
         members = self.members.get(topic)
         if members:
             self.broadcast(Broadcast.from_redis(topic, event, payload), members)
+
+    def _resync(self, topic: str, diff: dict[str, Any]) -> None:
+        members = self.members.get(topic)
+        if members:
+            self.broadcast(Broadcast.from_value(topic, "presence_diff", diff), members)
 
     def broadcast(self, broadcast: Broadcast, members: set[Member], counted: bool = True) -> None:
         """Deliver to ``members``; counted once, unless it is a joiner's backlog, counted on arrival."""

@@ -11,6 +11,12 @@ costs O(N) frames rather than one frame per member per join.
 Each process keeps a replica of each topic it has members in, read from Redis once
 and then kept current by the diffs, so a joiner's ``presence_state`` costs no Redis
 round trip; joiners of one window share one encoding of it.
+
+A process is in the node zset from its first entry on and beats there; the
+survivors withdraw and announce the entries of a node silent for ``node_timeout``
+(atomically, so exactly one of them does). After an outage a process writes its
+entries (and the leaves it could not write) again and tells its own members what
+changed elsewhere meanwhile.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ log = Logger()
 
 PREFIX = "tangram-channel:"
 CHANNELS_KEY = PREFIX + "channels"
+ADMIN_TOPIC = "admin"
 NODES_KEY = PREFIX + "nodes"
 
 
@@ -42,13 +49,23 @@ def node_key(node: str) -> str:
     return f"{PREFIX}node:{node}"
 
 
-# KEYS: presence hash, node's topic set, channel set.
-# ARGV: topic, then phx_ref/value pairs to add, "|", phx_refs to remove.
+# KEYS: presence hash, node's topic set, channel set, node zset, the admin hash.
+# ARGV: topic, "state" or "-", this node, then phx_ref/value pairs to add, "|",
+# phx_refs to remove.
 # Returns: 1 if the channel appeared, 1 if it vanished, the channel list if either,
-# and the hash's entries when asked for (ARGV[2] == "state").
+# the hash's entries when asked for (ARGV[2] == "state"), and 1 if this node was not
+# in the node zset, and whether any admin is joined anywhere. Registering the node
+# with its first entry means a process that dies before its first heartbeat is still
+# reaped.
 _UPDATE = """
+local fresh = 0
+if ARGV[4] ~= '|' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  fresh = redis.call('ZADD', KEYS[4], 'NX', now, ARGV[3])
+end
 local before = redis.call('HLEN', KEYS[1])
-local i = 3
+local i = 4
 while ARGV[i] ~= '|' do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   redis.call('SADD', KEYS[2], ARGV[1])
@@ -70,17 +87,18 @@ local channels = {}
 if appeared == 1 or vanished == 1 then channels = redis.call('SMEMBERS', KEYS[3]) end
 local entries = {}
 if ARGV[2] == 'state' then entries = redis.call('HGETALL', KEYS[1]) end
-return {appeared, vanished, channels, entries}
+return {appeared, vanished, channels, entries, fresh, redis.call('EXISTS', KEYS[5])}
 """
 
 # Beat for this node, then withdraw every node silent for longer than the timeout.
 # KEYS: node zset, channel set. ARGV: this node, timeout in ms, key prefix.
 # Returns: flat list of topic, vanished flag, then the withdrawn fields and values
-# of that topic as one list; the channel list last.
+# of that topic as one list; then the channel list, and 1 if this node was not in the
+# zset (first beat, or reaped by others while it was stalled).
 _HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZADD', KEYS[1], now, ARGV[1])
+local fresh = redis.call('ZADD', KEYS[1], now, ARGV[1])
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 local out = {}
 for _, node in ipairs(dead) do
@@ -109,11 +127,12 @@ for _, node in ipairs(dead) do
   redis.call('DEL', nodekey)
 end
 table.insert(out, redis.call('SMEMBERS', KEYS[2]))
+table.insert(out, fresh)
 return out
 """
 
 
-# KEYS: channel set. ARGV: key prefix. Returns: topic, agent ids, topic, agent ids, ...
+# KEYS: channel set. ARGV: key prefix. Returns: flat list of channel, its phx_refs.
 _LIST = """
 local out = {}
 for _, topic in ipairs(redis.call('SMEMBERS', KEYS[1])) do
@@ -228,6 +247,9 @@ class Presence:
     """
 
     on_channel_change: Callable[[str, dict[str, Any]], None] = staticmethod(lambda event, payload: None)
+    # After an outage: the diff between what this process's clients were last told
+    # and what Redis holds now, for the hub to send to local members only.
+    on_resync: Callable[[str, dict[str, Any]], None] = staticmethod(lambda topic, diff: None)
 
     def __init__(
         self,
@@ -243,12 +265,16 @@ class Presence:
         self._window = window
         self._node_timeout = node_timeout
         self.replicas: dict[str, Replica] = {}
+        # Whether an admin was joined anywhere at the last flush. Admin agent events
+        # carry every agent of the channel, O(N^2) bytes in a join storm: not worth
+        # publishing (into every process's subscriber) when nobody reads them.
+        self.admins_present = True
         self._local: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
         self._batches: dict[str, _Batch] = {}
         self._early_diffs: dict[str, list[Any]] = {}
-        self._in_flight: dict[str, defer.Deferred[None]] = {}
-        self._observed: set[str] = set()
-        self._stale: dict[str, Replica] = {}
+        self._unwritten_removes: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+        self._stale: dict[str, Replica] = {}  # replicas from before an outage
+        self._known = False  # whether this node was ever in the node zset
         self._heartbeat = LoopingCall(self.beat)
         self._heartbeat.clock = clock
 
@@ -260,6 +286,14 @@ class Presence:
         it, or fails with RedisUnavailable.
         """
         self._local.setdefault(topic, {})[meta["phx_ref"]] = (key, meta)
+        pending = self._batches.get(topic)
+        if pending is not None and meta["phx_ref"] in pending.removes:
+            # The same phx_ref left and joins again (a client reusing its join_ref):
+            # one diff cannot say "leave, then join" (Phoenix applies joins first),
+            # so the leave goes out now, in its own flush, ahead of the join.
+            if pending.call is not None and pending.call.active():
+                pending.call.cancel()
+            self._flush(topic)
         batch = self._batch(topic)
         batch.adds[meta["phx_ref"]] = (key, meta)
         d: defer.Deferred[Replica] = defer.Deferred()
@@ -281,7 +315,7 @@ class Presence:
         batch = self._batches.get(topic)
         if batch is None:
             batch = self._batches[topic] = _Batch()
-            batch.call = self._clock.callLater(self.window_for(topic), self._flush_in_turn, topic)
+            batch.call = self._clock.callLater(self.window_for(topic), self._flush, topic)
         return batch
 
     def window_for(self, topic: str) -> float:
@@ -292,69 +326,81 @@ class Presence:
         """
         replica = self.replicas.get(topic)
         members = len(replica.entries) if replica is not None else 0
-        return min(max(self._window, self._window * members / 500), max(self._window, 1.0))
-
-    def _flush_in_turn(self, topic: str) -> None:
-        """Flush now, or right after the topic's flush in flight: one at a time, in order."""
-        batch = self._batches[topic]
-        batch.call = None
-        in_flight = self._in_flight.get(topic)
-        if in_flight is not None:
-            in_flight.addBoth(lambda _: self._flush_in_turn(topic) if self._batches.get(topic) is batch else None)
-        else:
-            self._flush(topic)
+        return min(self._window * max(1.0, members / 500), max(self._window, 1.0))
 
     def _flush(self, topic: str) -> defer.Deferred[None]:
         batch = self._batches.pop(topic)
         replica = self.replicas.get(topic)
         want_state = replica is None and topic in self._local
-        args: list[Any] = [topic, "state" if want_state else "-"]
+        args: list[Any] = [topic, "state" if want_state else "-", self.node]
         for ref, (key, meta) in batch.adds.items():
             args += [ref, encode_entry(self.node, key, meta)]
         args.append("|")
         args += list(batch.removes)
         if want_state:
+            # keep what an earlier snapshot still in flight collected: that flush
+            # builds the replica and applies them
             self._early_diffs.setdefault(topic, [])
-        keys = [presence_key(topic), node_key(self.node), CHANNELS_KEY]
+        keys = [presence_key(topic), node_key(self.node), CHANNELS_KEY, NODES_KEY, presence_key(ADMIN_TOPIC)]
         d = self._store.execute("EVAL", _UPDATE, len(keys), *keys, *args)
         d.addCallback(self._flushed, topic, batch)
         d.addErrback(self._flush_failed, topic, batch)
-        self._in_flight[topic] = d
-        d.addBoth(self._landed, topic, d)
         return d
 
-    def _landed(self, result: Any, topic: str, d: defer.Deferred[None]) -> Any:
-        if self._in_flight.get(topic) is d:
-            del self._in_flight[topic]
-        return result
-
     def _flushed(self, result: list[Any], topic: str, batch: _Batch) -> None:
-        appeared, vanished, channels, entries = result
+        appeared, vanished, channels, entries, fresh, admins = result
+        self.admins_present = bool(admins)
+        replica = None
         if topic not in self._local:
-            if topic not in self._observed:
-                self.replicas.pop(topic, None)
-                self._early_diffs.pop(topic, None)
+            self.replicas.pop(topic, None)
+            self._early_diffs.pop(topic, None)
+            self._stale.pop(topic, None)
             self._store.execute("SREM", node_key(self.node), topic).addErrback(lambda f: None)
         else:
             replica = self.replicas.get(topic)
             if replica is None:
-                replica = self._snapshot(topic, entries)
+                replica = self.replicas[topic] = Replica()
+                for i in range(0, len(entries), 2):
+                    _, key, meta = decode_entry(entries[i + 1])
+                    replica.add(key, meta)
+                # diffs that crossed the snapshot on the other connection
+                for diff in self._early_diffs.pop(topic, ()):
+                    replica.apply(diff)
             for key, meta in batch.adds.values():
                 replica.add(key, meta)
             for _, meta in batch.removes.values():
                 replica.remove(meta)
-        self._report_channel(topic, appeared, vanished, channels)
+            self._resync(topic, replica)
         self._announce(topic, batch.adds.values(), batch.removes.values())
-        # a joiner that left before the flush is no longer waited for by anyone
-        replica = self.replicas.get(topic) or Replica()
+        self._report_channel(topic, appeared, vanished, channels)
+        # joiners last, so admin sees channel.add before their channel.join; those
+        # who left meanwhile get an empty replica (their session ignores it)
         for d in batch.waiting:
-            d.callback(replica)
+            d.callback(replica if replica is not None else Replica())
+        self._registered(fresh)
+
+    def _resync(self, topic: str, replica: Replica) -> None:
+        """Tell local members what changed elsewhere while they could not hear it."""
+        stale = self._stale.pop(topic, None)
+        if stale is None:
+            return
+        diff = Diff()
+        for ref, (key, meta) in replica.entries.items():
+            if ref not in stale.entries:
+                diff.join(key, meta)
+        for ref, (key, meta) in stale.entries.items():
+            if ref not in replica.entries:
+                diff.leave(key, meta)
+        if diff:
+            self.on_resync(topic, diff.payload())
 
     def _flush_failed(self, failure: Any, topic: str, batch: _Batch) -> None:
         self._early_diffs.pop(topic, None)
         for d in batch.waiting:
             d.errback(failure)
-        # entries stay in _local and are written again by restore()
+        # adds stay in _local and are written again by restore(); removes would be
+        # forgotten, leaving entries in a Redis that kept its data, so keep them too
+        self._unwritten_removes.setdefault(topic, {}).update(batch.removes)
 
     def _announce(
         self, topic: str, joins: Iterable[tuple[str, dict[str, Any]]], leaves: Iterable[tuple[str, dict[str, Any]]]
@@ -373,42 +419,6 @@ class Presence:
             names = sorted(c.decode() for c in channels)
             self.on_channel_change("add" if appeared else "remove", {"channel": topic, "channels": names})
 
-    def _snapshot(self, topic: str, entries: list[bytes]) -> Replica:
-        """Make the topic's replica from Redis's entries (``HGETALL``) and catch it up."""
-        replica = self.replicas[topic] = Replica()
-        for i in range(0, len(entries), 2):
-            _, key, meta = decode_entry(entries[i + 1])
-            replica.add(key, meta)
-        # diffs that crossed the snapshot on the other connection
-        for diff in self._early_diffs.pop(topic, ()):
-            replica.apply(diff)
-        stale = self._stale.pop(topic, None)
-        if stale is not None:
-            # Redis came back: tell members what changed while it was away
-            self._announce(
-                topic,
-                [e for ref, e in replica.entries.items() if ref not in stale.entries],
-                [e for ref, e in stale.entries.items() if ref not in replica.entries],
-            )
-        return replica
-
-    def observe(self, topic: str) -> defer.Deferred[None]:
-        """
-        Keep ``topic``'s replica current even with no member here (the admin channel);
-        read now, and again by ``restore()`` on every connection.
-        """
-        self._observed.add(topic)
-        self._early_diffs.setdefault(topic, [])
-        d = self._store.execute("HGETALL", presence_key(topic))
-        d.addCallback(lambda entries: self._snapshot(topic, entries) and None)
-        d.addErrback(lambda f: None)  # read again by restore() once Redis is back
-        return d
-
-    def channel_agents(self) -> defer.Deferred[dict[str, list[str]]]:
-        """Every channel of every process with its agent ids, for ``channel.list``."""
-        d = self._store.execute("EVAL", _LIST, 1, CHANNELS_KEY, PREFIX)
-        return d.addCallback(lambda flat: {flat[i].decode(): [a.decode() for a in flat[i + 1]] for i in range(0, len(flat), 2)})
-
     # what other processes announce
 
     def diff_received(self, topic: str, payload: bytes) -> None:
@@ -423,10 +433,20 @@ class Presence:
         elif topic in self._early_diffs:
             self._early_diffs[topic].append(diff)
 
+    def channels(self) -> defer.Deferred[list[tuple[str, list[str]]]]:
+        """Every channel with members on any process, with its agents, from Redis."""
+        d = self._store.execute("EVAL", _LIST, 1, CHANNELS_KEY, PREFIX)
+        d.addCallback(
+            lambda flat: sorted(
+                (flat[i].decode(), sorted(ref.decode() for ref in flat[i + 1])) for i in range(0, len(flat), 2)
+            )
+        )
+        return d
+
     # liveness of processes
 
     def start(self) -> None:
-        self._heartbeat.start(self._node_timeout / 3, now=False)
+        self._heartbeat.start(self._node_timeout / 3, now=True)
 
     def stop(self) -> defer.Deferred[None]:
         """Withdraw every entry of this process now (shutdown); fires when Redis has it."""
@@ -452,8 +472,9 @@ class Presence:
         return d
 
     def _reaped(self, result: list[Any]) -> None:
-        channels = result[-1]
-        for i in range(0, len(result) - 1, 3):
+        channels = result[-2]
+        self._registered(result[-1])
+        for i in range(0, len(result) - 2, 3):
             topic = result[i].decode()
             vanished, withdrawn = result[i + 1], result[i + 2]
             leaves = []
@@ -465,18 +486,28 @@ class Presence:
             self._announce(topic, (), leaves)
             self._report_channel(topic, 0, vanished, channels)
 
+    def _registered(self, fresh: int) -> None:
+        """Note that Redis knows this node; if it had forgotten it, others reaped us."""
+        if fresh and self._known:
+            log.warn("this node was taken for dead by the others; writing its presence again")
+            self.restore()
+        self._known = True
+
     def restore(self) -> None:
         """
-        On every connection to Redis: say this node is alive; after an outage also write
-        this process's entries again, re-read every replica, and announce what differs
-        from what members were last told.
+        After a Redis outage (or after being reaped as dead): write this process's
+        entries again, withdraw the leaves Redis missed, and re-read replicas.
         """
-        self.beat()
-        self._stale.update(self.replicas)
+        for topic, replica in self.replicas.items():
+            self._stale.setdefault(topic, replica)  # the oldest: what clients last saw
         self.replicas.clear()
         for topic, entries in self._local.items():
             batch = self._batch(topic)
             for ref, entry in entries.items():
                 batch.adds.setdefault(ref, entry)
-        for topic in self._observed - self._local.keys():
-            self.observe(topic)
+        removes, self._unwritten_removes = self._unwritten_removes, {}
+        for topic, entries in removes.items():
+            batch = self._batch(topic)
+            for ref, entry in entries.items():
+                if ref not in batch.adds:
+                    batch.removes.setdefault(ref, entry)

@@ -22,6 +22,7 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wra
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import LogLevel, Logger, globalLogPublisher
+from twisted.python.failure import Failure
 
 from .metrics import Metrics
 
@@ -175,6 +176,7 @@ class RedisBridge(MultiService):
         self.on_message: Callable[[str, str, bytes], None] = lambda topic, event, payload: None
         self.on_connect: Callable[[], None] = lambda: None
         self._watched: dict[str, int] = {}
+        self._confirming: dict[str, list[defer.Deferred[None]]] = {}
         self._commands: Any = None
         self._subscriber: Any = None
         self._was_connected = False
@@ -241,11 +243,29 @@ class RedisBridge(MultiService):
         count = self._watched.get(topic, 0)
         self._watched[topic] = count + 1
         if count:
-            return defer.succeed(None)
+            # a second joiner must not be answered before Redis confirmed the first's
+            # PSUBSCRIBE either, or a plugin's reply to its phx_join could be lost
+            waiters = self._confirming.get(topic)
+            if waiters is None:
+                return defer.succeed(None)
+            d: defer.Deferred[None] = defer.Deferred()
+            waiters.append(d)
+            return d
         if self._subscriber is None:
             # restored by _subscriber_ready when Redis is back
             return defer.fail(RedisUnavailable("redis unavailable"))
-        return self._psubscribe(topic)
+        waiters = self._confirming[topic] = []
+        return self._psubscribe(topic).addBoth(self._confirmed, topic, waiters)
+
+    def _confirmed(self, result: Any, topic: str, waiters: list[defer.Deferred[None]]) -> Any:
+        if self._confirming.get(topic) is waiters:
+            del self._confirming[topic]
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+        return result
 
     def unwatch(self, topic: str) -> None:
         count = self._watched.get(topic, 0)

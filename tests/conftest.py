@@ -117,7 +117,8 @@ class Twistd:
     def start(self, port: int | None = None) -> None:
         self.log_file = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "twistd"), "-n", "--logfile", "-", "tangram-channel", *self.args],
+            [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile", "", "--logfile", "-", "tangram-channel",
+             *self.args],
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
             env=self.env,

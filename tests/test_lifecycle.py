@@ -1,0 +1,142 @@
+"""
+A channel's life over real sockets and a real Redis (PROTOCOL.md section 5 and 7):
+its subscription exists before the join reply, goes when the channel empties, and a
+thousand join/leave cycles leave no subscription, timer, entry or Redis key behind.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from .presence_view import Tab, until_true
+
+BASE_PATTERNS = 2  # system and admin are always watched
+
+
+class EchoPlugin(threading.Thread):
+    """A backend plugin: answers every ``from:<topic>:phx_join`` at once on ``to:<topic>:welcome``."""
+
+    def __init__(self, redis) -> None:
+        super().__init__(daemon=True)
+        self.pubsub = redis.client().pubsub()
+        self.pubsub.psubscribe("from:*:phx_join")
+        self.publisher = redis.client()
+        self.answered = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            message = self.pubsub.get_message(timeout=0.05)
+            if message is None or message["type"] != "pmessage":
+                continue
+            topic = message["channel"].decode()[len("from:"):-len(":phx_join")]
+            self.publisher.publish(f"to:{topic}:welcome", message["data"])
+            self.answered += 1
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join()
+        self.pubsub.close()
+
+
+async def cycles(service, topic: str, client_id: str, count: int, on_joined=None) -> None:
+    """Join and leave ``topic`` ``count`` times on one socket."""
+    tab = await Tab.open(service.ws_url, topic)
+    token = service.hub.tokens.mint(topic, client_id)[1]
+    for n in range(count):
+        ref = tab.client.join(topic, token, n=f"{client_id}/{n}")
+        tab.view.channel_join_ref = ref
+        reply = await tab.until(lambda f: f[3] == "phx_reply" and f[1] == ref)
+        assert reply[4]["status"] == "ok"
+        if on_joined is not None:
+            await on_joined(tab, f"{client_id}/{n}")
+        await tab.leave()
+        tab.frames.clear()
+    await tab.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_plugin_answer_to_phx_join_always_reaches_the_joiner(start_service, flushed_redis):
+    """
+    A plugin publishing to:<topic>:welcome the moment it sees from:<topic>:phx_join
+    reaches the joiner every time: first joins, rejoins after the channel emptied,
+    and joins while others are subscribing the same topic.
+    """
+    service = await start_service(datetime_interval=0, presence_window=0)
+    plugin = EchoPlugin(flushed_redis)
+    plugin.start()
+
+    async def welcomed(tab: Tab, n: str) -> None:
+        frame = await tab.until(lambda f: f[3] == "welcome" and f[4].get("n") == n)
+        assert frame[:3] == [None, None, tab.topic]
+
+    try:
+        await defer.gatherResults(
+            [defer.ensureDeferred(cycles(service, "lobby", f"user{i}", 50, welcomed)) for i in range(4)]
+        )
+    finally:
+        plugin.stop()
+    assert plugin.answered == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_channel_is_unsubscribed_when_its_last_member_leaves(start_service, flushed_redis):
+    """PSUBSCRIBE to:<topic>:* while someone is joined, PUNSUBSCRIBE when the last one leaves or disconnects."""
+    redis = flushed_redis.client()
+    service = await start_service(datetime_interval=0)
+
+    def patterns() -> int:
+        return redis.execute_command("PUBSUB", "NUMPAT")
+
+    await until_true(lambda: patterns() == BASE_PATTERNS)
+    first = await Tab.open(service.ws_url, "room")
+    await first.join(service.hub.tokens.mint("room", "a")[1])
+    second = await Tab.open(service.ws_url, "room")
+    await second.join(service.hub.tokens.mint("room", "b")[1])
+    assert patterns() == BASE_PATTERNS + 1
+    assert "room" in service.bridge.watched_topics
+    await first.leave()
+    assert "room" in service.bridge.watched_topics
+    await second.close()
+    await until_true(lambda: "room" not in service.bridge.watched_topics and patterns() == BASE_PATTERNS)
+    await first.close()
+
+
+def leftovers(service) -> dict:
+    """What the hub, presence and bridge hold about channels other than system/admin."""
+    presence = service.channel.presence
+    return {
+        "members": {t: len(m) for t, m in service.hub.members.items()},
+        "sessions": len(service.hub.sessions),
+        "replicas": sorted(presence.replicas),
+        "local": sorted(presence._local),
+        "batches": sorted(presence._batches),
+        "early_diffs": sorted(presence._early_diffs),
+        "stale": sorted(presence._stale),
+        "unwritten_removes": sorted(presence._unwritten_removes),
+        "watched": sorted(service.bridge.watched_topics),
+        "confirming": sorted(service.bridge._confirming),
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_thousand_join_leave_cycles_leak_nothing(start_service, flushed_redis):
+    """After 1,000 join/leave cycles: no members, replicas, subscriptions, timers or Redis keys left."""
+    redis = flushed_redis.client()
+    service = await start_service(datetime_interval=0)
+    await until_true(lambda: redis.execute_command("PUBSUB", "NUMPAT") == BASE_PATTERNS)
+    empty = leftovers(service)
+    timers = len(reactor.getDelayedCalls())
+
+    await defer.gatherResults(
+        [defer.ensureDeferred(cycles(service, f"room{i % 3}", f"user{i}", 100)) for i in range(10)]
+    )
+
+    await until_true(lambda: leftovers(service) == empty)
+    await until_true(lambda: len(reactor.getDelayedCalls()) <= timers)
+    assert redis.execute_command("PUBSUB", "NUMPAT") == BASE_PATTERNS
+    assert sorted(redis.keys("*")) == [b"tangram-channel:nodes"]
+    assert empty["watched"] == ["admin", "system"]

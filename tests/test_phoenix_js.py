@@ -1,0 +1,140 @@
+"""
+The official phoenix.js client under Node, at Tangram's pin (1.8.9) and the newest (1.8.16),
+against a real ``twistd`` service and a real Redis (driver: tests/js/phoenix_node.mjs).
+"""
+
+import json
+
+import pytest
+
+from .jsdriver import PHOENIX_VERSIONS, channel_service, expired_token  # noqa: F401
+
+pytestmark = pytest.mark.parametrize("phoenix", PHOENIX_VERSIONS)
+
+
+def test_join_broadcasts_and_push(channel_service, phoenix):
+    """userToken params, join ok, JSON and binary (ArrayBuffer) broadcasts, JSON and binary pushes published as sent."""
+    service = channel_service()
+    listener = service.listener("from:radar:*")
+    driver = service.driver("phoenix_node.mjs", "basic", PHOENIX_VERSION=phoenix)
+    joined = driver.expect("joined")
+    assert joined["reply"]["status"] == "ok"
+    assert ":radar:" in joined["reply"]["response"]["id"]  # the agent id, <conn_id>:<topic>:<join_ref>
+    driver.expect("ready")
+    redis = service.redis.client()
+    assert redis.publish("to:radar:json-event", '{"flight": "AFR123", "alt": [1, 2.5]}') == 1
+    assert redis.publish("to:radar:binary-event", b"Hello from plugin \xff\x00") == 1
+    assert driver.expect("json")["payload"] == {"flight": "AFR123", "alt": [1, 2.5]}
+    binary = driver.expect("binary")
+    assert binary["isArrayBuffer"] is True
+    assert binary["bytes"].encode("latin1") == b"Hello from plugin \xff\x00"
+    assert driver.expect("pushed") == {"step": "pushed", "status": "ok", "response": {}}
+    assert json.loads(listener.next("from:radar:custom_event")) == {"request_id": "r-1", "nested": {"a": [1, 2]}}
+    assert driver.expect("pushed-binary")["status"] == "ok"
+    assert listener.next("from:radar:arrow-batch") == bytes([0, 1, 2, 254, 255])
+    driver.finish()
+
+
+def test_refused_joins_reach_the_client_as_errors(channel_service, phoenix):
+    """An expired token and a token for another channel get "error" with a reason; the socket stays up."""
+    service = channel_service()
+    driver = service.driver("phoenix_node.mjs", "refused", PHOENIX_VERSION=phoenix, EXPIRED_TOKEN=expired_token("radar"))
+    expired = driver.expect("expired")
+    assert expired["status"] == "error"
+    assert expired["response"] == {"reason": "token expired"}
+    other = driver.expect("other-channel")
+    assert other["status"] == "error"
+    assert other["response"] == {"reason": "unauthorized"}
+    valid = driver.expect("valid")
+    assert valid["reply"]["status"] == "ok"
+    assert valid["connected"] is True
+    driver.finish()
+
+
+def test_presence_class_converges_across_clients_and_tabs(channel_service, phoenix):
+    """Presence on two clients agrees; two tabs of one id are one key with two metas; leaves shrink it."""
+    service = channel_service()
+    driver = service.driver("phoenix_node.mjs", "presence", PHOENIX_VERSION=phoenix, TOPIC="room")
+    converged = driver.expect("converged")
+    assert converged["alice"] == converged["bob"] == {"alice": 1, "bob": 2}
+    one_left = driver.expect("one-tab-left")
+    assert one_left["alice"] == one_left["bob"] == {"alice": 1, "bob": 1}
+    assert driver.expect("bob-gone")["alice"] == {"alice": 1}
+    events = driver.expect("events")["alice"]
+    # [kind, key, metas of the key outside this change, metas joining/leaving]: bob arrives
+    # (maybe both tabs in one coalesced diff), then leaves one tab at a time.
+    assert ["join", "alice", 0, 1] == events[0]
+    assert sum(e[3] for e in events if e[:2] == ["join", "bob"]) == 2
+    assert [e for e in events if e[0] == "leave"] == [["leave", "bob", 1, 1], ["leave", "bob", 0, 1]]
+    driver.finish()
+
+
+@pytest.mark.parametrize(("heartbeat_ms", "closed"), [(250, False), (60000, True)], ids=["heartbeats", "silent"])
+def test_heartbeats_keep_an_idle_socket_open(channel_service, phoenix, heartbeat_ms, closed):
+    """With idle_timeout 1 s, 250 ms heartbeats keep the socket open for 3 s; a silent client is closed."""
+    service = channel_service(idle_timeout=1)
+    driver = service.driver(
+        "phoenix_node.mjs", "heartbeat", PHOENIX_VERSION=phoenix, HEARTBEAT_MS=str(heartbeat_ms), IDLE_MS="3000"
+    )
+    assert driver.expect("joined")["reply"]["status"] == "ok"
+    closes = driver.expect("idle-done")["closes"]
+    if closed:
+        assert closes and 1000 not in closes
+    else:
+        assert closes == []
+        assert driver.expect("pushed")["status"] == "ok"
+    driver.finish()
+
+
+def test_client_reconnects_and_rejoins_after_a_service_restart(channel_service, phoenix):
+    """After a restart on the same port: reconnect, rejoin, presence_state again, broadcasts again."""
+    service = channel_service()
+    driver = service.driver("phoenix_node.mjs", "restart", PHOENIX_VERSION=phoenix)
+    assert driver.expect("join") == {"step": "join", "count": 1, "status": "ok"}
+    assert driver.expect("presence_state")["count"] == 1
+    redis = service.redis.client()
+    assert redis.publish("to:radar:news", '{"n": 1}') == 1
+    assert driver.expect("broadcast") == {"step": "broadcast", "count": 1, "payload": {"n": 1}}
+
+    service.restart()
+    close = driver.expect("close")
+    assert close["code"] != 1000
+    assert driver.expect("join") == {"step": "join", "count": 2, "status": "ok"}
+    state = driver.expect("presence_state")
+    assert state["count"] == 2 and len(state["keys"]) == 1
+    assert redis.publish("to:radar:news", '{"n": 2}') == 1
+    assert driver.expect("broadcast") == {"step": "broadcast", "count": 2, "payload": {"n": 2}}
+    driver.send("done")
+    driver.finish()
+
+
+def test_auth_token_option_rides_in_the_subprotocol(channel_service, phoenix):
+    """Phoenix 1.8 ``authToken``: handshake accepted with subprotocol "phoenix"; a join without token uses it."""
+    service = channel_service()
+    listener = service.listener("from:system:*")
+    driver = service.driver("phoenix_node.mjs", "authtoken", PHOENIX_VERSION=phoenix)
+    assert driver.expect("open")["protocol"] == "phoenix"
+    joined = driver.expect("joined")
+    assert joined["reply"]["status"] == "ok"
+    assert ":system:" in joined["reply"]["response"]["id"]
+    assert driver.expect("pushed")["status"] == "ok"
+    assert json.loads(listener.next("from:system:custom_event")) == {"via": "authToken"}
+    driver.finish()
+
+
+def test_vsn_1_object_frames(channel_service, phoenix):
+    """
+    ``vsn=1.0.0``: phoenix.js 1.8 has no V1 serializer of its own (serializer.js is V2 only),
+    so the client gets its documented ``encode``/``decode`` options set to the JSON-object
+    serializer phoenix.js shipped before 1.3. Every frame the service sends is an object.
+    """
+    service = channel_service()
+    driver = service.driver("phoenix_node.mjs", "v1", PHOENIX_VERSION=phoenix)
+    assert driver.expect("joined")["reply"]["status"] == "ok"
+    driver.expect("ready")
+    assert service.redis.client().publish("to:radar:json-event", "[1, 2, 3]") == 1
+    assert driver.expect("json")["payload"] == [1, 2, 3]
+    pushed = driver.expect("pushed")
+    assert pushed["status"] == "ok"
+    assert pushed["frames"] == ["object"]
+    driver.finish()
