@@ -27,10 +27,14 @@ from .redis import RedisUnavailable, RedisURL, connect_once
 from .tokens import TokenAuthority
 
 
-def _load(path: str | None) -> configuration.Config:
+def _read(path: str | None) -> tuple[configuration.Config, list[str]]:
     if path is None and os.path.exists("tangram.toml"):
         path = "tangram.toml"
-    config, warnings = configuration.load(path, os.environ, {})
+    return configuration.load(path, os.environ, {})
+
+
+def _load(path: str | None) -> configuration.Config:
+    config, warnings = _read(path)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return config
@@ -73,6 +77,8 @@ async def listen(reactor: Any, args: argparse.Namespace, out: TextIO) -> int:
 
     conn.on_message = show
     await conn.psubscribe([f"from:{args.pattern}".encode("utf-8")])
+    # on stderr, so stdout stays only messages; scripts may wait for this line
+    print(f"listening to from:{args.pattern}", file=sys.stderr, flush=True)
     conn.whenDisconnected().addCallback(lambda _: done.called or done.errback(RedisUnavailable("Redis closed the connection")))
     await done
     conn.transport.loseConnection()
@@ -80,11 +86,25 @@ async def listen(reactor: Any, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def check_config(args: argparse.Namespace, out: TextIO) -> int:
-    config = _load(args.file)
+    """
+    Print the effective settings; exit 1 naming each problem a service would only warn
+    about (an unknown key is most often a typo) or refuse at start-up.
+    """
+    from .tap import check_secret
+
+    config, problems = _read(args.file)
     RedisURL(config.redis_url)
+    try:
+        check_secret(config)
+    except configuration.ConfigError as e:
+        problems.append(str(e))
     json.dump(config.masked(), out, indent=2, sort_keys=True)
     out.write("\n")
-    return 0
+    if config.jwt_secret == configuration.DEFAULT_SECRET:
+        print('warning: jwt_secret is the well-known default "secret" (fine on loopback only)', file=sys.stderr)
+    for problem in problems:
+        print(f"tangram-channel: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def parser() -> argparse.ArgumentParser:

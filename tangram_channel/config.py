@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -48,6 +49,7 @@ class Config:
     max_channels_per_socket: int = 100
     workers: int = 1
     log_level: str = "info"
+    log_format: str = "text"
     conformance_echo: bool = False
 
     @property
@@ -64,6 +66,8 @@ class Config:
         for key in ("jwt_secret", "admin_key"):
             if values[key] is not None:
                 values[key] = "********"
+        # redis://user:password@host: the password is a secret too
+        values["redis_url"] = re.sub(r"^([a-z]+://[^/@:]*:)[^/]*@", r"\1********@", self.redis_url)
         return values
 
 
@@ -92,6 +96,7 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "max_channels_per_socket": ("int", 1),
     "workers": ("int", 1),
     "log_level": ("str", None),
+    "log_format": ("str", None),
     "conformance_echo": ("bool", None),
 }
 _EXPECTED = {
@@ -104,6 +109,7 @@ _EXPECTED = {
     "bool": "true or false",
 }
 _LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
+_LOG_FORMATS = ("text", "json")
 
 
 def _check(key: str, value: Any) -> Any:
@@ -131,6 +137,8 @@ def _check(key: str, value: Any) -> Any:
         raise ConfigError(f"port must be at most 65535, not {checked}")
     if key == "log_level" and checked.lower() not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {checked!r}")
+    if key == "log_format" and checked not in _LOG_FORMATS:
+        raise ConfigError(f"log_format must be one of {', '.join(_LOG_FORMATS)}, not {checked!r}")
     return checked
 
 

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from . import frames
 from .frames import Broadcast, FrameError, Message
+from .metrics import Metrics
 from .presence import Presence, Replica
 from .redis import RedisUnavailable
 from .tokens import TokenAuthority, TokenRefused
@@ -94,14 +95,17 @@ class Hub:
         clock: IReactorTime,
         max_channels_per_socket: int,
         datetime_interval: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self.tokens = tokens
+        self.metrics = metrics if metrics is not None else Metrics()
         self.bus = bus
         self.presence = presence
         self.clock = clock
         self.max_channels_per_socket = max_channels_per_socket
         self.members: dict[str, set[Member]] = {}
         self.sessions: set[Session] = set()
+        self.metrics.count_channels(lambda: len(self.members))
         self._datetime_counter = 0
         self._ticker: LoopingCall | None = None
         if datetime_interval > 0:
@@ -131,6 +135,7 @@ class Hub:
     def join(self, member: Member) -> defer.Deferred[Replica]:
         """Subscribe (if first here), then record presence; fires with the topic's replica."""
         self.members.setdefault(member.topic, set()).add(member)
+        self.metrics.members.inc()
         d = self.bus.watch(member.topic)
         d.addCallback(self._track, member)
         return d
@@ -144,8 +149,9 @@ class Hub:
 
     def leave(self, member: Member, was_joined: bool) -> None:
         members = self.members.get(member.topic)
-        if members is not None:
+        if members is not None and member in members:
             members.discard(member)
+            self.metrics.members.dec()
             if not members:
                 del self.members[member.topic]
         self.bus.unwatch(member.topic)
@@ -193,12 +199,18 @@ class Hub:
         if members:
             self.broadcast(Broadcast.from_value(topic, "presence_diff", diff), members)
 
-    def broadcast(self, broadcast: Broadcast, members: set[Member]) -> None:
+    def broadcast(self, broadcast: Broadcast, members: set[Member], counted: bool = True) -> None:
+        """Deliver to ``members``; counted once, unless it is a joiner's backlog, counted on arrival."""
         try:
             for member in list(members):
                 member.deliver(broadcast)
         except FrameError as e:
             log.warn("dropped a message for {topic}: {reason}", topic=broadcast.topic, reason=e.reason)
+            return
+        if counted:
+            # once per broadcast, with the size of its (first) framing
+            framed = next(iter(broadcast.prepared.values()), b"")
+            self.metrics.sent(len(members), len(framed))
 
     def _tick(self) -> None:
         self._datetime_counter += 1
@@ -223,6 +235,7 @@ class Session:
 
     def received(self, message: Message) -> None:
         if message.event == "heartbeat" and message.topic == HEARTBEAT_TOPIC:
+            self.hub.metrics.heartbeats.inc()
             self._reply_ok(message, {})
             self._publish(message).addErrback(lambda f: None)
         elif message.event == "phx_join":
@@ -250,20 +263,20 @@ class Session:
     def _join(self, message: Message) -> None:
         topic, join_ref = message.topic, message.join_ref
         if join_ref is None:
-            self._reply(None, message.ref, topic, "error", {"reason": "join_ref required"})
+            self._refuse(None, message, "join_ref required")
             return
         payload = message.payload if isinstance(message.payload, dict) else {}
         token = payload.get("token")
         try:
             grant = self.hub.tokens.verify(token if isinstance(token, str) else self.socket_token, topic)
         except TokenRefused as e:
-            self._reply(join_ref, message.ref, topic, "error", {"reason": e.reason})
+            self._refuse(join_ref, message, e.reason)
             return
         previous = self.joins.get(topic)
         if previous is not None:
             self._drop(previous, send_close=True)
         elif len(self.joins) >= self.hub.max_channels_per_socket:
-            self._reply(join_ref, message.ref, topic, "error", {"reason": "too many channels joined"})
+            self._refuse(join_ref, message, "too many channels joined")
             return
         agent_id = f"{self.conn_id}:{topic}:{join_ref}"
         meta = {"phx_ref": agent_id, "online_at": int(self.hub.clock.seconds() * 1000)}
@@ -274,6 +287,7 @@ class Session:
     def _joined(self, replica: Replica, member: Member, message: Message) -> None:
         if self.joins.get(member.topic) is not member:
             return  # left, rejoined or disconnected while Redis answered
+        self.hub.metrics.joins.inc()
         self._reply(member.join_ref, message.ref, member.topic, "ok", {"id": member.agent_id})
         self.outbox.send_frame(
             frames.splice(member.join_ref, member.topic, "presence_state", replica.state_json(), self.outbox.vsn),
@@ -281,7 +295,7 @@ class Session:
         )
         backlog, member.backlog = member.backlog or [], None
         for broadcast in backlog:
-            self.hub.broadcast(broadcast, {member})  # drops (and logs) what cannot be framed
+            self.hub.broadcast(broadcast, {member}, counted=False)  # drops (and logs) what cannot be framed
         payload = message.payload
         if isinstance(payload, dict):
             payload = {k: v for k, v in payload.items() if k != "token"}
@@ -291,7 +305,7 @@ class Session:
     def _join_failed(self, failure: Any, member: Member, message: Message) -> None:
         if self.joins.get(member.topic) is member:
             self._drop(member, send_close=False, was_joined=False)
-            self._reply(member.join_ref, message.ref, member.topic, "error", {"reason": _reason(failure)})
+            self._refuse(member.join_ref, message, _reason(failure))
         if not failure.check(RedisUnavailable):
             log.failure("join of {topic} failed", failure, topic=member.topic)
 
@@ -325,6 +339,10 @@ class Session:
         data = body if isinstance(body, bytes) else frames.dumps(body)
         channel = f"from:{message.topic}:{message.event}".encode()
         return self.hub.bus.publish(channel, data)
+
+    def _refuse(self, join_ref: str | None, message: Message, reason: str) -> None:
+        self.hub.metrics.refused(reason)
+        self._reply(join_ref, message.ref, message.topic, "error", {"reason": reason})
 
     def _reply_ok(self, message: Message, response: Any) -> None:
         self._reply(message.join_ref, message.ref, message.topic, "ok", response)

@@ -27,6 +27,7 @@ from zope.interface import implementer
 from . import frames
 from .dispatcher import Hub, Session
 from .frames import Broadcast, FrameError, Message
+from .metrics import Metrics
 
 log = Logger()
 
@@ -89,6 +90,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self._touch()
+        self.factory.metrics.received(len(payload))
         if self._echo:
             self.sendMessage(payload, isBinary)
             return
@@ -117,6 +119,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
     def send_frame(self, frame: bytes, is_binary: bool) -> None:
         if self.state == self.STATE_OPEN:
             self._count(len(frame))
+            self.factory.metrics.sent(1, len(frame))
             self.sendMessage(frame, is_binary)
 
     def send_broadcast(self, broadcast: Broadcast) -> None:
@@ -149,6 +152,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
             if self._queued > self.factory.max_send_buffer:
                 log.info("closing a client that stopped reading ({n} bytes queued)", n=self._queued)
                 self.factory.slow_clients_closed += 1
+                self.factory.metrics.slow_clients_closed.inc()
                 self.close(CLOSE_POLICY, "send buffer full")
 
     def pauseProducing(self) -> None:
@@ -186,13 +190,16 @@ class PhoenixFactory(WebSocketServerFactory):
         idle_timeout: float,
         max_message_size: int,
         max_send_buffer: int,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self.hub = hub
+        self.metrics = metrics if metrics is not None else Metrics()
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_send_buffer = max_send_buffer
         self.sockets: set[PhoenixProtocol] = set()
+        self.metrics.count_sockets(lambda: len(self.sockets))
         self.slow_clients_closed = 0
         self.frames_rejected = 0
         self._last_rejection_logged = float("-inf")
@@ -213,6 +220,7 @@ class PhoenixFactory(WebSocketServerFactory):
     def frame_rejected(self, error: FrameError) -> None:
         """Count a bad frame; log at most one a minute, so bad clients cannot flood the log."""
         self.frames_rejected += 1
+        self.metrics.rejected(error.reason)
         now = self.clock.seconds()
         if now - self._last_rejection_logged >= 60:
             self._last_rejection_logged = now

@@ -24,6 +24,8 @@ from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import LogLevel, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
+from .metrics import Metrics
+
 log = Logger()
 
 _GLOB = re.compile(rb"([*?\[\]\\])")
@@ -167,9 +169,10 @@ class RedisBridge(MultiService):
     every outage, so the owner can restore what Redis lost.
     """
 
-    def __init__(self, reactor: IReactorTime, url: RedisURL) -> None:
+    def __init__(self, reactor: IReactorTime, url: RedisURL, metrics: Metrics | None = None) -> None:
         super().__init__()
         self.url = url
+        self.metrics = metrics if metrics is not None else Metrics()
         self.on_message: Callable[[str, str, bytes], None] = lambda topic, event, payload: None
         self.on_connect: Callable[[], None] = lambda: None
         self._watched: dict[str, int] = {}
@@ -212,7 +215,9 @@ class RedisBridge(MultiService):
     def _maybe_up(self) -> None:
         if not self.connected:
             return
+        self.metrics.redis_connected.set(1)
         if self._was_connected:
+            self.metrics.redis_reconnects.inc()
             log.info("Redis at {url} is back; restoring subscriptions and presence", url=str(self.url))
         else:
             log.info("connected to Redis at {url}", url=str(self.url))
@@ -223,6 +228,7 @@ class RedisBridge(MultiService):
     def _lost(self, conn: Any, attribute: str) -> None:
         if getattr(self, attribute) is conn:
             setattr(self, attribute, None)
+            self.metrics.redis_connected.set(0)
         if self.running and not self._reported_down:
             self._reported_down = True
             log.warn("lost the connection to Redis at {url}; reconnecting", url=str(self.url))

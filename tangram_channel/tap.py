@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
@@ -23,7 +23,11 @@ from twisted.python import usage
 
 from . import config as configuration
 from .dispatcher import Hub
+from .admin import AdminPage
 from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arguments
+from .health import HealthResource
+from .logs import LoggedService, twistd_observer
+from .metrics import Metrics, metrics_resource
 from .presence import Presence
 from .protocol import PhoenixFactory
 from .redis import RedisBridge, RedisURL
@@ -56,6 +60,7 @@ class Options(usage.Options):
         ["idle-timeout", None, None, "Seconds of client silence before its socket is closed."],
         ["workers", None, None, "Processes sharing the listening port."],
         ["log-level", None, None, "debug, info, warning or error."],
+        ["log-format", None, None, 'Log lines as "text" (default) or "json" (one object per line, for log shippers).'],
     ]
 
     optFlags = [["worker", None, "(internal) serve as one process of a worker pool, sharing the port"]]
@@ -183,7 +188,8 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     except (configuration.ConfigError, ValueError) as e:
         raise usage.UsageError(str(e)) from None
 
-    top = MultiService()
+    # options.parent: twistd's own options (--logfile, --nodaemon), absent outside twistd
+    top = LoggedService(twistd_observer(options.parent, config.log_format, config.log_level))
     ExitZeroOnSignal(reactor).setServiceParent(top)
     private_redis = embedded_redis(reactor, config, url)
     if private_redis is not None:
@@ -191,20 +197,31 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     if config.workers > 1 and not options["worker"]:
         if not all(e.startswith(("tcp:", "ssl:")) for e in config.endpoints):
             raise usage.UsageError("workers > 1 needs tcp: or ssl: endpoints, which the workers share")
-        arguments = [*options.arguments, "--worker", "--workers", "1", "--embedded-redis", "false"]
+        # workers log text, which this process relays in its own format
+        arguments = [
+            *options.arguments, "--worker", "--workers", "1", "--embedded-redis", "false", "--log-format", "text"
+        ]
         WorkerPool(reactor, config.workers, arguments).setServiceParent(top)
         return top
-    bridge = RedisBridge(reactor, url)
+    metrics = Metrics()
+    bridge = RedisBridge(reactor, url, metrics)
     bridge.setServiceParent(top)
     tokens = TokenAuthority(
         config.jwt_secret, config.jwt_expiration_secs, config.jwt_leeway_secs, config.id_length, reactor.seconds
     )
     presence = Presence(bridge, reactor, secrets.token_hex(8), config.presence_window, config.node_timeout)
-    hub = Hub(tokens, bridge, presence, reactor, config.max_channels_per_socket, config.datetime_interval)
-    factory = PhoenixFactory(hub, reactor, config.idle_timeout, config.max_message_size, config.max_send_buffer)
+    hub = Hub(tokens, bridge, presence, reactor, config.max_channels_per_socket, config.datetime_interval, metrics)
+    factory = PhoenixFactory(
+        hub, reactor, config.idle_timeout, config.max_message_size, config.max_send_buffer, metrics
+    )
     ChannelService(hub, presence, bridge, factory).setServiceParent(top)
+    routes = {
+        b"metrics": metrics_resource(metrics),
+        b"healthz": HealthResource(bridge, factory, reactor, config.public_url),
+        b"admin": AdminPage(),
+    }
     site = make_site(
-        factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins, config.conformance_echo
+        factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins, config.conformance_echo, routes
     )
     listening_reactor = ReusePortReactor(reactor) if options["worker"] else reactor
     for description in config.endpoints:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
@@ -153,12 +154,16 @@ def make_site(
     cors_origins: tuple[str, ...],
     allowed_origins: tuple[str, ...],
     conformance_echo: bool = False,
+    routes: Mapping[bytes, Resource] | None = None,
 ) -> Site:
+    """The Site; ``routes`` adds top-level resources (``/metrics``, ``/healthz``, ``/admin``)."""
     socket = SocketResource(factory, allowed_origins)
     root = Root()
     if conformance_echo:
         root.putChild(CONFORMANCE_PATH.strip("/").encode(), socket)
     root.putChild(b"token", TokenResource(tokens, admin_key))
+    for path, resource in (routes or {}).items():
+        root.putChild(path, resource)
     root.putChild(b"websocket", socket)  # also /websocket/websocket: the resource is a leaf
     phoenix_default = Root()
     phoenix_default.putChild(b"websocket", socket)

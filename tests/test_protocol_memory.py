@@ -218,6 +218,8 @@ def test_a_client_that_stops_reading_is_closed_with_1008_and_leaves(world: World
         world.hub.deliver("room", "message", big)
     assert client.close_code() == CLOSE_POLICY
     assert world.hub.members == {}
+    registry = client.protocol.factory.metrics.registry
+    assert registry.get_sample_value("tangram_channel_slow_clients_closed_total") == 1
 
 
 def test_the_buffer_bound_resets_when_the_client_reads_again(world: World) -> None:

@@ -1,0 +1,115 @@
+"""
+Log output under ``twistd``: readable lines (twistd's own) or one JSON object per line.
+
+twistd starts its log observer after ``makeService``, from its own options
+(``--logfile``, ``--nodaemon``, ``--syslog``), unless the Application carries an
+``ILogObserver`` component. So when JSON or a log level other than the default is asked
+for, the top service sets that component as twistd adds it to the Application, with an
+observer writing where twistd itself would have written. ``--syslog`` is left to twistd.
+
+A JSON line holds ``time`` (ISO 8601, UTC), ``level``, ``namespace``, ``event`` (the
+formatted text), ``fields`` (the event's own keys) and, for failures, ``traceback``.
+Fields whose names suggest a secret are masked, so no token reaches a log shipper even
+if a caller logs one by mistake.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from twisted.application.service import MultiService
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    textFileLogObserver,
+)
+from twisted.python.components import Componentized
+from twisted.python.logfile import LogFile
+
+LOG_FORMATS = ("text", "json")
+DEFAULT_LEVEL = "info"
+
+_SECRET_WORDS = ("token", "secret", "password", "key")
+# keys of legacy (twisted.python.log) events that repeat what the line already says
+_NOT_FIELDS = {"format", "message", "time", "system", "isError", "why", "failure"}
+
+
+def level_named(name: str) -> LogLevel:
+    """The LogLevel for a config ``log_level`` (``warning`` is ``warn``)."""
+    name = name.lower()
+    return LogLevel.levelWithName({"warning": "warn"}.get(name, name))
+
+
+def _field(name: str, value: Any) -> Any:
+    if any(word in name.lower() for word in _SECRET_WORDS):
+        return "********"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def json_line(event: dict[str, Any]) -> str:
+    """One event as one line of JSON, newline included."""
+    level = event.get("log_level", LogLevel.info)
+    record: dict[str, Any] = {
+        "time": datetime.fromtimestamp(event.get("log_time", 0), timezone.utc).isoformat(timespec="milliseconds"),
+        "level": level.name,
+        "namespace": event.get("log_namespace", ""),
+        "event": formatEvent(event),
+        "fields": {
+            k: _field(k, v) for k, v in event.items() if not k.startswith("log_") and k not in _NOT_FIELDS
+        },
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        record["traceback"] = failure.getTraceback()
+    return json.dumps(record, ensure_ascii=False, default=repr) + "\n"
+
+
+def json_file_observer(out: IO[str]) -> ILogObserver:
+    """An observer writing one JSON object per line to ``out``."""
+    return FileLogObserver(out, json_line)
+
+
+def twistd_log_file(twistd_options: Any) -> IO[str]:
+    """The file twistd's own logger would write to, by the same rules (see _twistd_unix)."""
+    name = twistd_options.get("logfile")
+    if name == "-" or (not name and twistd_options.get("nodaemon")):
+        return sys.stdout
+    return LogFile.fromFullPath(name or "twistd.log")
+
+
+def twistd_observer(twistd_options: Any, log_format: str, log_level: str) -> ILogObserver | None:
+    """The observer to hand twistd, or None where twistd's own does what was asked."""
+    if twistd_options is None or twistd_options.get("syslog") or twistd_options.get("logger"):
+        return None
+    if log_format == "text" and level_named(log_level) == LogLevel.info:
+        return None
+    if twistd_options.get("logfile") == "-" and not twistd_options.get("nodaemon"):
+        return None  # twistd refuses this itself, with its own message
+    out = twistd_log_file(twistd_options)
+    observer = json_file_observer(out) if log_format == "json" else textFileLogObserver(out)
+    return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=level_named(log_level))])
+
+
+class LoggedService(MultiService):
+    """
+    The top service of a node. When twistd adds it to its Application, it also sets
+    the Application's ``ILogObserver``, which twistd starts right after.
+    """
+
+    def __init__(self, observer: ILogObserver | None = None) -> None:
+        super().__init__()
+        self.observer = observer
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self.observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.observer)
+        super().setServiceParent(parent)

@@ -1,0 +1,84 @@
+"""
+What the service counts, for ``GET /metrics`` (Prometheus text format).
+
+Each service holds its own ``Metrics``, with its own ``CollectorRegistry``, so several
+services in one process (tests, workers) never share or clash over instruments. The
+hub, the WebSocket factory and the Redis bridge are handed it by ``makeService``; built
+directly (in tests) they make a fresh one.
+
+Counting stays off the per-member path: a broadcast to N members is counted once, as N
+deliveries of one frame size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from twisted.web.resource import Resource
+
+PREFIX = "tangram_channel_"
+
+
+def reason_label(reason: str) -> str:
+    """A bounded label for a reason: the text before any detail (``invalid JSON: ...``)."""
+    return reason.split(":", 1)[0][:60]
+
+
+class Metrics:
+    """The registry and every instrument of one service."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sockets = Gauge(PREFIX + "sockets", "Open WebSocket connections", registry=r)
+        self.joins = Counter(PREFIX + "joins", "Joins accepted", registry=r)
+        self.join_refusals = Counter(PREFIX + "join_refusals", "Joins refused, by reason", ["reason"], registry=r)
+        self.channels = Gauge(PREFIX + "channels", "Channels with members on this process", registry=r)
+        self.members = Gauge(PREFIX + "members", "Joins (members of channels) on this process", registry=r)
+        self.messages_received = Counter(PREFIX + "messages_received", "Frames received from clients", registry=r)
+        self.bytes_received = Counter(PREFIX + "bytes_received", "Payload bytes received from clients", registry=r)
+        self.messages_sent = Counter(
+            PREFIX + "messages_sent", "Frames sent to clients; a broadcast counts once per member", registry=r
+        )
+        self.bytes_sent = Counter(
+            PREFIX + "bytes_sent", "Frame bytes sent to clients; a broadcast counts once per member", registry=r
+        )
+        self.redis_connected = Gauge(PREFIX + "redis_connected", "1 while both Redis connections are up", registry=r)
+        self.redis_reconnects = Counter(PREFIX + "redis_reconnects", "Times Redis came back after an outage", registry=r)
+        self.slow_clients_closed = Counter(
+            PREFIX + "slow_clients_closed", "Sockets closed with 1008 for not reading", registry=r
+        )
+        self.frames_rejected = Counter(
+            PREFIX + "frames_rejected", "Client frames that could not be parsed, by reason", ["reason"], registry=r
+        )
+        self.heartbeats = Counter(PREFIX + "heartbeats", "Heartbeats received from clients", registry=r)
+
+    def count_sockets(self, sockets: Callable[[], float]) -> None:
+        """Read the open-socket count at scrape time rather than tracking it."""
+        self.sockets.set_function(sockets)
+
+    def count_channels(self, channels: Callable[[], float]) -> None:
+        self.channels.set_function(channels)
+
+    def sent(self, deliveries: int, size: int) -> None:
+        """``deliveries`` frames of ``size`` bytes went out (one call per broadcast)."""
+        self.messages_sent.inc(deliveries)
+        self.bytes_sent.inc(deliveries * size)
+
+    def received(self, size: int) -> None:
+        self.messages_received.inc()
+        self.bytes_received.inc(size)
+
+    def refused(self, reason: str) -> None:
+        self.join_refusals.labels(reason_label(reason)).inc()
+
+    def rejected(self, reason: str) -> None:
+        self.frames_rejected.labels(reason_label(reason)).inc()
+
+
+def metrics_resource(metrics: Metrics) -> Resource:
+    """``GET /metrics``: prometheus_client's own Twisted resource on this service's registry."""
+    from prometheus_client.twisted import MetricsResource
+
+    return MetricsResource(metrics.registry)

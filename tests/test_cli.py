@@ -1,0 +1,151 @@
+"""
+The operator's command line (issue 7, point 4): ``python -m tangram_channel`` run as a
+subprocess, as an operator types it, against a private ``redis-server`` and, where a
+client is involved, a running service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import jwt
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.utils import getProcessOutputAndValue
+
+from .conftest import ROOT
+from .e2e import eventually, forge_token
+from .wsclient import connect, fields
+
+SECRET = "cli-test-secret-long-enough-for-hs256"
+
+
+def environment() -> dict[str, str]:
+    """This process's environment without TANGRAM_CHANNEL_* settings, running this tree's code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TANGRAM_CHANNEL_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+async def run(cwd: Path, *args: str) -> tuple[int, str, str]:
+    """``python -m tangram_channel ARGS`` in ``cwd``: exit code, stdout, stderr."""
+    out, err, code = await getProcessOutputAndValue(
+        sys.executable, ["-m", "tangram_channel", *args], env=environment(), path=str(cwd), reactor=reactor
+    )
+    return code, out.decode(), err.decode()
+
+
+def write_config(directory: Path, redis_url: str, extra: str = "") -> Path:
+    path = directory / "tangram.toml"
+    path.write_text(f'[core]\nredis_url = "{redis_url}"\n\n[channel]\njwt_secret = "{SECRET}"\n{extra}')
+    return path
+
+
+@pytest.mark.parametrize("command", [[], ["token"], ["publish"], ["listen"], ["check-config"]])
+@pytest_twisted.ensureDeferred
+async def test_help_of_every_command(tmp_path, command):
+    """--help of the program and of each command prints its usage and exits 0."""
+    code, out, err = await run(tmp_path, *command, "--help")
+    assert code == 0, err
+    assert out.startswith(f"usage: tangram-channel {' '.join(command)}".rstrip())
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_is_signed_with_the_configured_secret(tmp_path, redis_server):
+    """token --channel admin --id ops --expires 60: a JWT the service would accept, for 60 s."""
+    write_config(tmp_path, redis_server.url)
+    code, out, err = await run(tmp_path, "token", "--channel", "admin", "--id", "ops", "--expires", "60")
+    assert code == 0, err
+    minted = json.loads(out)
+    assert minted["channel"] == "admin" and minted["id"] == "ops"
+    claims = jwt.decode(minted["token"], SECRET, algorithms=["HS256"])
+    assert claims["channel"] == "admin" and claims["id"] == "ops" and claims["exp"] - claims["iat"] == 60
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_reaches_a_client_of_a_running_service(tmp_path, start_service, redis_server):
+    """publish room news '{"n": 1}' arrives at the room's WebSocket client as a text broadcast."""
+    service = await start_service(datetime_interval=0)
+    client = await connect(service.ws_url)
+    reply = await client.reply(client.join("room", forge_token(service.jwt_secret, "room")))
+    assert fields(reply)[4]["status"] == "ok"
+    code, out, err = await run(tmp_path, "publish", "--redis-url", redis_server.url, "room", "news", '{"n": 1}')
+    assert code == 0, err
+    assert "to:room:news" in out
+    assert await client.until(lambda f: fields(f)[3] == "news") == [None, None, "room", "news", {"n": 1}]
+    client.close()
+    await client.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_listen_prints_what_a_client_pushes(tmp_path, start_service, redis_server):
+    """listen --count 1 'room:*' prints the client's push as 'channel payload' and exits 0."""
+    write_config(tmp_path, redis_server.url)
+    service = await start_service(datetime_interval=0)
+    client = await connect(service.ws_url)
+    reply = await client.reply(client.join("room", forge_token(service.jwt_secret, "room")))
+    assert fields(reply)[4]["status"] == "ok"
+    redis = redis_server.client()
+    patterns = redis.execute_command("PUBSUB", "NUMPAT")
+    listening = defer.ensureDeferred(run(tmp_path, "listen", "--count", "1", "room:*"))
+    await eventually(lambda: redis.execute_command("PUBSUB", "NUMPAT") > patterns, what="listen to subscribe")
+    await client.reply(client.push("room", "hello", {"text": "hi"}))
+    code, out, err = await listening
+    assert code == 0, err
+    assert out == 'from:room:hello {"text":"hi"}\n'
+    assert "listening to from:room:*" in err
+    client.close()
+    await client.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_to_an_unreachable_redis_fails_with_one_line(tmp_path):
+    """Without Redis, publish exits 1 with one line naming the URL, no traceback."""
+    code, out, err = await run(tmp_path, "publish", "--redis-url", "redis://127.0.0.1:1", "room", "news", "{}")
+    assert code == 1
+    assert "redis://127.0.0.1:1" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_config_prints_effective_values_with_secrets_masked(tmp_path):
+    """check-config FILE: the file's values and the defaults, jwt_secret, admin_key and the Redis password hidden."""
+    config = write_config(tmp_path, "redis://ops:hunter2@127.0.0.1:6390/3", 'admin_key = "adm1n-key"\nport = 8080\n')
+    code, out, err = await run(tmp_path, "check-config", str(config))
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["port"] == 8080 and shown["id_length"] == 8
+    assert shown["redis_url"] == "redis://ops:********@127.0.0.1:6390/3"
+    assert shown["jwt_secret"] == shown["admin_key"] == "********"
+    assert "hunter2" not in out + err and SECRET not in out + err and "adm1n" not in out + err
+
+
+@pytest.mark.parametrize(
+    "extra, code, message",
+    [
+        ("prot = 8080\n", 1, "unknown key [channel] prot"),
+        ('port = "eighty"\n', 2, "port must be an integer"),
+        ('log_format = "xml"\n', 2, "log_format must be one of text, json"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_check_config_fails_naming_a_bad_key(tmp_path, extra, code, message):
+    """An unknown key (a typo, which the service only warns about) or a bad value fails, naming it."""
+    config = write_config(tmp_path, "redis://127.0.0.1:6390", extra)
+    got, out, err = await run(tmp_path, "check-config", str(config))
+    assert got == code
+    assert message in err and "Traceback" not in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_console_script_is_the_same_program(tmp_path):
+    """The installed ``tangram-channel`` script runs the same command line."""
+    script = Path(sys.executable).parent / "tangram-channel"
+    out, err, code = await getProcessOutputAndValue(
+        str(script), ["token", "--help"], env=environment(), path=str(tmp_path), reactor=reactor
+    )
+    assert code == 0, err
+    assert out.decode().startswith("usage: tangram-channel token")
