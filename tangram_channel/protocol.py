@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import socket
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -64,6 +66,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
     _paused = False
     _queued = 0
     _echo = False
+    _socket: socket.socket | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         # web.SocketResource already refused bad versions and origins with HTTP errors
@@ -78,6 +81,8 @@ class PhoenixProtocol(WebSocketServerProtocol):
         return chosen
 
     def onOpen(self) -> None:
+        # Twisted's plain TCP transport (not TLS), whose socket may be sent to directly
+        self._socket = self.transport.socket if isinstance(self.transport, tcp.Connection) else None
         # The HTTP channel that served the upgrade is still registered as producer.
         self.transport.unregisterProducer()
         self.transport.registerProducer(self, True)
@@ -134,8 +139,35 @@ class PhoenixProtocol(WebSocketServerProtocol):
                 broadcast.frame(self.vsn), not broadcast.is_text, applyMask=False, doNotCompress=True
             ).payloadHybi
         self._count(len(frame))
-        # Straight to the transport: Autobahn's sendData formats a debug line per call.
-        self.transport.write(frame)
+        self._write_now(frame)
+
+    def _write_now(self, frame: bytes) -> None:
+        """
+        Send ``frame`` at once when nothing is queued before it, else queue it.
+
+        ``transport.write`` would register the socket for writing, wait a reactor turn,
+        send, and unregister: three system calls per frame per member, most of the cost
+        of a broadcast. A socket with an empty queue can simply be sent to; whatever
+        does not fit (or any error, which Twisted then reports as usual) takes the
+        normal path. Plain TCP only: TLS transports encrypt before they write.
+        """
+        transport = self.transport
+        sock = self._socket
+        if (
+            sock is not None
+            and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+            and transport.connected
+            and not transport.disconnecting
+        ):
+            try:
+                sent = sock.send(frame)
+            except OSError:
+                sent = 0
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
+        transport.write(frame)
 
     # limits
 

@@ -9,6 +9,7 @@ subscription each time it comes back, since Redis forgets them with the connecti
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -91,6 +92,7 @@ class RedisURL:
         return f"{self.scheme}://{auth}{self.host}:{self.port}/{self.db}"
 
 
+@functools.lru_cache(maxsize=65536)
 def topic_pattern(topic: str) -> bytes:
     """``to:<topic>:*`` with glob characters in the topic escaped."""
     return b"to:" + _GLOB.sub(rb"\\\1", topic.encode("utf-8")) + b":*"
