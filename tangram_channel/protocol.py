@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import socket
+from collections.abc import Iterator
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
@@ -67,6 +69,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
     _queued = 0
     _echo = False
     _socket: socket.socket | None = None
+    _corked: list[bytes] | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         # web.SocketResource already refused bad versions and origins with HTTP errors
@@ -139,7 +142,20 @@ class PhoenixProtocol(WebSocketServerProtocol):
                 broadcast.frame(self.vsn), not broadcast.is_text, applyMask=False, doNotCompress=True
             ).payloadHybi
         self._count(len(frame))
-        self._write_now(frame)
+        corks = self.factory.corks
+        if corks is None:
+            self._write_now(frame)
+        elif self._corked is None:
+            self._corked = [frame]
+            corks.append(self)
+        else:
+            self._corked.append(frame)
+
+    def uncork(self) -> None:
+        """Write what a burst left for this socket, in one go."""
+        corked, self._corked = self._corked, None
+        if corked and self.state == self.STATE_OPEN:
+            self._write_now(b"".join(corked))
 
     def _write_now(self, frame: bytes) -> None:
         """
@@ -214,6 +230,8 @@ class PhoenixProtocol(WebSocketServerProtocol):
 
 class PhoenixFactory(WebSocketServerFactory):
     protocol = PhoenixProtocol
+    # sockets holding corked broadcasts, while inside corked()
+    corks: list[PhoenixProtocol] | None = None
 
     def __init__(
         self,
@@ -259,6 +277,17 @@ class PhoenixFactory(WebSocketServerFactory):
             log.info(
                 "rejected a frame: {reason} ({count} so far)", reason=error.reason, count=self.frames_rejected
             )
+
+    @contextlib.contextmanager
+    def corked(self) -> Iterator[None]:
+        """Broadcasts sent inside are held per socket and written once each at the end."""
+        self.corks = []
+        try:
+            yield
+        finally:
+            corks, self.corks = self.corks, None
+            for socket in corks:
+                socket.uncork()
 
     def close_all(self, code: int, reason: str) -> None:
         for socket in list(self.sockets):

@@ -157,25 +157,32 @@ class _ReconnectingService(ClientService):
 
 class _Subscriber(txredisapi.SubscriberProtocol):
     on_message: Callable[[bytes, bytes, bytes], None] = staticmethod(lambda pattern, channel, message: None)
+    on_chunk_end: Callable[[], None] = staticmethod(lambda: None)
 
     def messageReceived(self, pattern: bytes, channel: bytes, message: bytes) -> None:
         self.on_message(pattern, channel, message)
+
+    def dataReceived(self, data: bytes, *args: Any) -> None:
+        super().dataReceived(data, *args)
+        self.on_chunk_end()
 
 
 class RedisBridge(MultiService):
     """
     Publishes for the hub and feeds it what Redis delivers.
 
-    ``on_message(topic, event, payload)`` is called for each message on a watched
-    topic; ``on_connect()`` each time both connections are up, the first time and after
-    every outage, so the owner can restore what Redis lost.
+    ``on_messages([(topic, event, payload), ...])`` gets the messages on watched topics
+    that arrived in one read from the socket, in order, so a burst can be written to
+    each client in one go; ``on_connect()`` runs each time both connections are up, the
+    first time and after every outage, so the owner can restore what Redis lost.
     """
 
     def __init__(self, reactor: IReactorTime, url: RedisURL, metrics: Metrics | None = None) -> None:
         super().__init__()
         self.url = url
         self.metrics = metrics if metrics is not None else Metrics()
-        self.on_message: Callable[[str, str, bytes], None] = lambda topic, event, payload: None
+        self.on_messages: Callable[[list[tuple[str, str, bytes]]], None] = lambda messages: None
+        self._arrived: list[tuple[str, str, bytes]] = []
         self.on_connect: Callable[[], None] = lambda: None
         self._watched: dict[str, int] = {}
         self._confirming: dict[str, list[defer.Deferred[None]]] = {}
@@ -208,6 +215,7 @@ class RedisBridge(MultiService):
 
     def _subscriber_ready(self, conn: Any) -> None:
         conn.on_message = self._received
+        conn.on_chunk_end = self._chunk_ended
         self._subscriber = conn
         conn.whenDisconnected().addCallback(self._lost, "_subscriber")
         for topic in self._watched:
@@ -290,7 +298,12 @@ class RedisBridge(MultiService):
         # "a:b" would get it twice.
         if split is None or pattern != topic_pattern(split[0]) or split[0] not in self._watched:
             return
-        self.on_message(split[0], split[1], message)
+        self._arrived.append((split[0], split[1], message))
+
+    def _chunk_ended(self) -> None:
+        if self._arrived:
+            arrived, self._arrived = self._arrived, []
+            self.on_messages(arrived)
 
     # commands
 

@@ -27,8 +27,17 @@ class ChannelService(Service):
         self.presence = presence
         self.bridge = bridge
         self.factory = factory
-        bridge.on_message = hub.deliver
+        bridge.on_messages = self._deliver
         bridge.on_connect = presence.restore
+
+    def _deliver(self, messages: list[tuple[str, str, bytes]]) -> None:
+        """Messages from one read of the subscriber: a burst goes to each client in one write."""
+        if len(messages) == 1:
+            self.hub.deliver(*messages[0])
+            return
+        with self.factory.corked():
+            for message in messages:
+                self.hub.deliver(*message)
 
     def startService(self) -> None:
         super().startService()

@@ -580,3 +580,26 @@ async def test_redis_url_unix_socket(start_service, redis_binary, tmp_path):
         assert fields(await next_broadcast(client))[3] == "x"
     finally:
         server.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_from_redis_reaches_every_member_in_order_in_few_writes(start_service, flushed_redis):
+    """
+    Messages that arrive in one read of the subscriber (a pipelined burst) are held per
+    socket and written once: each member still gets all of them, in Redis's order.
+    """
+    service = await start_service(datetime_interval=0)
+    clients = [await joined_client(service, "burst", client_id=f"c{i}") for i in range(3)]
+    writes = []
+    for proto in service.channel.factory.sockets:
+        original = proto._write_now
+        proto._write_now = lambda frame, original=original: (writes.append(frame), original(frame))
+    pipe = flushed_redis.client().pipeline(transaction=False)
+    for n in range(200):
+        pipe.publish("to:burst:n", json.dumps({"n": n}))
+    pipe.execute()
+    for client in clients:
+        received = [(await next_broadcast(client))[4]["n"] for _ in range(200)]
+        assert received == list(range(200))
+    # a burst is corked: far fewer socket writes than deliveries (600)
+    assert len(writes) < 300, len(writes)
