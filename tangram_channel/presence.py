@@ -83,11 +83,13 @@ if after > 0 then
 elseif before > 0 then
   vanished = redis.call('SREM', KEYS[3], ARGV[1])
 end
+local admins = redis.call('EXISTS', KEYS[5])
 local channels = {}
-if appeared == 1 or vanished == 1 then channels = redis.call('SMEMBERS', KEYS[3]) end
+-- the channel list grows with the channels: only worth reading for an admin to see
+if admins == 1 and (appeared == 1 or vanished == 1) then channels = redis.call('SMEMBERS', KEYS[3]) end
 local entries = {}
 if ARGV[2] == 'state' then entries = redis.call('HGETALL', KEYS[1]) end
-return {appeared, vanished, channels, entries, fresh, redis.call('EXISTS', KEYS[5])}
+return {appeared, vanished, channels, entries, fresh, admins}
 """
 
 # Beat for this node, then withdraw every node silent for longer than the timeout.
@@ -372,7 +374,8 @@ class Presence:
                 replica.remove(meta)
             self._resync(topic, replica)
         self._announce(topic, batch.adds.values(), batch.removes.values())
-        self._report_channel(topic, appeared, vanished, channels)
+        if self.admins_present:
+            self._report_channel(topic, appeared, vanished, channels)
         # joiners last, so admin sees channel.add before their channel.join; those
         # who left meanwhile get an empty replica (their session ignores it)
         for d in batch.waiting:

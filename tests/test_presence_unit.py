@@ -233,15 +233,27 @@ def test_a_failed_write_fails_the_joins_and_announces_nothing(node: Node) -> Non
     assert node.diffs("room") == []
 
 
-def test_channels_appearing_and_vanishing_are_reported(node: Node) -> None:
+def test_channels_appearing_and_vanishing_are_reported_while_an_admin_watches(node: Node) -> None:
+    node.track("admin", "operator", "o1")
+    node.clock.advance(WINDOW)
     node.track("room", "alice", "a1")
     node.clock.advance(WINDOW)
     node.untrack("room", "alice", "a1")
     node.clock.advance(WINDOW)
     assert node.changes == [
-        ("add", {"channel": "room", "channels": ["room"]}),
-        ("remove", {"channel": "room", "channels": []}),
+        ("add", {"channel": "admin", "channels": ["admin"]}),
+        ("add", {"channel": "room", "channels": ["admin", "room"]}),
+        ("remove", {"channel": "room", "channels": ["admin"]}),
     ]
+
+
+def test_channel_changes_are_not_read_nor_reported_without_an_admin(node: Node) -> None:
+    """The channel list grows with the channels; nobody reads it without an admin."""
+    node.track("room", "alice", "a1")
+    node.clock.advance(WINDOW)
+    node.untrack("room", "alice", "a1")
+    node.clock.advance(WINDOW)
+    assert node.changes == []
 
 
 def test_stop_withdraws_everything(node: Node) -> None:
