@@ -28,6 +28,7 @@ from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arg
 from .health import HealthResource
 from .logs import LoggedService, twistd_observer
 from .metrics import Metrics, metrics_resource
+from .memory import keep_large_buffers_separate
 from .presence import Presence
 from .protocol import PhoenixFactory
 from .redis import RedisBridge, RedisURL
@@ -189,6 +190,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         raise usage.UsageError(str(e)) from None
 
     # options.parent: twistd's own options (--logfile, --nodaemon), absent outside twistd
+    keep_large_buffers_separate()
     top = LoggedService(twistd_observer(options.parent, config.log_format, config.log_level))
     ExitZeroOnSignal(reactor).setServiceParent(top)
     private_redis = embedded_redis(reactor, config, url)
