@@ -183,6 +183,8 @@ class RedisBridge(MultiService):
         self._subscriber: Any = None
         self._was_connected = False
         self._reported_down = False
+        self._clock = reactor
+        self._unanswered: set[defer.Deferred[Any]] = set()
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0)
         _ReconnectingService(
             url.endpoint(reactor), _Factory(txredisapi.RedisProtocol, url, self._commands_ready), retryPolicy=retry
@@ -303,14 +305,29 @@ class RedisBridge(MultiService):
             d = conn.execute_command(*command)
         except txredisapi.ConnectionError:
             return defer.fail(RedisUnavailable("redis unavailable"))
+        answered: defer.Deferred[None] = defer.Deferred()
+        self._unanswered.add(answered)
+        d.addBoth(self._answered, answered)
         return d.addErrback(_unavailable_on_connection_error)
+
+    def _answered(self, result: Any, answered: defer.Deferred[None]) -> Any:
+        self._unanswered.discard(answered)
+        answered.callback(None)
+        return result
 
     def publish(self, channel: bytes, payload: bytes) -> defer.Deferred[Any]:
         return self.execute("PUBLISH", channel, payload)
 
     def stopService(self) -> defer.Deferred[None]:
+        """
+        Close the connections once the commands already sent are answered (presence
+        withdraws this node's entries during shutdown): a socket closed with replies
+        unread is reset, and Redis then drops the commands it has not run yet.
+        """
         self._reported_down = True
-        return super().stopService()
+        answered = defer.DeferredList(list(self._unanswered))
+        answered.addTimeout(3, self._clock, onTimeoutCancel=lambda result, timeout: None)
+        return answered.addCallback(lambda _: super(RedisBridge, self).stopService())
 
 
 async def connect_once(reactor: Any, url: RedisURL, subscriber: bool = False) -> Any:
