@@ -20,20 +20,17 @@ from base64 import b64encode
 from collections.abc import Callable
 from typing import Any
 
-import jwt
-
 from .conftest import free_port, wait_for_port
+from .e2e import forge_token
 
 SECRET = "robust-tests-secret-long-enough-for-hs256-and-hs512-keys-0123456789"
 
 TEXT, BINARY, CLOSE, PING, PONG, CONTINUATION = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
 
 
-def token(channel: str, client_id: str = "client", secret: str = SECRET, lifetime: float = 3600, **claims: Any) -> str:
-    """A join token as the service mints them (HS256), or altered through ``claims``."""
-    now = int(time.time())
-    body = {"id": client_id, "channel": channel, "iat": now, "exp": now + lifetime, **claims}
-    return jwt.encode({k: v for k, v in body.items() if v is not None}, secret, algorithm="HS256")
+def token(channel: str, client_id: str = "client", **options: Any) -> str:
+    """A join token for services from ``start_twistd`` (see ``forge_token`` for ``options``)."""
+    return forge_token(SECRET, channel, client_id, **options)
 
 
 def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True, rsv: int = 0) -> bytes:
@@ -314,17 +311,8 @@ def start_twistd(twistd: Callable[..., Any], *args: str, env: dict[str, str] | N
     proc = twistd("--port", str(port), *args, env=environ)
     proc.port = port
     wait_for_port(port)
-    wait_for_log(proc, "connected to Redis")
+    proc.wait_for_log("connected to Redis")
     return proc
-
-
-def wait_for_log(proc: Any, text: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in proc.log():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{text!r} never appeared in the service log:\n{proc.log()}")
-        assert proc.process.poll() is None, f"the service exited:\n{proc.log()}"
-        time.sleep(0.05)
 
 
 def rss_kib(pid: int) -> int:

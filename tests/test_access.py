@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
 
-import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .conftest import free_port
+from .e2e import RedisMonitor, forge_token
 from .live import SECRET, RawSocket, reply_reason, reply_status, start_twistd, token
 
 
@@ -27,25 +26,19 @@ def _rsa_pem() -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-def _claims(channel: str = "room", lifetime: float = 3600) -> dict:
-    now = int(time.time())
-    return {"id": "mallory", "channel": channel, "iat": now, "exp": now + lifetime}
-
-
 FORGED = {
-    "alg none": lambda: jwt.encode(_claims(), None, algorithm="none"),
-    "HS512": lambda: jwt.encode(_claims(), SECRET, algorithm="HS512"),
-    "RS256": lambda: jwt.encode(_claims(), _rsa_pem(), algorithm="RS256"),
-    "wrong key": lambda: token("room", secret="not-the-service-secret-but-long-enough-for-hs256"),
-    "default secret": lambda: token("room", secret="secret"),
-    "missing exp": lambda: token("room", exp=None),
-    "expired": lambda: token("room", lifetime=-3600),
+    "alg none": lambda: forge_token(SECRET, "room", algorithm="none"),
+    "HS512": lambda: forge_token(SECRET, "room", algorithm="HS512"),
+    "RS256": lambda: forge_token(_rsa_pem(), "room", algorithm="RS256"),
+    "wrong key": lambda: forge_token("not-the-service-secret-but-long-enough-for-hs256", "room"),
+    "default secret": lambda: forge_token("secret", "room"),
+    "missing exp": lambda: token("room", expires_in=None),
+    "expired": lambda: token("room", expires_in=-3600),
     "other channel": lambda: token("other"),
 }
 
 
 @pytest.mark.parametrize("name", FORGED)
-@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # "secret" is short on purpose
 def test_forged_or_misused_tokens_are_refused(twistd, flushed_redis, name):
     """Whatever the token's flaw, the join is refused with a reason and the socket stays open."""
     service = start_twistd(twistd, "--redis-url", flushed_redis.url, datetime_interval=0)
@@ -77,25 +70,6 @@ def test_admin_tokens_need_the_admin_key(twistd, flushed_redis):
     RawSocket(service.port).join_ok("admin", minted["token"])
 
 
-def _monitor(port: int) -> socket.socket:
-    """A raw connection to Redis in MONITOR mode: every command the server runs, as text."""
-    conn = socket.create_connection(("127.0.0.1", port))
-    conn.sendall(b"MONITOR\r\n")
-    assert conn.recv(5) == b"+OK\r\n"
-    return conn
-
-
-def _drain(conn: socket.socket) -> bytes:
-    conn.settimeout(0.3)
-    data = b""
-    try:
-        while chunk := conn.recv(65536):
-            data += chunk
-    except TimeoutError:
-        pass
-    return data
-
-
 def _everything_stored(redis) -> bytes:
     """Every key and value in Redis, flattened, whatever the types."""
     dump = []
@@ -115,8 +89,8 @@ def _everything_stored(redis) -> bytes:
 def test_tokens_never_reach_the_log_or_redis(twistd, flushed_redis):
     """Joins with tokens in the payload, ``userToken`` and the subprotocol, and a refused one."""
     service = start_twistd(twistd, "--redis-url", flushed_redis.url, datetime_interval=0)
-    monitor = _monitor(flushed_redis.port)
-    tokens = [token("room", f"user-{i}") for i in range(3)] + [token("room", "refused", lifetime=-3600)]
+    monitor = RedisMonitor(flushed_redis.port)
+    tokens = [token("room", f"user-{i}") for i in range(3)] + [token("room", "refused", expires_in=-3600)]
     RawSocket(service.port).join_ok("room", tokens[0])
     by_query = RawSocket(service.port, f"/websocket?vsn=2.0.0&userToken={tokens[1]}")
     assert reply_status(by_query.reply(by_query.join("room", None))) == "ok"
@@ -129,7 +103,13 @@ def test_tokens_never_reach_the_log_or_redis(twistd, flushed_redis):
     join_ref, _ = pusher.join_ok("room", tokens[0])
     assert reply_status(pusher.reply(pusher.push("room", "talk", {"hello": 1}, join_ref))) == "ok"
 
-    commands = _drain(monitor)
+    marker = b"monitor-caught-up"
+    flushed_redis.client().echo(marker)
+    deadline = time.monotonic() + 5
+    while marker not in monitor.seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    monitor.close()
+    commands = bytes(monitor.seen)
     stored = _everything_stored(flushed_redis.client())
     log = service.log()
     assert b"PUBLISH" in commands and b"tangram-channel:presence:room" in stored  # the reads saw something

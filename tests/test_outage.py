@@ -7,42 +7,13 @@ Redis itself and the datetime ticker.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 
 from tangram_channel.presence import presence_key
 
+from .e2e import RedisListener
 from .live import RawSocket, event_of, payload_of, reply_reason, reply_status, start_twistd, token
-
-
-class Listener:
-    """Everything published on ``from:*`` while one Redis connection lasts, collected in a thread."""
-
-    def __init__(self, redis: Any) -> None:
-        self.redis = redis  # redis-py closes the pubsub's connection with its client
-        self.pubsub = redis.pubsub()
-        self.pubsub.psubscribe("from:*")
-        while self.pubsub.get_message(timeout=1) is None:  # the psubscribe confirmation
-            pass
-        self.messages: list[tuple[bytes, bytes]] = []
-        self.stopped = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            while not self.stopped:
-                message = self.pubsub.get_message(timeout=0.1)
-                if message is not None and message["type"] == "pmessage":
-                    self.messages.append((message["channel"], message["data"]))
-        except Exception:  # the connection died with its Redis: what was collected stays
-            pass
-
-    def stop(self) -> list[tuple[bytes, bytes]]:
-        self.stopped = True
-        self.thread.join(5)
-        return self.messages
 
 
 class Ticks:
@@ -79,7 +50,7 @@ def push_batch(client: RawSocket, ticks: Ticks, first: int, count: int) -> dict[
 
 def test_redis_outage_keeps_sockets_answers_errors_and_restores_everything(twistd, own_redis):
     service = start_twistd(twistd, "--redis-url", own_redis.url, datetime_interval=0.2)
-    before = Listener(own_redis.client())
+    before = RedisListener(own_redis.client())
     ticks = Ticks()
     a, b = RawSocket(service.port), RawSocket(service.port)
     a.join_ok("system", token("system", "a"))
@@ -88,6 +59,8 @@ def test_redis_outage_keeps_sockets_answers_errors_and_restores_everything(twist
 
     acked = push_batch(a, ticks, 0, 20)
     assert set(acked.values()) == {("ok", None)}
+    time.sleep(0.1)
+    published = before.pending()  # before Redis takes them down with it
 
     own_redis.kill()
     during = push_batch(a, ticks, 20, 20)
@@ -101,7 +74,7 @@ def test_redis_outage_keeps_sockets_answers_errors_and_restores_everything(twist
     assert "Traceback" not in log, log
 
     own_redis.start()
-    after = Listener(own_redis.client())
+    after = RedisListener(own_redis.client())
     restarted = time.monotonic()
     redis = own_redis.client()
     probe = None
@@ -130,9 +103,8 @@ def test_redis_outage_keeps_sockets_answers_errors_and_restores_everything(twist
     ticks.wait(a, 0.5)
     assert ticks.counters == list(range(ticks.counters[0], ticks.counters[0] + len(ticks.counters)))
 
-    time.sleep(0.2)  # the listeners' last messages
-    published = {
-        json.loads(data)["id"] for channel, data in before.stop() + after.stop() if channel == b"from:feed:msg"
-    }
+    time.sleep(0.2)  # the listener's last messages
+    published += after.pending()
+    published_ids = {json.loads(data)["id"] for channel, data in published if channel == b"from:feed:msg"}
     ok = {n for n, answer in acked.items() if answer[0] == "ok"}
-    assert ok <= published, f"acknowledged but never published: {sorted(ok - published)}"
+    assert ok <= published_ids, f"acknowledged but never published: {sorted(ok - published_ids)}"
