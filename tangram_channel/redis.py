@@ -120,10 +120,17 @@ class _Factory(protocol.Factory):
     isLazy = False
     noisy = False
 
-    def __init__(self, protocol_class: type, url: RedisURL, on_ready: Callable[[Any], None]) -> None:
+    def __init__(
+        self,
+        protocol_class: type,
+        url: RedisURL,
+        on_ready: Callable[[Any], None],
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         self._protocol_class = protocol_class
         self._url = url
         self._on_ready = on_ready
+        self._on_refused = on_refused
 
     def buildProtocol(self, addr: Any) -> Any:
         p = self._protocol_class(
@@ -141,7 +148,10 @@ class _Factory(protocol.Factory):
         pass
 
     def connectionError(self, why: str) -> None:
-        log.error("Redis refused the connection: {why}", why=why)
+        if self._on_refused is not None:
+            self._on_refused(why)
+        else:
+            log.error("Redis refused the connection: {why}", why=why)
 
 
 def _warnings_only(event: dict[str, Any]) -> None:
@@ -155,7 +165,23 @@ class _ReconnectingService(ClientService):
     _log = Logger(observer=_warnings_only)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _ReportsEarlyLoss:
+    """
+    Reports a connection lost before it was ready, e.g. a TLS certificate that failed
+    verification: txredisapi itself says nothing then.
+    """
+
+    def connectionLost(self, why: Any) -> None:
+        if not self._ready:
+            self.factory.connectionError(why.getErrorMessage())
+        super().connectionLost(why)
+
+
+class _Commands(_ReportsEarlyLoss, txredisapi.RedisProtocol):
+    pass
+
+
+class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
     on_message: Callable[[bytes, bytes, bytes], None] = staticmethod(lambda pattern, channel, message: None)
 
     def messageReceived(self, pattern: bytes, channel: bytes, message: bytes) -> None:
@@ -183,14 +209,15 @@ class RedisBridge(MultiService):
         self._subscriber: Any = None
         self._was_connected = False
         self._reported_down = False
+        self._reported_refusal = False
         self._clock = reactor
         self._unanswered: set[defer.Deferred[Any]] = set()
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0)
         _ReconnectingService(
-            url.endpoint(reactor), _Factory(txredisapi.RedisProtocol, url, self._commands_ready), retryPolicy=retry
+            url.endpoint(reactor), _Factory(_Commands, url, self._commands_ready, self._refused), retryPolicy=retry
         ).setServiceParent(self)
         _ReconnectingService(
-            url.endpoint(reactor), _Factory(_Subscriber, url, self._subscriber_ready), retryPolicy=retry
+            url.endpoint(reactor), _Factory(_Subscriber, url, self._subscriber_ready, self._refused), retryPolicy=retry
         ).setServiceParent(self)
 
     @property
@@ -227,6 +254,7 @@ class RedisBridge(MultiService):
             log.info("connected to Redis at {url}", url=str(self.url))
         self._was_connected = True
         self._reported_down = False
+        self._reported_refusal = False
         self.on_connect()
 
     def _lost(self, conn: Any, attribute: str) -> None:
@@ -236,6 +264,12 @@ class RedisBridge(MultiService):
         if self.running and not self._reported_down:
             self._reported_down = True
             log.warn("lost the connection to Redis at {url}; reconnecting", url=str(self.url))
+
+    def _refused(self, why: str) -> None:
+        """Say once, not on every retry, why Redis would not have us (TLS, AUTH, SELECT)."""
+        if self.running and not self._reported_refusal:
+            self._reported_refusal = True
+            log.error("could not connect to Redis at {url}: {why}; retrying", url=str(self.url), why=why)
 
     # subscriptions
 
@@ -333,7 +367,7 @@ class RedisBridge(MultiService):
 async def connect_once(reactor: Any, url: RedisURL, subscriber: bool = False) -> Any:
     """One txredisapi connection, authenticated and ready, for short-lived tools."""
     ready: defer.Deferred[Any] = defer.Deferred()
-    factory = _Factory(_Subscriber if subscriber else txredisapi.RedisProtocol, url, ready.callback)
+    factory = _Factory(_Subscriber if subscriber else _Commands, url, ready.callback)
     await url.endpoint(reactor).connect(factory)
     return await ready
 
