@@ -38,9 +38,11 @@ class Ticks:
             time.sleep(0.1)
 
 
-def push_batch(client: RawSocket, ticks: Ticks, first: int, count: int) -> dict[int, tuple[str, str | None]]:
+def push_batch(
+    client: RawSocket, join_ref: str, ticks: Ticks, first: int, count: int
+) -> dict[int, tuple[str, str | None]]:
     """Push ``count`` numbered messages on ``feed``; each number's (status, reason)."""
-    refs = {client.push("feed", "msg", {"id": n}, join_ref=client.feed_join_ref): n for n in range(first, first + count)}
+    refs = {client.push("feed", "msg", {"id": n}, join_ref): n for n in range(first, first + count)}
     answers = {}
     for ref, n in refs.items():
         reply = ticks.reply(client, ref)
@@ -54,16 +56,16 @@ def test_redis_outage_keeps_sockets_answers_errors_and_restores_everything(twist
     ticks = Ticks()
     a, b = RawSocket(service.port), RawSocket(service.port)
     a.join_ok("system", token("system", "a"))
-    a.feed_join_ref, _ = a.join_ok("feed", token("feed", "a"))
+    feed_join_ref, _ = a.join_ok("feed", token("feed", "a"))
     b.join_ok("feed", token("feed", "b"))
 
-    acked = push_batch(a, ticks, 0, 20)
+    acked = push_batch(a, feed_join_ref, ticks, 0, 20)
     assert set(acked.values()) == {("ok", None)}
     time.sleep(0.1)
     published = before.pending()  # before Redis takes them down with it
 
     own_redis.kill()
-    during = push_batch(a, ticks, 20, 20)
+    during = push_batch(a, feed_join_ref, ticks, 20, 20)
     ticks_at_kill = len(ticks.counters)
     ticks.wait(a, 1.5)  # long enough for several reconnection attempts
     assert set(during.values()) == {("error", "redis unavailable")}
@@ -98,7 +100,7 @@ def test_redis_outage_keeps_sockets_answers_errors_and_restores_everything(twist
     assert {"a", "b"} <= set(state)
 
     assert "Redis at" in service.log() and "is back" in service.log()
-    acked.update(push_batch(a, ticks, 40, 20))
+    acked.update(push_batch(a, feed_join_ref, ticks, 40, 20))
     assert all(acked[n] == ("ok", None) for n in range(40, 60))
     ticks.wait(a, 0.5)
     assert ticks.counters == list(range(ticks.counters[0], ticks.counters[0] + len(ticks.counters)))
