@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .live import start_twistd
+from .live import RawSocket, start_twistd
 
 ACCEPTED = {"OK", "NON-STRICT", "INFORMATIONAL"}
 
@@ -38,3 +38,9 @@ def test_autobahn_cases_all_pass(twistd, flushed_redis, tmp_path):
     assert not failed
     closing = {name: case["behaviorClose"] for name, case in cases.items() if case["behaviorClose"] not in ACCEPTED}
     assert not closing
+
+
+def test_the_echo_endpoint_exists_only_when_asked_for(twistd, flushed_redis):
+    """The echo answers anything: a production service must not serve it."""
+    service = start_twistd(twistd, "--redis-url", flushed_redis.url, datetime_interval=0)
+    assert RawSocket(service.port, "/conformance").status == 404
