@@ -120,10 +120,17 @@ class _Factory(protocol.Factory):
     isLazy = False
     noisy = False
 
-    def __init__(self, protocol_class: type, url: RedisURL, on_ready: Callable[[Any], None]) -> None:
+    def __init__(
+        self,
+        protocol_class: type,
+        url: RedisURL,
+        on_ready: Callable[[Any], None],
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
         self._protocol_class = protocol_class
         self._url = url
         self._on_ready = on_ready
+        self._on_refused = on_refused
 
     def buildProtocol(self, addr: Any) -> Any:
         p = self._protocol_class(
@@ -141,7 +148,10 @@ class _Factory(protocol.Factory):
         pass
 
     def connectionError(self, why: str) -> None:
-        log.error("Redis refused the connection: {why}", why=why)
+        if self._on_refused is not None:
+            self._on_refused(why)
+        else:
+            log.error("Redis refused the connection: {why}", why=why)
 
 
 def _warnings_only(event: dict[str, Any]) -> None:
@@ -155,7 +165,23 @@ class _ReconnectingService(ClientService):
     _log = Logger(observer=_warnings_only)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _ReportsEarlyLoss:
+    """
+    Reports a connection lost before it was ready, e.g. a TLS certificate that failed
+    verification: txredisapi itself says nothing then.
+    """
+
+    def connectionLost(self, why: Any) -> None:
+        if not self._ready:
+            self.factory.connectionError(why.getErrorMessage())
+        super().connectionLost(why)
+
+
+class _Commands(_ReportsEarlyLoss, txredisapi.RedisProtocol):
+    pass
+
+
+class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
     on_message: Callable[[bytes, bytes, bytes], None] = staticmethod(lambda pattern, channel, message: None)
     on_chunk_end: Callable[[], None] = staticmethod(lambda: None)
 
@@ -190,12 +216,15 @@ class RedisBridge(MultiService):
         self._subscriber: Any = None
         self._was_connected = False
         self._reported_down = False
+        self._reported_refusal = False
+        self._clock = reactor
+        self._unanswered: set[defer.Deferred[Any]] = set()
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0)
         _ReconnectingService(
-            url.endpoint(reactor), _Factory(txredisapi.RedisProtocol, url, self._commands_ready), retryPolicy=retry
+            url.endpoint(reactor), _Factory(_Commands, url, self._commands_ready, self._refused), retryPolicy=retry
         ).setServiceParent(self)
         _ReconnectingService(
-            url.endpoint(reactor), _Factory(_Subscriber, url, self._subscriber_ready), retryPolicy=retry
+            url.endpoint(reactor), _Factory(_Subscriber, url, self._subscriber_ready, self._refused), retryPolicy=retry
         ).setServiceParent(self)
 
     @property
@@ -233,6 +262,7 @@ class RedisBridge(MultiService):
             log.info("connected to Redis at {url}", url=str(self.url))
         self._was_connected = True
         self._reported_down = False
+        self._reported_refusal = False
         self.on_connect()
 
     def _lost(self, conn: Any, attribute: str) -> None:
@@ -242,6 +272,12 @@ class RedisBridge(MultiService):
         if self.running and not self._reported_down:
             self._reported_down = True
             log.warn("lost the connection to Redis at {url}; reconnecting", url=str(self.url))
+
+    def _refused(self, why: str) -> None:
+        """Say once, not on every retry, why Redis would not have us (TLS, AUTH, SELECT)."""
+        if self.running and not self._reported_refusal:
+            self._reported_refusal = True
+            log.error("could not connect to Redis at {url}: {why}; retrying", url=str(self.url), why=why)
 
     # subscriptions
 
@@ -316,20 +352,35 @@ class RedisBridge(MultiService):
             d = conn.execute_command(*command)
         except txredisapi.ConnectionError:
             return defer.fail(RedisUnavailable("redis unavailable"))
+        answered: defer.Deferred[None] = defer.Deferred()
+        self._unanswered.add(answered)
+        d.addBoth(self._answered, answered)
         return d.addErrback(_unavailable_on_connection_error)
+
+    def _answered(self, result: Any, answered: defer.Deferred[None]) -> Any:
+        self._unanswered.discard(answered)
+        answered.callback(None)
+        return result
 
     def publish(self, channel: bytes, payload: bytes) -> defer.Deferred[Any]:
         return self.execute("PUBLISH", channel, payload)
 
     def stopService(self) -> defer.Deferred[None]:
+        """
+        Close the connections once the commands already sent are answered (presence
+        withdraws this node's entries during shutdown): a socket closed with replies
+        unread is reset, and Redis then drops the commands it has not run yet.
+        """
         self._reported_down = True
-        return super().stopService()
+        answered = defer.DeferredList(list(self._unanswered))
+        answered.addTimeout(3, self._clock, onTimeoutCancel=lambda result, timeout: None)
+        return answered.addCallback(lambda _: super(RedisBridge, self).stopService())
 
 
 async def connect_once(reactor: Any, url: RedisURL, subscriber: bool = False) -> Any:
     """One txredisapi connection, authenticated and ready, for short-lived tools."""
     ready: defer.Deferred[Any] = defer.Deferred()
-    factory = _Factory(_Subscriber if subscriber else txredisapi.RedisProtocol, url, ready.callback)
+    factory = _Factory(_Subscriber if subscriber else _Commands, url, ready.callback)
     await url.endpoint(reactor).connect(factory)
     return await ready
 
