@@ -1,0 +1,113 @@
+"""
+``workers = N``: a supervising parent and N full nodes sharing one port, run as real
+``twistd`` processes against a real Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+
+from .live import RawSocket, start_twistd, token
+
+
+def worker_pids(parent_pid: int) -> set[int]:
+    """The children of the pool's parent, read from /proc."""
+    children = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent_pid and fields[0] != "Z":
+                children.add(int(entry))
+    return children
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie waiting for a reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not hold within {timeout}s")
+
+
+def node_of(entry: bytes) -> str:
+    return entry.split(b"\n", 1)[0].decode()
+
+
+def test_workers_share_the_port_restart_and_stop_together(twistd, flushed_redis):
+    """
+    Two workers answer /token and sockets on one port; presence is one view; a killed
+    worker is started again and its presences are withdrawn by the survivor; SIGTERM to
+    the parent stops every worker and exits 0.
+    """
+    redis = flushed_redis.client()
+    proc = start_twistd(
+        twistd, "--redis-url", flushed_redis.url, workers=2, node_timeout=2, datetime_interval=0
+    )
+    workers = wait_until(lambda: len(worker_pids(proc.process.pid)) == 2 and worker_pids(proc.process.pid), what="2 workers")
+    # both workers reach Redis (the parent only supervises)
+    wait_until(lambda: proc.log().count("connected to Redis") >= 2, what="workers connected")
+
+    for _ in range(10):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{proc.port}/token",
+            data=json.dumps({"channel": "room"}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        assert json.load(urllib.request.urlopen(request, timeout=5))["channel"] == "room"
+
+    clients = []
+    for n in range(12):
+        client = RawSocket(proc.port)
+        client.join_ok("room", token("room", f"user{n}"))
+        clients.append(client)
+    entries = redis.hgetall("tangram-channel:presence:room")
+    nodes = {node_of(value) for value in entries.values()}
+    assert len(entries) == 12
+    assert len(nodes) == 2, "the kernel spread the sockets over both workers"
+
+    # one presence across workers: a new joiner's state lists everyone, wherever they are
+    newcomer = RawSocket(proc.port)
+    _, state = newcomer.join_ok("room", token("room", "newcomer"))
+    assert set(state) == {f"user{n}" for n in range(12)} | {"newcomer"}
+    newcomer.close()
+    wait_until(lambda: len(redis.hgetall("tangram-channel:presence:room")) == 12, what="newcomer withdrawn")
+
+    victim = sorted(workers)[0]
+    os.kill(victim, signal.SIGKILL)
+    # restarted: two workers again, the victim not among them
+    wait_until(lambda: victim not in worker_pids(proc.process.pid) and len(worker_pids(proc.process.pid)) == 2,
+               what="the killed worker replaced")
+    # the survivor withdraws the dead node's presences
+    survivors = wait_until(
+        lambda: (lambda e: e if len({node_of(v) for v in e.values()}) == 1 else None)(
+            redis.hgetall("tangram-channel:presence:room")
+        ),
+        what="dead node's presences withdrawn",
+    )
+    assert 0 < len(survivors) < 12
+
+    all_workers = worker_pids(proc.process.pid)
+    assert proc.stop() == 0
+    assert len(all_workers) == 2 and all(gone(pid) for pid in all_workers)  # the parent waited for them
+    assert redis.hgetall("tangram-channel:presence:room") == {}
+    for client in clients:
+        client.close()
