@@ -160,6 +160,15 @@ def compare(ours: dict, ref: dict) -> dict:
     return out
 
 
+def describe(c: dict) -> str:
+    """The ratios of ``compare`` in the summary's words."""
+    return (
+        f"delivery {h.times(c['delivery_ratio'])}, deliveries/s {h.times(c['deliveries_per_s'])}, "
+        f"p99 {h.times(c['latency_p99'])}, CPU/delivery {h.times(c['server_cpu_us_per_delivery'])}, "
+        f"RSS/client {h.times(c['rss_per_client_kb'])}"
+    )
+
+
 def passes(r: dict, p99_ms: float) -> bool:
     """W4's bar: everything delivered, nobody dropped, p99 within ``p99_ms``."""
     return "error" not in r and r["delivery_ratio"] == 1.0 and r["clients_dropped"] == 0 and r["latency_ms"]["p99"] <= p99_ms
@@ -236,9 +245,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     h.prepare()
-    targets = ["ours", "reference"] if args.target == "both" else [args.target]
     if args.find_max:
-        found = {t: find_max(t, args) for t in targets}
+        found = {t: find_max(t, args) for t in h.targets(args.target)}
         report = {"benchmark": "fanout-max", "results": found}
         if len(found) == 2:
             report["ours_over_reference"] = h.ratio(found["ours"]["best_deliveries_per_s"],
@@ -254,30 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             if report.get("ours_over_reference") is not None:
                 print(f"ours/reference highest deliveries/s: {report['ours_over_reference']:.2f}x")
         return
-    results = {}
-    for target in targets:
-        try:
-            results[target] = run(target, args)
-        except Exception as e:  # one failed target still lets the other report
-            results[target] = {"target": target, "error": str(e)}
-    report = {"benchmark": "fanout", "results": results}
-    if "error" not in results.get("ours", {"error": 1}) and "error" not in results.get("reference", {"error": 1}):
-        report["ours_over_reference"] = compare(results["ours"], results["reference"])
-    print(json.dumps(report, indent=2))
-    if args.json_only:
-        return
-    print()
-    for r in results.values():
-        print(summary(r) if "error" not in r else f"{r['target']:>9}: FAILED: {r['error']}")
-    if "ours_over_reference" in report:
-        c = report["ours_over_reference"]
-        fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
-        print(
-            f"ours/reference: delivery {fmt(c['delivery_ratio'])}, deliveries/s {fmt(c['deliveries_per_s'])}, "
-            f"p99 {fmt(c['latency_p99'])}, CPU/delivery {fmt(c['server_cpu_us_per_delivery'])}, "
-            f"RSS/client {fmt(c['rss_per_client_kb'])}"
-        )
-    sys.stdout.flush()
+    h.run_and_report("fanout", args, run, compare, summary, describe)
 
 
 if __name__ == "__main__":

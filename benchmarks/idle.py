@@ -12,10 +12,8 @@ and bytes the server sent, and the server's and load client's CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import sys
 import time
 
 import harness as h
@@ -130,27 +128,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     h.prepare()
-    targets = ["ours", "reference"] if args.target == "both" else [args.target]
-    results = {}
-    for target in targets:
-        try:
-            results[target] = run(target, args)
-        except Exception as e:  # one failed target still lets the other report
-            results[target] = {"target": target, "error": str(e)}
-    report = {"benchmark": "idle", "results": results}
-    if "error" not in results.get("ours", {"error": 1}) and "error" not in results.get("reference", {"error": 1}):
-        report["ours_over_reference"] = compare(results["ours"], results["reference"])
-    print(json.dumps(report, indent=2))
-    if args.json_only:
-        return
-    print()
-    for r in results.values():
-        print(summary(r) if "error" not in r else f"{r['target']:>9}: FAILED: {r['error']}")
-    if "ours_over_reference" in report:
-        c = report["ours_over_reference"]
-        fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
-        print("ours/reference: " + ", ".join(f"{k} {fmt(v)}" for k, v in c.items()))
-    sys.stdout.flush()
+    h.run_and_report("idle", args, run, compare, summary)
 
 
 if __name__ == "__main__":
