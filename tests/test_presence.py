@@ -20,8 +20,13 @@ async def watched_alice(start_service) -> tuple[RunningService, Tab, Tab]:
     service = await start_service(datetime_interval=0)
     watcher = await joined(service, "watcher")
     tab = await joined(service, "alice", join_ref="1")
-    await settle_all([watcher, tab], {"watcher": [watcher.agent_id], "alice": [tab.agent_id]})
+    await settle_all([watcher, tab], both_present(watcher, tab))
     return service, watcher, tab
+
+
+def both_present(watcher: Tab, alice: Tab) -> dict[str, list[str]]:
+    """The presence of ``watched_alice``'s two tabs under their current agents, in ``refs`` form."""
+    return {"watcher": [watcher.agent_id], "alice": [alice.agent_id]}
 
 
 @pytest_twisted.ensureDeferred
@@ -115,8 +120,7 @@ async def test_rejoin_closes_the_old_join_and_diffs_the_swap(start_service, flus
     await join_as(service, tab, "alice", join_ref="2")
     assert ["1", "1", TOPIC, "phx_close", {}] in tab.frames
     new = tab.agent_id
-    expected = {"watcher": [watcher.agent_id], "alice": [new]}
-    await settle_all([watcher, tab], expected)
+    await settle_all([watcher, tab], both_present(watcher, tab))
     swap = [d[4] for d in watcher.diffs() if "alice" in d[4]["leaves"]]
     assert [[m["phx_ref"] for m in d["leaves"]["alice"]["metas"]] for d in swap] == [[old]]
     assert any(m["phx_ref"] == new for d in watcher.diffs() for m in metas(d, "joins"))
@@ -128,8 +132,7 @@ async def test_rejoin_closes_the_old_join_and_diffs_the_swap(start_service, flus
 async def test_rejoin_with_the_same_join_ref_stays_present(start_service, flushed_redis):
     """A client rejoining with its old join_ref (same agent id) is present afterwards, for others and in Redis."""
     service, watcher, tab = await watched_alice(start_service)
-    agent = tab.agent_id
-    expected = {"watcher": [watcher.agent_id], "alice": [agent]}
+    agent, expected = tab.agent_id, both_present(watcher, tab)
     for _ in range(3):
         await join_as(service, tab, "alice", join_ref="1")
         assert tab.agent_id == agent
