@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,6 +217,32 @@ def start_target(target: str, port: int, redis_url: str, workers: int | None = N
     return start_reference(port, redis_url)
 
 
+@dataclass
+class Stage:
+    """What ``served`` started: the Redis URL, the service's port and process, and what stops with them."""
+
+    redis_url: str
+    port: int
+    server: Proc
+    cleanup: ExitStack
+
+    def stop_later(self, stop: Callable[[], object]) -> None:
+        """Call ``stop`` when the stage ends (last registered, first called; before the server stops)."""
+        self.cleanup.callback(stop)
+
+
+@contextmanager
+def served(target: str, workers: int | None = None) -> Iterator[Stage]:
+    """A private Redis and ``target`` on a free port, idle for a second; on exit, whatever was
+    registered with ``stop_later``, then the server, then Redis are stopped."""
+    with redis_server() as (redis_url, _), ExitStack() as cleanup:
+        port = free_port()
+        server = start_target(target, port, redis_url, workers)
+        cleanup.callback(server.stop)
+        time.sleep(1)
+        yield Stage(redis_url, port, server, cleanup)
+
+
 # ---- tokens and the load client ----
 
 
@@ -332,6 +358,20 @@ def times(x: float | None) -> str:
 def targets(choice: str) -> list[str]:
     """The services a ``--target`` choice names, ours first."""
     return ["ours", "reference"] if choice == "both" else [choice]
+
+
+def argument_parser(doc: str, profiled: str) -> argparse.ArgumentParser:
+    """A parser with the options both benchmarks of ours against the reference take;
+    ``profiled`` says when ``--py-spy`` samples."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", choices=["ours", "reference", "both"], default="both")
+    p.add_argument("--max-seconds", type=int, default=600, help="hard lifetime of the load client")
+    p.add_argument("--rss-limit-mb", type=float, default=8000,
+                   help="kill the server past this RSS (the reference balloons)")
+    p.add_argument("--py-spy", metavar="FILE", help=f"profile ours with py-spy {profiled} (collapsed stacks)")
+    p.add_argument("--workers", type=int, help="ours only: run with --workers N (CPU/RSS count the whole tree)")
+    p.add_argument("--json-only", action="store_true")
+    return p
 
 
 def run_and_report(
