@@ -60,48 +60,39 @@ def drain(client: h.LoadClient, expected: int, quiet: float = 2.0, limit: float 
 
 
 def run(target: str, args: argparse.Namespace) -> dict:
-    with h.redis_server() as (redis_url, _):
-        port = h.free_port()
-        server = h.start_target(target, port, redis_url, args.workers)
-        client = sampler = None
-        try:
-            time.sleep(1)
-            base = server.usage()
-            sockets = []
-            for i in range(args.clients):
-                cid = f"c{i}"
-                tok = h.token(cid, args.channel)
-                sockets.append((f"/websocket?vsn=2.0.0&userToken={tok}", [(args.channel, tok)]))
-            client = h.LoadClient(port, sockets, ["-c", str(args.concurrency), "-m", str(args.max_seconds)],
-                                  f"fanout-{target}")
-            joined = client.wait_event("JOINED", args.join_timeout)
-            if joined is None:
-                stats = client.stats()
-                raise RuntimeError(f"{target}: not all joined within {args.join_timeout} s: {stats}")
-            time.sleep(args.settle)
-            settled = server.usage()
-            publisher = redis.Redis.from_url(redis_url)
-            before_server, before_client = server.usage(), h.usage(client.pid)
-            sampler = h.Sampler(server.pid, rss_limit_mb=args.rss_limit_mb)
-            machine_before = h.machine_busy()
-            profiler = h.start_profiler(server.pid, args.duration, args.py_spy) if args.py_spy and target == "ours" else None
-            published, publish_s = publish(publisher, args.channel, args.rate, args.duration, args.payload_bytes)
-            publish_end = time.monotonic()
-            expected = published * args.clients
-            stats, last_delivery = drain(client, expected)
-            after_server, after_client = server.usage(), h.usage(client.pid)
-            samples = sampler.stop()
-            machine = h.busy_cores(machine_before, h.machine_busy())
-            result = client.finish()
-            client = None
-            if profiler is not None:
-                profiler.wait(timeout=60)
-        finally:
-            if sampler is not None:
-                sampler.stop()
-            if client is not None:
-                client.kill()
-            server.stop()
+    with h.served(target, args.workers) as stage:
+        server = stage.server
+        base = server.usage()
+        sockets = []
+        for i in range(args.clients):
+            cid = f"c{i}"
+            tok = h.token(cid, args.channel)
+            sockets.append((f"/websocket?vsn=2.0.0&userToken={tok}", [(args.channel, tok)]))
+        client = h.LoadClient(stage.port, sockets, ["-c", str(args.concurrency), "-m", str(args.max_seconds)],
+                              f"fanout-{target}")
+        stage.stop_later(client.kill)
+        joined = client.wait_event("JOINED", args.join_timeout)
+        if joined is None:
+            stats = client.stats()
+            raise RuntimeError(f"{target}: not all joined within {args.join_timeout} s: {stats}")
+        time.sleep(args.settle)
+        settled = server.usage()
+        publisher = redis.Redis.from_url(stage.redis_url)
+        before_server, before_client = server.usage(), h.usage(client.pid)
+        sampler = h.Sampler(server.pid, rss_limit_mb=args.rss_limit_mb)
+        stage.stop_later(sampler.stop)
+        machine_before = h.machine_busy()
+        profiler = h.start_profiler(server.pid, args.duration, args.py_spy) if args.py_spy and target == "ours" else None
+        published, publish_s = publish(publisher, args.channel, args.rate, args.duration, args.payload_bytes)
+        publish_end = time.monotonic()
+        expected = published * args.clients
+        stats, last_delivery = drain(client, expected)
+        after_server, after_client = server.usage(), h.usage(client.pid)
+        samples = sampler.stop()
+        machine = h.busy_cores(machine_before, h.machine_busy())
+        result = client.finish()
+        if profiler is not None:
+            profiler.wait(timeout=60)
     cpu = after_server - before_server
     delivered = result["ticks"]
     window = publish_s + max(0.0, last_delivery - publish_end)
@@ -160,6 +151,15 @@ def compare(ours: dict, ref: dict) -> dict:
     return out
 
 
+def describe(c: dict) -> str:
+    """The ratios of ``compare`` in the summary's words."""
+    return (
+        f"delivery {h.times(c['delivery_ratio'])}, deliveries/s {h.times(c['deliveries_per_s'])}, "
+        f"p99 {h.times(c['latency_p99'])}, CPU/delivery {h.times(c['server_cpu_us_per_delivery'])}, "
+        f"RSS/client {h.times(c['rss_per_client_kb'])}"
+    )
+
+
 def passes(r: dict, p99_ms: float) -> bool:
     """W4's bar: everything delivered, nobody dropped, p99 within ``p99_ms``."""
     return "error" not in r and r["delivery_ratio"] == 1.0 and r["clients_dropped"] == 0 and r["latency_ms"]["p99"] <= p99_ms
@@ -210,8 +210,7 @@ def find_max(target: str, args: argparse.Namespace) -> dict:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", choices=["ours", "reference", "both"], default="both")
+    p = h.argument_parser(__doc__, "while publishing")
     p.add_argument("--clients", "-n", type=int, default=100)
     p.add_argument("--rate", "-r", type=float, default=500, help="messages per second published")
     p.add_argument("--duration", "-d", type=float, default=10, help="seconds of publishing")
@@ -220,25 +219,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=100, help="client handshakes in flight")
     p.add_argument("--settle", type=float, default=1.0, help="seconds between all joined and publishing")
     p.add_argument("--join-timeout", type=float, default=120)
-    p.add_argument("--max-seconds", type=int, default=600, help="hard lifetime of the load client")
-    p.add_argument("--py-spy", metavar="FILE", help="profile ours with py-spy while publishing (collapsed stacks)")
-    p.add_argument("--rss-limit-mb", type=float, default=8000, help="kill the server past this RSS")
     p.add_argument("--find-max", action="store_true",
                    help="search the highest rate with 100%% delivered, none dropped and p99 <= --p99-ms (W4)")
     p.add_argument("--p99-ms", type=float, default=100)
     p.add_argument("--max-steps", type=int, default=8, help="growth steps of --find-max")
     p.add_argument("--bisect-steps", type=int, default=3, help="bisection steps of --find-max")
-    p.add_argument("--workers", type=int, help="ours only: run with --workers N (CPU/RSS count the whole tree)")
-    p.add_argument("--json-only", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     h.prepare()
-    targets = ["ours", "reference"] if args.target == "both" else [args.target]
     if args.find_max:
-        found = {t: find_max(t, args) for t in targets}
+        found = {t: find_max(t, args) for t in h.targets(args.target)}
         report = {"benchmark": "fanout-max", "results": found}
         if len(found) == 2:
             report["ours_over_reference"] = h.ratio(found["ours"]["best_deliveries_per_s"],
@@ -254,30 +247,7 @@ def main(argv: list[str] | None = None) -> None:
             if report.get("ours_over_reference") is not None:
                 print(f"ours/reference highest deliveries/s: {report['ours_over_reference']:.2f}x")
         return
-    results = {}
-    for target in targets:
-        try:
-            results[target] = run(target, args)
-        except Exception as e:  # one failed target still lets the other report
-            results[target] = {"target": target, "error": str(e)}
-    report = {"benchmark": "fanout", "results": results}
-    if "error" not in results.get("ours", {"error": 1}) and "error" not in results.get("reference", {"error": 1}):
-        report["ours_over_reference"] = compare(results["ours"], results["reference"])
-    print(json.dumps(report, indent=2))
-    if args.json_only:
-        return
-    print()
-    for r in results.values():
-        print(summary(r) if "error" not in r else f"{r['target']:>9}: FAILED: {r['error']}")
-    if "ours_over_reference" in report:
-        c = report["ours_over_reference"]
-        fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
-        print(
-            f"ours/reference: delivery {fmt(c['delivery_ratio'])}, deliveries/s {fmt(c['deliveries_per_s'])}, "
-            f"p99 {fmt(c['latency_p99'])}, CPU/delivery {fmt(c['server_cpu_us_per_delivery'])}, "
-            f"RSS/client {fmt(c['rss_per_client_kb'])}"
-        )
-    sys.stdout.flush()
+    h.run_and_report("fanout", args, run, compare, summary, describe)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Everything is started on loopback on free ports, bounded in time, and stopped on
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import os
@@ -19,8 +20,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,10 +189,10 @@ def redis_server() -> Iterator[tuple[str, int]]:
         proc.stop()
 
 
-def start_ours(port: int, redis_url: str, extra: list[str] | None = None) -> Proc:
-    """``twistd -n tangram-channel`` from the venv running this script, on this tree's code."""
+def start_ours(port: int, redis_url: str, extra: list[str] | None = None, env: dict[str, str] | None = None) -> Proc:
+    """``twistd -n tangram-channel`` from the venv running this script, on this tree's code; ``env`` adds settings."""
     twistd = str(Path(sys.executable).parent / "twistd")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     args = [twistd, "-n", "--pidfile", "", "--logfile", "-", "tangram-channel",
             "--listen", f"tcp:{port}:interface=127.0.0.1", "--redis-url", redis_url,
             "--jwt-secret", SECRET, "--embedded-redis", "false", *(extra or [])]
@@ -214,6 +215,32 @@ def start_target(target: str, port: int, redis_url: str, workers: int | None = N
     if target == "ours":
         return start_ours(port, redis_url, ["--workers", str(workers)] if workers else None)
     return start_reference(port, redis_url)
+
+
+@dataclass
+class Stage:
+    """What ``served`` started: the Redis URL, the service's port and process, and what stops with them."""
+
+    redis_url: str
+    port: int
+    server: Proc
+    cleanup: ExitStack
+
+    def stop_later(self, stop: Callable[[], object]) -> None:
+        """Call ``stop`` when the stage ends (last registered, first called; before the server stops)."""
+        self.cleanup.callback(stop)
+
+
+@contextmanager
+def served(target: str, workers: int | None = None) -> Iterator[Stage]:
+    """A private Redis and ``target`` on a free port, idle for a second; on exit, whatever was
+    registered with ``stop_later``, then the server, then Redis are stopped."""
+    with redis_server() as (redis_url, _), ExitStack() as cleanup:
+        port = free_port()
+        server = start_target(target, port, redis_url, workers)
+        cleanup.callback(server.stop)
+        time.sleep(1)
+        yield Stage(redis_url, port, server, cleanup)
 
 
 # ---- tokens and the load client ----
@@ -321,6 +348,64 @@ def ratio(ours: float | None, reference: float | None) -> float | None:
     if ours is None or reference is None or reference == 0:
         return None
     return ours / reference
+
+
+def times(x: float | None) -> str:
+    """A ratio as ``1.23x``, or ``n/a`` when there is none."""
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def targets(choice: str) -> list[str]:
+    """The services a ``--target`` choice names, ours first."""
+    return ["ours", "reference"] if choice == "both" else [choice]
+
+
+def argument_parser(doc: str, profiled: str) -> argparse.ArgumentParser:
+    """A parser with the options both benchmarks of ours against the reference take;
+    ``profiled`` says when ``--py-spy`` samples."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", choices=["ours", "reference", "both"], default="both")
+    p.add_argument("--max-seconds", type=int, default=600, help="hard lifetime of the load client")
+    p.add_argument("--rss-limit-mb", type=float, default=8000,
+                   help="kill the server past this RSS (the reference balloons)")
+    p.add_argument("--py-spy", metavar="FILE", help=f"profile ours with py-spy {profiled} (collapsed stacks)")
+    p.add_argument("--workers", type=int, help="ours only: run with --workers N (CPU/RSS count the whole tree)")
+    p.add_argument("--json-only", action="store_true")
+    return p
+
+
+def run_and_report(
+    benchmark: str,
+    args: argparse.Namespace,
+    run: Callable[[str, argparse.Namespace], dict],
+    compare: Callable[[dict, dict], dict],
+    summary: Callable[[dict], str],
+    describe: Callable[[dict], str] | None = None,
+) -> dict:
+    """
+    Run each ``--target`` in turn, compare ours with the reference when both ran, print the
+    JSON report and (unless ``--json-only``) a summary a target and the ratios, by
+    ``describe`` or as ``key ratio`` pairs. A target that fails still lets the other report.
+    """
+    results = {}
+    for target in targets(args.target):
+        try:
+            results[target] = run(target, args)
+        except Exception as e:  # one failed target still lets the other report
+            results[target] = {"target": target, "error": str(e)}
+    report = {"benchmark": benchmark, "results": results}
+    if "error" not in results.get("ours", {"error": 1}) and "error" not in results.get("reference", {"error": 1}):
+        report["ours_over_reference"] = compare(results["ours"], results["reference"])
+    print(json.dumps(report, indent=2))
+    if not args.json_only:
+        print()
+        for r in results.values():
+            print(summary(r) if "error" not in r else f"{r['target']:>9}: FAILED: {r['error']}")
+        if "ours_over_reference" in report:
+            c = report["ours_over_reference"]
+            print("ours/reference: " + (describe(c) if describe else ", ".join(f"{k} {times(v)}" for k, v in c.items())))
+    sys.stdout.flush()
+    return report
 
 
 def start_profiler(pid: int, seconds: float, output: str) -> subprocess.Popen:

@@ -12,56 +12,45 @@ and bytes the server sent, and the server's and load client's CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import sys
 import time
 
 import harness as h
 
 
 def run(target: str, args: argparse.Namespace) -> dict:
-    with h.redis_server() as (redis_url, _):
-        port = h.free_port()
-        server = h.start_target(target, port, redis_url, args.workers)
-        client = sampler = None
-        try:
-            time.sleep(1)
-            base = server.usage()
-            sampler = h.Sampler(server.pid, rss_limit_mb=args.rss_limit_mb)
-            machine_before = h.machine_busy()
-            sockets = []
-            for i in range(args.clients):
-                cid = f"c{i}"
-                system = h.token(cid, "system")
-                joins = [("system", system)]
-                if not args.system_only:
-                    joins.append((f"streaming-{cid}", h.token(cid, f"streaming-{cid}")))
-                sockets.append((f"/websocket?vsn=2.0.0&userToken={system}", joins))
-            options = ["-c", str(args.concurrency), "-m", str(args.max_seconds),
-                       "-p", "system", "-n", str(args.clients)]
-            client = h.LoadClient(port, sockets, options, f"idle-{target}")
-            profiler = h.start_profiler(server.pid, args.timeout, args.py_spy) if args.py_spy and target == "ours" else None
-            joined = client.wait_event("JOINED", args.timeout)
-            presence = client.wait_event("PRESENCE", max(0.0, args.timeout - (joined or args.timeout)))
-            storm = client.stats()
-            storm_server = server.usage()
-            machine = h.busy_cores(machine_before, h.machine_busy())
-            time.sleep(args.settle)
-            settled = server.usage()
-            samples = sampler.stop()
-            result = client.finish()
-            client = None
-            if profiler is not None:
-                profiler.send_signal(signal.SIGINT)  # py-spy writes its profile on Ctrl-C
-                profiler.wait(timeout=60)
-        finally:
-            if sampler is not None:
-                sampler.stop()
-            if client is not None:
-                client.kill()
-            server.stop()
+    with h.served(target, args.workers) as stage:
+        server = stage.server
+        base = server.usage()
+        sampler = h.Sampler(server.pid, rss_limit_mb=args.rss_limit_mb)
+        stage.stop_later(sampler.stop)
+        machine_before = h.machine_busy()
+        sockets = []
+        for i in range(args.clients):
+            cid = f"c{i}"
+            system = h.token(cid, "system")
+            joins = [("system", system)]
+            if not args.system_only:
+                joins.append((f"streaming-{cid}", h.token(cid, f"streaming-{cid}")))
+            sockets.append((f"/websocket?vsn=2.0.0&userToken={system}", joins))
+        options = ["-c", str(args.concurrency), "-m", str(args.max_seconds),
+                   "-p", "system", "-n", str(args.clients)]
+        client = h.LoadClient(stage.port, sockets, options, f"idle-{target}")
+        stage.stop_later(client.kill)
+        profiler = h.start_profiler(server.pid, args.timeout, args.py_spy) if args.py_spy and target == "ours" else None
+        joined = client.wait_event("JOINED", args.timeout)
+        presence = client.wait_event("PRESENCE", max(0.0, args.timeout - (joined or args.timeout)))
+        storm = client.stats()
+        storm_server = server.usage()
+        machine = h.busy_cores(machine_before, h.machine_busy())
+        time.sleep(args.settle)
+        settled = server.usage()
+        samples = sampler.stop()
+        result = client.finish()
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes its profile on Ctrl-C
+            profiler.wait(timeout=60)
     return {
         "target": target,
         "clients": args.clients,
@@ -112,45 +101,19 @@ def compare(ours: dict, ref: dict) -> dict:
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--target", choices=["ours", "reference", "both"], default="both")
+    p = h.argument_parser(__doc__, "during the storm")
     p.add_argument("--clients", "-n", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=200, help="client handshakes in flight")
     p.add_argument("--timeout", type=float, default=120, help="seconds allowed to join and get full presence")
     p.add_argument("--settle", type=float, default=5, help="seconds after the storm before RSS is read")
-    p.add_argument("--max-seconds", type=int, default=600, help="hard lifetime of the load client")
-    p.add_argument("--rss-limit-mb", type=float, default=8000, help="kill the server past this RSS (the reference balloons)")
     p.add_argument("--system-only", action="store_true", help="join only system, no streaming-<id> channels")
-    p.add_argument("--py-spy", metavar="FILE", help="profile ours with py-spy during the storm (collapsed stacks)")
-    p.add_argument("--workers", type=int, help="ours only: run with --workers N (CPU/RSS count the whole tree)")
-    p.add_argument("--json-only", action="store_true")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     h.prepare()
-    targets = ["ours", "reference"] if args.target == "both" else [args.target]
-    results = {}
-    for target in targets:
-        try:
-            results[target] = run(target, args)
-        except Exception as e:  # one failed target still lets the other report
-            results[target] = {"target": target, "error": str(e)}
-    report = {"benchmark": "idle", "results": results}
-    if "error" not in results.get("ours", {"error": 1}) and "error" not in results.get("reference", {"error": 1}):
-        report["ours_over_reference"] = compare(results["ours"], results["reference"])
-    print(json.dumps(report, indent=2))
-    if args.json_only:
-        return
-    print()
-    for r in results.values():
-        print(summary(r) if "error" not in r else f"{r['target']:>9}: FAILED: {r['error']}")
-    if "ours_over_reference" in report:
-        c = report["ours_over_reference"]
-        fmt = lambda x: "n/a" if x is None else f"{x:.2f}x"  # noqa: E731
-        print("ours/reference: " + ", ".join(f"{k} {fmt(v)}" for k, v in c.items()))
-    sys.stdout.flush()
+    h.run_and_report("idle", args, run, compare, summary)
 
 
 if __name__ == "__main__":

@@ -17,50 +17,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
-import resource
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import websockets
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import harness as h
 
-from tangram_channel.embedded import find_redis_server  # noqa: E402
+sys.path.insert(0, str(h.ROOT))
+
 from tangram_channel.tokens import TokenAuthority  # noqa: E402
 
-SECRET = "join-storm-benchmark-secret-long-enough"
 TOPIC = "storm"
 PHX_REF = re.compile(rb'"phx_ref":"([^"]+)"')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listened on port {port}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Client:
@@ -148,34 +118,20 @@ def main() -> None:
     parser.add_argument("--json-only", action="store_true")
     args = parser.parse_args()
 
-    binary = find_redis_server()
-    if binary is None:
-        sys.exit("needs redis-server on PATH")
-    redis_port, port = free_port(), free_port()
-    workdir = tempfile.mkdtemp(prefix="join-storm-")
-    redis = subprocess.Popen([binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
-                             stdout=subprocess.DEVNULL, cwd=workdir)
-    wait_for_port(redis_port)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TANGRAM_CHANNEL_PRESENCE_WINDOW": str(args.window)}
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile", "", "--logfile", "-", "tangram-channel",
-         "--redis-url", f"redis://127.0.0.1:{redis_port}", "--listen", f"tcp:{port}:interface=127.0.0.1",
-         "--jwt-secret", SECRET, "--embedded-redis", "false", "--datetime-interval", "0"],
-        stdout=open(Path(workdir) / "twistd.log", "wb"), stderr=subprocess.STDOUT, env=env, cwd=workdir,
-    )
-    try:
-        wait_for_port(port)
-        tokens = TokenAuthority(SECRET, 3600, 60, 8, time.time)
-        server_cpu = cpu_seconds(server.pid)
-        result = asyncio.run(storm(f"ws://127.0.0.1:{port}/websocket?vsn=2.0.0", args.clients, tokens, args.spread))
-        result["server_cpu_s"] = round(cpu_seconds(server.pid) - server_cpu, 2)
-        result["presence_window_s"] = args.window
-        result["spread_s"] = args.spread
-    finally:
-        server.terminate()
-        server.wait()
-        redis.kill()
-        redis.wait()
+    h.prepare()
+    with h.redis_server() as (redis_url, _):
+        port = h.free_port()
+        server = h.start_ours(port, redis_url, ["--datetime-interval", "0"],
+                              env={"TANGRAM_CHANNEL_PRESENCE_WINDOW": str(args.window)})
+        try:
+            tokens = TokenAuthority(h.SECRET, 3600, 60, 8, time.time)
+            server_cpu = server.usage().cpu_s
+            result = asyncio.run(storm(f"ws://127.0.0.1:{port}/websocket?vsn=2.0.0", args.clients, tokens, args.spread))
+            result["server_cpu_s"] = round(server.usage().cpu_s - server_cpu, 2)
+            result["presence_window_s"] = args.window
+            result["spread_s"] = args.spread
+        finally:
+            server.stop()
     print(json.dumps(result))
     if not args.json_only:
         n = result["clients"]

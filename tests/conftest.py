@@ -80,22 +80,24 @@ def redis_binary() -> str:
     return binary
 
 
-@pytest.fixture(scope="session")
-def redis_server(redis_binary: str) -> Iterator[RedisServer]:
-    """One private Redis for the session; tests that kill it use ``own_redis``."""
-    server = RedisServer(redis_binary, free_port())
+def running_redis(binary: str) -> Iterator[RedisServer]:
+    """A started ``RedisServer`` on a free port, killed when the generator is closed."""
+    server = RedisServer(binary, free_port())
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_binary: str) -> Iterator[RedisServer]:
+    """One private Redis for the session; tests that kill it use ``own_redis``."""
+    yield from running_redis(redis_binary)
 
 
 @pytest.fixture
 def own_redis(redis_binary: str) -> Iterator[RedisServer]:
     """A private Redis for one test, free to be killed and restarted."""
-    server = RedisServer(redis_binary, free_port())
-    server.start()
-    yield server
-    server.kill()
+    yield from running_redis(redis_binary)
 
 
 @pytest.fixture

@@ -177,10 +177,15 @@ def truth(redis, topic: str = TOPIC) -> dict[str, list[str]]:
     return {key: sorted(v) for key, v in state.items()}
 
 
+async def join_as(service, tab: Tab, client_id: str, join_ref: str | None = None) -> tuple[Any, Any]:
+    """``tab`` joins its topic as ``client_id`` with a token of ``service``; (reply, presence_state)."""
+    return await tab.join(service.hub.tokens.mint(tab.topic, client_id)[1], join_ref)
+
+
 async def joined(service, client_id: str, topic: str = TOPIC, join_ref: str | None = None) -> Tab:
     """A socket on an in-process ``service`` joined to ``topic`` as ``client_id``."""
     tab = await Tab.open(service.ws_url, topic)
-    await tab.join(service.hub.tokens.mint(topic, client_id)[1], join_ref)
+    await join_as(service, tab, client_id, join_ref)
     return tab
 
 

@@ -7,12 +7,16 @@ and shows a client's join and leave live.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import pytest_twisted
 import treq
 
 from .browser import Browser, find_chromium
+from .conftest import RunningService
 from .e2e import forge_token
 from .wsclient import connect, fields
 
@@ -51,13 +55,23 @@ async def log_in(browser: Browser, token: str) -> None:
     )
 
 
+@asynccontextmanager
+async def console(start_service, chromium: str, profile: Path, channel: str, client_id: str
+                  ) -> AsyncIterator[tuple[RunningService, Browser]]:
+    """A service and its /admin page in Chromium, logged in with a token for ``channel``; the browser closes after."""
+    service = await start_service(datetime_interval=0)
+    browser = await Browser.open(chromium, service.base_url + "/admin", profile)
+    try:
+        await log_in(browser, forge_token(service.jwt_secret, channel, client_id))
+        yield service, browser
+    finally:
+        browser.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_console_logs_in_and_shows_a_client_join_and_leave(start_service, chromium, tmp_path):
     """Log in with an admin token; a client's join appears in the table with its agent, its leave removes it."""
-    service = await start_service(datetime_interval=0)
-    browser = await Browser.open(chromium, service.base_url + "/admin", tmp_path / "profile")
-    try:
-        await log_in(browser, forge_token(service.jwt_secret, "admin", "operator"))
+    async with console(start_service, chromium, tmp_path / "profile", "admin", "operator") as (service, browser):
         await browser.wait_for("document.getElementById('status').textContent === 'connected'", what="login")
         assert await browser.evaluate("document.getElementById('dashboard').hidden") is False
         await browser.wait_for(row("admin"), what="the admin channel listed")
@@ -74,19 +88,12 @@ async def test_console_logs_in_and_shows_a_client_join_and_leave(start_service, 
         visitor.close()
         await visitor.closed
         await browser.wait_for(f"{row('room')} === null", what="the visitor's leave")
-    finally:
-        browser.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_console_refuses_a_token_for_another_channel(start_service, chromium, tmp_path):
     """A token that is not for admin: the page says the join was refused and shows no table."""
-    service = await start_service(datetime_interval=0)
-    browser = await Browser.open(chromium, service.base_url + "/admin", tmp_path / "profile")
-    try:
-        await log_in(browser, forge_token(service.jwt_secret, "room", "intruder"))
+    async with console(start_service, chromium, tmp_path / "profile", "room", "intruder") as (_, browser):
         status = await browser.wait_for("document.getElementById('status').textContent", what="the refusal")
         assert status == "join refused: unauthorized"
         assert await browser.evaluate("document.getElementById('dashboard').hidden") is True
-    finally:
-        browser.close()

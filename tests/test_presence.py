@@ -11,7 +11,23 @@ import time
 
 import pytest_twisted
 
-from .presence_view import TOPIC, Tab, joined, metas, refs, settle_all, truth, until_true
+from .conftest import RunningService
+from .presence_view import TOPIC, Tab, join_as, joined, metas, refs, settle_all, truth, until_true
+
+
+async def watched_alice(start_service) -> tuple[RunningService, Tab, Tab]:
+    """A service with a watcher and alice (join_ref "1") joined to TOPIC, each seeing both present."""
+    service = await start_service(datetime_interval=0)
+    watcher = await joined(service, "watcher")
+    tab = await joined(service, "alice", join_ref="1")
+    await settle_all([watcher, tab], both_present(watcher, tab))
+    return service, watcher, tab
+
+
+def both_present(watcher: Tab, alice: Tab) -> dict[str, list[str]]:
+    """The presence of ``watched_alice``'s two tabs under their current agents, in ``refs`` form."""
+    return {"watcher": [watcher.agent_id], "alice": [alice.agent_id]}
+
 
 @pytest_twisted.ensureDeferred
 async def test_joiner_gets_reply_then_state_with_its_join_ref_and_meta(start_service, flushed_redis):
@@ -19,7 +35,7 @@ async def test_joiner_gets_reply_then_state_with_its_join_ref_and_meta(start_ser
     service = await start_service(datetime_interval=0)
     before = int(time.time() * 1000)
     tab = await Tab.open(service.ws_url, TOPIC)
-    reply, state = await tab.join(service.hub.tokens.mint(TOPIC, "alice")[1], join_ref="42")
+    reply, state = await join_as(service, tab, "alice", join_ref="42")
     after = int(time.time() * 1000)
     assert reply[0] == "42"
     agent = reply[4]["response"]["id"]
@@ -77,7 +93,7 @@ async def test_every_member_gets_each_join_leave_disconnect_and_rejoin_once(star
 
     old_agent = alice.agent_id  # second join of the same topic on the same socket
     dave = await joined(two, "dave")
-    reply, state = await alice.join(one.hub.tokens.mint(TOPIC, "alice")[1])
+    reply, state = await join_as(one, alice, "alice")
     assert alice.agent_id != old_agent
     assert reply[0] == state[0] == alice.view.channel_join_ref
     expected = {"alice": [alice.agent_id], "dave": [dave.agent_id]}
@@ -99,16 +115,12 @@ async def test_every_member_gets_each_join_leave_disconnect_and_rejoin_once(star
 @pytest_twisted.ensureDeferred
 async def test_rejoin_closes_the_old_join_and_diffs_the_swap(start_service, flushed_redis):
     """A second phx_join of a joined topic: phx_close for the old join_ref, then one diff joining the new meta and leaving the old."""
-    service = await start_service(datetime_interval=0)
-    watcher = await joined(service, "watcher")
-    tab = await joined(service, "alice", join_ref="1")
+    service, watcher, tab = await watched_alice(start_service)
     old = tab.agent_id
-    await watcher.settle({"watcher": [watcher.agent_id], "alice": [old]})
-    await tab.join(service.hub.tokens.mint(TOPIC, "alice")[1], join_ref="2")
+    await join_as(service, tab, "alice", join_ref="2")
     assert ["1", "1", TOPIC, "phx_close", {}] in tab.frames
     new = tab.agent_id
-    expected = {"watcher": [watcher.agent_id], "alice": [new]}
-    await settle_all([watcher, tab], expected)
+    await settle_all([watcher, tab], both_present(watcher, tab))
     swap = [d[4] for d in watcher.diffs() if "alice" in d[4]["leaves"]]
     assert [[m["phx_ref"] for m in d["leaves"]["alice"]["metas"]] for d in swap] == [[old]]
     assert any(m["phx_ref"] == new for d in watcher.diffs() for m in metas(d, "joins"))
@@ -119,14 +131,10 @@ async def test_rejoin_closes_the_old_join_and_diffs_the_swap(start_service, flus
 @pytest_twisted.ensureDeferred
 async def test_rejoin_with_the_same_join_ref_stays_present(start_service, flushed_redis):
     """A client rejoining with its old join_ref (same agent id) is present afterwards, for others and in Redis."""
-    service = await start_service(datetime_interval=0)
-    watcher = await joined(service, "watcher")
-    tab = await joined(service, "alice", join_ref="1")
-    agent = tab.agent_id
-    expected = {"watcher": [watcher.agent_id], "alice": [agent]}
-    await settle_all([watcher, tab], expected)
+    service, watcher, tab = await watched_alice(start_service)
+    agent, expected = tab.agent_id, both_present(watcher, tab)
     for _ in range(3):
-        await tab.join(service.hub.tokens.mint(TOPIC, "alice")[1], join_ref="1")
+        await join_as(service, tab, "alice", join_ref="1")
         assert tab.agent_id == agent
     await settle_all([watcher, tab], expected)
     await until_true(lambda: truth(flushed_redis.client()) == expected)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -59,6 +60,15 @@ async def join_and_receive(ws_url: str, token: str, topic: str, redis, trust: Ce
 
 
 CONNECTED = "connected to Redis"
+
+
+def write_toml(path: Path, tables: dict[str, dict[str, object]]) -> Path:
+    """A config file of these tables and keys (strings, numbers and lists written as TOML)."""
+    path.write_text("".join(
+        f"[{table}]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in keys.items()) + "\n"
+        for table, keys in tables.items()
+    ))
+    return path
 
 
 def wait_exit(process: subprocess.Popen, timeout: float = 15) -> int:
@@ -115,12 +125,11 @@ async def test_serves_token_websocket_and_redis_broadcast(twistd, flushed_redis)
 async def test_config_file_in_tangram_format(twistd, flushed_redis, tmp_path):
     """--config reads [core] redis_url, [channel] port and jwt_secret of a Tangram tangram.toml; unknown keys warn."""
     port = free_port()
-    config = tmp_path / "site.toml"
-    config.write_text(
-        f'[core]\nredis_url = "{flushed_redis.url}"\nplugins = []\n\n'
-        f'[server]\nhost = "127.0.0.1"\nport = 2346\n\n'
-        f'[channel]\nhost = "127.0.0.1"\nport = {port}\njwt_secret = "{SECRET}"\nfrom_a_newer_tangram = 1\n'
-    )
+    config = write_toml(tmp_path / "site.toml", {
+        "core": {"redis_url": flushed_redis.url, "plugins": []},
+        "server": {"host": "127.0.0.1", "port": 2346},
+        "channel": {"host": "127.0.0.1", "port": port, "jwt_secret": SECRET, "from_a_newer_tangram": 1},
+    })
     proc = twistd("--config", str(config), "--embedded-redis", "false", port=port)
     proc.wait_for_log(CONNECTED)
     minted = await mint(f"http://127.0.0.1:{port}", "room")
@@ -166,12 +175,11 @@ async def test_jwt_secret_from_environment(twistd, flushed_redis):
 async def test_command_line_beats_environment_beats_file(twistd, flushed_redis, tmp_path):
     """Each setting comes from the strongest source that gives it: command line, environment, file, default."""
     port = free_port()
-    config = tmp_path / "tangram.toml"
-    config.write_text(
-        f'[core]\nredis_url = "{flushed_redis.url}"\n\n'
-        f'[channel]\nport = {port}\njwt_secret = "from-the-file-long-enough-for-hs256"\n'
-        "id_length = 3\njwt_expiration_secs = 1000\n"
-    )
+    config = write_toml(tmp_path / "tangram.toml", {
+        "core": {"redis_url": flushed_redis.url},
+        "channel": {"port": port, "jwt_secret": "from-the-file-long-enough-for-hs256", "id_length": 3,
+                    "jwt_expiration_secs": 1000},
+    })
     env = {"TANGRAM_CHANNEL_JWT_SECRET": "from-the-environment-long-enough", "TANGRAM_CHANNEL_ID_LENGTH": "5"}
     twistd("--config", str(config), "--jwt-secret", SECRET, env=env, port=port)  # port: from the file
     minted = await mint(f"http://127.0.0.1:{port}", "room")
