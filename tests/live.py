@@ -315,6 +315,15 @@ def start_twistd(twistd: Callable[..., Any], *args: str, env: dict[str, str] | N
     return proc
 
 
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie waiting for a reaper counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def rss_kib(pid: int) -> int:
     """Resident memory of a process, from /proc."""
     with open(f"/proc/{pid}/status") as f:

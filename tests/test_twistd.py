@@ -33,6 +33,7 @@ from tangram_channel.embedded import is_listening
 
 from .conftest import ROOT, free_port, wait_for_port
 from .e2e import eventually, mint
+from .live import process_gone
 from .wsclient import connect, fields
 
 SECRET = "twistd-test-secret-long-enough-for-hs256"
@@ -89,15 +90,6 @@ def run_to_exit(twistd, *args: str, env: dict[str, str] | None = None) -> tuple[
     code = wait_exit(proc.process)
     proc.log_file.close()
     return code, proc.log()
-
-
-def process_gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie waiting for a reaper counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 # serving

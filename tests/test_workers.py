@@ -11,7 +11,7 @@ import signal
 import time
 import urllib.request
 
-from .live import RawSocket, start_twistd, token
+from .live import RawSocket, process_gone, start_twistd, token
 
 
 def worker_pids(parent_pid: int) -> set[int]:
@@ -27,15 +27,6 @@ def worker_pids(parent_pid: int) -> set[int]:
             if int(fields[1]) == parent_pid and fields[0] != "Z":
                 children.add(int(entry))
     return children
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie waiting for a reaper counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
@@ -107,7 +98,7 @@ def test_workers_share_the_port_restart_and_stop_together(twistd, flushed_redis)
 
     all_workers = worker_pids(proc.process.pid)
     assert proc.stop() == 0
-    assert len(all_workers) == 2 and all(gone(pid) for pid in all_workers)  # the parent waited for them
+    assert len(all_workers) == 2 and all(process_gone(pid) for pid in all_workers)  # the parent waited for them
     assert redis.hgetall("tangram-channel:presence:room") == {}
     for client in clients:
         client.close()
