@@ -1,26 +1,15 @@
 """End to end over real sockets and a real Redis: the five-minute walk-through."""
 
-import json
-
 import pytest_twisted
-import treq
 
+from .e2e import mint
 from .wsclient import connect
-
-
-async def mint(service, channel, client_id=None):
-    response = await treq.post(
-        service.base_url + "/token", json.dumps({"channel": channel, "id": client_id}).encode(),
-        headers={"content-type": "application/json"},
-    )
-    assert response.code == 200
-    return json.loads(await response.content())
 
 
 @pytest_twisted.ensureDeferred
 async def test_join_broadcast_and_push(start_service, flushed_redis):
     service = await start_service(datetime_interval=0)
-    token = (await mint(service, "system"))["token"]
+    token = (await mint(service.base_url, "system"))["token"]
     client = await connect(service.ws_url + "?vsn=2.0.0")
     ref = client.join("system", token)
     reply = await client.reply(ref)
