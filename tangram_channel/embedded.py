@@ -57,9 +57,6 @@ class _Exit(protocol.ProcessProtocol):
     def __init__(self) -> None:
         self.ended: defer.Deferred[None] = defer.Deferred()
 
-    def outReceived(self, data: bytes) -> None:
-        pass
-
     def processEnded(self, reason: Any) -> None:
         self.ended.callback(None)
 

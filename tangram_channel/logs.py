@@ -33,9 +33,6 @@ from twisted.logger import (
 from twisted.python.components import Componentized
 from twisted.python.logfile import LogFile
 
-LOG_FORMATS = ("text", "json")
-DEFAULT_LEVEL = "info"
-
 _SECRET_WORDS = ("token", "secret", "password", "key")
 # keys of legacy (twisted.python.log) events that repeat what the line already says
 _NOT_FIELDS = {"format", "message", "time", "system", "isError", "why", "failure"}
