@@ -35,7 +35,7 @@ from .redis import RedisBridge, RedisURL
 from .service import ChannelService, ExitZeroOnSignal
 from .tokens import TokenAuthority
 from .web import make_site
-from .workers import ReusePortReactor, WorkerPool
+from .workers import ParentWatch, ReusePortReactor, WorkerPool
 
 log = Logger()
 
@@ -225,7 +225,10 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     site = make_site(
         factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins, config.conformance_echo, routes
     )
-    listening_reactor = ReusePortReactor(reactor) if options["worker"] else reactor
+    listening_reactor = reactor
+    if options["worker"]:
+        listening_reactor = ReusePortReactor(reactor)
+        ParentWatch(reactor).setServiceParent(top)
     for description in config.endpoints:
         listener = _Listener(serverFromString(listening_reactor, description), site)
         listener.endpoint_description = description

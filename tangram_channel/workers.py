@@ -21,9 +21,11 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, protocol, tcp
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IListeningPort, IReadDescriptor
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 log = Logger()
 
@@ -58,6 +60,40 @@ class ReusePortReactor:
         self, port: int, factory: Any, contextFactory: Any, backlog: int = 50, interface: str = ""
     ) -> IListeningPort:
         return self.listenTCP(port, TLSMemoryBIOFactory(contextFactory, False, factory), backlog, interface)
+
+
+@implementer(IReadDescriptor)
+class ParentWatch(Service):
+    """
+    In a worker: stop when the pool's parent dies, even by SIGKILL. The parent holds the
+    other end of the worker's standard input, which the kernel closes when it dies; the
+    worker watches for that end of file (and nothing else: stdout carries its log).
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        super().startService()
+        self._reactor.addReader(self)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._reactor.removeReader(self)
+
+    def fileno(self) -> int:
+        return 0
+
+    def logPrefix(self) -> str:
+        return "parent-watch"
+
+    def doRead(self) -> Exception | None:
+        return ConnectionDone() if not os.read(0, 4096) else None
+
+    def connectionLost(self, reason: Any) -> None:
+        if self._reactor.running:
+            log.warn("the worker pool's parent is gone; shutting down")
+            self._reactor.stop()
 
 
 class _WorkerProcess(protocol.ProcessProtocol):

@@ -102,3 +102,21 @@ def test_workers_share_the_port_restart_and_stop_together(twistd, flushed_redis)
     assert redis.hgetall("tangram-channel:presence:room") == {}
     for client in clients:
         client.close()
+
+
+def test_workers_stop_when_the_parent_is_killed(twistd, flushed_redis):
+    """SIGKILL to the parent leaves no orphan: each worker sees its stdin close and shuts down."""
+    proc = start_twistd(twistd, "--redis-url", flushed_redis.url, workers=2, datetime_interval=0)
+    workers = wait_until(
+        lambda: len(worker_pids(proc.process.pid)) == 2 and worker_pids(proc.process.pid), what="2 workers"
+    )
+    client = RawSocket(proc.port)
+    client.join_ok("room", token("room", "orphan-check"))
+    proc.process.kill()
+    proc.process.wait()
+    wait_until(lambda: all(process_gone(pid) for pid in workers), what="the workers gone")
+    # they shut down cleanly (their log went to the dead parent): presence withdrawn,
+    # the socket closed with 1012
+    assert flushed_redis.client().hgetall("tangram-channel:presence:room") == {}
+    assert client.close_code() == 1012
+    client.close()
