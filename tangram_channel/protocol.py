@@ -125,8 +125,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
         self.send_frame(frames.encode(message, self.vsn), False)
 
     def send_frame(self, frame: bytes, is_binary: bool) -> None:
-        if self.state == self.STATE_OPEN:
-            self._count(len(frame))
+        if self.state == self.STATE_OPEN and self._count(len(frame)):
             self.factory.metrics.sent(1, len(frame))
             self.sendMessage(frame, is_binary)
 
@@ -141,7 +140,8 @@ class PhoenixProtocol(WebSocketServerProtocol):
             frame = broadcast.prepared[key] = PreparedMessage(
                 broadcast.frame(self.vsn), not broadcast.is_text, applyMask=False, doNotCompress=True
             ).payloadHybi
-        self._count(len(frame))
+        if not self._count(len(frame)):
+            return
         corks = self.factory.corks
         if corks is None:
             self._write_now(frame)
@@ -194,14 +194,16 @@ class PhoenixProtocol(WebSocketServerProtocol):
     def _idle_out(self) -> None:
         self.close(CLOSE_IDLE, "idle timeout")
 
-    def _count(self, size: int) -> None:
+    def _count(self, size: int) -> bool:
+        """Account for ``size`` more bytes; False if that closed the socket (nothing may follow)."""
         if self._paused:
             self._queued += size
             if self._queued > self.factory.max_send_buffer:
                 log.info("closing a client that stopped reading ({n} bytes queued)", n=self._queued)
-                self.factory.slow_clients_closed += 1
                 self.factory.metrics.slow_clients_closed.inc()
                 self.close(CLOSE_POLICY, "send buffer full")
+                return False
+        return True
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -250,7 +252,6 @@ class PhoenixFactory(WebSocketServerFactory):
         self.max_send_buffer = max_send_buffer
         self.sockets: set[PhoenixProtocol] = set()
         self.metrics.count_sockets(lambda: len(self.sockets))
-        self.slow_clients_closed = 0
         self.frames_rejected = 0
         self._last_rejection_logged = float("-inf")
         # Origins are checked by web.SocketResource, which answers with a clear 403;

@@ -217,6 +217,7 @@ def test_a_client_that_stops_reading_is_closed_with_1008_and_leaves(world: World
     for _ in range(MAX_BUFFER // len(big) + 1):
         world.hub.deliver("room", "message", big)
     assert client.close_code() == CLOSE_POLICY
+    assert [op for op, _ in server_frames(client.transport.value())][-1] == CLOSE  # nothing after the close
     assert world.hub.members == {}
     registry = client.protocol.factory.metrics.registry
     assert registry.get_sample_value("tangram_channel_slow_clients_closed_total") == 1
