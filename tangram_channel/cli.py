@@ -95,7 +95,7 @@ def check_config(args: argparse.Namespace, out: TextIO) -> int:
     config, problems = _read(args.file)
     RedisURL(config.redis_url)
     try:
-        check_secret(config)
+        check_secret(config, quiet=True)  # the warning is printed below
     except configuration.ConfigError as e:
         problems.append(str(e))
     json.dump(config.masked(), out, indent=2, sort_keys=True)

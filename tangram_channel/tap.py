@@ -81,13 +81,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """Refuse a bad configuration while parsing, where twistd reports it without a traceback."""
-        try:
-            config = load_config(self, dict(os.environ), quiet=True)
-            RedisURL(config.redis_url)
-            if _exposes_default_secret(config):
-                check_secret(config)  # raises
-        except (configuration.ConfigError, ValueError) as e:
-            raise usage.UsageError(str(e)) from None
+        checked_config(self, dict(os.environ), quiet=True)
 
     def command_line(self) -> dict[str, Any]:
         """The settings given on the command line, by config key."""
@@ -126,26 +120,36 @@ def _is_loopback_endpoint(description: str) -> bool:
     return False
 
 
-def _exposes_default_secret(config: configuration.Config) -> bool:
-    return config.jwt_secret == configuration.DEFAULT_SECRET and not all(
-        _is_loopback_endpoint(e) for e in config.endpoints
-    )
-
-
-def check_secret(config: configuration.Config) -> None:
+def check_secret(config: configuration.Config, quiet: bool = False) -> None:
     """The well-known default secret would let anyone forge tokens: loopback only."""
     if config.jwt_secret != configuration.DEFAULT_SECRET:
         return
-    if not _exposes_default_secret(config):
+    if not all(_is_loopback_endpoint(e) for e in config.endpoints):
+        raise configuration.ConfigError(
+            'refusing to listen beyond loopback with the default jwt_secret "secret": set [channel] jwt_secret '
+            "in tangram.toml, TANGRAM_CHANNEL_JWT_SECRET, or --jwt-secret"
+        )
+    if not quiet:
         log.warn(
             'USING THE DEFAULT jwt_secret "secret": anyone can forge tokens. Fine on loopback for a trial; '
             "set jwt_secret in tangram.toml or TANGRAM_CHANNEL_JWT_SECRET before exposing this service."
         )
-        return
-    raise configuration.ConfigError(
-        'refusing to listen beyond loopback with the default jwt_secret "secret": set [channel] jwt_secret '
-        "in tangram.toml, TANGRAM_CHANNEL_JWT_SECRET, or --jwt-secret"
-    )
+
+
+def checked_config(
+    options: Options, environ: dict[str, str], quiet: bool = False
+) -> tuple[configuration.Config, RedisURL]:
+    """The settings and the Redis URL, or a UsageError naming what is wrong."""
+    try:
+        config = load_config(options, environ, quiet)
+        url = RedisURL(config.redis_url)
+        check_secret(config, quiet)
+        if config.workers > 1 and not options["worker"]:
+            if not all(e.startswith(("tcp:", "ssl:")) for e in config.endpoints):
+                raise configuration.ConfigError("workers > 1 needs tcp: or ssl: endpoints, which the workers share")
+    except (configuration.ConfigError, ValueError) as e:
+        raise usage.UsageError(str(e)) from None
+    return config, url
 
 
 class _Listener(StreamServerEndpointService):
@@ -182,12 +186,7 @@ def embedded_redis(reactor: Any, config: configuration.Config, url: RedisURL) ->
 def makeService(options: Options, reactor: Any = None, environ: dict[str, str] | None = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
-    try:
-        config = load_config(options, dict(os.environ if environ is None else environ))
-        check_secret(config)
-        url = RedisURL(config.redis_url)
-    except (configuration.ConfigError, ValueError) as e:
-        raise usage.UsageError(str(e)) from None
+    config, url = checked_config(options, dict(os.environ if environ is None else environ))
 
     # options.parent: twistd's own options (--logfile, --nodaemon), absent outside twistd
     keep_large_buffers_separate()
@@ -197,8 +196,6 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     if private_redis is not None:
         private_redis.setServiceParent(top)
     if config.workers > 1 and not options["worker"]:
-        if not all(e.startswith(("tcp:", "ssl:")) for e in config.endpoints):
-            raise usage.UsageError("workers > 1 needs tcp: or ssl: endpoints, which the workers share")
         # workers log text, which this process relays in its own format
         arguments = [
             *options.arguments, "--worker", "--workers", "1", "--embedded-redis", "false", "--log-format", "text"
