@@ -11,7 +11,6 @@ mappings, returned to the system when freed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 _M_MMAP_THRESHOLD = -3
 LARGE_BUFFER = 128 * 1024
@@ -19,11 +18,8 @@ LARGE_BUFFER = 128 * 1024
 
 def keep_large_buffers_separate() -> bool:
     """Fix glibc's mmap threshold; returns False where there is no glibc to tune."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
+    # the process's own symbols: libc is loaded already, no library search needed
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, LARGE_BUFFER))
