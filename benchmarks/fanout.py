@@ -113,6 +113,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
         "join_storm_s": joined,
         "server_cpu_s": cpu.cpu_s,
         "server_cpu_us_per_delivery": 1e6 * cpu.cpu_s / delivered if delivered else None,
+        "server_sys_us_per_delivery": 1e6 * cpu.sys_s / delivered if delivered else None,
         "server_cpu_share": cpu.cpu_s / window if window else None,
         "server_peak_cpu_share": samples["peak_cpu_share"],
         "server_cpu_share_timeline": samples["cpu_share_timeline"],
@@ -136,7 +137,8 @@ def summary(r: dict) -> str:
         f"delivered {h.pct(r['delivered'], r['expected_deliveries'])} ({r['delivered']}/{r['expected_deliveries']}), "
         f"{r['deliveries_per_s']:.0f} deliveries/s, dropped clients {r['clients_dropped']}\n"
         f"           latency p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms, max {lat['max']:.2f} ms; "
-        f"server CPU {r['server_cpu_us_per_delivery'] or 0:.2f} us/delivery ({100 * (r['server_cpu_share'] or 0):.0f}% of a core, "
+        f"server CPU {r['server_cpu_us_per_delivery'] or 0:.2f} us/delivery "
+        f"({r['server_sys_us_per_delivery'] or 0:.2f} in the kernel; {100 * (r['server_cpu_share'] or 0):.0f}% of a core, "
         f"peak {100 * (r['server_peak_cpu_share'] or 0):.0f}%), peak RSS {(r['server_peak_rss_kb'] or 0) / 1024:.0f} MB, "
         f"RSS {r['server_rss_joined_kb'] / 1024:.1f} MB joined ({r['rss_per_client_kb']:.1f} KB/client); "
         f"load client CPU {100 * (r['client_cpu_share'] or 0):.0f}% of a core; "

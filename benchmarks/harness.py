@@ -118,26 +118,32 @@ def process_tree(pid: int) -> list[int]:
 
 @dataclass
 class Usage:
-    """CPU seconds (user+system) and resident memory of a process tree at one instant."""
+    """CPU seconds (user and system) and resident memory of a process tree at one instant."""
 
-    cpu_s: float
+    user_s: float
+    sys_s: float
     rss_kb: int
 
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
     def __sub__(self, other: Usage) -> Usage:
-        return Usage(self.cpu_s - other.cpu_s, self.rss_kb - other.rss_kb)
+        return Usage(self.user_s - other.user_s, self.sys_s - other.sys_s, self.rss_kb - other.rss_kb)
 
 
 def usage(pid: int) -> Usage:
-    cpu, rss = 0, 0
+    user, system, rss = 0, 0, 0
     for p in process_tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        cpu += int(fields[11]) + int(fields[12])  # utime, stime of the live process
+        user += int(fields[11])  # utime, stime of the live process
+        system += int(fields[12])
         rss += int(fields[21]) * PAGE_KB
-    return Usage(cpu / CLK_TCK, rss)
+    return Usage(user / CLK_TCK, system / CLK_TCK, rss)
 
 
 # ---- processes ----
