@@ -43,6 +43,7 @@ class Config:
     datetime_interval: float = 1.0
     presence_window: float = 0.05
     node_timeout: float = 15.0
+    write_delay: float = 0.003
     idle_timeout: float = 60.0
     max_message_size: int = 1024 * 1024
     max_send_buffer: int = 16 * 1024 * 1024
@@ -90,6 +91,7 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "datetime_interval": ("float", 0),
     "presence_window": ("float", 0),
     "node_timeout": ("float", 1),
+    "write_delay": ("float", 0),
     "idle_timeout": ("float", 0),
     "max_message_size": ("int", 1),
     "max_send_buffer": ("int", 1),
@@ -135,6 +137,9 @@ def _check(key: str, value: Any) -> Any:
         raise ConfigError(f"{key} must be at least {minimum:g}, not {checked!r}")
     if key == "port" and checked > 65535:
         raise ConfigError(f"port must be at most 65535, not {checked}")
+    if key == "write_delay" and checked > 1:
+        # seconds: a "3" meant as milliseconds would hold a busy channel's messages 3 s
+        raise ConfigError(f"write_delay is in seconds and must be at most 1, not {checked!r}")
     if key == "log_level" and checked.lower() not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {checked!r}")
     if key == "log_format" and checked not in _LOG_FORMATS:

@@ -19,7 +19,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from . import frames
-from .frames import Broadcast, FrameError, Message
+from .coalesce import Coalescer
+from .frames import Broadcast, Burst, FrameError, Message
 from .metrics import Metrics
 from .presence import Presence, Replica
 from .redis import RedisUnavailable
@@ -44,8 +45,8 @@ class Outbox(Protocol):
     def send_frame(self, frame: bytes, is_binary: bool) -> None:
         """Send frame bytes already encoded for this socket's serializer."""
 
-    def send_broadcast(self, broadcast: Broadcast) -> None:
-        """Send a broadcast, reusing the framing other members already paid for."""
+    def send_burst(self, burst: Burst) -> None:
+        """Send a topic's broadcasts, reusing the framing other members already paid for."""
 
 
 class Bus(Protocol):
@@ -71,17 +72,17 @@ class Member:
         self.meta = meta
         # Broadcasts that arrive before the join reply wait here, so the client sees
         # the reply, then presence_state, then everything else.
-        self.backlog: list[Broadcast] | None = []
+        self.backlog: list[Burst] | None = []
 
     @property
     def agent_id(self) -> str:
         return self.meta["phx_ref"]
 
-    def deliver(self, broadcast: Broadcast) -> None:
+    def deliver(self, burst: Burst) -> None:
         if self.backlog is None:
-            self.session.outbox.send_broadcast(broadcast)
+            self.session.outbox.send_burst(burst)
         else:
-            self.backlog.append(broadcast)
+            self.backlog.append(burst)
 
 
 class Hub:
@@ -95,6 +96,7 @@ class Hub:
         clock: IReactorTime,
         max_channels_per_socket: int,
         datetime_interval: float,
+        write_delay: float = 0.0,
         metrics: Metrics | None = None,
     ) -> None:
         self.tokens = tokens
@@ -112,6 +114,7 @@ class Hub:
             self._ticker = LoopingCall(self._tick)
             self._ticker.clock = clock
         self._datetime_interval = datetime_interval
+        self._coalescer = Coalescer(clock, write_delay, self._write)
         presence.on_channel_change = lambda change, payload: self.publish_admin(f"channel.{change}", payload)
         presence.on_resync = self._resync
 
@@ -122,8 +125,10 @@ class Hub:
             self._ticker.start(self._datetime_interval, now=False)
 
     def stop(self) -> None:
+        """Stop ticking, and write what is held (before the sockets close)."""
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
+        self._coalescer.flush()
 
     def connect(self, outbox: Outbox, socket_token: str | None) -> Session:
         session = Session(self, outbox, socket_token, secrets.token_hex(8))
@@ -154,6 +159,7 @@ class Hub:
             self.metrics.members.dec()
             if not members:
                 del self.members[member.topic]
+                self._coalescer.forget(member.topic)
         self.bus.unwatch(member.topic)
         self.presence.untrack(member.topic, member.key, member.meta)
         if was_joined and self.presence.admins_present:
@@ -186,40 +192,50 @@ class Hub:
 
     # the way in from Redis
 
-    def deliver(self, topic: str, event: str, payload: bytes) -> None:
-        """A Redis message for ``topic``: encoded once, the same frames to every member."""
-        if event == "presence_diff":
-            self.presence.diff_received(topic, payload)
+    def deliver(self, messages: list[tuple[str, str, bytes]]) -> None:
+        """
+        ``(topic, event, payload)`` messages from one read of Redis: each encoded once,
+        and a topic's messages written to each member together (see ``coalesce``).
+        """
+        arrived: dict[str, list[Broadcast]] = {}
+        for topic, event, payload in messages:
+            if event == "presence_diff":
+                self.presence.diff_received(topic, payload)
+            if topic not in self.members:
+                continue
+            try:
+                broadcast = Broadcast.from_redis(topic, event, payload)
+            except FrameError as e:
+                log.warn("dropped a message for {topic}: {reason}", topic=topic, reason=e.reason)
+                continue
+            arrived.setdefault(topic, []).append(broadcast)
+        for topic, broadcasts in arrived.items():
+            self._coalescer.arrived(topic, broadcasts)
+
+    def _write(self, topic: str, broadcasts: list[Broadcast]) -> None:
+        """Send to every member of ``topic``, counting every frame (by the size of the first framing)."""
         members = self.members.get(topic)
-        if members:
-            self.broadcast(Broadcast.from_redis(topic, event, payload), members)
+        if not members:
+            return
+        burst = Burst(topic, broadcasts)
+        for member in list(members):
+            member.deliver(burst)
+        framed = next(iter(burst.prepared.values()), b"")
+        self.metrics.sent(len(members) * len(broadcasts), len(members) * len(framed))
 
     def _resync(self, topic: str, diff: dict[str, Any]) -> None:
-        members = self.members.get(topic)
-        if members:
-            self.broadcast(Broadcast.from_value(topic, "presence_diff", diff), members)
-
-    def broadcast(self, broadcast: Broadcast, members: set[Member], counted: bool = True) -> None:
-        """Deliver to ``members``; counted once, unless it is a joiner's backlog, counted on arrival."""
-        try:
-            for member in list(members):
-                member.deliver(broadcast)
-        except FrameError as e:
-            log.warn("dropped a message for {topic}: {reason}", topic=broadcast.topic, reason=e.reason)
-            return
-        if counted:
-            # once per broadcast, with the size of its (first) framing
-            framed = next(iter(broadcast.prepared.values()), b"")
-            self.metrics.sent(len(members), len(framed))
+        # like Redis's messages, behind anything held for the topic
+        if topic in self.members:
+            self._coalescer.arrived(topic, [Broadcast.from_value(topic, "presence_diff", diff)])
 
     def _tick(self) -> None:
         self._datetime_counter += 1
-        members = self.members.get(SYSTEM_TOPIC)
-        if not members:
+        if SYSTEM_TOPIC not in self.members:
             return
         now = datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
         response = {"datetime": now.isoformat(timespec="milliseconds"), "counter": self._datetime_counter}
-        self.broadcast(Broadcast.from_value(SYSTEM_TOPIC, "datetime", {"status": "ok", "response": response}), members)
+        tick = Broadcast.from_value(SYSTEM_TOPIC, "datetime", {"status": "ok", "response": response})
+        self._coalescer.arrived(SYSTEM_TOPIC, [tick])
 
 
 class Session:
@@ -294,8 +310,8 @@ class Session:
             False,
         )
         backlog, member.backlog = member.backlog or [], None
-        for broadcast in backlog:
-            self.hub.broadcast(broadcast, {member}, counted=False)  # drops (and logs) what cannot be framed
+        if backlog:  # in one write; counted when they arrived
+            member.deliver(Burst(member.topic, [broadcast for burst in backlog for broadcast in burst.broadcasts]))
         payload = message.payload
         if isinstance(payload, dict):
             payload = {k: v for k, v in payload.items() if k != "token"}

@@ -197,20 +197,20 @@ class Broadcast:
     """
     One message for every member of a topic, encoded at most once per serializer.
 
-    ``payload`` is JSON bytes when ``is_text``, else raw bytes for a binary frame.
-    ``prepared`` is for the transport layer to cache its own framing of each encoding,
-    so that framing too is paid once, not once per member.
+    ``payload`` is JSON bytes when ``is_text``, else raw bytes for a binary frame, whose
+    one-byte header lengths are checked here: a Broadcast can always be framed.
     """
 
-    __slots__ = ("topic", "event", "payload", "is_text", "_frames", "prepared")
+    __slots__ = ("topic", "event", "payload", "is_text", "_frames")
 
     def __init__(self, topic: str, event: str, payload: bytes, is_text: bool) -> None:
+        if not is_text and (len(topic.encode("utf-8")) > 255 or len(event.encode("utf-8")) > 255):
+            raise FrameError("topic or event longer than 255 bytes cannot be sent in a binary frame")
         self.topic = topic
         self.event = event
         self.payload = payload
         self.is_text = is_text
         self._frames: dict[str, bytes] = {}
-        self.prepared: dict[str, Any] = {}
 
     @classmethod
     def from_redis(cls, topic: str, event: str, payload: bytes) -> Broadcast:
@@ -221,7 +221,7 @@ class Broadcast:
         return cls(topic, event, dumps(value), True)
 
     def frame(self, vsn: str) -> bytes:
-        """The frame bytes for serializer ``vsn``; raises FrameError if unencodable."""
+        """The frame bytes for serializer ``vsn``."""
         key = vsn if self.is_text else "binary"
         frame = self._frames.get(key)
         if frame is None:
@@ -231,10 +231,24 @@ class Broadcast:
     def _encode(self, vsn: str) -> bytes:
         if not self.is_text:
             topic, event = self.topic.encode("utf-8"), self.event.encode("utf-8")
-            if len(topic) > 255 or len(event) > 255:
-                raise FrameError("topic or event longer than 255 bytes cannot be sent in a binary frame")
             return bytes((_BROADCAST, len(topic), len(event))) + topic + event + self.payload
         return splice(None, self.topic, self.event, self.payload, vsn)
+
+
+class Burst:
+    """
+    Broadcasts to one topic that go to each member together, in order, in one write.
+
+    ``prepared`` is for the transport layer to cache its own framing of the whole burst
+    per serializer, so that framing too is paid once, not once per member.
+    """
+
+    __slots__ = ("topic", "broadcasts", "prepared")
+
+    def __init__(self, topic: str, broadcasts: list[Broadcast]) -> None:
+        self.topic = topic
+        self.broadcasts = broadcasts
+        self.prepared: dict[str, bytes] = {}
 
 
 def splice(join_ref: str | None, topic: str, event: str, payload: bytes, vsn: str) -> bytes:

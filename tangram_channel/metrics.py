@@ -61,10 +61,10 @@ class Metrics:
     def count_channels(self, channels: Callable[[], float]) -> None:
         self.channels.set_function(channels)
 
-    def sent(self, deliveries: int, size: int) -> None:
-        """``deliveries`` frames of ``size`` bytes went out (one call per broadcast)."""
-        self.messages_sent.inc(deliveries)
-        self.bytes_sent.inc(deliveries * size)
+    def sent(self, frames: int, size: int) -> None:
+        """``frames`` frames went out, ``size`` bytes in all (one call per burst)."""
+        self.messages_sent.inc(frames)
+        self.bytes_sent.inc(size)
 
     def received(self, size: int) -> None:
         self.messages_received.inc()

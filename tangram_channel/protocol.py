@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import socket
-from collections.abc import Iterator
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
@@ -30,7 +28,7 @@ from zope.interface import implementer
 
 from . import frames
 from .dispatcher import Hub, Session
-from .frames import Broadcast, FrameError, Message
+from .frames import Burst, FrameError, Message
 from .metrics import Metrics
 
 log = Logger()
@@ -69,7 +67,6 @@ class PhoenixProtocol(WebSocketServerProtocol):
     _queued = 0
     _echo = False
     _socket: socket.socket | None = None
-    _corked: list[bytes] | None = None
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         # web.SocketResource already refused bad versions and origins with HTTP errors
@@ -129,33 +126,21 @@ class PhoenixProtocol(WebSocketServerProtocol):
             self.factory.metrics.sent(1, len(frame))
             self.sendMessage(frame, is_binary)
 
-    def send_broadcast(self, broadcast: Broadcast) -> None:
+    def send_burst(self, burst: Burst) -> None:
         if self.state != self.STATE_OPEN:
             return
-        key = self.vsn if broadcast.is_text else "binary"
-        frame = broadcast.prepared.get(key)
-        if frame is None:
-            # WebSocket framing, done once per broadcast and serializer (server frames
-            # are unmasked, so every member gets the same bytes)
-            frame = broadcast.prepared[key] = PreparedMessage(
-                broadcast.frame(self.vsn), not broadcast.is_text, applyMask=False, doNotCompress=True
-            ).payloadHybi
-        if not self._count(len(frame)):
-            return
-        corks = self.factory.corks
-        if corks is None:
-            self._write_now(frame)
-        elif self._corked is None:
-            self._corked = [frame]
-            corks.append(self)
-        else:
-            self._corked.append(frame)
-
-    def uncork(self) -> None:
-        """Write what a burst left for this socket, in one go."""
-        corked, self._corked = self._corked, None
-        if corked and self.state == self.STATE_OPEN:
-            self._write_now(b"".join(corked))
+        data = burst.prepared.get(self.vsn)
+        if data is None:
+            # WebSocket framing, done once per burst and serializer (server frames are
+            # unmasked, so every member gets the same bytes)
+            data = burst.prepared[self.vsn] = b"".join(
+                PreparedMessage(
+                    broadcast.frame(self.vsn), not broadcast.is_text, applyMask=False, doNotCompress=True
+                ).payloadHybi
+                for broadcast in burst.broadcasts
+            )
+        if self._count(len(data)):
+            self._write_now(data)
 
     def _write_now(self, frame: bytes) -> None:
         """
@@ -232,8 +217,6 @@ class PhoenixProtocol(WebSocketServerProtocol):
 
 class PhoenixFactory(WebSocketServerFactory):
     protocol = PhoenixProtocol
-    # sockets holding corked broadcasts, while inside corked()
-    corks: list[PhoenixProtocol] | None = None
 
     def __init__(
         self,
@@ -278,17 +261,6 @@ class PhoenixFactory(WebSocketServerFactory):
             log.info(
                 "rejected a frame: {reason} ({count} so far)", reason=error.reason, count=self.frames_rejected
             )
-
-    @contextlib.contextmanager
-    def corked(self) -> Iterator[None]:
-        """Broadcasts sent inside are held per socket and written once each at the end."""
-        self.corks = []
-        try:
-            yield
-        finally:
-            corks, self.corks = self.corks, None
-            for socket in corks:
-                socket.uncork()
 
     def close_all(self, code: int, reason: str) -> None:
         for socket in list(self.sockets):

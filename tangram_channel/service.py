@@ -27,17 +27,8 @@ class ChannelService(Service):
         self.presence = presence
         self.bridge = bridge
         self.factory = factory
-        bridge.on_messages = self._deliver
+        bridge.on_messages = hub.deliver
         bridge.on_connect = presence.restore
-
-    def _deliver(self, messages: list[tuple[str, str, bytes]]) -> None:
-        """Messages from one read of the subscriber: a burst goes to each client in one write."""
-        if len(messages) == 1:
-            self.hub.deliver(*messages[0])
-            return
-        with self.factory.corked():
-            for message in messages:
-                self.hub.deliver(*message)
 
     def startService(self) -> None:
         super().startService()
@@ -47,8 +38,8 @@ class ChannelService(Service):
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         count = len(self.factory.sockets)
-        self.factory.close_all(CLOSE_RESTART, "service restart")
         self.hub.stop()
+        self.factory.close_all(CLOSE_RESTART, "service restart")
         log.info("shutting down: closed {count} sockets with 1012", count=count)
         return self.presence.stop()
 

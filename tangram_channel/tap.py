@@ -209,7 +209,16 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         config.jwt_secret, config.jwt_expiration_secs, config.jwt_leeway_secs, config.id_length, reactor.seconds
     )
     presence = Presence(bridge, reactor, secrets.token_hex(8), config.presence_window, config.node_timeout)
-    hub = Hub(tokens, bridge, presence, reactor, config.max_channels_per_socket, config.datetime_interval, metrics)
+    hub = Hub(
+        tokens,
+        bridge,
+        presence,
+        reactor,
+        config.max_channels_per_socket,
+        config.datetime_interval,
+        config.write_delay,
+        metrics,
+    )
     factory = PhoenixFactory(
         hub, reactor, config.idle_timeout, config.max_message_size, config.max_send_buffer, metrics
     )

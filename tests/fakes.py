@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 
 from tangram_channel import frames
 from tangram_channel.dispatcher import Hub, Session
-from tangram_channel.frames import Broadcast, Message
+from tangram_channel.frames import Burst, Message
 from tangram_channel.presence import Presence, presence_key
 from tangram_channel.redis import RedisUnavailable
 from tangram_channel.tokens import TokenAuthority
@@ -108,7 +108,7 @@ class FakeOutbox:
     def __init__(self, vsn: str = frames.V2) -> None:
         self.vsn = vsn
         self.frames: list[Any] = []
-        self.broadcasts: list[Broadcast] = []
+        self.bursts: list[Burst] = []
 
     def send(self, message: Message) -> None:
         self.frames.append(frames.loads(frames.encode(message, self.vsn)))
@@ -116,10 +116,10 @@ class FakeOutbox:
     def send_frame(self, frame: bytes, is_binary: bool) -> None:
         self.frames.append(frame if is_binary else frames.loads(frame))
 
-    def send_broadcast(self, broadcast: Broadcast) -> None:
-        self.broadcasts.append(broadcast)
-        frame = broadcast.frame(self.vsn)
-        self.send_frame(frame, not broadcast.is_text)
+    def send_burst(self, burst: Burst) -> None:
+        self.bursts.append(burst)
+        for broadcast in burst.broadcasts:
+            self.send_frame(broadcast.frame(self.vsn), not broadcast.is_text)
 
     def take(self) -> list[Any]:
         """The frames sent since the last take."""
@@ -130,13 +130,15 @@ class FakeOutbox:
 class World:
     """A hub over fakes: one clock, one fake Redis, real tokens and real presence."""
 
-    def __init__(self, max_channels_per_socket: int = 100, datetime_interval: float = 0) -> None:
+    def __init__(self, max_channels_per_socket: int = 100, datetime_interval: float = 0, write_delay: float = 0) -> None:
         self.clock = Clock()
         self.clock.advance(START)
         self.redis = FakeRedis()
         self.tokens = TokenAuthority(SECRET, 3600, 60, 8, self.clock.seconds)
         self.presence = Presence(self.redis, self.clock, "node-a", WINDOW, 15.0)
-        self.hub = Hub(self.tokens, self.redis, self.presence, self.clock, max_channels_per_socket, datetime_interval)
+        self.hub = Hub(
+            self.tokens, self.redis, self.presence, self.clock, max_channels_per_socket, datetime_interval, write_delay
+        )
         self._echoed = 0
 
     def token(self, topic: str, client_id: str = "alice") -> str:
@@ -156,7 +158,7 @@ class World:
         for channel, payload in published:
             if channel.startswith(b"to:"):
                 topic, _, event = channel.decode()[3:].rpartition(":")
-                self.hub.deliver(topic, event, payload)
+                self.hub.deliver([(topic, event, payload)])
 
     def join(self, session: Session, topic: str, join_ref: str = "1", client_id: str = "alice", **payload: Any) -> None:
         """Send a phx_join with a valid token (unless the payload says otherwise) and settle."""

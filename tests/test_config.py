@@ -133,12 +133,21 @@ def test_environment_values_are_parsed_by_kind(name: str, text: str, expected: o
         ({"env": {"TANGRAM_CHANNEL_MAX_MESSAGE_SIZE": "big"}}, "max_message_size"),
         ({"env": {"TANGRAM_CHANNEL_EMBEDDED_REDIS": "sometimes"}}, "embedded_redis"),
         ({"cli": {"idle_timeout": "soon"}}, "idle_timeout"),
+        ({"env": {"TANGRAM_CHANNEL_WRITE_DELAY": "-0.001"}}, "write_delay"),
+        # seconds, not milliseconds: 3 would hold a busy channel's messages for 3 s
+        ({"file": "[channel]\nwrite_delay = 3\n"}, "write_delay"),
     ],
 )
 def test_a_wrong_value_is_an_error_naming_the_key(tmp_path: Path, source: dict, key: str) -> None:
     path = write(tmp_path, source["file"]) if "file" in source else None
     with pytest.raises(ConfigError, match=key):
         configuration.load(path, source.get("env", {}), source.get("cli", {}))
+
+
+def test_write_delay_may_be_zero_or_up_to_a_second(tmp_path: Path) -> None:
+    assert configuration.load(None, {}, {})[0].write_delay == 0.003
+    assert configuration.load(None, {"TANGRAM_CHANNEL_WRITE_DELAY": "0"}, {})[0].write_delay == 0.0
+    assert configuration.load(write(tmp_path, "[channel]\nwrite_delay = 1\n"), {}, {})[0].write_delay == 1.0
 
 
 def test_an_unknown_channel_key_is_a_warning_naming_it(tmp_path: Path) -> None:

@@ -208,7 +208,7 @@ def test_a_join_is_announced_to_every_member_after_the_joiners_state(world: Worl
 def test_diffs_from_other_processes_reach_members_and_later_joiners_state(world: World) -> None:
     _, outbox = joined(world, "room", "1", "alice")
     other = {"joins": {"carol": {"metas": [{"phx_ref": "elsewhere:room:1", "online_at": 5}]}}, "leaves": {}}
-    world.hub.deliver("room", "presence_diff", json.dumps(other).encode())
+    world.hub.deliver([("room", "presence_diff", json.dumps(other).encode())])
     assert outbox.take()[-1] == [None, None, "room", "presence_diff", other]
     late, late_out = world.connect()
     world.join(late, "room", "2", "dave")
@@ -301,8 +301,8 @@ def test_a_frame_error_with_a_ref_is_answered(world: World) -> None:
 def test_broadcasts_before_the_join_reply_wait_until_after_presence_state(world: World) -> None:
     session, outbox = world.connect()
     session.received(Message("1", "1", "room", "phx_join", {"token": world.token("room")}))
-    world.hub.deliver("room", "first", b'{"n":1}')
-    world.hub.deliver("room", "second", b"raw")
+    world.hub.deliver([("room", "first", b'{"n":1}')])
+    world.hub.deliver([("room", "second", b"raw")])
     assert outbox.frames == []
     world.settle()
     sent = outbox.take()
@@ -317,9 +317,9 @@ def test_broadcasts_before_the_join_reply_wait_until_after_presence_state(world:
 def test_deliver_sends_the_same_broadcast_to_every_member_of_the_topic(world: World) -> None:
     members = [joined(world, "room", "1", name) for name in ("alice", "bob", "carol")]
     _, outsider = joined(world, "lobby")
-    world.hub.deliver("room", "message", b'{"hello":"world"}')
-    sent = [outbox.broadcasts[-1] for _, outbox in members]
-    assert all(broadcast is sent[0] for broadcast in sent)
+    world.hub.deliver([("room", "message", b'{"hello":"world"}')])
+    sent = [outbox.bursts[-1] for _, outbox in members]
+    assert all(burst is sent[0] for burst in sent)
     assert [outbox.take() for _, outbox in members] == [[[None, None, "room", "message", {"hello": "world"}]]] * 3
     assert outsider.take() == []
 
@@ -327,7 +327,7 @@ def test_deliver_sends_the_same_broadcast_to_every_member_of_the_topic(world: Wo
 def test_a_closed_session_gets_nothing_more(world: World) -> None:
     session, outbox = joined(world)
     session.disconnected()
-    world.hub.deliver("room", "message", b"{}")
+    world.hub.deliver([("room", "message", b"{}")])
     push(session, "phoenix", "heartbeat", {}, join_ref=None)
     assert outbox.take() == []
 
@@ -388,8 +388,46 @@ def test_an_unsendable_broadcast_held_during_the_join_does_not_break_the_join(wo
     topic = "t" * 300
     session, outbox = world.connect()
     session.received(Message("1", "1", topic, "phx_join", {"token": world.token(topic)}))
-    world.hub.deliver(topic, "raw", b"not json")
-    world.hub.deliver(topic, "json", b"{}")
+    world.hub.deliver([(topic, "raw", b"not json")])
+    world.hub.deliver([(topic, "json", b"{}")])
     world.settle()
     assert [frame[3] for frame in outbox.take()] == ["phx_reply", "presence_state", "json"]
     assert world.redis.published_to(f"from:{topic}:phx_join") == [{}]
+
+
+# a busy channel's messages share writes (coalesce.py has the policy itself)
+
+
+def test_a_busy_channel_sends_a_held_message_with_the_next_in_one_burst() -> None:
+    world = World(write_delay=0.003)
+    members = [joined(world, "room", "1", name) for name in ("alice", "bob")]
+    for n in range(3):
+        world.hub.deliver([("room", "tick", b'{"n":%d}' % n)])
+        world.clock.advance(0.001)
+    for _, outbox in members:
+        assert [[b.payload for b in burst.broadcasts] for burst in outbox.bursts] == [[b'{"n":0}'], [b'{"n":1}', b'{"n":2}']]
+        assert [frame[4]["n"] for frame in outbox.take()] == [0, 1, 2]
+    assert members[0][1].bursts[1] is members[1][1].bursts[1]  # framed once for both
+
+
+def test_a_message_held_for_a_channel_its_last_member_leaves_goes_nowhere() -> None:
+    world = World(write_delay=0.003)
+    session, outbox = joined(world)
+    world.hub.deliver([("room", "tick", b"{}")])
+    world.hub.deliver([("room", "tick", b"{}")])
+    push(session, "room", "phx_leave", {}, ref="9")
+    newcomer, frames_of_newcomer = world.connect()
+    world.join(newcomer, "room", "1", "bob")  # the held tick's due time passes in the join
+    world.clock.advance(1)
+    assert [frame[3] for frame in outbox.take()] == ["tick", "phx_reply", "phx_close"]
+    assert [frame[3] for frame in frames_of_newcomer.take()] == ["phx_reply", "presence_state"]
+
+
+def test_stopping_the_hub_sends_what_is_held() -> None:
+    world = World(write_delay=0.003)
+    _, outbox = joined(world)
+    world.hub.deliver([("room", "tick", b'{"n":1}')])
+    world.hub.deliver([("room", "tick", b'{"n":2}')])
+    assert [frame[4]["n"] for frame in outbox.take()] == [1]
+    world.hub.stop()
+    assert [frame[4]["n"] for frame in outbox.take()] == [2]

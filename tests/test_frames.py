@@ -204,9 +204,13 @@ def test_binary_broadcast_header_lengths_count_utf8_bytes() -> None:
     assert frame[:3] == bytes((2, len("salle:été".encode()), len("évt".encode())))
 
 
-def test_binary_broadcast_refuses_a_topic_over_255_bytes() -> None:
+def test_binary_broadcast_refuses_a_topic_or_event_over_255_bytes() -> None:
+    """Refused when made, so that a broadcast once made can always be framed."""
     with pytest.raises(FrameError):
-        Broadcast.from_redis("t" * 256, "ev", b"x").frame(V2)
+        Broadcast.from_redis("t" * 256, "ev", b"x")
+    with pytest.raises(FrameError):
+        Broadcast.from_redis("room", "é" * 128, b"x")
+    assert Broadcast.from_redis("t" * 256, "ev", b"{}").frame(V2).startswith(b'[null,null,"ttt')
 
 
 @pytest.mark.parametrize("vsn", [V1, V2])

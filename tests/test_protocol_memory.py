@@ -159,8 +159,8 @@ def test_a_malformed_frame_is_answered_and_the_socket_stays_open(world: World) -
 def test_broadcasts_go_out_as_text_or_binary_frames(world: World) -> None:
     client = Client(world)
     client.join("room", token=world.token("room"))
-    world.hub.deliver("room", "message", b'{"a": 1}')
-    world.hub.deliver("room", "update-node", b"Hello from plugin")
+    world.hub.deliver([("room", "message", b'{"a": 1}')])
+    world.hub.deliver([("room", "update-node", b"Hello from plugin")])
     assert client.received() == [
         (TEXT, [None, None, "room", "message", {"a": 1}]),
         (BINARY, bytes((2, 4, 11)) + b"roomupdate-nodeHello from plugin"),
@@ -215,7 +215,7 @@ def test_a_client_that_stops_reading_is_closed_with_1008_and_leaves(world: World
     client.protocol.pauseProducing()
     big = b'{"pad":"' + b"x" * 8000 + b'"}'
     for _ in range(MAX_BUFFER // len(big) + 1):
-        world.hub.deliver("room", "message", big)
+        world.hub.deliver([("room", "message", big)])
     assert client.close_code() == CLOSE_POLICY
     assert [op for op, _ in server_frames(client.transport.value())][-1] == CLOSE  # nothing after the close
     assert world.hub.members == {}
@@ -230,6 +230,6 @@ def test_the_buffer_bound_resets_when_the_client_reads_again(world: World) -> No
     for _ in range(3):
         client.protocol.pauseProducing()
         for _ in range(MAX_BUFFER // len(big) - 1):
-            world.hub.deliver("room", "message", big)
+            world.hub.deliver([("room", "message", big)])
         client.protocol.resumeProducing()
     assert client.close_code() is None

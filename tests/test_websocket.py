@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from urllib.parse import quote
 
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet import threads
 
 from tangram_channel import frames
 
@@ -601,5 +604,34 @@ async def test_a_burst_from_redis_reaches_every_member_in_order_in_few_writes(st
     for client in clients:
         received = [(await next_broadcast(client))[4]["n"] for _ in range(200)]
         assert received == list(range(200))
-    # a burst is corked: far fewer socket writes than deliveries (600)
+    # a burst is written together: far fewer socket writes than deliveries (600)
     assert len(writes) < 300, len(writes)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_busy_channel_pairs_messages_into_fewer_writes_in_order(start_service, flushed_redis):
+    """
+    A plugin publishing every millisecond, each message in its own read: with the
+    default write_delay (3 ms) lone messages wait for the next, so the members get
+    everything, in order, in fewer writes than messages.
+    """
+    service = await start_service(datetime_interval=0)
+    clients = [await joined_client(service, "busy", client_id=f"c{i}") for i in range(2)]
+    writes = []
+    for proto in service.channel.factory.sockets:
+        original = proto._write_now
+        proto._write_now = lambda frame, original=original: (writes.append(frame), original(frame))
+    # another process, so that the publishing pace does not depend on this reactor
+    publisher = (
+        "import sys, time, redis\n"
+        "r = redis.Redis.from_url(sys.argv[1])\n"
+        "for n in range(100):\n"
+        "    r.publish('to:busy:n', '{\"n\": %d}' % n)\n"
+        "    time.sleep(0.001)\n"
+    )
+    done = threads.deferToThread(subprocess.run, [sys.executable, "-c", publisher, flushed_redis.url], check=True)
+    for client in clients:
+        received = [(await next_broadcast(client))[4]["n"] for _ in range(100)]
+        assert received == list(range(100))
+    await done
+    assert len(writes) < 200, len(writes)

@@ -1,0 +1,62 @@
+"""
+When a channel's messages are written to its members: at once, or held a moment so
+that two share one write.
+
+Writing to a socket is the service's main cost (a system call and, behind it, TCP's
+work per segment), and it is paid per write, hardly per byte. A channel that gets
+messages faster than one per ``delay`` seconds has its lone message held until the
+next arrives, and both go to each member in one write; a message is never held longer
+than ``delay``. Several messages from one read of the subscriber are written together
+at once, and a channel that is quiet gets its message at once, so only busy channels
+wait, and never longer than the gap to their next message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from .frames import Broadcast
+
+
+class Coalescer:
+    def __init__(self, clock: IReactorTime, delay: float, write: Callable[[str, list[Broadcast]], None]) -> None:
+        self._clock = clock
+        self._delay = delay
+        self._write = write
+        self._last_arrival: dict[str, float] = {}
+        self._held: dict[str, tuple[list[Broadcast], IDelayedCall]] = {}
+
+    def arrived(self, topic: str, broadcasts: list[Broadcast]) -> None:
+        """Broadcasts for ``topic`` from one read: write them now, or hold a lone busy one."""
+        now = self._clock.seconds()
+        previous = self._last_arrival.get(topic)
+        self._last_arrival[topic] = now
+        held = self._held.pop(topic, None)
+        if held is not None:
+            earlier, timer = held
+            timer.cancel()
+            broadcasts = earlier + broadcasts
+        if len(broadcasts) > 1 or previous is None or now - previous >= self._delay:
+            self._write(topic, broadcasts)
+        else:
+            self._held[topic] = (broadcasts, self._clock.callLater(self._delay, self._release, topic))
+
+    def forget(self, topic: str) -> None:
+        """The channel has no members left here: drop what was held for it."""
+        self._last_arrival.pop(topic, None)
+        held = self._held.pop(topic, None)
+        if held is not None:
+            held[1].cancel()
+
+    def flush(self) -> None:
+        """Write everything held now (the service is stopping)."""
+        for topic in list(self._held):
+            self._release(topic)
+
+    def _release(self, topic: str) -> None:
+        broadcasts, timer = self._held.pop(topic)
+        if timer.active():
+            timer.cancel()
+        self._write(topic, broadcasts)
