@@ -177,8 +177,8 @@ class Proc:
 
 
 @contextmanager
-def redis_server() -> Iterator[tuple[str, int]]:
-    """A private redis-server on a free port (never 6379); yields its URL and port."""
+def redis_server() -> Iterator[tuple[str, Proc]]:
+    """A private redis-server on a free port (never 6379); yields its URL and process."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server not found")
@@ -190,7 +190,7 @@ def redis_server() -> Iterator[tuple[str, int]]:
     )
     try:
         wait_for_port(port, process=proc.process)
-        yield f"redis://127.0.0.1:{port}", port
+        yield f"redis://127.0.0.1:{port}", proc
     finally:
         proc.stop()
 
@@ -225,9 +225,10 @@ def start_target(target: str, port: int, redis_url: str, workers: int | None = N
 
 @dataclass
 class Stage:
-    """What ``served`` started: the Redis URL, the service's port and process, and what stops with them."""
+    """What ``served`` started: Redis, the service's port and process, and what stops with them."""
 
     redis_url: str
+    redis: Proc
     port: int
     server: Proc
     cleanup: ExitStack
@@ -241,12 +242,12 @@ class Stage:
 def served(target: str, workers: int | None = None) -> Iterator[Stage]:
     """A private Redis and ``target`` on a free port, idle for a second; on exit, whatever was
     registered with ``stop_later``, then the server, then Redis are stopped."""
-    with redis_server() as (redis_url, _), ExitStack() as cleanup:
+    with redis_server() as (redis_url, redis), ExitStack() as cleanup:
         port = free_port()
         server = start_target(target, port, redis_url, workers)
         cleanup.callback(server.stop)
         time.sleep(1)
-        yield Stage(redis_url, port, server, cleanup)
+        yield Stage(redis_url, redis, port, server, cleanup)
 
 
 # ---- tokens and the load client ----
