@@ -16,6 +16,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -377,6 +378,8 @@ def argument_parser(doc: str, profiled: str) -> argparse.ArgumentParser:
                    help="kill the server past this RSS (the reference balloons)")
     p.add_argument("--py-spy", metavar="FILE", help=f"profile ours with py-spy {profiled} (collapsed stacks)")
     p.add_argument("--workers", type=int, help="ours only: run with --workers N (CPU/RSS count the whole tree)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="rounds of every target, alternating; the ratios' medians are reported too")
     p.add_argument("--json-only", action="store_true")
     return p
 
@@ -390,28 +393,53 @@ def run_and_report(
     describe: Callable[[dict], str] | None = None,
 ) -> dict:
     """
-    Run each ``--target`` in turn, compare ours with the reference when both ran, print the
-    JSON report and (unless ``--json-only``) a summary a target and the ratios, by
-    ``describe`` or as ``key ratio`` pairs. A target that fails still lets the other report.
+    Run each ``--target`` in turn (``--repeat`` rounds of them), compare ours with the
+    reference when both ran, print the JSON report and (unless ``--json-only``) a summary
+    a target and the ratios, by ``describe`` or as ``key ratio`` pairs; with several
+    rounds, each round's ratios and their medians. A target that fails still lets the
+    other report.
     """
+    rounds = [_round(args, run, compare) for _ in range(args.repeat)]
+    report: dict = {"benchmark": benchmark, **rounds[0]} if len(rounds) == 1 else {"benchmark": benchmark, "rounds": rounds}
+    compared = [r["ours_over_reference"] for r in rounds if "ours_over_reference" in r]
+    if len(rounds) > 1 and compared:
+        report["ours_over_reference"] = _medians(compared)
+    print(json.dumps(report, indent=2))
+    if not args.json_only:
+        show = describe or (lambda c: ", ".join(f"{k} {times(v)}" for k, v in c.items()))
+        for n, r in enumerate(rounds, 1):
+            print(f"\nround {n} of {len(rounds)}" if len(rounds) > 1 else "")
+            for result in r["results"].values():
+                print(summary(result) if "error" not in result else f"{result['target']:>9}: FAILED: {result['error']}")
+            if "ours_over_reference" in r:
+                print("ours/reference: " + show(r["ours_over_reference"]))
+        if len(rounds) > 1 and compared:
+            print(f"\nmedians over {len(compared)} rounds, ours/reference: " + show(report["ours_over_reference"]))
+    sys.stdout.flush()
+    return report
+
+
+def _medians(ratios: list[dict]) -> dict:
+    """Per key, the median of the rounds' ratios (None where no round had one)."""
+    medians = {}
+    for key in ratios[0]:
+        values = [r[key] for r in ratios if r[key] is not None]
+        medians[key] = statistics.median(values) if values else None
+    return medians
+
+
+def _round(args: argparse.Namespace, run: Callable[[str, argparse.Namespace], dict],
+           compare: Callable[[dict, dict], dict]) -> dict:
+    """One run of each ``--target``, ours first, and their ratios when both ran."""
     results = {}
     for target in targets(args.target):
         try:
             results[target] = run(target, args)
         except Exception as e:  # one failed target still lets the other report
             results[target] = {"target": target, "error": str(e)}
-    report = {"benchmark": benchmark, "results": results}
+    report: dict = {"results": results}
     if "error" not in results.get("ours", {"error": 1}) and "error" not in results.get("reference", {"error": 1}):
         report["ours_over_reference"] = compare(results["ours"], results["reference"])
-    print(json.dumps(report, indent=2))
-    if not args.json_only:
-        print()
-        for r in results.values():
-            print(summary(r) if "error" not in r else f"{r['target']:>9}: FAILED: {r['error']}")
-        if "ours_over_reference" in report:
-            c = report["ours_over_reference"]
-            print("ours/reference: " + (describe(c) if describe else ", ".join(f"{k} {times(v)}" for k, v in c.items())))
-    sys.stdout.flush()
     return report
 
 
