@@ -66,9 +66,16 @@ def _finite_float(text: str) -> float:
     return number
 
 
+# made once: json.loads and json.dumps build a new decoder or encoder on every call
+# that passes options, and these run for every message
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def loads(data: bytes | str) -> Any:
-    """Strict JSON: no NaN or Infinity, no float that overflows to infinity."""
-    return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+    """Strict JSON in UTF-8: no NaN or Infinity, no float that overflows to infinity."""
+    return _DECODER.decode(data.decode("utf-8") if isinstance(data, bytes) else data)
 
 
 def dumps(value: Any) -> bytes:
@@ -76,11 +83,11 @@ def dumps(value: Any) -> bytes:
     Compact UTF-8 JSON. Strings holding lone surrogates (legal in JSON's ``\\u``
     escapes, illegal in UTF-8) are written as escapes instead of failing.
     """
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = _ENCODER.encode(value)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
+        return _ASCII_ENCODER.encode(value).encode("ascii")
 
 
 def _optional_ref(value: Any, name: str) -> str | None:
