@@ -310,8 +310,8 @@ class Session:
             False,
         )
         backlog, member.backlog = member.backlog or [], None
-        if backlog:  # in one write; counted when they arrived
-            member.deliver(Burst(member.topic, [broadcast for burst in backlog for broadcast in burst.broadcasts]))
+        for burst in backlog:  # counted when they arrived; framed once for every joiner
+            member.deliver(burst)
         payload = message.payload
         if isinstance(payload, dict):
             payload = {k: v for k, v in payload.items() if k != "token"}
