@@ -9,6 +9,9 @@ next arrives, and both go to each member in one write; a message is never held l
 than ``delay``. Several messages from one read of the subscriber are written together
 at once, and a channel that is quiet gets its message at once, so only busy channels
 wait, and never longer than the gap to their next message.
+
+Messages are written in the order they came, across channels too (a socket may be in
+several): a message for any other channel first releases what is held.
 """
 
 from __future__ import annotations
@@ -26,37 +29,39 @@ class Coalescer:
         self._delay = delay
         self._write = write
         self._last_arrival: dict[str, float] = {}
-        self._held: dict[str, tuple[list[Broadcast], IDelayedCall]] = {}
+        self._held: tuple[str, list[Broadcast], IDelayedCall] | None = None
 
     def arrived(self, topic: str, broadcasts: list[Broadcast]) -> None:
-        """Broadcasts for ``topic`` from one read: write them now, or hold a lone busy one."""
+        """Consecutive broadcasts for ``topic``: write them now, or hold a lone busy one."""
         now = self._clock.seconds()
         previous = self._last_arrival.get(topic)
         self._last_arrival[topic] = now
-        held = self._held.pop(topic, None)
-        if held is not None:
-            earlier, timer = held
-            timer.cancel()
-            broadcasts = earlier + broadcasts
+        if self._held is not None:
+            held_topic, earlier, timer = self._held
+            if held_topic == topic:
+                self._held = None
+                timer.cancel()
+                broadcasts = earlier + broadcasts
+            else:
+                self.flush()
         if len(broadcasts) > 1 or previous is None or now - previous >= self._delay:
             self._write(topic, broadcasts)
         else:
-            self._held[topic] = (broadcasts, self._clock.callLater(self._delay, self._release, topic))
+            self._held = (topic, broadcasts, self._clock.callLater(self._delay, self.flush))
 
     def forget(self, topic: str) -> None:
         """The channel has no members left here: drop what was held for it."""
         self._last_arrival.pop(topic, None)
-        held = self._held.pop(topic, None)
-        if held is not None:
-            held[1].cancel()
+        if self._held is not None and self._held[0] == topic:
+            self._held[2].cancel()
+            self._held = None
 
     def flush(self) -> None:
-        """Write everything held now (the service is stopping)."""
-        for topic in list(self._held):
-            self._release(topic)
-
-    def _release(self, topic: str) -> None:
-        broadcasts, timer = self._held.pop(topic)
+        """Write what is held now (its time is up, another channel's message came, or the service stops)."""
+        if self._held is None:
+            return
+        topic, broadcasts, timer = self._held
+        self._held = None
         if timer.active():
             timer.cancel()
         self._write(topic, broadcasts)

@@ -194,10 +194,11 @@ class Hub:
 
     def deliver(self, messages: list[tuple[str, str, bytes]]) -> None:
         """
-        ``(topic, event, payload)`` messages from one read of Redis: each encoded once,
-        and a topic's messages written to each member together (see ``coalesce``).
+        ``(topic, event, payload)`` messages from one read of Redis, in Redis's order: each
+        encoded once, and each run of messages for one topic written to every member
+        together (see ``coalesce``).
         """
-        arrived: dict[str, list[Broadcast]] = {}
+        run: list[Broadcast] = []
         for topic, event, payload in messages:
             if event == "presence_diff":
                 self.presence.diff_received(topic, payload)
@@ -208,9 +209,12 @@ class Hub:
             except FrameError as e:
                 log.warn("dropped a message for {topic}: {reason}", topic=topic, reason=e.reason)
                 continue
-            arrived.setdefault(topic, []).append(broadcast)
-        for topic, broadcasts in arrived.items():
-            self._coalescer.arrived(topic, broadcasts)
+            if run and run[0].topic != topic:
+                self._coalescer.arrived(run[0].topic, run)
+                run = []
+            run.append(broadcast)
+        if run:
+            self._coalescer.arrived(run[0].topic, run)
 
     def _write(self, topic: str, broadcasts: list[Broadcast]) -> None:
         """Send to every member of ``topic``, counting every frame (by the size of the first framing)."""

@@ -431,3 +431,16 @@ def test_stopping_the_hub_sends_what_is_held() -> None:
     assert [frame[4]["n"] for frame in outbox.take()] == [1]
     world.hub.stop()
     assert [frame[4]["n"] for frame in outbox.take()] == [2]
+
+
+def test_a_socket_in_two_busy_channels_gets_their_messages_in_redis_order() -> None:
+    world = World(write_delay=0.003)
+    session, outbox = joined(world, "one")
+    world.join(session, "two", "2")
+    outbox.take()
+    world.hub.deliver([("one", "a", b"{}"), ("two", "b", b"{}")])
+    world.clock.advance(0.001)
+    world.hub.deliver([("one", "c", b"{}")])  # held: "one" is busy
+    world.hub.deliver([("two", "d", b"{}"), ("one", "e", b"{}"), ("two", "f", b"{}")])
+    world.clock.advance(0.003)
+    assert [frame[3] for frame in outbox.take()] == ["a", "b", "c", "d", "e", "f"]
