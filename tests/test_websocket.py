@@ -585,18 +585,24 @@ async def test_redis_url_unix_socket(start_service, redis_binary, tmp_path):
         server.kill()
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_burst_from_redis_reaches_every_member_in_order_in_few_writes(start_service, flushed_redis):
-    """
-    Messages that arrive in one read of the subscriber (a pipelined burst) are held per
-    socket and written once: each member still gets all of them, in Redis's order.
-    """
-    service = await start_service(datetime_interval=0)
-    clients = [await joined_client(service, "burst", client_id=f"c{i}") for i in range(3)]
-    writes = []
+async def members_with_counted_writes(service, topic: str, count: int) -> tuple[list[PhoenixTestClient], list[bytes]]:
+    """``count`` clients joined to ``topic``, and the list that every socket write appends to."""
+    clients = [await joined_client(service, topic, client_id=f"c{i}") for i in range(count)]
+    writes: list[bytes] = []
     for proto in service.channel.factory.sockets:
         original = proto._write_now
         proto._write_now = lambda frame, original=original: (writes.append(frame), original(frame))
+    return clients, writes
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_from_redis_reaches_every_member_in_order_in_few_writes(start_service, flushed_redis):
+    """
+    Messages that arrive in one read of the subscriber (a pipelined burst) are written to
+    each member together: each member still gets all of them, in Redis's order.
+    """
+    service = await start_service(datetime_interval=0)
+    clients, writes = await members_with_counted_writes(service, "burst", 3)
     pipe = flushed_redis.client().pipeline(transaction=False)
     for n in range(200):
         pipe.publish("to:burst:n", json.dumps({"n": n}))
@@ -616,11 +622,7 @@ async def test_a_busy_channel_pairs_messages_into_fewer_writes_in_order(start_se
     everything, in order, in fewer writes than messages.
     """
     service = await start_service(datetime_interval=0)
-    clients = [await joined_client(service, "busy", client_id=f"c{i}") for i in range(2)]
-    writes = []
-    for proto in service.channel.factory.sockets:
-        original = proto._write_now
-        proto._write_now = lambda frame, original=original: (writes.append(frame), original(frame))
+    clients, writes = await members_with_counted_writes(service, "busy", 2)
     # another process, so that the publishing pace does not depend on this reactor
     publisher = (
         "import sys, time, redis\n"
