@@ -221,7 +221,7 @@ class Hub:
         members = self.members.get(topic)
         if not members:
             return
-        burst = Burst(topic, broadcasts)
+        burst = Burst(broadcasts)
         for member in list(members):
             member.deliver(burst)
         framed = next(iter(burst.prepared.values()), b"")

@@ -250,10 +250,9 @@ class Burst:
     per serializer, so that framing too is paid once, not once per member.
     """
 
-    __slots__ = ("topic", "broadcasts", "prepared")
+    __slots__ = ("broadcasts", "prepared")
 
-    def __init__(self, topic: str, broadcasts: list[Broadcast]) -> None:
-        self.topic = topic
+    def __init__(self, broadcasts: list[Broadcast]) -> None:
         self.broadcasts = broadcasts
         self.prepared: dict[str, bytes] = {}
 
