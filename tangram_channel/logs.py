@@ -6,6 +6,8 @@ twistd starts its log observer after ``makeService``, from its own options
 ``ILogObserver`` component. So when JSON or a log level other than the default is asked
 for, the top service sets that component as twistd adds it to the Application, with an
 observer writing where twistd itself would have written. ``--syslog`` is left to twistd.
+Like twistd's own, that observer's log file is rotated on ``SIGUSR1`` (logrotate's
+``postrotate``), which would otherwise end the process.
 
 A JSON line holds ``time`` (ISO 8601, UTC), ``level``, ``namespace``, ``event`` (the
 formatted text), ``fields`` (the event's own keys) and, for failures, ``traceback``.
@@ -16,11 +18,13 @@ if a caller logs one by mistake.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from datetime import datetime, timezone
 from typing import IO, Any
 
 from twisted.application.service import MultiService
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
@@ -83,8 +87,8 @@ def twistd_log_file(twistd_options: Any) -> IO[str]:
     return LogFile.fromFullPath(name or "twistd.log")
 
 
-def twistd_observer(twistd_options: Any, log_format: str, log_level: str) -> ILogObserver | None:
-    """The observer to hand twistd, or None where twistd's own does what was asked."""
+def twistd_observer(twistd_options: Any, log_format: str, log_level: str) -> tuple[ILogObserver, IO[str]] | None:
+    """The observer to hand twistd and the file it writes, or None where twistd's own does what was asked."""
     if twistd_options is None or twistd_options.get("syslog") or twistd_options.get("logger"):
         return None
     if log_format == "text" and level_named(log_level) == LogLevel.info:
@@ -93,20 +97,39 @@ def twistd_observer(twistd_options: Any, log_format: str, log_level: str) -> ILo
         return None  # twistd refuses this itself, with its own message
     out = twistd_log_file(twistd_options)
     observer = json_file_observer(out) if log_format == "json" else textFileLogObserver(out)
-    return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=level_named(log_level))])
+    return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=level_named(log_level))]), out
 
 
 class LoggedService(MultiService):
     """
     The top service of a node. When twistd adds it to its Application, it also sets
-    the Application's ``ILogObserver``, which twistd starts right after.
+    the Application's ``ILogObserver``, which twistd starts right after; while it runs,
+    ``SIGUSR1`` rotates that observer's log file, as it would twistd's.
     """
 
-    def __init__(self, observer: ILogObserver | None = None) -> None:
+    def __init__(self, reactor: IReactorThreads, log: tuple[ILogObserver, IO[str]] | None = None) -> None:
         super().__init__()
-        self.observer = observer
+        self._reactor = reactor
+        self.observer, self._log_file = log if log is not None else (None, None)
+        self._previous_handler: Any = None
 
     def setServiceParent(self, parent: Any) -> None:
         if self.observer is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self.observer)
         super().setServiceParent(parent)
+
+    def startService(self) -> None:
+        # as twistd does: only where nothing else handles SIGUSR1 already
+        if isinstance(self._log_file, LogFile) and not signal.getsignal(signal.SIGUSR1):
+            self._previous_handler = signal.signal(signal.SIGUSR1, self._rotate)
+        super().startService()
+
+    def stopService(self) -> Any:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGUSR1, self._previous_handler)
+            self._previous_handler = None
+        return super().stopService()
+
+    def _rotate(self, signum: int, frame: Any) -> None:
+        # the handler runs between two bytecodes, maybe in the middle of a write
+        self._reactor.callFromThread(self._log_file.rotate)

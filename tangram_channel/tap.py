@@ -190,7 +190,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
 
     # options.parent: twistd's own options (--logfile, --nodaemon), absent outside twistd
     keep_large_buffers_separate()
-    top = LoggedService(twistd_observer(options.parent, config.log_format, config.log_level))
+    top = LoggedService(reactor, twistd_observer(options.parent, config.log_format, config.log_level))
     ExitZeroOnSignal(reactor).setServiceParent(top)
     private_redis = embedded_redis(reactor, config, url)
     if private_redis is not None:

@@ -136,3 +136,24 @@ def test_log_level_warning_keeps_warnings_and_drops_info_lines(tmp_path, flushed
     assert len(lines) == 1 and "unknown key [channel] not_a_key" in lines[0]
     if log_format == "json":
         assert json.loads(lines[0])["level"] == "warn"
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigusr1_rotates_the_json_logfile_and_the_service_keeps_running(tmp_path, flushed_redis):
+    """logrotate's ``kill -USR1``: the file moves to .1, logging goes on in a new one, nothing ends."""
+    port = free_port()
+    process, log_path = start_twistd(tmp_path, flushed_redis.url, port, "--log-format", "json")
+    await eventually(lambda: log_path.exists() and "connected to Redis" in log_path.read_text(), what="Redis")
+    process.send_signal(signal.SIGUSR1)
+    rotated = log_path.with_name(log_path.name + ".1")
+    await eventually(rotated.exists, what="the rotated log file")
+    minted = await mint(f"http://127.0.0.1:{port}", "room", "ops-1")  # still serving
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    await eventually(lambda: process.poll() is not None, timeout=15, what="twistd to exit")
+    assert process.returncode == 0
+    before = [json.loads(line)["event"] for line in rotated.read_text().splitlines()]
+    after = [json.loads(line)["event"] for line in log_path.read_text().splitlines()]
+    assert any(e.startswith("connected to Redis") for e in before)
+    assert "Server Shut Down." in after and "Server Shut Down." not in before
+    assert minted["token"] not in rotated.read_text() + log_path.read_text()
