@@ -49,6 +49,11 @@ class ExitZeroOnSignal(Service):
     SIGTERM and SIGINT stop the reactor, so shutdown runs as usual, and the process then
     exits 0. Twisted's own handlers re-raise the signal after a clean shutdown, which
     process managers and scripts read as "killed"; a stop that was asked for is a success.
+
+    From the first signal on, both are ignored: a second one (a manager that signals the
+    process group as well as the parent) would stop the reactor twice, or, once Python
+    has begun to exit and restored the default handlers, kill the process. Shutdown is
+    bounded by the close handshake and Redis timeouts; SIGKILL is still there.
     """
 
     def __init__(self, reactor: Any) -> None:
@@ -64,5 +69,7 @@ class ExitZeroOnSignal(Service):
             signal.signal(signum, self._stop)
 
     def _stop(self, signum: int, frame: Any) -> None:
+        for each in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(each, signal.SIG_IGN)
         log.info("received {name}, shutting down", name=signal.Signals(signum).name)
         self._reactor.callFromThread(self._reactor.stop)

@@ -39,3 +39,18 @@ def test_sigterm_closes_1000_sockets_with_1012_withdraws_presence_and_exits_0(tw
     assert codes == [1012] * CLIENTS
     assert redis.keys(PREFIX + "presence:*") == []
     assert took < 5
+
+
+def test_a_second_sigterm_during_shutdown_changes_nothing(twistd, flushed_redis):
+    """A process manager that signals the group as well as the parent: one shutdown, exit 0, no traceback."""
+    service = start_twistd(twistd, "--redis-url", flushed_redis.url, datetime_interval=0)
+    client = RawSocket(service.port)
+    assert reply_status(client.reply(client.join("room", token("room", "ops-1")), timeout=10)) == "ok"
+    service.process.send_signal(signal.SIGTERM)
+    service.wait_for_log("received SIGTERM, shutting down")
+    service.process.send_signal(signal.SIGTERM)  # while it closes sockets and withdraws presence
+    assert service.process.wait(timeout=15) == 0
+    assert client.close_code(timeout=5) == 1012
+    log = service.log()
+    assert log.count("received SIGTERM, shutting down") == 1
+    assert "Traceback" not in log and "ReactorNotRunning" not in log
