@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -252,6 +253,22 @@ def served(target: str, workers: int | None = None) -> Iterator[Stage]:
 
 
 # ---- tokens and the load client ----
+
+
+def joins_answered(port: int) -> int | None:
+    """Ours only: the joins the service says it accepted (``/metrics``), None if it cannot say.
+
+    Beside the load client's own count, it tells a join the service never answered from
+    a reply the client lost."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("tangram_channel_joins_total "):
+            return int(float(line.split()[1]))
+    return None
 
 
 def token(client_id: str, channel: str) -> str:

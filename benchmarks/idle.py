@@ -43,6 +43,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
         presence = client.wait_event("PRESENCE", max(0.0, args.timeout - (joined or args.timeout)))
         storm = client.stats()
         storm_server = server.usage()
+        server_joins = h.joins_answered(stage.port) if target == "ours" else None
         machine = h.busy_cores(machine_before, h.machine_busy())
         time.sleep(args.settle)
         settled = server.usage()
@@ -63,6 +64,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
         "clients_dropped": result["closed_by_server"],
         "connect_errors": result["connect_errors"] + result["handshake_errors"],
         "join_errors": result["join_errors"],
+        "server_joins_accepted": server_joins,
         "server_frames_sent": result["frames_in"],
         "server_bytes_sent": result["bytes_in"],
         "server_frames_during_storm": storm["frames_in"],
@@ -83,10 +85,11 @@ def run(target: str, args: argparse.Namespace) -> dict:
 
 def summary(r: dict) -> str:
     fmt = lambda x: "not reached" if x is None else f"{x:.2f} s"  # noqa: E731
+    accepted = "" if r["server_joins_accepted"] is None else f" (the service accepted {r['server_joins_accepted']})"
     return (
         f"{r['target']:>9}: {r['clients']} clients on {r['channels']}: all joined {fmt(r['all_joined_s'])} ({r['joined_conns']} of {r['clients']}), full system presence "
         f"{fmt(r['all_full_presence_s'])} ({r['full_presence_conns']} of {r['clients']}), dropped {r['clients_dropped']}, "
-        f"connect errors {r['connect_errors']}, join errors {r['join_errors']}\n"
+        f"connect errors {r['connect_errors']}, join errors {r['join_errors']}{accepted}\n"
         f"           server sent {r['server_frames_sent']} frames / {r['server_bytes_sent'] / 1e6:.1f} MB, "
         f"CPU {r['server_cpu_storm_s']:.2f} s for the storm, RSS {r['server_rss_settled_kb'] / 1024:.1f} MB settled "
         f"({r['rss_per_client_kb'] or 0:.1f} KB/client), peak {(r['server_peak_rss_kb'] or 0) / 1024:.0f} MB"
