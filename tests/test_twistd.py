@@ -30,6 +30,7 @@ from twisted.internet.ssl import Certificate
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
 from tangram_channel.embedded import is_listening
+from tangram_channel.tap import with_backlog
 
 from .conftest import ROOT, free_port, wait_for_port
 from .e2e import eventually, mint
@@ -208,6 +209,30 @@ def test_daemon_stops_cleanly_on_sigterm(tmp_path, flushed_redis):
     assert not pidfile.exists()
     log = logfile.read_text()
     assert "Server Shut Down." in log and "Traceback" not in log
+
+
+def listen_queue(port: int) -> int:
+    """The listening socket's accept queue size, as the kernel has it (``ss``'s Send-Q)."""
+    out = subprocess.check_output(["ss", "-ltnH", f"sport = :{port}"], text=True)
+    return int(out.split()[2])
+
+
+@pytest.mark.parametrize("given, expected", [("", 1024), (":backlog=77", 77)])
+def test_listen_queue_holds_a_reconnect_storm_unless_the_endpoint_sets_one(twistd, flushed_redis, given, expected):
+    """Twisted's default of 50 overflowed thousands of times in a 10,000-client storm."""
+    port = free_port()
+    proc = twistd("--listen", f"tcp:{port}:interface=127.0.0.1{given}", "--redis-url", flushed_redis.url,
+                  "--jwt-secret", SECRET, "--embedded-redis", "false", port=port)
+    proc.wait_for_log(CONNECTED)
+    assert listen_queue(port) == expected
+
+
+def test_with_backlog_leaves_other_endpoint_kinds_and_given_backlogs_alone():
+    assert with_backlog("tcp:2347") == "tcp:2347:backlog=1024"
+    assert with_backlog("ssl:443:privateKey=k.pem") == "ssl:443:privateKey=k.pem:backlog=1024"
+    assert with_backlog("unix:/run/tc.sock") == "unix:/run/tc.sock:backlog=1024"
+    assert with_backlog("tcp:2347:backlog=10") == "tcp:2347:backlog=10"
+    assert with_backlog("systemd:domain=INET:index=0") == "systemd:domain=INET:index=0"
 
 
 def test_port_in_use_exits_with_one_line(twistd, flushed_redis):
