@@ -93,6 +93,7 @@ static void conn_close(conn_t *c, int by_server) {
     if (c->state == S_CLOSED) return;
     if (c->state == S_CONNECTING || c->state == S_HANDSHAKE) in_flight--;
     if (by_server && c->state == S_OPEN) closed_by_server++;
+    if (by_server && c->state == S_HANDSHAKE) handshake_errors++;  /* closed before its 101 */
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     c->state = S_CLOSED;
