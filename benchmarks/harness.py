@@ -255,7 +255,7 @@ def served(target: str, workers: int | None = None) -> Iterator[Stage]:
 # ---- tokens and the load client ----
 
 
-def joins_answered(port: int) -> int | None:
+def joins_accepted(port: int) -> int | None:
     """Ours only: the joins the service says it accepted (``/metrics``), None if it cannot say.
 
     Beside the load client's own count, it tells a join the service never answered from
