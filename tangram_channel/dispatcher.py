@@ -10,6 +10,7 @@ so all of this runs in tests against fakes and a ``Clock``.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -78,11 +79,17 @@ class Member:
     def agent_id(self) -> str:
         return self.meta["phx_ref"]
 
-    def deliver(self, burst: Burst) -> None:
+    def ready_for(self, burst: Burst) -> bool:
+        """Whether ``burst`` may be sent now; if not, it waits in the backlog for the join reply."""
         if self.backlog is None:
-            self.session.outbox.send_burst(burst)
-        else:
-            self.backlog.append(burst)
+            return True
+        self.backlog.append(burst)
+        return False
+
+
+def send_to_each(outboxes: list[Outbox], burst: Burst) -> None:
+    for outbox in outboxes:
+        outbox.send_burst(burst)
 
 
 class Hub:
@@ -115,6 +122,9 @@ class Hub:
             self._ticker.clock = clock
         self._datetime_interval = datetime_interval
         self._coalescer = Coalescer(clock, write_delay, self._write)
+        # how a burst reaches its members' sockets; the WebSocket factory offers one that
+        # sends to all of them at once
+        self.fanout: Callable[[list[Outbox], Burst], None] = send_to_each
         presence.on_channel_change = lambda change, payload: self.publish_admin(f"channel.{change}", payload)
         presence.on_resync = self._resync
 
@@ -222,8 +232,7 @@ class Hub:
         if not members:
             return
         burst = Burst(broadcasts)
-        for member in list(members):
-            member.deliver(burst)
+        self.fanout([member.session.outbox for member in members if member.ready_for(burst)], burst)
         framed = next(iter(burst.prepared.values()), b"")
         self.metrics.sent(len(members) * len(broadcasts), len(members) * len(framed))
 
@@ -315,7 +324,7 @@ class Session:
         )
         backlog, member.backlog = member.backlog or [], None
         for burst in backlog:  # counted when they arrived; framed once for every joiner
-            member.deliver(burst)
+            self.outbox.send_burst(burst)
         payload = message.payload
         if isinstance(payload, dict):
             payload = {k: v for k, v in payload.items() if k != "token"}

@@ -17,6 +17,7 @@ from .dispatcher import Hub
 from .presence import Presence
 from .protocol import CLOSE_RESTART, PhoenixFactory
 from .redis import RedisBridge
+from .sendmany import SendMany
 
 log = Logger()
 
@@ -29,9 +30,11 @@ class ChannelService(Service):
         self.factory = factory
         bridge.on_messages = hub.deliver
         bridge.on_connect = presence.restore
+        hub.fanout = factory.fanout
 
     def startService(self) -> None:
         super().startService()
+        self.factory.sender = SendMany.open()
         self.hub.start()
         self.presence.start()
 
@@ -41,6 +44,9 @@ class ChannelService(Service):
         self.hub.stop()
         self.factory.close_all(CLOSE_RESTART, "service restart")
         log.info("shutting down: closed {count} sockets with 1012", count=count)
+        sender, self.factory.sender = self.factory.sender, None
+        if sender is not None:
+            sender.close()
         return self.presence.stop()
 
 

@@ -140,3 +140,33 @@ def test_client_that_stops_reading_is_closed_with_1008_and_others_get_everything
     # 600 MB went out; a service that queued for the stalled client would hold its 6 MB
     # and more. Loose: the point is "bounded", not a number.
     assert rss_after - rss_before < 64 * 1024
+
+
+def test_a_member_that_reads_late_gets_every_message_once_in_order(twistd, flushed_redis):
+    """
+    A member with a tiny receive buffer that reads only after the stream: each broadcast
+    to it fills its socket part-way, the rest queues behind, and once it reads it finds
+    every message whole, once, in order, while its neighbour got them all at once.
+    """
+    service = start_twistd(twistd, "--redis-url", flushed_redis.url, datetime_interval=0)
+    late = RawSocket(service.port, rcvbuf=4096)
+    late.join_ok("stream", token("stream", "late"))
+    prompt = RawSocket(service.port)
+    prompt.join_ok("stream", token("stream", "prompt"))
+    readers = StreamReaders([prompt])
+    redis = flushed_redis.client()
+    pad = "x" * 3000
+    for n in range(LATE_STREAM):
+        redis.publish("to:stream:msg", json.dumps({"n": n, "pad": pad}))
+    started = time.monotonic()
+    while readers.lowest() < LATE_STREAM:
+        readers.poll()
+        assert time.monotonic() - started < 30, f"prompt member stuck at {readers.lowest()}"
+    late_readers = StreamReaders([late])
+    while late_readers.lowest() < LATE_STREAM:
+        late_readers.poll()
+        assert time.monotonic() - started < 60, f"late member stuck at {late_readers.lowest()}"
+    assert readers.seen[prompt] == late_readers.seen[late] == list(range(LATE_STREAM))
+
+
+LATE_STREAM = 2000  # 6 MB: more than the late member's socket and the kernel's send buffer hold, under max_send_buffer

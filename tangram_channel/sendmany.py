@@ -1,0 +1,141 @@
+"""
+One frame to many sockets in one system call.
+
+A broadcast writes the same bytes to every member's socket. Sent one ``send()`` at a
+time, each call also wakes the reading process, which on a busy machine then runs
+between our calls, reads its one frame, sleeps and is woken again by the next: the
+two processes take turns hundreds of times per broadcast. Linux AIO's ``io_submit``
+takes all the writes at once; a socket write completes inside the call, so the
+readers wake once, after it, and find everything there.
+
+Only for non-blocking stream sockets: ``io_submit`` runs each write as ``write()``
+would, so a full buffer answers ``-EAGAIN`` and the caller queues the rest as usual.
+Linux on x86-64, arm64 and riscv64; elsewhere ``SendMany.open`` answers None and the
+caller sends one socket at a time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import sys
+from array import array
+from collections.abc import Sequence
+
+from twisted.logger import Logger
+
+log = Logger()
+
+# io_setup, io_destroy, io_submit, io_getevents
+_SYSCALLS = {
+    "x86_64": (206, 207, 209, 208),
+    "aarch64": (0, 1, 2, 4),
+    "riscv64": (0, 1, 2, 4),
+}
+_IOCB_CMD_PWRITE = 1
+# struct iocb is eight 64-bit words (little-endian layout): the ones set here are
+# aio_data (0), aio_lio_opcode | aio_fildes << 32 (2), aio_buf (3), aio_nbytes (4)
+_IOCB_WORDS = 8
+# struct io_event is four: data (0), obj (1), res (2), res2 (3)
+_EVENT_WORDS = 4
+
+
+class SendMany:
+    """A Linux AIO context for sending one buffer to many sockets; ``capacity`` per call."""
+
+    def __init__(self, capacity: int = 512) -> None:
+        machine = platform.machine()
+        if not sys.platform.startswith("linux") or sys.byteorder != "little" or machine not in _SYSCALLS:
+            raise OSError(errno.ENOSYS, f"Linux AIO is not supported here ({sys.platform}, {machine})")
+        self._setup, self._destroy, self._submit, self._getevents = _SYSCALLS[machine]
+        self._syscall = ctypes.CDLL(None, use_errno=True).syscall
+        self._syscall.restype = ctypes.c_long
+        self.capacity = capacity
+        context = ctypes.c_ulong(0)
+        if self._syscall(ctypes.c_long(self._setup), ctypes.c_long(capacity), ctypes.byref(context)) < 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"io_setup: {os.strerror(code)}")
+        self._context: int | None = context.value
+        self._iocbs = array("Q", bytes(8 * _IOCB_WORDS * capacity))
+        self._iocbs[0::_IOCB_WORDS] = array("Q", range(capacity))  # aio_data: the slot, to match replies
+        first = self._iocbs.buffer_info()[0]
+        self._pointers = array("Q", range(first, first + 8 * _IOCB_WORDS * capacity, 8 * _IOCB_WORDS))
+        self._events = array("q", bytes(8 * _EVENT_WORDS * capacity))
+
+    @classmethod
+    def open(cls, capacity: int = 512) -> SendMany | None:
+        """A sender, or None (logged) where Linux AIO cannot be had: unsupported, or aio-max-nr reached."""
+        try:
+            return cls(capacity)
+        except OSError as e:
+            log.info("writing to each socket in turn: {why}", why=e.strerror)
+            return None
+
+    def send(self, fds: Sequence[int], data: bytes) -> list[int]:
+        """
+        Write ``data`` to each non-blocking socket in ``fds``. Returns, in order, the bytes
+        each took: all, some, 0 if it was not tried, or ``-errno`` (``-EAGAIN`` when full).
+        """
+        sent: list[int] = []
+        for start in range(0, len(fds), self.capacity):
+            sent += self._send_chunk(fds[start : start + self.capacity], data)
+        return sent
+
+    def _send_chunk(self, fds: Sequence[int], data: bytes) -> list[int]:
+        if self._context is None:
+            raise ValueError("this SendMany is closed")
+        count = len(fds)
+        words = _IOCB_WORDS * count
+        iocbs = self._iocbs
+        iocbs[2:words:_IOCB_WORDS] = array("Q", [_IOCB_CMD_PWRITE | fd << 32 for fd in fds])
+        # the buffer is read inside io_submit, while ``data`` is still referenced here
+        iocbs[3:words:_IOCB_WORDS] = array("Q", [ctypes.cast(data, ctypes.c_void_p).value]) * count
+        iocbs[4:words:_IOCB_WORDS] = array("Q", [len(data)]) * count
+        sent = [0] * count
+        # io_submit stops at an iocb it cannot take (a closed descriptor): those after it
+        # stay at 0, and their callers write the usual way, which reports the error
+        submitted = self._io_submit(count)
+        reaped = 0
+        while reaped < submitted:
+            # every socket write has completed inside io_submit: this never waits
+            got = self._io_getevents(submitted - reaped)
+            events = self._events
+            for i in range(0, _EVENT_WORDS * got, _EVENT_WORDS):
+                sent[events[i]] = events[i + 2]
+            reaped += got
+        return sent
+
+    def _io_submit(self, count: int) -> int:
+        """How many of the first ``count`` iocbs the kernel took (0 if it refused them all)."""
+        taken = self._syscall(
+            ctypes.c_long(self._submit),
+            ctypes.c_ulong(self._context),
+            ctypes.c_long(count),
+            ctypes.c_void_p(self._pointers.buffer_info()[0]),
+        )
+        return max(int(taken), 0)
+
+    def _io_getevents(self, count: int) -> int:
+        """Collect ``count`` completions into ``_events``; 0 if a signal interrupted."""
+        got = self._syscall(
+            ctypes.c_long(self._getevents),
+            ctypes.c_ulong(self._context),
+            ctypes.c_long(count),
+            ctypes.c_long(count),
+            ctypes.c_void_p(self._events.buffer_info()[0]),
+            None,
+        )
+        if got < 0:
+            code = ctypes.get_errno()
+            if code != errno.EINTR:
+                raise OSError(code, f"io_getevents: {os.strerror(code)}")
+            return 0
+        return int(got)
+
+    def close(self) -> None:
+        """Give the context back to the kernel (counted against ``fs.aio-max-nr``)."""
+        if self._context is not None:
+            self._syscall(ctypes.c_long(self._destroy), ctypes.c_ulong(self._context))
+            self._context = None

@@ -1,0 +1,111 @@
+"""
+``SendMany`` on real sockets: what each socket took, whatever the others did.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from tangram_channel.sendmany import SendMany
+
+from .e2e import captured_log
+
+
+@pytest.fixture
+def sender() -> Iterator[SendMany]:
+    many = SendMany(capacity=4)
+    yield many
+    many.close()
+
+
+def socket_pairs(count: int) -> list[tuple[socket.socket, socket.socket]]:
+    """``(ours, theirs)`` stream pairs; ours is non-blocking, as the reactor's are."""
+    pairs = []
+    for _ in range(count):
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        pairs.append((ours, theirs))
+    return pairs
+
+
+def read_all(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_every_socket_gets_the_bytes_in_chunks_of_capacity(sender):
+    """Ten sockets with a capacity of four: three io_submit calls, each answer at its socket's place."""
+    pairs = socket_pairs(10)
+    pairs[6][1].close()
+    sent = sender.send([ours.fileno() for ours, _ in pairs], b"frame")
+    assert sent[:6] + sent[7:] == [5] * 9
+    assert sent[6] in (-errno.EPIPE, -errno.ECONNRESET)
+    assert [read_all(theirs) for index, (_, theirs) in enumerate(pairs) if index != 6] == [b"frame"] * 9
+
+
+def test_a_full_socket_takes_part_or_nothing_and_its_neighbours_get_everything(sender):
+    """
+    A reader that does not read: its socket takes what fits, then -EAGAIN, as ``send``
+    would answer; the results stay matched to their sockets.
+    """
+    pairs = socket_pairs(3)
+    stalled = pairs[1][0]
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    data = os.urandom(50_000)
+    first = sender.send([ours.fileno() for ours, _ in pairs], data)
+    assert first[0] == first[2] == len(data)
+    assert 0 < first[1] < len(data)
+    second = sender.send([ours.fileno() for ours, _ in pairs], b"next")
+    assert second == [4, -errno.EAGAIN, 4]
+    assert read_all(pairs[0][1]) == read_all(pairs[2][1]) == data + b"next"
+    assert read_all(pairs[1][1]) == data[: first[1]]
+
+
+def test_a_closed_peer_answers_an_error_and_the_rest_are_sent(sender):
+    pairs = socket_pairs(3)
+    pairs[1][1].close()
+    sent = sender.send([ours.fileno() for ours, _ in pairs], b"frame")
+    assert sent[0] == sent[2] == 5
+    assert sent[1] in (-errno.EPIPE, -errno.ECONNRESET)
+    assert read_all(pairs[0][1]) == read_all(pairs[2][1]) == b"frame"
+
+
+def test_sockets_after_a_bad_descriptor_are_not_tried_and_say_so(sender):
+    """io_submit stops at a descriptor it cannot take: those after it answer 0 and are left untouched."""
+    pairs = socket_pairs(3)
+    closed = socket.socket()
+    bad = closed.fileno()
+    closed.close()
+    sent = sender.send([pairs[0][0].fileno(), bad, pairs[2][0].fileno()], b"frame")
+    assert sent == [5, 0, 0]
+    assert read_all(pairs[0][1]) == b"frame"
+    assert read_all(pairs[2][1]) == b""
+
+
+def test_a_closed_sender_refuses_to_send_and_closes_once():
+    many = SendMany(capacity=4)
+    many.close()
+    many.close()
+    ours, _ = socket_pairs(1)[0]
+    with pytest.raises(ValueError):
+        many.send([ours.fileno()], b"frame")
+
+
+def test_open_answers_none_and_says_why_when_the_kernel_refuses():
+    """More events than the kernel allows one context: the caller falls back to one socket at a time."""
+    with captured_log() as lines:
+        assert SendMany.open(capacity=2**31 - 1) is None
+    assert any("writing to each socket in turn" in line for line in lines)
