@@ -53,6 +53,7 @@ class SendMany:
         self._syscall = ctypes.CDLL(None, use_errno=True).syscall
         self._syscall.restype = ctypes.c_long
         self.capacity = capacity
+        self._refusal_logged = False
         context = ctypes.c_ulong(0)
         if self._syscall(ctypes.c_long(self._setup), ctypes.c_long(capacity), ctypes.byref(context)) < 0:
             code = ctypes.get_errno()
@@ -115,6 +116,11 @@ class SendMany:
             ctypes.c_long(count),
             ctypes.c_void_p(self._pointers.buffer_info()[0]),
         )
+        if taken < 0 and not self._refusal_logged:
+            # harmless (the callers write the usual way) but slower: say so once
+            self._refusal_logged = True
+            code = ctypes.get_errno()
+            log.warn("io_submit refused a batch ({why}); writing those sockets the usual way", why=os.strerror(code))
         return max(int(taken), 0)
 
     def _io_getevents(self, count: int) -> int:

@@ -109,3 +109,16 @@ def test_open_answers_none_and_says_why_when_the_kernel_refuses():
     with captured_log() as lines:
         assert SendMany.open(capacity=2**31 - 1) is None
     assert any("writing to each socket in turn" in line for line in lines)
+
+
+def test_a_refused_batch_is_reported_once_and_tried_nowhere(sender):
+    """A first descriptor the kernel refuses: nothing is sent, every caller writes the usual way, one warning."""
+    pairs = socket_pairs(2)
+    closed = socket.socket()
+    bad = closed.fileno()
+    closed.close()
+    with captured_log() as lines:
+        assert sender.send([bad, pairs[1][0].fileno()], b"frame") == [0, 0]
+        assert sender.send([bad], b"frame") == [0]
+    assert len([line for line in lines if "io_submit refused a batch (Bad file descriptor)" in line]) == 1
+    assert read_all(pairs[1][1]) == b""
