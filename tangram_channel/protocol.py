@@ -147,7 +147,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
                 ).payloadHybi
                 for broadcast in burst.broadcasts
             )
-        return data if self._count(len(data)) else None
+        return data if not self._paused or self._count(len(data)) else None
 
     def _direct_socket(self) -> socket.socket | None:
         """
@@ -301,8 +301,10 @@ class PhoenixFactory(WebSocketServerFactory):
             if len(group) == 1:
                 group[0]._write_now(data)  # one socket: one plain send is the cheaper call
                 continue
+            size = len(data)
             for outbox, sent in zip(group, sender.send(fds, data)):
-                outbox._write_rest(data, sent)
+                if sent != size:
+                    outbox._write_rest(data, sent)
 
     def frame_rejected(self, error: FrameError) -> None:
         """Count a bad frame; log at most one a minute, so bad clients cannot flood the log."""
