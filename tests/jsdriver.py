@@ -128,6 +128,12 @@ class Driver:
             if got["step"] == step and (where is None or where(got)):
                 return got
 
+    def _next_unread(self) -> dict[str, Any] | None:
+        try:
+            return self.steps.get_nowait()
+        except queue.Empty:
+            return None
+
     def send(self, command: str, **data: Any) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write(json.dumps({"command": command, **data}) + "\n")
@@ -140,6 +146,10 @@ class Driver:
         except subprocess.TimeoutExpired:
             raise self._explain("driver did not exit") from None
         if code != 0:
+            # the steps it reported after the last one expected say why
+            time.sleep(0.2)  # let the reader threads take the last lines
+            while (step := self._next_unread()) is not None:
+                self.seen.append(step)
             raise self._explain(f"driver exited {code}")
 
     def kill(self) -> None:

@@ -358,8 +358,7 @@ async def test_push_is_answered_ok_only_after_redis_acknowledged(start_service, 
     replies = [await client.until(lambda f: f[3] == "phx_reply") for _ in range(2)]
     assert [r[1] for r in replies] == [beat, push]
     assert replies[1][4] == OK_EMPTY
-    # Redis hands the message to subscribers before it acknowledges the PUBLISH
-    assert (b"from:room:say", b'{"text":"hi"}') in listener.pending()
+    assert await listener.next() == (b"from:room:say", b'{"text":"hi"}')
 
 
 @pytest_twisted.ensureDeferred

@@ -7,7 +7,7 @@
 //   any other command is handed to window.onCommand(command) in the page;
 // - ROUTE_URL=FILE answers requests for ROUTE_URL with FILE, so a page can live on the
 //   service's own origin (the seed's snippet uses a relative socket URL).
-// Exits 0 after a "done" command, 1 when the page throws or reports "failed".
+// Exits 0 after a "done" command, 1 when the page throws or reports "failed" before it.
 
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -29,11 +29,24 @@ const [pageUrl, ...routes] = process.argv.slice(2);
 const profile = mkdtempSync(join(tmpdir(), "tangram-chromium-"));
 let context;
 
-async function finish(code) {
-  if (context) await context.close().catch(() => {});
-  rmSync(profile, { recursive: true, force: true });
-  process.exit(code);
+let finishing;
+
+// The first call decides the exit code: a page error raised while the browser closes
+// after "done" must not turn a passed run into a failure.
+function finish(code) {
+  finishing ??= (async () => {
+    if (context) await context.close().catch(() => {});
+    rmSync(profile, { recursive: true, force: true });
+    process.exit(code);
+  })();
+  return finishing;
 }
+
+process.on("unhandledRejection", error => {
+  if (finishing) return;
+  report("failed", { error: `unhandled rejection: ${error && error.stack || error}` });
+  finish(1);
+});
 
 try {
   context = await chromium.launchPersistentContext(profile, {
