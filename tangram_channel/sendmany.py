@@ -38,6 +38,7 @@ _IOCB_CMD_PWRITE = 1
 # struct iocb is eight 64-bit words (little-endian layout): the ones set here are
 # aio_data (0), aio_lio_opcode | aio_fildes << 32 (2), aio_buf (3), aio_nbytes (4)
 _IOCB_WORDS = 8
+_IOCB_BYTES = 8 * _IOCB_WORDS
 # struct io_event is four: data (0), obj (1), res (2), res2 (3)
 _EVENT_WORDS = 4
 
@@ -59,10 +60,10 @@ class SendMany:
             code = ctypes.get_errno()
             raise OSError(code, f"io_setup: {os.strerror(code)}")
         self._context: int | None = context.value
-        self._iocbs = array("Q", bytes(8 * _IOCB_WORDS * capacity))
+        self._iocbs = array("Q", bytes(_IOCB_BYTES * capacity))
         self._iocbs[0::_IOCB_WORDS] = array("Q", range(capacity))  # aio_data: the slot, to match replies
         first = self._iocbs.buffer_info()[0]
-        self._pointers = array("Q", range(first, first + 8 * _IOCB_WORDS * capacity, 8 * _IOCB_WORDS))
+        self._pointers = array("Q", range(first, first + _IOCB_BYTES * capacity, _IOCB_BYTES))
         self._events = array("q", bytes(8 * _EVENT_WORDS * capacity))
 
     @classmethod
