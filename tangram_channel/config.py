@@ -17,6 +17,8 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from .frames import HeaderLimits
+
 ENV_PREFIX = "TANGRAM_CHANNEL_"
 DEFAULT_SECRET = "secret"
 
@@ -52,6 +54,10 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     conformance_echo: bool = False
+    max_topic_length: int = 256
+    max_event_length: int = 256
+    max_ref_length: int = 64
+    max_id_length: int = 128
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -60,6 +66,11 @@ class Config:
             return self.listen
         host = self.host.replace(":", "\\:")
         return (f"tcp:{self.port}:interface={host}",)
+
+    @property
+    def header_limits(self) -> HeaderLimits:
+        """The caps on what clients name, for the frame decoder and the token authority."""
+        return HeaderLimits(self.max_topic_length, self.max_event_length, self.max_ref_length, self.max_id_length)
 
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secrets hidden, for display."""
@@ -100,6 +111,10 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "log_level": ("str", None),
     "log_format": ("str", None),
     "conformance_echo": ("bool", None),
+    "max_topic_length": ("int", 1),
+    "max_event_length": ("int", 1),
+    "max_ref_length": ("int", 1),
+    "max_id_length": ("int", 1),
 }
 _EXPECTED = {
     "str": "a string",
@@ -228,7 +243,11 @@ def build(
     for key, value in command_line.items():
         if value is not None:
             merged[key] = _from_text(key, value) if isinstance(value, str) else value
-    return Config(**{key: _check(key, value) for key, value in merged.items()})
+    config = Config(**{key: _check(key, value) for key, value in merged.items()})
+    if config.id_length > config.max_id_length:
+        # every random id would be refused at join
+        raise ConfigError(f"id_length ({config.id_length}) must not exceed max_id_length ({config.max_id_length})")
+    return config
 
 
 def load(

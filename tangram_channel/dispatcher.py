@@ -17,11 +17,13 @@ from typing import Any, Protocol
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 
 from . import frames
 from .coalesce import Coalescer
 from .frames import Broadcast, Burst, FrameError, Message
+from .logs import ThrottledLog
 from .metrics import Metrics
 from .presence import Presence, Replica
 from .redis import RedisUnavailable
@@ -111,6 +113,7 @@ class Hub:
         self.bus = bus
         self.presence = presence
         self.clock = clock
+        self.errors = ThrottledLog(log, clock)
         self.max_channels_per_socket = max_channels_per_socket
         self.members: dict[str, set[Member]] = {}
         self.sessions: set[Session] = set()
@@ -217,7 +220,9 @@ class Hub:
             try:
                 broadcast = Broadcast.from_redis(topic, event, payload)
             except FrameError as e:
-                log.warn("dropped a message for {topic}: {reason}", topic=topic, reason=e.reason)
+                self.errors.emit(
+                    "redis message", "dropped a message for {topic}: {reason}", topic=topic, reason=e.reason
+                )
                 continue
             if run and run[0].topic != topic:
                 self._coalescer.arrived(run[0].topic, run)
@@ -263,6 +268,13 @@ class Session:
         self.closed = False
 
     def received(self, message: Message) -> None:
+        """Act on ``message``; a bug met on the way costs its sender an error reply, not the socket."""
+        try:
+            self._act_on(message)
+        except Exception:
+            self._internal_error(Failure(), message)
+
+    def _act_on(self, message: Message) -> None:
         if message.event == "heartbeat" and message.topic == HEARTBEAT_TOPIC:
             self.hub.metrics.heartbeats.inc()
             self._reply_ok(message, {})
@@ -271,14 +283,18 @@ class Session:
             self._join(message)
         elif message.event == "phx_leave":
             self._leave(message)
+        elif ":" in message.event:
+            # published as from:<topic>:<event>, it would land in another topic's namespace
+            reason = "event must not contain ':'"
+            self._reply(message.join_ref, message.ref, message.topic, "error", {"reason": reason})
         elif message.topic in self.joins:
             self._push(message)
         else:
             self._reply(None, message.ref, message.topic, "error", {"reason": "unmatched topic"})
 
     def frame_error(self, error: FrameError) -> None:
-        """Answer an unparseable frame if it carried a ref to answer."""
-        if error.ref is not None and error.topic is not None:
+        """Answer an unparseable frame if it can be answered (see ``FrameError.answerable``)."""
+        if error.answerable:
             self._reply(error.join_ref, error.ref, error.topic, "error", {"reason": error.reason})
 
     def disconnected(self) -> None:
@@ -312,6 +328,7 @@ class Session:
         member = self.joins[topic] = Member(self, topic, join_ref, grant.id, meta)
         d = self.hub.join(member)
         d.addCallbacks(self._joined, self._join_failed, (member, message), None, (member, message))
+        d.addErrback(self._internal_error, message)
 
     def _joined(self, replica: Replica, member: Member, message: Message) -> None:
         if self.joins.get(member.topic) is not member:
@@ -336,7 +353,7 @@ class Session:
             self._drop(member, send_close=False, was_joined=False)
             self._refuse(member.join_ref, message, _reason(failure))
         if not failure.check(RedisUnavailable):
-            log.failure("join of {topic} failed", failure, topic=member.topic)
+            self.hub.errors.emit("join", "join of {topic} failed", failure, LogLevel.error, topic=member.topic)
 
     def _leave(self, message: Message) -> None:
         member = self.joins.get(message.topic)
@@ -369,6 +386,12 @@ class Session:
         channel = f"from:{message.topic}:{message.event}".encode()
         return self.hub.bus.publish(channel, data)
 
+    def _internal_error(self, failure: Failure, message: Message) -> None:
+        self.hub.errors.emit(
+            "client message", "handling a client's {event} failed", failure, LogLevel.error, event=message.event
+        )
+        self._reply(message.join_ref, message.ref, message.topic, "error", {"reason": "internal error"})
+
     def _refuse(self, join_ref: str | None, message: Message, reason: str) -> None:
         self.hub.metrics.refused(reason)
         self._reply(join_ref, message.ref, message.topic, "error", {"reason": reason})
@@ -376,7 +399,7 @@ class Session:
     def _reply_ok(self, message: Message, response: Any) -> None:
         self._reply(message.join_ref, message.ref, message.topic, "ok", response)
 
-    def _reply(self, join_ref: str | None, ref: str | None, topic: str, status: str, response: Any) -> None:
+    def _reply(self, join_ref: str | None, ref: str | None, topic: str | None, status: str, response: Any) -> None:
         if not self.closed:
             self.outbox.send(frames.reply(join_ref, ref, topic, status, response))
 

@@ -32,16 +32,66 @@ _BROADCAST = 2
 class FrameError(Exception):
     """
     A frame that cannot be understood. ``reason`` is what the client is told; ``ref``
-    and the other header fields are set when the frame carried them, so the error can
-    be answered.
+    and the other header fields are set when the frame carried them usable (strings
+    within their caps), so the error can be answered without echoing anything else.
+    ``header_read``: the frame had a header, refused field by field, so it is answered
+    even where no ref could be kept.
     """
 
-    def __init__(self, reason: str, join_ref: str | None = None, ref: str | None = None, topic: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        join_ref: str | None = None,
+        ref: str | None = None,
+        topic: str | None = None,
+        header_read: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.join_ref = join_ref
         self.ref = ref
         self.topic = topic
+        self.header_read = header_read
+
+    @property
+    def answerable(self) -> bool:
+        """Whether the client gets an error reply (with the usable fields, null for the rest)."""
+        return self.header_read or (self.ref is not None and self.topic is not None)
+
+
+@dataclass(frozen=True)
+class HeaderLimits:
+    """
+    Caps, in bytes of UTF-8, on what a client names: presence copies refs and ids to
+    every member, and refs come back in every reply. ``id`` caps the token's client id.
+    The defaults are far above what phoenix.js and Tangram's frontend ever send.
+    """
+
+    topic: int = 256
+    event: int = 256
+    ref: int = 64
+    id: int = 128
+
+
+DEFAULT_LIMITS = HeaderLimits()
+
+
+def field_problem(name: str, value: str, cap: int) -> str | None:
+    """
+    Why ``value`` cannot be the header field ``name``, in a sentence: not a string of
+    Unicode scalars (a lone surrogate, which JSON's ``\\u`` escapes allow, cannot be
+    written as UTF-8), or over ``cap`` bytes of UTF-8. None if it can.
+    """
+    # UTF-8 is never shorter than the text, so a 1 MiB ref is refused without encoding it
+    if len(value) > cap:
+        return f"{name} is longer than {cap} bytes"
+    if value.isascii():
+        return None
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"{name} is not valid Unicode (it holds a lone surrogate)"
+    return f"{name} is longer than {cap} bytes" if size > cap else None
 
 
 @dataclass(frozen=True)
@@ -90,30 +140,48 @@ def dumps(value: Any) -> bytes:
         return _ASCII_ENCODER.encode(value).encode("ascii")
 
 
-def _optional_ref(value: Any, name: str) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise FrameError(f"{name} must be a string or null")
+def _ref_problem(name: str, value: Any, cap: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return f"{name} must be a string or null"
+    return field_problem(name, value, cap)
 
 
-def _validated(join_ref: Any, ref: Any, topic: Any, event: Any, payload: Any) -> Message:
-    """Check header types; errors carry whatever header fields were usable."""
-    good_ref = ref if isinstance(ref, str) else None
-    good_join_ref = join_ref if isinstance(join_ref, str) else None
-    good_topic = topic if isinstance(topic, str) and topic else None
-    try:
-        _optional_ref(join_ref, "join_ref")
-        _optional_ref(ref, "ref")
-        if good_topic is None:
-            raise FrameError("topic must be a non-empty string")
-        if not isinstance(event, str) or not event:
-            raise FrameError("event must be a non-empty string")
-    except FrameError as e:
-        raise FrameError(e.reason, good_join_ref, good_ref, good_topic) from None
-    return Message(join_ref, ref, topic, event, payload)
+def _name_problem(name: str, value: Any, cap: int) -> str | None:
+    if not isinstance(value, str) or not value:
+        return f"{name} must be a non-empty string"
+    return field_problem(name, value, cap)
 
 
-def decode_text(data: bytes, vsn: str) -> Message:
+def _usable(value: Any, cap: int) -> str | None:
+    """``value`` if a reply may echo it: a string of Unicode scalars within ``cap``."""
+    return value if isinstance(value, str) and field_problem("", value, cap) is None else None
+
+
+def _addressed(error: FrameError, fields: dict[str, Any], limits: HeaderLimits) -> FrameError:
+    """``error`` with the header fields among ``fields`` that its reply may echo."""
+    error.join_ref = _usable(fields.get("join_ref"), limits.ref)
+    error.ref = _usable(fields.get("ref"), limits.ref)
+    error.topic = _usable(fields.get("topic"), limits.topic) or None
+    return error
+
+
+def _validated(join_ref: Any, ref: Any, topic: Any, event: Any, payload: Any, limits: HeaderLimits) -> Message:
+    """Check the header fields' types and caps; an error keeps those a reply may echo."""
+    reason = (
+        _ref_problem("join_ref", join_ref, limits.ref)
+        or _ref_problem("ref", ref, limits.ref)
+        or _name_problem("topic", topic, limits.topic)
+        or _name_problem("event", event, limits.event)
+    )
+    if reason is None:
+        return Message(join_ref, ref, topic, event, payload)
+    fields = {"join_ref": join_ref, "ref": ref, "topic": topic}
+    raise _addressed(FrameError(reason, header_read=True), fields, limits)
+
+
+def decode_text(data: bytes, vsn: str, limits: HeaderLimits = DEFAULT_LIMITS) -> Message:
     """Parse a text frame of serializer ``vsn``."""
     try:
         value = loads(data)
@@ -123,26 +191,19 @@ def decode_text(data: bytes, vsn: str) -> Message:
         if not isinstance(value, dict):
             raise FrameError("a 1.0.0 frame must be a JSON object")
         if not {"topic", "event", "payload", "ref"} <= value.keys():
-            raise _with_headers(FrameError("a 1.0.0 frame needs topic, event, payload and ref"), value)
-        return _validated(value.get("join_ref"), value["ref"], value["topic"], value["event"], value["payload"])
+            raise _addressed(FrameError("a 1.0.0 frame needs topic, event, payload and ref"), value, limits)
+        return _validated(
+            value.get("join_ref"), value["ref"], value["topic"], value["event"], value["payload"], limits
+        )
     if not isinstance(value, list) or len(value) != 5:
         error = FrameError("a 2.0.0 frame must be an array of 5 elements")
         if isinstance(value, list):
-            raise _with_headers(error, dict(zip(("join_ref", "ref", "topic"), value)))
+            raise _addressed(error, dict(zip(("join_ref", "ref", "topic"), value)), limits)
         raise error
-    return _validated(*value)
+    return _validated(*value, limits)
 
 
-def _with_headers(error: FrameError, fields: dict[str, Any]) -> FrameError:
-    """Attach the usable header fields of an incomplete V1 frame to ``error``."""
-    for name in ("join_ref", "ref", "topic"):
-        value = fields.get(name)
-        if isinstance(value, str):
-            setattr(error, name, value)
-    return error
-
-
-def decode_binary(data: bytes) -> Message:
+def decode_binary(data: bytes, limits: HeaderLimits = DEFAULT_LIMITS) -> Message:
     """Parse a binary push from a client."""
     if len(data) < 5 or data[0] != _PUSH:
         raise FrameError("binary frame is not a push")
@@ -163,10 +224,10 @@ def decode_binary(data: bytes) -> Message:
         start = end
     if problem is not None:
         # the fields before the bad one can still address the error reply
-        join_ref, ref, topic = (fields + ["", "", ""])[:3]
-        raise FrameError(problem, join_ref or None, ref or None, topic or None)
+        usable = dict(zip(("join_ref", "ref", "topic"), (field or None for field in fields)))
+        raise _addressed(FrameError(problem), usable, limits)
     join_ref, ref, topic, event = fields
-    return _validated(join_ref or None, ref or None, topic, event, data[start:])
+    return _validated(join_ref or None, ref or None, topic, event, data[start:], limits)
 
 
 def encode(message: Message, vsn: str) -> bytes:
@@ -184,7 +245,7 @@ def encode(message: Message, vsn: str) -> bytes:
     return dumps([message.join_ref, message.ref, message.topic, message.event, message.payload])
 
 
-def reply(join_ref: str | None, ref: str | None, topic: str, status: str, response: Any) -> Message:
+def reply(join_ref: str | None, ref: str | None, topic: str | None, status: str, response: Any) -> Message:
     return Message(join_ref, ref, topic, "phx_reply", {"status": status, "response": response})
 
 

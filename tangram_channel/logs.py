@@ -13,6 +13,8 @@ A JSON line holds ``time`` (ISO 8601, UTC), ``level``, ``namespace``, ``event`` 
 formatted text), ``fields`` (the event's own keys) and, for failures, ``traceback``.
 Fields whose names suggest a secret are masked, so no token reaches a log shipper even
 if a caller logs one by mistake.
+
+``ThrottledLog`` is for the error paths others can drive: each kind at most once a minute.
 """
 
 from __future__ import annotations
@@ -24,18 +26,22 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from twisted.application.service import MultiService
-from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
     textFileLogObserver,
 )
 from twisted.python.components import Componentized
+from twisted.python.failure import Failure
 from twisted.python.logfile import LogFile
+
+from .ratelimit import LogThrottle
 
 _SECRET_WORDS = ("token", "secret", "password", "key")
 # keys of legacy (twisted.python.log) events that repeat what the line already says
@@ -77,6 +83,32 @@ def json_line(event: dict[str, Any]) -> str:
 def json_file_observer(out: IO[str]) -> ILogObserver:
     """An observer writing one JSON object per line to ``out``."""
     return FileLogObserver(out, json_line)
+
+
+class ThrottledLog:
+    """
+    The log of the error paths a client or a plugin can drive: each kind of line at most
+    once an interval (``ratelimit.LogThrottle``), telling how many like it were dropped,
+    so a client that provokes an error in a loop costs one line a minute, not 44 KB/s.
+    """
+
+    def __init__(self, log: Logger, clock: IReactorTime, interval: float = 60.0) -> None:
+        self._log = log
+        self._throttle = LogThrottle(clock, interval)
+
+    def emit(
+        self, kind: str, text: str, failure: Failure | None = None, level: LogLevel = LogLevel.warn, **fields: Any
+    ) -> None:
+        """Log ``text`` (a format string over ``fields``) with ``failure``'s traceback, unless ``kind`` was just logged."""
+        dropped = self._throttle.allow(kind)
+        if dropped is None:
+            return
+        if dropped:
+            text += " ({dropped} more like it not logged)"
+        if failure is None:
+            self._log.emit(level, text, dropped=dropped, **fields)
+        else:
+            self._log.failure(text, failure, level, dropped=dropped, **fields)
 
 
 def twistd_log_file(twistd_options: Any) -> IO[str]:

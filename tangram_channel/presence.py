@@ -32,6 +32,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from . import frames
+from .logs import ThrottledLog
 
 log = Logger()
 
@@ -263,6 +264,7 @@ class Presence:
     ) -> None:
         self._store = store
         self._clock = clock
+        self._errors = ThrottledLog(log, clock)
         self.node = node
         self._window = window
         self._node_timeout = node_timeout
@@ -427,8 +429,8 @@ class Presence:
     def diff_received(self, topic: str, payload: bytes) -> None:
         try:
             diff = json.loads(payload)
-        except ValueError:
-            log.warn("ignored a malformed presence_diff on {topic}", topic=topic)
+        except (ValueError, RecursionError):
+            self._errors.emit("presence_diff", "ignored a malformed presence_diff on {topic}", topic=topic)
             return
         replica = self.replicas.get(topic)
         if replica is not None:

@@ -24,12 +24,13 @@ from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from zope.interface import implementer
 
 from . import frames
 from .dispatcher import Hub, Session, send_to_each
-from .frames import Burst, FrameError, Message
+from .frames import DEFAULT_LIMITS, Burst, FrameError, HeaderLimits, Message
+from .logs import ThrottledLog
 from .metrics import Metrics
 from .sendmany import SendMany
 
@@ -104,7 +105,10 @@ class PhoenixProtocol(WebSocketServerProtocol):
         if self.session is None:
             return
         try:
-            message = frames.decode_binary(payload) if isBinary else frames.decode_text(payload, self.vsn)
+            if isBinary:
+                message = frames.decode_binary(payload, self.factory.header_limits)
+            else:
+                message = frames.decode_text(payload, self.vsn, self.factory.header_limits)
         except FrameError as e:
             self.factory.frame_rejected(e)
             self.session.frame_error(e)
@@ -246,9 +250,11 @@ class PhoenixFactory(WebSocketServerFactory):
         max_message_size: int,
         max_send_buffer: int,
         metrics: Metrics | None = None,
+        header_limits: HeaderLimits = DEFAULT_LIMITS,
     ) -> None:
         super().__init__()
         self.hub = hub
+        self.header_limits = header_limits
         self.metrics = metrics if metrics is not None else Metrics()
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -258,7 +264,7 @@ class PhoenixFactory(WebSocketServerFactory):
         self.sender: SendMany | None = None
         self.metrics.count_sockets(lambda: len(self.sockets))
         self.frames_rejected = 0
-        self._last_rejection_logged = float("-inf")
+        self._errors = ThrottledLog(log, clock)
         # Origins are checked by web.SocketResource, which answers with a clear 403;
         # Autobahn's own check would refuse browsers' "null" origin.
         self.setProtocolOptions(
@@ -310,12 +316,10 @@ class PhoenixFactory(WebSocketServerFactory):
         """Count a bad frame; log at most one a minute, so bad clients cannot flood the log."""
         self.frames_rejected += 1
         self.metrics.rejected(error.reason)
-        now = self.clock.seconds()
-        if now - self._last_rejection_logged >= 60:
-            self._last_rejection_logged = now
-            log.info(
-                "rejected a frame: {reason} ({count} so far)", reason=error.reason, count=self.frames_rejected
-            )
+        self._errors.emit(
+            "frame", "rejected a frame: {reason} ({count} so far)", level=LogLevel.info,
+            reason=error.reason, count=self.frames_rejected,
+        )
 
     def close_all(self, code: int, reason: str) -> None:
         for socket in list(self.sockets):

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import jwt
 
+from .frames import DEFAULT_LIMITS, HeaderLimits, field_problem
+
 # PyJWT warns on every short key, through the log of whatever calls it; the service
 # warns once at start-up about the one short key that matters, the default.
 _InsecureKeyLength = getattr(getattr(jwt, "warnings", None), "InsecureKeyLengthWarning", None)
@@ -23,6 +25,11 @@ if _InsecureKeyLength is not None:
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 ADMIN_CHANNEL = "admin"
+
+
+def is_admin_channel(channel: str) -> bool:
+    """``admin`` and the topics under ``admin:``: only operators get tokens for them."""
+    return channel == ADMIN_CHANNEL or channel.startswith(ADMIN_CHANNEL + ":")
 
 
 class TokenRefused(Exception):
@@ -56,15 +63,27 @@ class TokenAuthority:
         leeway_secs: int,
         id_length: int,
         now: Callable[[], float],
+        limits: HeaderLimits = DEFAULT_LIMITS,
     ) -> None:
         self._secret = secret
         self._expiration_secs = expiration_secs
         self._leeway_secs = leeway_secs
         self.id_length = id_length
         self._now = now
+        self._limits = limits
+
+    def claims_problem(self, channel: str, client_id: str | None) -> str | None:
+        """Why a join would refuse a token for ``channel`` and ``client_id``, in a sentence; None if it would not."""
+        problem = field_problem('"channel"', channel, self._limits.topic)
+        if problem is None and client_id is not None:
+            problem = field_problem('"id"', client_id, self._limits.id)
+        return problem
 
     def mint(self, channel: str, client_id: str | None = None, expires_in: int | None = None) -> tuple[str, str]:
-        """Return ``(id, token)``; a missing ``client_id`` gets a random one."""
+        """Return ``(id, token)``; a missing ``client_id`` gets a random one. ValueError if a join would refuse it."""
+        problem = self.claims_problem(channel, client_id)
+        if problem is not None:
+            raise ValueError(problem)
         if client_id is None:
             client_id = random_id(self.id_length)
         issued = int(self._now())
@@ -104,4 +123,8 @@ class TokenAuthority:
             raise TokenRefused("unauthorized")
         if channel != topic:
             raise TokenRefused("unauthorized")
+        # presence copies the id to every member: one minted elsewhere may be of any size
+        problem = field_problem("token id", client_id, self._limits.id)
+        if problem is not None:
+            raise TokenRefused(problem)
         return Grant(id=client_id, channel=channel)

@@ -20,7 +20,7 @@ from twisted.web.server import Request, Site
 
 from . import frames
 from .protocol import CONFORMANCE_PATH, PhoenixFactory
-from .tokens import ADMIN_CHANNEL, TokenAuthority
+from .tokens import TokenAuthority, is_admin_channel
 
 MAX_TOKEN_REQUEST = 64 * 1024
 
@@ -69,7 +69,10 @@ class TokenResource(Resource):
             return _error(request, 422, '"channel" is required and must be a non-empty string')
         if client_id is not None and not isinstance(client_id, str):
             return _error(request, 422, '"id" must be a string or null')
-        if channel == ADMIN_CHANNEL and not self._admin_allowed(request):
+        problem = self._tokens.claims_problem(channel, client_id)
+        if problem is not None:
+            return _error(request, 422, problem)
+        if is_admin_channel(channel) and not self._admin_allowed(request):
             if self._admin_key is None:
                 return _error(request, 403, "admin tokens are minted with 'tangram-channel token --channel admin'")
             return _error(request, 403, "an admin token needs Authorization: Bearer <admin_key>")
