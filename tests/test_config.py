@@ -10,6 +10,7 @@ from twisted.python import usage
 
 from tangram_channel import config as configuration
 from tangram_channel.config import Config, ConfigError
+from tangram_channel.frames import HeaderLimits
 from tangram_channel.tap import Options, _is_loopback_endpoint, check_secret
 
 TANGRAM_FILE = """
@@ -148,6 +149,20 @@ def test_write_delay_may_be_zero_or_up_to_a_second(tmp_path: Path) -> None:
     assert configuration.load(None, {}, {})[0].write_delay == 0.003
     assert configuration.load(None, {"TANGRAM_CHANNEL_WRITE_DELAY": "0"}, {})[0].write_delay == 0.0
     assert configuration.load(write(tmp_path, "[channel]\nwrite_delay = 1\n"), {}, {})[0].write_delay == 1.0
+
+
+def test_header_caps_are_settings_handed_on_as_limits(tmp_path: Path) -> None:
+    assert configuration.load(None, {}, {})[0].header_limits == HeaderLimits(topic=256, event=256, ref=64, id=128)
+    text = "[channel]\nmax_topic_length = 100\nmax_event_length = 50\nmax_ref_length = 20\nmax_id_length = 30\n"
+    assert configuration.load(write(tmp_path, text), {}, {})[0].header_limits == HeaderLimits(100, 50, 20, 30)
+    with pytest.raises(ConfigError, match="max_ref_length"):
+        configuration.load(None, {"TANGRAM_CHANNEL_MAX_REF_LENGTH": "0"}, {})
+
+
+def test_random_ids_must_fit_max_id_length() -> None:
+    """Else every token minted without an id would be refused at join."""
+    with pytest.raises(ConfigError, match="max_id_length"):
+        configuration.load(None, {"TANGRAM_CHANNEL_ID_LENGTH": "20", "TANGRAM_CHANNEL_MAX_ID_LENGTH": "10"}, {})
 
 
 def test_an_unknown_channel_key_is_a_warning_naming_it(tmp_path: Path) -> None:

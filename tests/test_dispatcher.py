@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tangram_channel import dispatcher
 from tangram_channel.dispatcher import Session
 from tangram_channel.frames import FrameError, Message
 
@@ -293,6 +294,84 @@ def test_a_frame_error_with_a_ref_is_answered(world: World) -> None:
     session.frame_error(FrameError("event must be a non-empty string", "1", "2", "room"))
     session.frame_error(FrameError("invalid JSON"))
     assert outbox.take() == [reply("1", "2", "room", "error", {"reason": "event must be a non-empty string"})]
+
+
+def test_a_refused_header_is_answered_with_null_for_each_field_it_could_not_echo(world: World) -> None:
+    """A frame refused field by field is answered even when its ref or topic was the bad field."""
+    session, outbox = world.connect()
+    session.frame_error(FrameError("ref is longer than 64 bytes", "1", None, "room", header_read=True))
+    session.frame_error(FrameError("topic is not valid Unicode", None, "7", None, header_read=True))
+    assert outbox.take() == [
+        reply("1", None, "room", "error", {"reason": "ref is longer than 64 bytes"}),
+        reply(None, "7", None, "error", {"reason": "topic is not valid Unicode"}),
+    ]
+
+
+def test_a_pushed_event_with_a_colon_is_refused_and_reaches_no_namespace(world: World) -> None:
+    """``from:a:b:c`` would be read as topic ``a:b``, event ``c``: such an event is refused."""
+    session, outbox = joined(world, "a")
+    push(session, "a", "b:c", {"x": 1}, ref="5")
+    assert outbox.take() == [reply("1", "5", "a", "error", {"reason": "event must not contain ':'"})]
+    assert not [channel for channel, _ in world.redis.published if channel.startswith(b"from:a:b")]
+    push(session, "a", "b", {"x": 1}, ref="6")
+    assert outbox.take() == [reply("1", "6", "a", "ok", {})]
+
+
+def logged(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """The events the dispatcher logs from now on."""
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(dispatcher.log, "observer", events.append)
+    return events
+
+
+def test_an_unexpected_error_is_answered_internal_error_logged_once_a_minute_and_the_socket_lives(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session, outbox = joined(world, "room")
+    events = logged(monkeypatch)
+
+    def broken_publish(channel: bytes, payload: bytes) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(world.redis, "publish", broken_publish)
+    for n in range(1000):
+        push(session, "room", "talk", {}, ref=str(n))
+    assert outbox.take() == [reply("1", str(n), "room", "error", {"reason": "internal error"}) for n in range(1000)]
+    assert len(events) == 1 and events[0]["log_failure"].check(RuntimeError)
+    world.clock.advance(60)
+    push(session, "room", "talk", {}, ref="late")
+    assert len(events) == 2 and events[1]["dropped"] == 999
+    monkeypatch.undo()
+    assert_usable(world, session, outbox)
+
+
+def test_failed_joins_are_logged_once_a_minute(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    session, outbox = world.connect()
+    events = logged(monkeypatch)
+
+    def broken_track(topic: str, key: str, meta: dict[str, Any]) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(world.presence, "track", broken_track)
+    for n in range(100):
+        world.join(session, "room", str(n))
+    assert [frame[4]["response"] for frame in outbox.take()] == [{"reason": "internal error"}] * 100
+    assert len(events) == 1
+    monkeypatch.undo()
+    assert_usable(world, session, outbox)
+
+
+def test_redis_messages_that_cannot_be_sent_are_logged_once_a_minute(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = "t" * 256  # too long for a binary frame's one-byte length
+    session, outbox = joined(world, topic)
+    events = logged(monkeypatch)
+    for _ in range(100):
+        world.hub.deliver([(topic, "raw", b"not json")])
+    world.hub.deliver([(topic, "json", b"{}")])
+    assert [frame[3] for frame in outbox.take()] == ["json"]
+    assert len(events) == 1
 
 
 # broadcasts

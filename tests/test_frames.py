@@ -100,6 +100,80 @@ def test_malformed_text_frame_is_a_frame_error_with_usable_headers(
     assert (error.join_ref, error.ref, error.topic) == (join_ref, ref, topic)
 
 
+# header fields: Unicode scalar strings within caps (PROTOCOL 9)
+
+SURROGATE = "\ud800"  # legal in a JSON \u escape, impossible in UTF-8
+
+
+def text_frame(vsn: str, join_ref: object, ref: object, topic: object, event: object) -> bytes:
+    """A text frame with any header, as a client could send it (ensure_ascii escapes surrogates)."""
+    if vsn == V1:
+        return json.dumps({"topic": topic, "event": event, "payload": {}, "ref": ref, "join_ref": join_ref}).encode()
+    return json.dumps([join_ref, ref, topic, event, {}]).encode()
+
+
+@pytest.mark.parametrize("vsn", [V1, V2])
+@pytest.mark.parametrize(
+    "join_ref, ref, topic, event, reason, echoed",
+    [
+        pytest.param("1", "2", "room", SURROGATE, "event is not valid Unicode", ("1", "2", "room"), id="event-surrogate"),
+        pytest.param("1", "2", "a" + SURROGATE, "ev", "topic is not valid Unicode", ("1", "2", None), id="topic-surrogate"),
+        pytest.param("1", SURROGATE, "room", "ev", "ref is not valid Unicode", ("1", None, "room"), id="ref-surrogate"),
+        pytest.param("\udc00" + SURROGATE, "2", "room", "ev", "join_ref is not valid Unicode", (None, "2", "room"),
+                     id="join-ref-reversed-pair"),
+        pytest.param("j" * (1 << 20), "2", "room", "ev", "join_ref is longer than 64 bytes", (None, "2", "room"),
+                     id="join-ref-1MiB"),
+        pytest.param("1", "r" * 65, "room", "ev", "ref is longer than 64 bytes", ("1", None, "room"), id="ref-65"),
+        pytest.param("1", "2", "t" * 257, "ev", "topic is longer than 256 bytes", ("1", "2", None), id="topic-257"),
+        pytest.param("1", "2", "é" * 129, "ev", "topic is longer than 256 bytes", ("1", "2", None),
+                     id="topic-258-bytes-in-129-characters"),
+        pytest.param("1", "2", "room", "e" * 257, "event is longer than 256 bytes", ("1", "2", "room"), id="event-257"),
+    ],
+)
+def test_a_header_field_that_is_not_a_capped_unicode_string_is_refused_and_never_echoed(
+    vsn: str, join_ref: str, ref: str, topic: str, event: str, reason: str, echoed: tuple
+) -> None:
+    """The error names the field and is answered; its reply echoes only the valid fields."""
+    with pytest.raises(FrameError) as caught:
+        frames.decode_text(text_frame(vsn, join_ref, ref, topic, event), vsn)
+    error = caught.value
+    assert error.reason.startswith(reason)
+    assert (error.join_ref, error.ref, error.topic) == echoed
+    assert error.answerable
+
+
+@pytest.mark.parametrize("vsn", [V1, V2])
+def test_header_fields_at_their_caps_are_accepted(vsn: str) -> None:
+    """Caps count bytes of UTF-8: 64-byte refs and 256-byte topics and events pass, multi-byte or not."""
+    fields = ("j" * 64, "ü" * 32, "t" * 254 + "é", "\U0001f6eb" * 64)  # a surrogate pair in JSON is one scalar
+    message = frames.decode_text(text_frame(vsn, *fields), vsn)
+    assert (message.join_ref, message.ref, message.topic, message.event) == fields
+
+
+def test_caps_come_from_the_limits_given() -> None:
+    limits = frames.HeaderLimits(topic=4, event=4, ref=2)
+    assert frames.decode_text(b'["12","12","room","push",{}]', V2, limits).topic == "room"
+    for data in (b'["123","1","room","push",{}]', b'["1","1","rooms","push",{}]', b'["1","1","room","pushy",{}]'):
+        with pytest.raises(FrameError):
+            frames.decode_text(data, V2, limits)
+
+
+def test_a_binary_header_over_its_cap_is_refused_and_never_echoed() -> None:
+    with pytest.raises(FrameError) as caught:
+        frames.decode_binary(binary_push(b"1", b"r" * 65, b"room", b"ev", b"x"))
+    assert caught.value.reason == "ref is longer than 64 bytes"
+    assert (caught.value.join_ref, caught.value.ref, caught.value.topic) == ("1", None, "room")
+    # a frame cut short keeps only the fields within caps for its reply
+    with pytest.raises(FrameError) as caught:
+        frames.decode_binary(binary_push(b"j" * 200, b"2", b"room", b"ev", b"")[:-1])
+    assert (caught.value.join_ref, caught.value.ref, caught.value.topic) == (None, "2", "room")
+
+
+def test_a_long_field_is_refused_by_its_length_whatever_it_holds() -> None:
+    assert frames.field_problem("ref", SURROGATE * (1 << 20), 64) == "ref is longer than 64 bytes"
+    assert frames.field_problem("ref", "ok", 64) is None
+
+
 # binary pushes
 
 

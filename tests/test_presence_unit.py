@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from tangram_channel import frames
+from tangram_channel import frames, presence
 from tangram_channel.presence import NODES_KEY, Diff, Presence, Replica, encode_entry, presence_key
 
 from .fakes import WINDOW, FakeRedis
@@ -216,6 +216,20 @@ def test_later_diffs_apply_to_the_replica(node: Node) -> None:
     node.clock.advance(WINDOW)
     node.presence.diff_received("room", frames.dumps(diff({"bob": ["b1"]})))
     node.presence.diff_received("room", b"not json")
+    assert refs(node.presence.replicas["room"]) == {"alice": ["a1"], "bob": ["b1"]}
+
+
+def test_malformed_diffs_are_ignored_and_logged_once_a_minute(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone who can PUBLISH may send them, deep enough to exhaust the parser's recursion too."""
+    events: list[dict[str, Any]] = []
+    monkeypatch.setattr(presence.log, "observer", events.append)
+    node.track("room", "alice", "a1")
+    node.clock.advance(WINDOW)
+    for _ in range(50):
+        node.presence.diff_received("room", b"not json")
+        node.presence.diff_received("room", b"[" * 100_000 + b"]" * 100_000)
+    assert len(events) == 1
+    node.presence.diff_received("room", frames.dumps(diff({"bob": ["b1"]})))
     assert refs(node.presence.replicas["room"]) == {"alice": ["a1"], "bob": ["b1"]}
 
 

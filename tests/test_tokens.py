@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet.task import Clock
 
-from tangram_channel.tokens import Grant, TokenAuthority, TokenRefused, random_id
+from tangram_channel.frames import HeaderLimits
+from tangram_channel.tokens import Grant, TokenAuthority, TokenRefused, is_admin_channel, random_id
 
 from .fakes import SECRET, claims_of
 
@@ -136,3 +137,47 @@ def test_id_and_channel_must_be_strings(authority: TokenAuthority, changes: dict
 @pytest.mark.parametrize("token", [None, "", 42, {"token": "x"}, "not.a.jwt", "garbage"])
 def test_a_missing_or_malformed_token_is_unauthorized(authority: TokenAuthority, token: object) -> None:
     assert refusal(authority, token) == "unauthorized"
+
+
+# caps: what a join refuses is never minted
+
+
+@pytest.mark.parametrize(
+    "client_id, reason",
+    [("i" * 129, "token id is longer than 128 bytes"), ("\ud800", "token id is not valid Unicode")],
+)
+def test_a_token_id_over_its_cap_or_not_unicode_is_refused_at_join(
+    authority: TokenAuthority, client_id: str, reason: str
+) -> None:
+    """Presence copies the id to every member: one signed elsewhere may be of any size."""
+    assert refusal(authority, signed(good_claims(id=client_id))).startswith(reason)
+    assert authority.verify(signed(good_claims(id="i" * 128)), "room") == Grant(id="i" * 128, channel="room")
+
+
+@pytest.mark.parametrize(
+    "channel, client_id, problem",
+    [
+        ("\ud800", "alice", '"channel" is not valid Unicode'),
+        ("t" * 257, "alice", '"channel" is longer than 256 bytes'),
+        ("room", "i" * 129, '"id" is longer than 128 bytes'),
+        ("room", "a\udfff", '"id" is not valid Unicode'),
+    ],
+)
+def test_mint_refuses_what_a_join_would_refuse(
+    authority: TokenAuthority, channel: str, client_id: str, problem: str
+) -> None:
+    assert authority.claims_problem(channel, client_id).startswith(problem)
+    with pytest.raises(ValueError, match=problem):
+        authority.mint(channel, client_id)
+
+
+def test_caps_come_from_the_limits_given(clock: Clock) -> None:
+    authority = TokenAuthority(SECRET, 3600, LEEWAY, 8, clock.seconds, limits=HeaderLimits(topic=4, id=2))
+    assert authority.claims_problem("room", "ab") is None
+    assert authority.claims_problem("rooms", "ab") and authority.claims_problem("room", "abc")
+    assert refusal(authority, signed(good_claims(id="abc"))) == "token id is longer than 2 bytes"
+
+
+@pytest.mark.parametrize("channel, admin", [("admin", True), ("admin:ops", True), ("administrators", False), ("x:admin", False)])
+def test_topics_under_admin_are_admin_channels(channel: str, admin: bool) -> None:
+    assert is_admin_channel(channel) is admin

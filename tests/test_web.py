@@ -168,6 +168,35 @@ def test_admin_token_is_minted_with_the_right_bearer() -> None:
     assert claims_of(answer.json()["token"])["channel"] == "admin"
 
 
+@pytest.mark.parametrize("channel", ["admin:ops", "admin:"])
+def test_topics_under_admin_need_the_admin_key_too(channel: str) -> None:
+    assert post_token(client(admin_key=ADMIN_KEY), {"channel": channel}).code == 403
+    answer = post_token(client(admin_key=ADMIN_KEY), {"channel": channel}, {"authorization": "Bearer " + ADMIN_KEY})
+    assert answer.code == 200
+
+
+@pytest.mark.parametrize(
+    "fields, sentence",
+    [
+        ({"channel": "room\ud800"}, '"channel" is not valid Unicode (it holds a lone surrogate)'),
+        ({"channel": "t" * 257}, '"channel" is longer than 256 bytes'),
+        ({"channel": "é" * 129}, '"channel" is longer than 256 bytes'),
+        ({"channel": "room", "id": "i" * 60_000}, '"id" is longer than 128 bytes'),
+        ({"channel": "room", "id": "\udc00"}, '"id" is not valid Unicode (it holds a lone surrogate)'),
+    ],
+)
+def test_token_refuses_what_a_join_would_refuse_with_422(fields: dict[str, str], sentence: str) -> None:
+    """The body is a JSON escape (``\\ud800``): legal JSON, no Unicode scalar."""
+    answer = post_token(client(), json.dumps(fields).encode())
+    assert (answer.code, answer.json()) == (422, {"error": sentence})
+
+
+def test_token_accepts_fields_at_their_caps() -> None:
+    answer = post_token(client(), {"channel": "t" * 254 + "é", "id": "i" * 128})
+    assert answer.code == 200
+    assert claims_of(answer.json()["token"])["id"] == "i" * 128
+
+
 # CORS
 
 
