@@ -56,7 +56,7 @@ class FrameError(Exception):
     @property
     def answerable(self) -> bool:
         """Whether the client gets an error reply (with the usable fields, null for the rest)."""
-        return self.header_read or (self.ref is not None and self.topic is not None)
+        return self.header_read or self.ref is not None
 
 
 @dataclass(frozen=True)
