@@ -99,7 +99,7 @@ class ThrottledLog:
     def emit(
         self, kind: str, text: str, failure: Failure | None = None, level: LogLevel = LogLevel.warn, **fields: Any
     ) -> None:
-        """Log ``text`` (a format string over ``fields``) with ``failure``'s traceback, unless ``kind`` was just logged."""
+        """Log ``text``, a format over ``fields``, and ``failure``'s traceback, unless ``kind`` was just logged."""
         dropped = self._throttle.allow(kind)
         if dropped is None:
             return

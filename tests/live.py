@@ -16,6 +16,8 @@ import os
 import socket
 import struct
 import time
+import urllib.error
+import urllib.request
 from base64 import b64encode
 from collections.abc import Callable
 from typing import Any
@@ -293,6 +295,19 @@ def reply_status(message: Any) -> str:
 
 def reply_reason(message: Any) -> str | None:
     return payload_of(message)["response"].get("reason")
+
+
+def post_token(port: int, body: dict, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """``POST /token`` with ``body`` as JSON: the status and the JSON answer, errors included."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/token", json.dumps(body).encode(),
+        {"content-type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
 
 
 # A service in a subprocess

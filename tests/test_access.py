@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -18,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .conftest import free_port
 from .e2e import RedisMonitor, forge_token
-from .live import SECRET, RawSocket, reply_reason, reply_status, start_twistd, token
+from .live import SECRET, RawSocket, post_token, reply_reason, reply_status, start_twistd, token
 
 
 def _rsa_pem() -> bytes:
@@ -49,23 +47,11 @@ def test_forged_or_misused_tokens_are_refused(twistd, flushed_redis, name):
     client.join_ok("room", token("room"))  # the same socket, with the secret from TANGRAM_CHANNEL_JWT_SECRET
 
 
-def _post_token(port: int, body: dict, headers: dict[str, str] | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/token", json.dumps(body).encode(),
-        {"content-type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_admin_tokens_need_the_admin_key(twistd, flushed_redis):
     service = start_twistd(twistd, "--redis-url", flushed_redis.url, admin_key="the-admin-key", datetime_interval=0)
-    assert _post_token(service.port, {"channel": "admin"})[0] == 403
-    assert _post_token(service.port, {"channel": "admin"}, {"authorization": "Bearer guess"})[0] == 403
-    code, minted = _post_token(service.port, {"channel": "admin"}, {"authorization": "Bearer the-admin-key"})
+    assert post_token(service.port, {"channel": "admin"})[0] == 403
+    assert post_token(service.port, {"channel": "admin"}, {"authorization": "Bearer guess"})[0] == 403
+    code, minted = post_token(service.port, {"channel": "admin"}, {"authorization": "Bearer the-admin-key"})
     assert code == 200
     RawSocket(service.port).join_ok("admin", minted["token"])
 

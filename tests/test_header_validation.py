@@ -7,12 +7,21 @@ line per attempt.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 
-from .live import BINARY, TEXT, RawSocket, event_of, payload_of, ref_of, reply_reason, reply_status, start_twistd, token
+from .live import (
+    BINARY,
+    TEXT,
+    RawSocket,
+    event_of,
+    payload_of,
+    post_token,
+    ref_of,
+    reply_reason,
+    reply_status,
+    start_twistd,
+    token,
+)
 
 SURROGATE = "\ud800"  # json.dumps writes it as the escape \ud800: legal JSON, no Unicode scalar
 
@@ -78,17 +87,6 @@ def test_bad_header_fields_are_answered_and_harm_no_one(twistd, flushed_redis):
     neighbour.send_json([None, "hb", "phoenix", "heartbeat", {}])
     assert reply_status(neighbour.reply("hb")) == "ok"
     assert "Traceback" not in service.log()
-
-
-def post_token(port: int, fields: dict[str, str]) -> tuple[int, dict[str, str]]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/token", json.dumps(fields).encode(), {"content-type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def test_token_refuses_what_a_join_would_refuse(twistd, flushed_redis):
