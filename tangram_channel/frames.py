@@ -10,6 +10,10 @@ bytes of UTF-8::
     client push       0, jr_len, ref_len, topic_len, event_len, join_ref, ref, topic, event, payload
     server broadcast  2, topic_len, event_len, topic, event, payload
 
+Header fields from a client must be strings of Unicode scalars within ``HeaderLimits``
+(a lone surrogate cannot be written as UTF-8, and presence copies refs to every member);
+anything else is a ``FrameError`` whose reply echoes only the fields that passed.
+
 A payload from a client is re-encoded without loss for Redis: key order, strings and
 integers of any size survive. A payload from Redis is never decoded into objects: its
 bytes are spliced into the frame once and the same frame goes to every member.

@@ -129,3 +129,19 @@ def test_a_client_provoking_errors_a_thousand_times_costs_a_line_of_log_and_not_
     new_lines = service.log().splitlines()[len(logged_before) :]
     assert len(new_lines) <= 2, new_lines
     assert "Traceback" not in service.log()
+
+
+def test_malformed_presence_diffs_from_redis_cost_a_line_of_log_and_no_message(twistd, flushed_redis):
+    """Anyone who can PUBLISH can send them, nested deep enough to exhaust the JSON parser."""
+    service = start_twistd(twistd, "--redis-url", flushed_redis.url, datetime_interval=0)
+    client = RawSocket(service.port)
+    client.join_ok("room", token("room"))
+    logged_before = service.log().splitlines()
+    redis = flushed_redis.client()
+    for _ in range(100):
+        redis.publish("to:room:presence_diff", "[" * 100_000 + "]" * 100_000)
+        redis.publish("to:room:presence_diff", "not json")
+    redis.publish("to:room:news", '{"after": "the diffs"}')
+    assert payload_of(client.until(lambda m: event_of(m) == "news")) == {"after": "the diffs"}
+    new_lines = service.log().splitlines()[len(logged_before) :]
+    assert len(new_lines) <= 1, new_lines
