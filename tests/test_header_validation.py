@@ -2,7 +2,7 @@
 Header fields a live ``twistd`` service refuses (PROTOCOL.md 9): lone surrogates, fields
 over their caps, pushed events with ``:``. Each is answered with an error reply; the
 socket, its neighbours and Redis are unharmed, and the log grows by a line, not a
-line per attempt.
+line per attempt. Malformed presence diffs from Redis cost as little.
 """
 
 from __future__ import annotations
