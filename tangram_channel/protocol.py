@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import socket
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
@@ -239,6 +240,28 @@ class PhoenixProtocol(WebSocketServerProtocol):
             session.disconnected()
 
 
+class AutobahnLog:
+    """
+    Autobahn's logger for the sockets of one factory. Autobahn warns once or twice for
+    every connection a client breaks the protocol on (bad UTF-8, a reserved opcode, a
+    message too big); a client that reconnects in a loop would fill the log, so its
+    warnings and errors share one throttled kind. The other levels pass through.
+    """
+
+    def __init__(self, autobahn_log: Any, errors: ThrottledLog) -> None:
+        self._log = autobahn_log
+        self._errors = errors
+
+    def warn(self, text: str, **fields: Any) -> None:
+        self._errors.emit("websocket", text, **fields)
+
+    def error(self, text: str, **fields: Any) -> None:
+        self._errors.emit("websocket", text, level=LogLevel.error, **fields)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+
 class PhoenixFactory(WebSocketServerFactory):
     protocol = PhoenixProtocol
 
@@ -265,6 +288,7 @@ class PhoenixFactory(WebSocketServerFactory):
         self.metrics.count_sockets(lambda: len(self.sockets))
         self.frames_rejected = 0
         self._errors = ThrottledLog(log, clock)
+        self._autobahn_log = AutobahnLog(self.protocol.log, self._errors)
         # Origins are checked by web.SocketResource, which answers with a clear 403;
         # Autobahn's own check would refuse browsers' "null" origin.
         self.setProtocolOptions(
@@ -278,6 +302,11 @@ class PhoenixFactory(WebSocketServerFactory):
             closeHandshakeTimeout=2,
             openHandshakeTimeout=10,
         )
+
+    def buildProtocol(self, addr: Any) -> PhoenixProtocol:
+        protocol = super().buildProtocol(addr)
+        protocol.log = self._autobahn_log
+        return protocol
 
     def fanout(self, outboxes: list[PhoenixProtocol], burst: Burst) -> None:
         """

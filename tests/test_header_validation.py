@@ -145,3 +145,19 @@ def test_malformed_presence_diffs_from_redis_cost_a_line_of_log_and_no_message(t
     assert payload_of(client.until(lambda m: event_of(m) == "news")) == {"after": "the diffs"}
     new_lines = service.log().splitlines()[len(logged_before) :]
     assert len(new_lines) <= 1, new_lines
+
+
+def test_clients_breaking_the_websocket_protocol_in_a_loop_cost_a_couple_of_log_lines(twistd, flushed_redis):
+    """Autobahn warns for each such connection; a client reconnecting in a loop must not fill the log."""
+    service = start_twistd(twistd, "--redis-url", flushed_redis.url, datetime_interval=0)
+    logged_before = service.log().splitlines()
+    for n in range(60):
+        client = RawSocket(service.port)
+        client.send_frame(TEXT if n % 2 else 0x3, b"\xff\xfe")  # bad UTF-8, or a reserved opcode
+        assert client.close_code() == (1007 if n % 2 else 1002)
+        client.close()
+    neighbour = RawSocket(service.port)
+    neighbour.send_json([None, "hb", "phoenix", "heartbeat", {}])
+    assert reply_status(neighbour.reply("hb")) == "ok"
+    new_lines = service.log().splitlines()[len(logged_before) :]
+    assert len(new_lines) <= 2, new_lines
