@@ -47,11 +47,7 @@ def _redis_url(args: argparse.Namespace) -> RedisURL:
 def token(args: argparse.Namespace, out: TextIO) -> int:
     config = _load(args.config)
     tokens = TokenAuthority(
-        config.jwt_secret,
-        config.jwt_expiration_secs,
-        config.jwt_leeway_secs,
-        config.id_length,
-        time.time,
+        config.jwt_secret, config.jwt_expiration_secs, config.jwt_leeway_secs, config.id_length, time.time,
         limits=config.header_limits,
     )
     client_id, minted = tokens.mint(args.channel, args.id, args.expires)

@@ -224,11 +224,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     bridge = RedisBridge(reactor, url, metrics)
     bridge.setServiceParent(top)
     tokens = TokenAuthority(
-        config.jwt_secret,
-        config.jwt_expiration_secs,
-        config.jwt_leeway_secs,
-        config.id_length,
-        reactor.seconds,
+        config.jwt_secret, config.jwt_expiration_secs, config.jwt_leeway_secs, config.id_length, reactor.seconds,
         limits=config.header_limits,
     )
     presence = Presence(bridge, reactor, secrets.token_hex(8), config.presence_window, config.node_timeout)
@@ -243,12 +239,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         metrics,
     )
     factory = PhoenixFactory(
-        hub,
-        reactor,
-        config.idle_timeout,
-        config.max_message_size,
-        config.max_send_buffer,
-        metrics,
+        hub, reactor, config.idle_timeout, config.max_message_size, config.max_send_buffer, metrics,
         header_limits=config.header_limits,
     )
     ChannelService(hub, presence, bridge, factory).setServiceParent(top)
