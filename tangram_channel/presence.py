@@ -22,6 +22,7 @@ changed elsewhere meanwhile.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,6 +34,8 @@ from twisted.logger import Logger
 
 from . import frames
 from .logs import ThrottledLog
+from .ratelimit import LogThrottle
+from .redis import RedisUnavailable
 
 log = Logger()
 
@@ -40,6 +43,13 @@ PREFIX = "tangram-channel:"
 CHANNELS_KEY = PREFIX + "channels"
 ADMIN_TOPIC = "admin"
 NODES_KEY = PREFIX + "nodes"
+
+# Failed writes are tried again after FIRST_RETRY seconds, doubling up to MAX_RETRY.
+FIRST_RETRY = 0.5
+MAX_RETRY = 10.0
+# Orphans are looked for among this many entries, in at most this many channels, a beat.
+SWEEP_BUDGET = 1000
+SWEEP_TOPICS = 100
 
 
 def presence_key(topic: str) -> str:
@@ -51,8 +61,9 @@ def node_key(node: str) -> str:
 
 
 # KEYS: presence hash, node's topic set, channel set, node zset, the admin hash.
-# ARGV: topic, "state" or "-", this node, then phx_ref/value pairs to add, "|",
-# phx_refs to remove.
+# ARGV: topic, "state", "forget" (this node has no entry left in the topic: drop it
+# from the node's topic set, in the same script so no later write can cross it) or
+# "-", this node, then phx_ref/value pairs to add, "|", phx_refs to remove.
 # Returns: 1 if the channel appeared, 1 if it vanished, the channel list if either,
 # the hash's entries when asked for (ARGV[2] == "state"), and 1 if this node was not
 # in the node zset, and whether any admin is joined anywhere. Registering the node
@@ -77,6 +88,7 @@ while i <= #ARGV do
   redis.call('HDEL', KEYS[1], ARGV[i])
   i = i + 1
 end
+if ARGV[2] == 'forget' then redis.call('SREM', KEYS[2], ARGV[1]) end
 local after = redis.call('HLEN', KEYS[1])
 local appeared, vanished = 0, 0
 if after > 0 then
@@ -132,6 +144,74 @@ end
 table.insert(out, redis.call('SMEMBERS', KEYS[2]))
 table.insert(out, fresh)
 return out
+"""
+
+# Withdraw orphans: entries whose node is not in the node zset at all (its record was
+# removed while some of its entries could not be), a few at a time, so the cost of a
+# beat stays bounded however big the channels grow. An entry is only written by
+# _UPDATE, which registers its node first, in the same script: a live node's entry
+# never looks like an orphan.
+# KEYS: node zset, channel set. ARGV: key prefix, budget (entries to look at), the
+# HSCAN cursor in the first topic, then topics.
+# Returns: flat list of topic, vanished flag, withdrawn fields and values as one list,
+# for each topic looked at; then how many topics were finished, the cursor in the
+# next one, and the channel list if a channel vanished.
+_SWEEP = """
+local budget = tonumber(ARGV[2])
+local cursor = ARGV[3]
+local live = {}
+local out = {}
+local finished, vanished_any = 0, 0
+for t = 4, #ARGV do
+  if budget <= 0 then break end
+  local topic = ARGV[t]
+  local hash = ARGV[1] .. 'presence:' .. topic
+  local withdrawn = {}
+  repeat
+    local scan = redis.call('HSCAN', hash, cursor, 'COUNT', math.max(1, math.floor(budget)))
+    cursor = scan[1]
+    local entries = scan[2]
+    budget = budget - 1 - #entries / 2
+    for j = 1, #entries, 2 do
+      local value = entries[j + 1]
+      local cut = string.find(value, '\\n', 1, true)
+      if cut then
+        local node = string.sub(value, 1, cut - 1)
+        if live[node] == nil then live[node] = redis.call('ZSCORE', KEYS[1], node) ~= false end
+        if not live[node] then
+          redis.call('HDEL', hash, entries[j])
+          table.insert(withdrawn, entries[j])
+          table.insert(withdrawn, value)
+        end
+      end
+    end
+  until cursor == '0' or budget <= 0
+  local vanished = 0
+  if #withdrawn > 0 and redis.call('HLEN', hash) == 0 then
+    vanished = redis.call('SREM', KEYS[2], topic)
+    vanished_any = vanished_any + vanished
+  end
+  table.insert(out, topic)
+  table.insert(out, vanished)
+  table.insert(out, withdrawn)
+  if cursor ~= '0' then break end
+  finished = finished + 1
+end
+table.insert(out, finished)
+table.insert(out, cursor)
+local channels = {}
+if vanished_any > 0 then channels = redis.call('SMEMBERS', KEYS[2]) end
+table.insert(out, channels)
+return out
+"""
+
+# At shutdown, after this node's last writes: leave the node zset only if every
+# entry was withdrawn (no topic left in the node's set); otherwise stay, silent, so
+# the survivors reap what is left once the node times out.
+# KEYS: node zset, node's topic set. ARGV: this node. Returns: 1 if it left.
+_RETIRE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+return redis.call('ZREM', KEYS[1], ARGV[1])
 """
 
 
@@ -276,7 +356,17 @@ class Presence:
         self._local: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
         self._batches: dict[str, _Batch] = {}
         self._early_diffs: dict[str, list[Any]] = {}
-        self._unwritten_removes: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+        # Per topic, what a failed write did not get into Redis: the next flush of the
+        # topic carries it, and a retry with backoff makes sure there is one.
+        self._unwritten: dict[str, _Batch] = {}
+        self._retry: IDelayedCall | None = None
+        self._retries = 0
+        self._stopping = False
+        self._errors = LogThrottle(clock)
+        self._sweep_topics: list[str] = []
+        self._sweep_channel_cursor = b"0"
+        self._sweep_hash_cursor = b"0"
+        self._sweeping = False
         self._stale: dict[str, Replica] = {}  # replicas from before an outage
         self._known = False  # whether this node was ever in the node zset
         self._heartbeat = LoopingCall(self.beat)
@@ -334,9 +424,18 @@ class Presence:
 
     def _flush(self, topic: str) -> defer.Deferred[None]:
         batch = self._batches.pop(topic)
+        local = self._local.get(topic, {})
+        unwritten = self._unwritten.pop(topic, None)
+        if unwritten is not None:
+            for ref, entry in unwritten.adds.items():
+                if ref in local:
+                    batch.adds.setdefault(ref, entry)
+            for ref, entry in unwritten.removes.items():
+                if ref not in batch.adds:  # joined again since: the add wins
+                    batch.removes.setdefault(ref, entry)
         replica = self.replicas.get(topic)
-        want_state = replica is None and topic in self._local
-        args: list[Any] = [topic, "state" if want_state else "-", self.node]
+        want_state = replica is None and bool(local)
+        args: list[Any] = [topic, "state" if want_state else "-" if local else "forget", self.node]
         for ref, (key, meta) in batch.adds.items():
             args += [ref, encode_entry(self.node, key, meta)]
         args.append("|")
@@ -354,12 +453,12 @@ class Presence:
     def _flushed(self, result: list[Any], topic: str, batch: _Batch) -> None:
         appeared, vanished, channels, entries, fresh, admins = result
         self.admins_present = bool(admins)
+        self._retries = 0
         replica = None
         if topic not in self._local:
             self.replicas.pop(topic, None)
             self._early_diffs.pop(topic, None)
             self._stale.pop(topic, None)
-            self._store.execute("SREM", node_key(self.node), topic).addErrback(lambda f: None)
         else:
             replica = self.replicas.get(topic)
             if replica is None:
@@ -402,10 +501,43 @@ class Presence:
     def _flush_failed(self, failure: Any, topic: str, batch: _Batch) -> None:
         self._early_diffs.pop(topic, None)
         for d in batch.waiting:
-            d.errback(failure)
-        # adds stay in _local and are written again by restore(); removes would be
-        # forgotten, leaving entries in a Redis that kept its data, so keep them too
-        self._unwritten_removes.setdefault(topic, {}).update(batch.removes)
+            d.errback(failure)  # their sessions answer with an error and untrack them
+        # Redis may have refused the write (read-only after a failover, -OOM, -LOADING)
+        # with the connection up, so nothing else would write it again: a leave lost
+        # here would be a ghost for good. Joiners still here are entries restore()
+        # wrote again, and those that left are removes now.
+        local = self._local.get(topic, {})
+        unwritten = self._unwritten.setdefault(topic, _Batch())
+        unwritten.adds.update((ref, entry) for ref, entry in batch.adds.items() if ref in local)
+        unwritten.removes.update(batch.removes)
+        self._log_error("presence write", failure)
+        self._retry_later()
+
+    def _retry_later(self) -> None:
+        """Flush the topics with unwritten changes after a backoff (with jitter)."""
+        if self._stopping or (self._retry is not None and self._retry.active()):
+            return
+        delay = min(MAX_RETRY, FIRST_RETRY * 2**self._retries) * random.uniform(0.5, 1.0)
+        self._retries += 1
+        self._retry = self._clock.callLater(delay, self._flush_unwritten)
+
+    def _flush_unwritten(self) -> None:
+        """Have a flush scheduled for each topic with changes a failed write left."""
+        for topic in self._unwritten:
+            self._batch(topic)
+
+    def _log_error(self, kind: str, failure: Any) -> None:
+        """A refusal (read-only, -OOM) or timeout is worth a line, rate-limited; an outage is already told."""
+        if failure.check(RedisUnavailable):
+            return
+        dropped = self._errors.allow(kind)
+        if dropped is not None:
+            log.warn(
+                "{kind} failed ({dropped} more since the last line): {error}; retrying",
+                kind=kind,
+                dropped=dropped,
+                error=failure.getErrorMessage(),
+            )
 
     def _announce(
         self, topic: str, joins: Iterable[tuple[str, dict[str, Any]]], leaves: Iterable[tuple[str, dict[str, Any]]]
@@ -454,32 +586,47 @@ class Presence:
         self._heartbeat.start(self._node_timeout / 3, now=True)
 
     def stop(self) -> defer.Deferred[None]:
-        """Withdraw every entry of this process now (shutdown); fires when Redis has it."""
+        """
+        Withdraw every entry of this process now (shutdown), the unwritten leaves too;
+        fires when Redis answered. The node leaves the node zset only if Redis took
+        them all: else the survivors reap what is left once it times out.
+        """
+        self._stopping = True
         if self._heartbeat.running:
             self._heartbeat.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         for topic, entries in list(self._local.items()):
             for key, meta in list(entries.values()):
                 self.untrack(topic, key, meta)
+        self._flush_unwritten()
         flushes = []
         for topic, batch in list(self._batches.items()):
             if batch.call is not None and batch.call.active():
                 batch.call.cancel()
             flushes.append(self._flush(topic))
-        flushes.append(self._store.execute("ZREM", NODES_KEY, self.node))
+        # sent with the flushes, so it runs after them and within the bridge's wait
+        flushes.append(self._store.execute("EVAL", _RETIRE, 2, NODES_KEY, node_key(self.node), self.node))
         return defer.DeferredList(flushes, consumeErrors=True).addCallback(lambda _: None)
 
     def beat(self) -> defer.Deferred[None]:
-        """Say this node is alive; withdraw and announce nodes that are not."""
+        """Say this node is alive; withdraw and announce nodes that are not, and orphans."""
         timeout_ms = int(self._node_timeout * 1000)
         d = self._store.execute("EVAL", _HEARTBEAT, 2, NODES_KEY, CHANNELS_KEY, self.node, timeout_ms, PREFIX)
         d.addCallback(self._reaped)
-        d.addErrback(lambda f: None)  # Redis down: the bridge already said so
+        d.addErrback(self._log_error, "presence heartbeat")
+        if not self._sweeping:
+            self._sweeping = True
+            self._sweep().addErrback(self._log_error, "orphan sweep").addBoth(self._swept)
         return d
 
     def _reaped(self, result: list[Any]) -> None:
-        channels = result[-2]
         self._registered(result[-1])
-        for i in range(0, len(result) - 2, 3):
+        self._withdrawn(result[:-2], result[-2], "a vanished node")
+
+    def _withdrawn(self, result: list[Any], channels: list[bytes], whose: str) -> None:
+        """Announce entries a script withdrew: ``result`` is topic, vanished flag, entries, ..."""
+        for i in range(0, len(result), 3):
             topic = result[i].decode()
             vanished, withdrawn = result[i + 1], result[i + 2]
             leaves = []
@@ -487,9 +634,38 @@ class Presence:
                 node, key, meta = decode_entry(withdrawn[j + 1])
                 leaves.append((key, meta))
             if leaves:
-                log.info("withdrew {n} presences of a vanished node on {topic}", n=len(leaves), topic=topic)
+                log.info("withdrew {n} presences of {whose} on {topic}", n=len(leaves), whose=whose, topic=topic)
             self._announce(topic, (), leaves)
             self._report_channel(topic, 0, vanished, channels)
+
+    def _sweep(self) -> defer.Deferred[None]:
+        """One bounded step through every channel, withdrawing orphans (see _SWEEP)."""
+        if self._sweep_topics:
+            return self._sweep_step()
+        d = self._store.execute("SSCAN", CHANNELS_KEY, self._sweep_channel_cursor, "COUNT", SWEEP_TOPICS)
+        d.addCallback(self._listed)
+        return d
+
+    def _listed(self, result: list[Any]) -> defer.Deferred[None] | None:
+        self._sweep_channel_cursor, topics = result
+        self._sweep_topics = [topic.decode() for topic in topics]
+        return self._sweep_step() if self._sweep_topics else None
+
+    def _sweep_step(self) -> defer.Deferred[None]:
+        topics = self._sweep_topics[:SWEEP_TOPICS]
+        d = self._store.execute(
+            "EVAL", _SWEEP, 2, NODES_KEY, CHANNELS_KEY, PREFIX, SWEEP_BUDGET, self._sweep_hash_cursor, *topics
+        )
+        d.addCallback(self._orphans_withdrawn)
+        return d
+
+    def _orphans_withdrawn(self, result: list[Any]) -> None:
+        finished, self._sweep_hash_cursor, channels = result[-3:]
+        del self._sweep_topics[:finished]
+        self._withdrawn(result[:-3], channels, "nodes that are gone")
+
+    def _swept(self, _: Any) -> None:
+        self._sweeping = False
 
     def _registered(self, fresh: int) -> None:
         """Note that Redis knows this node; if it had forgotten it, others reaped us."""
@@ -510,9 +686,4 @@ class Presence:
             batch = self._batch(topic)
             for ref, entry in entries.items():
                 batch.adds.setdefault(ref, entry)
-        removes, self._unwritten_removes = self._unwritten_removes, {}
-        for topic, entries in removes.items():
-            batch = self._batch(topic)
-            for ref, entry in entries.items():
-                if ref not in batch.adds:
-                    batch.removes.setdefault(ref, entry)
+        self._flush_unwritten()
