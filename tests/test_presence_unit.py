@@ -5,10 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.task import Clock
+from txredisapi import ResponseError
 
 from tangram_channel import frames, presence
-from tangram_channel.presence import NODES_KEY, Diff, Presence, Replica, encode_entry, presence_key
+from tangram_channel.presence import (
+    _UPDATE,
+    CHANNELS_KEY,
+    MAX_RETRY,
+    NODES_KEY,
+    SWEEP_BUDGET,
+    Diff,
+    Presence,
+    Replica,
+    encode_entry,
+    presence_key,
+)
 
 from .fakes import WINDOW, FakeRedis
 
@@ -308,3 +321,152 @@ def test_a_live_node_is_not_reaped(node: Node) -> None:
     node.presence.beat()
     assert set(node.redis.presence("room")) == {"b1"}
     assert node.redis.published == published
+
+
+# Ghost presence (issue 13, point 4)
+
+
+class RefusingRedis(FakeRedis):
+    """A Redis that stays connected but, while ``refusing``, answers presence writes with an error, as a read-only replica does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusing = False
+
+    def execute(self, *command: Any) -> defer.Deferred[Any]:
+        if self.refusing and command[:2] == ("EVAL", _UPDATE):
+            self.commands.append(command)
+            return defer.fail(ResponseError("READONLY You can't write against a read only replica."))
+        return super().execute(*command)
+
+
+@pytest.fixture
+def refusing() -> Node:
+    return Node(RefusingRedis())
+
+
+def alice_and_bob(node: Node) -> None:
+    node.track("room", "alice", "a1")
+    node.track("room", "bob", "b1")
+    node.clock.advance(WINDOW)
+    assert set(node.redis.presence("room")) == {"a1", "b1"}
+
+
+def test_a_refused_leave_is_written_again_while_the_connection_stays_up(refusing: Node) -> None:
+    """No reconnect will come to write it: a retry with backoff does, and the leave is announced then."""
+    alice_and_bob(refusing)
+    refusing.redis.refusing = True
+    refusing.untrack("room", "bob", "b1")
+    refusing.clock.advance(WINDOW)
+    assert set(refusing.redis.presence("room")) == {"a1", "b1"}
+    assert refusing.diffs("room") == [diff({"alice": ["a1"], "bob": ["b1"]})]  # nothing announced yet
+    refusing.redis.refusing = False
+    refusing.clock.pump([WINDOW] * int(2 * MAX_RETRY / WINDOW))
+    assert set(refusing.redis.presence("room")) == {"a1"}
+    assert refusing.diffs("room")[-1] == diff(leaves={"bob": ["b1"]})
+
+
+def test_refused_writes_are_retried_with_a_capped_backoff(refusing: Node) -> None:
+    """Tried again and again while Redis refuses, but not in a storm: a handful of attempts in a minute."""
+    alice_and_bob(refusing)
+    refusing.redis.refusing = True
+    refusing.untrack("room", "bob", "b1")
+    before = len(refusing.evals())
+    refusing.clock.pump([0.1] * 600)
+    attempts = len(refusing.evals()) - before
+    assert 6 <= attempts <= 20
+    refusing.clock.pump([0.1] * int(2 * MAX_RETRY / 0.1))  # still trying at the cap
+    assert len(refusing.evals()) - before > attempts
+
+
+def test_a_refused_join_fails_its_joiner_and_is_not_retried_for_it(refusing: Node) -> None:
+    """The joiner gets its error (its session answers it); once it is gone nothing writes its entry."""
+    refusing.redis.refusing = True
+    failures: list[Any] = []
+    refusing.presence.track("room", "carol", meta("c1")).addErrback(failures.append)
+    refusing.clock.advance(WINDOW)
+    assert len(failures) == 1 and failures[0].check(ResponseError)
+    refusing.untrack("room", "carol", "c1")  # what the session does with a failed join
+    refusing.redis.refusing = False
+    refusing.clock.pump([WINDOW] * int(2 * MAX_RETRY / WINDOW))
+    assert refusing.redis.presence("room") == {}
+
+
+def test_stop_writes_the_leaves_a_refused_write_left(refusing: Node) -> None:
+    """A clean stop right after Redis takes writes again withdraws the refused leave too, then leaves the node zset."""
+    alice_and_bob(refusing)
+    refusing.redis.refusing = True
+    refusing.untrack("room", "bob", "b1")
+    refusing.clock.advance(WINDOW)
+    refusing.redis.refusing = False
+    refusing.presence.stop()
+    assert refusing.redis.presence("room") == {}
+    assert refusing.diffs("room")[-1] == diff(leaves={"alice": ["a1"], "bob": ["b1"]})
+    assert refusing.redis.server.zscore(NODES_KEY, "node-a") is None
+    assert refusing.clock.getDelayedCalls() == []
+
+
+def test_a_stop_redis_refuses_keeps_the_node_so_survivors_reap_its_entries(refusing: Node) -> None:
+    """The node record stays while its entries are in Redis: the survivors withdraw and announce them once it times out."""
+    alice_and_bob(refusing)
+    refusing.redis.refusing = True
+    refusing.presence.stop()
+    assert refusing.clock.getDelayedCalls() == []  # no retry after stop
+    assert refusing.redis.server.zscore(NODES_KEY, "node-a") is not None
+    refusing.redis.refusing = False
+    survivor = Node(refusing.redis, "node-b")
+    refusing.redis.server.zadd(NODES_KEY, {"node-a": 0})  # silent since
+    survivor.presence.beat()
+    assert refusing.redis.presence("room") == {}
+    assert survivor.diffs("room")[-1] == diff(leaves={"alice": ["a1"], "bob": ["b1"]})
+
+
+def test_a_topic_empty_of_local_members_leaves_the_node_set_with_its_last_leave(node: Node) -> None:
+    """So the stop's check (and a reaper) see only topics where this node still has entries."""
+    node_set = "tangram-channel:node:node-a"
+    node.track("room", "alice", "a1")
+    node.track("lobby", "bob", "b1")
+    node.clock.advance(WINDOW)
+    assert node.redis.server.smembers(node_set) == {b"room", b"lobby"}
+    node.untrack("room", "alice", "a1")
+    node.clock.advance(WINDOW)
+    assert node.redis.server.smembers(node_set) == {b"lobby"}
+
+
+def plant(redis: FakeRedis, topic: str, ref: str, owner: str) -> None:
+    """An entry of ``owner`` written straight into Redis, as a node that is gone left it."""
+    redis.server.hset(presence_key(topic), ref, encode_entry(owner, ref.upper(), meta(ref)))
+    redis.server.sadd(CHANNELS_KEY, topic)
+
+
+def test_a_survivor_withdraws_and_announces_entries_of_a_node_not_in_the_zset(node: Node) -> None:
+    """An orphan (its node's record is gone, so no reaper will find it) is swept; live entries stay."""
+    node.track("admin", "operator", "o1")
+    node.track("room", "alice", "a1")
+    node.clock.advance(WINDOW)
+    plant(node.redis, "room", "g1", "node-gone")
+    plant(node.redis, "empty", "g2", "node-gone")
+    node.presence.beat()
+    assert set(node.redis.presence("room")) == {"a1"}
+    assert node.redis.presence("empty") == {}
+    assert node.diffs("room")[-1] == diff(leaves={"G1": ["g1"]})
+    assert node.diffs("empty") == [diff(leaves={"G2": ["g2"]})]
+    assert not node.redis.server.sismember(CHANNELS_KEY, "empty")
+    assert node.changes[-1] == ("remove", {"channel": "empty", "channels": ["admin", "room"]})
+
+
+def test_the_sweep_looks_at_a_bounded_number_of_entries_a_beat(node: Node) -> None:
+    """A big channel is swept over several beats, each at a bounded cost."""
+    orphans = 3 * SWEEP_BUDGET
+    node.redis.server.hset(
+        presence_key("big"), mapping={f"g{i}": encode_entry("node-gone", "k", meta(f"g{i}")) for i in range(orphans)}
+    )
+    node.redis.server.sadd(CHANNELS_KEY, "big")
+    node.presence.beat()
+    left = len(node.redis.presence("big"))
+    assert 0 < left < orphans
+    for _ in range(10):
+        node.presence.beat()
+    assert node.redis.presence("big") == {}
+    withdrawn = [m for d in node.diffs("big") for p in d["leaves"].values() for m in p["metas"]]
+    assert len(withdrawn) == orphans
