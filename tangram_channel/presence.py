@@ -510,7 +510,7 @@ class Presence:
         unwritten = self._unwritten.setdefault(topic, _Batch())
         unwritten.adds.update((ref, entry) for ref, entry in batch.adds.items() if ref in local)
         unwritten.removes.update(batch.removes)
-        self._log_error("presence write", failure)
+        self._log_error(failure, "presence write")
         self._retry_later()
 
     def _retry_later(self) -> None:
@@ -526,7 +526,7 @@ class Presence:
         for topic in self._unwritten:
             self._batch(topic)
 
-    def _log_error(self, kind: str, failure: Any) -> None:
+    def _log_error(self, failure: Any, kind: str) -> None:
         """A refusal (read-only, -OOM) or timeout is worth a line, rate-limited; an outage is already told."""
         if failure.check(RedisUnavailable):
             return
