@@ -14,9 +14,12 @@ round trip; joiners of one window share one encoding of it.
 
 A process is in the node zset from its first entry on and beats there; the
 survivors withdraw and announce the entries of a node silent for ``node_timeout``
-(atomically, so exactly one of them does). After an outage a process writes its
-entries (and the leaves it could not write) again and tells its own members what
-changed elsewhere meanwhile.
+(atomically, so exactly one of them does), and, a bounded number a beat, entries of
+nodes not in the zset at all. After an outage a process writes its entries (and the
+leaves it could not write) again and tells its own members what changed elsewhere
+meanwhile. A write Redis refuses with the connection up (read-only after a failover,
+-OOM, -LOADING, -BUSY) is retried with backoff, since no reconnect will come to do
+it; at shutdown a process leaves the node zset only once its entries are withdrawn.
 """
 
 from __future__ import annotations
@@ -363,7 +366,7 @@ class Presence:
         self._retries = 0
         self._stopping = False
         self._errors = LogThrottle(clock)
-        self._sweep_topics: list[str] = []
+        self._sweep_topics: list[bytes] = []  # as Redis has them: a sweep needs no decoding
         self._sweep_channel_cursor = b"0"
         self._sweep_hash_cursor = b"0"
         self._sweeping = False
@@ -648,7 +651,7 @@ class Presence:
 
     def _listed(self, result: list[Any]) -> defer.Deferred[None] | None:
         self._sweep_channel_cursor, topics = result
-        self._sweep_topics = [topic.decode() for topic in topics]
+        self._sweep_topics = topics
         return self._sweep_step() if self._sweep_topics else None
 
     def _sweep_step(self) -> defer.Deferred[None]:
