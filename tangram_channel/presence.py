@@ -34,6 +34,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txredisapi import ResponseError
 
 from . import frames
 from .logs import ThrottledLog
@@ -503,6 +505,9 @@ class Presence:
 
     def _flush_failed(self, failure: Any, topic: str, batch: _Batch) -> None:
         self._early_diffs.pop(topic, None)
+        self._log_error(failure, "presence write")
+        if failure.check(ResponseError):  # for a joiner as for a push: Redis cannot take it now
+            failure = Failure(RedisUnavailable(f"redis refused the write: {failure.getErrorMessage()}"))
         for d in batch.waiting:
             d.errback(failure)  # their sessions answer with an error and untrack them
         # Redis may have refused the write (read-only after a failover, -OOM, -LOADING)
@@ -513,7 +518,6 @@ class Presence:
         unwritten = self._unwritten.setdefault(topic, _Batch())
         unwritten.adds.update((ref, entry) for ref, entry in batch.adds.items() if ref in local)
         unwritten.removes.update(batch.removes)
-        self._log_error(failure, "presence write")
         self._retry_later()
 
     def _retry_later(self) -> None:

@@ -16,7 +16,7 @@ from .presence_view import TOPIC, Tab, joined, settle_all, truth, until_true
 
 
 def refuse_writes(redis) -> int:
-    """Make Redis a read-only replica (of a master that is not there; it keeps its data); returns the refusals so far."""
+    """Make Redis a read-only replica (of no master: it keeps its data); returns the refusals so far."""
     before = refusals(redis)
     redis.execute_command("REPLICAOF", "127.0.0.1", "1")
     return before
@@ -32,7 +32,7 @@ def refusals(redis) -> int:
 
 
 async def node_in_twistd(twistd, redis_url: str, node_timeout: float) -> tuple[object, str]:
-    """``twistd -n tangram-channel`` on ``redis_url``, accepting tokens of ``start_service``'s services; (process, ws URL)."""
+    """``twistd -n tangram-channel`` on ``redis_url`` that accepts ``start_service``'s tokens; (process, ws URL)."""
     port = free_port()
     env = {
         "TANGRAM_CHANNEL_JWT_SECRET": JWT_SECRET,
@@ -102,7 +102,10 @@ async def test_a_clean_stop_after_a_refused_leave_leaves_no_ghost(start_service,
 
 @pytest_twisted.ensureDeferred
 async def test_a_node_stopped_while_redis_refuses_writes_is_reaped_by_a_survivor(start_service, own_redis, twistd):
-    """SIGTERM while every write is refused: the stop ends (exit 0), and once Redis takes writes a survivor withdraws the node's entries."""
+    """
+    SIGTERM while every write is refused: the stop ends (exit 0), and once Redis takes
+    writes a survivor withdraws the entries the node could not.
+    """
     redis, proc, watcher = await refused_leave_on_a_twistd_node(start_service, own_redis, twistd, node_timeout=3)
     assert proc.stop() == 0
     assert truth(redis)["alice"]  # the node could not withdraw it
@@ -117,7 +120,8 @@ async def test_a_survivor_withdraws_an_orphan_whose_node_is_not_in_the_zset(star
     """Entries planted by hand for a node Redis never heard of are withdrawn, and members see them leave."""
     redis = flushed_redis.client()
     for topic, ref in ((TOPIC, "ghost-1"), ("elsewhere", "ghost-2")):
-        redis.hset(presence_key(topic), ref, encode_entry("node-that-is-gone", "ghost", {"phx_ref": ref, "online_at": 0}))
+        entry = encode_entry("node-that-is-gone", "ghost", {"phx_ref": ref, "online_at": 0})
+        redis.hset(presence_key(topic), ref, entry)
         redis.sadd(CHANNELS_KEY, topic)
     service = await start_service(datetime_interval=0, node_timeout=1.5)
     watcher = await joined(service, "watcher")

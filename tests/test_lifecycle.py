@@ -116,7 +116,7 @@ def leftovers(service) -> dict:
         "batches": sorted(presence._batches),
         "early_diffs": sorted(presence._early_diffs),
         "stale": sorted(presence._stale),
-        "unwritten_removes": sorted(presence._unwritten_removes),
+        "unwritten": sorted(presence._unwritten),
         "watched": sorted(service.bridge.watched_topics),
         "confirming": sorted(service.bridge._confirming),
     }
