@@ -328,7 +328,7 @@ def test_a_live_node_is_not_reaped(node: Node) -> None:
 
 
 class RefusingRedis(FakeRedis):
-    """A Redis that stays connected but, while ``refusing``, answers presence writes with an error (a read-only replica)."""
+    """A Redis that stays connected but, while ``refusing``, answers presence writes with an error (read-only)."""
 
     def __init__(self) -> None:
         super().__init__()
