@@ -540,10 +540,10 @@ class Presence:
         dropped = self._errors.allow(kind)
         if dropped is not None:
             log.warn(
-                "{kind} failed ({dropped} more since the last line): {error}; retrying",
+                "{kind} failed: {error} ({dropped} more since the last line)",
                 kind=kind,
-                dropped=dropped,
                 error=failure.getErrorMessage(),
+                dropped=dropped,
             )
 
     def _announce(
@@ -613,8 +613,14 @@ class Presence:
                 batch.call.cancel()
             flushes.append(self._flush(topic))
         # sent with the flushes, so it runs after them and within the bridge's wait
-        flushes.append(self._store.execute("EVAL", _RETIRE, 2, NODES_KEY, node_key(self.node), self.node))
+        retire = self._store.execute("EVAL", _RETIRE, 2, NODES_KEY, node_key(self.node), self.node)
+        flushes.append(retire.addBoth(self._retired))
         return defer.DeferredList(flushes, consumeErrors=True).addCallback(lambda _: None)
+
+    def _retired(self, left: Any) -> None:
+        """At stop: 1 if this node left the node zset, else a 0 or a failure."""
+        if left != 1:
+            log.warn("could not withdraw all of this node's presence; the other nodes will once it times out")
 
     def beat(self) -> defer.Deferred[None]:
         """Say this node is alive; withdraw and announce nodes that are not, and orphans."""
