@@ -26,9 +26,9 @@ def accept_writes(redis) -> None:
     redis.execute_command("REPLICAOF", "NO", "ONE")
 
 
-def refusals(redis) -> int:
-    """How many commands Redis answered with -READONLY."""
-    return redis.info("errorstats").get("errorstat_READONLY", {}).get("count", 0)
+def refusals(redis, error: str = "READONLY") -> int:
+    """How many commands Redis answered with this error (-READONLY, -OOM)."""
+    return redis.info("errorstats").get(f"errorstat_{error}", {}).get("count", 0)
 
 
 async def node_in_twistd(twistd, redis_url: str, node_timeout: float) -> tuple[object, str]:
@@ -131,3 +131,30 @@ async def test_a_survivor_withdraws_an_orphan_whose_node_is_not_in_the_zset(star
     await until_true(lambda: not redis.exists(presence_key("elsewhere")))
     assert not redis.sismember(CHANNELS_KEY, "elsewhere")
     await watcher.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_members_a_full_redis_refused_to_rewrite_are_written_once_it_has_room(start_service, own_redis):
+    """
+    Redis comes back empty and out of memory (-OOM): rewriting this node's members is
+    refused, and so is a new join (answered with an error). Once Redis has room, the
+    members are written again without another reconnect; the refused joiner is not.
+    """
+    service = await start_service(redis=own_redis, datetime_interval=0, node_timeout=60)
+    alice = await joined(service, "alice")
+    own_redis.kill()
+    await until_true(lambda: not service.bridge.connected)
+    own_redis.extra = ("--maxmemory", "1", "--maxmemory-policy", "noeviction")
+    own_redis.start()
+    redis = own_redis.client()
+    await until_true(lambda: refusals(redis, "OOM") > 0)
+    carol = await Tab.open(service.ws_url, TOPIC)
+    ref = carol.client.join(TOPIC, service.hub.tokens.mint(TOPIC, "carol")[1])
+    reply = await carol.until(lambda f: f[3] == "phx_reply" and f[1] == ref)
+    assert reply[4] == {"status": "error", "response": {"reason": "redis unavailable"}}
+    assert truth(redis) == {}
+    redis.config_set("maxmemory", 0)
+    await until_true(lambda: truth(redis) == {"alice": [alice.agent_id]})
+    assert service.bridge.connected
+    await alice.close()
+    await carol.close()

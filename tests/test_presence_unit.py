@@ -474,3 +474,16 @@ def test_the_sweep_looks_at_a_bounded_number_of_entries_a_beat(node: Node) -> No
     assert node.redis.presence("big") == {}
     withdrawn = [m for d in node.diffs("big") for p in d["leaves"].values() for m in p["metas"]]
     assert len(withdrawn) == orphans
+
+
+def test_entries_a_refused_rewrite_left_out_are_written_once_redis_takes_writes(refusing: Node) -> None:
+    """After an outage Redis came back empty but refusing (-OOM): this node's members are written by a retry."""
+    alice_and_bob(refusing)
+    refusing.redis.server.flushall()
+    refusing.redis.refusing = True
+    refusing.presence.restore()
+    refusing.clock.advance(WINDOW)
+    assert refusing.redis.presence("room") == {}
+    refusing.redis.refusing = False
+    refusing.clock.pump([WINDOW] * int(2 * MAX_RETRY / WINDOW))
+    assert set(refusing.redis.presence("room")) == {"a1", "b1"}
