@@ -234,6 +234,10 @@ return out
 class Store(Protocol):
     """The Redis commands presence needs (``RedisBridge`` provides them)."""
 
+    @property
+    def connected(self) -> bool:
+        """Whether commands run and announcements are heard (both connections up)."""
+
     def execute(self, *command: Any) -> defer.Deferred[Any]: ...
 
     def publish(self, channel: bytes, payload: bytes) -> defer.Deferred[Any]: ...
@@ -323,6 +327,10 @@ class _Batch:
     removes: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     waiting: list[defer.Deferred[Replica]] = field(default_factory=list)
     call: IDelayedCall | None = None
+    # phx_refs added by joins waiting on this flush, and earlier leaves of the same
+    # phx_refs that the adds overwrite (needed again if Redis refuses the adds)
+    joining: set[str] = field(default_factory=set)
+    superseded: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 class Presence:
@@ -395,6 +403,7 @@ class Presence:
             self._flush(topic)
         batch = self._batch(topic)
         batch.adds[meta["phx_ref"]] = (key, meta)
+        batch.joining.add(meta["phx_ref"])
         d: defer.Deferred[Replica] = defer.Deferred()
         batch.waiting.append(d)
         return d
@@ -436,7 +445,9 @@ class Presence:
                 if ref in local:
                     batch.adds.setdefault(ref, entry)
             for ref, entry in unwritten.removes.items():
-                if ref not in batch.adds:  # joined again since: the add wins
+                if ref in batch.adds:  # joined again since: the add overwrites it
+                    batch.superseded[ref] = entry
+                else:
                     batch.removes.setdefault(ref, entry)
         replica = self.replicas.get(topic)
         want_state = replica is None and bool(local)
@@ -506,19 +517,29 @@ class Presence:
     def _flush_failed(self, failure: Any, topic: str, batch: _Batch) -> None:
         self._early_diffs.pop(topic, None)
         self._log_error(failure, "presence write")
-        if failure.check(ResponseError):  # for a joiner as for a push: Redis cannot take it now
+        local = self._local.get(topic, {})
+        if failure.check(ResponseError):
+            # Refused at the script's first write (read-only, -OOM, -LOADING, -BUSY):
+            # these joins left nothing in Redis to withdraw, so nothing is kept for
+            # them however often a client tries. For the joiner, as for a push, Redis
+            # cannot take it now.
+            for ref in batch.joining & batch.adds.keys():
+                del local[ref]
+            if not local:
+                self._local.pop(topic, None)
             failure = Failure(RedisUnavailable(f"redis refused the write: {failure.getErrorMessage()}"))
         for d in batch.waiting:
             d.errback(failure)  # their sessions answer with an error and untrack them
-        # Redis may have refused the write (read-only after a failover, -OOM, -LOADING)
-        # with the connection up, so nothing else would write it again: a leave lost
-        # here would be a ghost for good. Joiners still here are entries restore()
-        # wrote again, and those that left are removes now.
-        local = self._local.get(topic, {})
-        unwritten = self._unwritten.setdefault(topic, _Batch())
-        unwritten.adds.update((ref, entry) for ref, entry in batch.adds.items() if ref in local)
-        unwritten.removes.update(batch.removes)
-        self._retry_later()
+        # Nothing else would write the rest again while the connection stays up: a
+        # leave lost here would be a ghost for good. Adds still local are members
+        # restore() wrote again; joiners that left are removes now.
+        adds = {ref: entry for ref, entry in batch.adds.items() if ref in local}
+        removes = {**batch.removes, **batch.superseded}
+        if adds or removes:
+            unwritten = self._unwritten.setdefault(topic, _Batch())
+            unwritten.adds.update(adds)
+            unwritten.removes.update(removes)
+            self._retry_later()
 
     def _retry_later(self) -> None:
         """Flush the topics with unwritten changes after a backoff (with jitter)."""
@@ -526,7 +547,14 @@ class Presence:
             return
         delay = min(MAX_RETRY, FIRST_RETRY * 2**self._retries) * random.uniform(0.5, 1.0)
         self._retries += 1
-        self._retry = self._clock.callLater(delay, self._flush_unwritten)
+        self._retry = self._clock.callLater(delay, self._retry_unwritten)
+
+    def _retry_unwritten(self) -> None:
+        # While a connection is down, restore() writes it all once both are back: a
+        # retry before that could announce a leave to a subscriber that is not there,
+        # and local members would never hear of it.
+        if self._store.connected:
+            self._flush_unwritten()
 
     def _flush_unwritten(self) -> None:
         """Have a flush scheduled for each topic with changes a failed write left."""

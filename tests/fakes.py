@@ -45,6 +45,10 @@ class FakeRedis:
         self.unwatches: dict[str, int] = {}
         self._held: list[tuple[defer.Deferred[Any], Any]] = []
 
+    @property
+    def connected(self) -> bool:
+        return self.mode != "fail"
+
     # Bus
 
     def watch(self, topic: str) -> defer.Deferred[None]:

@@ -487,3 +487,33 @@ def test_entries_a_refused_rewrite_left_out_are_written_once_redis_takes_writes(
     refusing.redis.refusing = False
     refusing.clock.pump([WINDOW] * int(2 * MAX_RETRY / WINDOW))
     assert set(refusing.redis.presence("room")) == {"a1", "b1"}
+
+
+def test_refused_joins_leave_nothing_kept_for_retry(refusing: Node) -> None:
+    """A client retrying a join Redis refuses (it ran none of it) grows nothing: there is nothing to withdraw."""
+    refusing.redis.refusing = True
+    failures: list[Any] = []
+    for i in range(50):
+        ref = f"c{i}"
+        refusing.presence.track("room", "carol", meta(ref)).addErrback(failures.append)
+        refusing.clock.advance(WINDOW)
+        refusing.untrack("room", "carol", ref)  # what the session does with a failed join
+        refusing.clock.advance(WINDOW)
+    assert len(failures) == 50
+    assert refusing.presence._unwritten == {} and refusing.presence._local == {}
+
+
+def test_a_refused_rejoin_still_withdraws_the_refused_leave_before_it(refusing: Node) -> None:
+    """Leave (refused), join again with the same phx_ref (refused), give up: the old entry still goes."""
+    alice_and_bob(refusing)
+    refusing.redis.refusing = True
+    refusing.untrack("room", "bob", "b1")
+    refusing.clock.advance(WINDOW)
+    failures: list[Any] = []
+    refusing.presence.track("room", "bob", meta("b1")).addErrback(failures.append)
+    refusing.clock.advance(WINDOW)
+    assert len(failures) == 1
+    refusing.untrack("room", "bob", "b1")
+    refusing.redis.refusing = False
+    refusing.clock.pump([WINDOW] * int(2 * MAX_RETRY / WINDOW))
+    assert set(refusing.redis.presence("room")) == {"a1"}
