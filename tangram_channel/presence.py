@@ -524,7 +524,7 @@ class Presence:
             # them however often a client tries. For the joiner, as for a push, Redis
             # cannot take it now.
             for ref in batch.joining & batch.adds.keys():
-                del local[ref]
+                local.pop(ref, None)
             if not local:
                 self._local.pop(topic, None)
             failure = Failure(RedisUnavailable(f"redis refused the write: {failure.getErrorMessage()}"))
@@ -532,10 +532,11 @@ class Presence:
             d.errback(failure)  # their sessions answer with an error and untrack them
         # Nothing else would write the rest again while the connection stays up: a
         # leave lost here would be a ghost for good. Adds still local are members
-        # restore() wrote again; joiners that left are removes now.
+        # restore() wrote again; joiners that left are removes now. A topic left with
+        # no member here still needs the flush that drops its replica and its mark.
         adds = {ref: entry for ref, entry in batch.adds.items() if ref in local}
         removes = {**batch.removes, **batch.superseded}
-        if adds or removes:
+        if adds or removes or (topic in self.replicas and topic not in self._local):
             unwritten = self._unwritten.setdefault(topic, _Batch())
             unwritten.adds.update(adds)
             unwritten.removes.update(removes)

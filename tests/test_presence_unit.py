@@ -517,3 +517,22 @@ def test_a_refused_rejoin_still_withdraws_the_refused_leave_before_it(refusing: 
     refusing.redis.refusing = False
     refusing.clock.pump([WINDOW] * int(2 * MAX_RETRY / WINDOW))
     assert set(refusing.redis.presence("room")) == {"a1"}
+
+
+def test_a_topic_whose_last_join_here_was_refused_is_forgotten_once_redis_takes_writes(refusing: Node) -> None:
+    """Its replica and the node's mark on it go, as when its last member leaves: nothing stays behind per topic."""
+    refusing.track("room", "alice", "a1")
+    refusing.clock.advance(WINDOW)
+    refusing.untrack("room", "alice", "a1")
+    refusing.redis.mode = "hold"
+    refusing.clock.advance(WINDOW)  # alice's leave is in flight...
+    refusing.track("room", "carol", "c1")  # ...when carol joins
+    refusing.redis.release()
+    assert "room" in refusing.presence.replicas
+    refusing.redis.refusing = True
+    refusing.clock.advance(WINDOW)  # carol's join is refused
+    refusing.untrack("room", "carol", "c1")
+    refusing.redis.refusing = False
+    refusing.clock.pump([WINDOW] * int(2 * MAX_RETRY / WINDOW))
+    assert refusing.presence.replicas == {}
+    assert refusing.redis.server.smembers("tangram-channel:node:node-a") == set()
