@@ -33,7 +33,8 @@ class FakeRedis:
 
     ``mode`` decides what commands and publishes answer: ``"ok"`` at once, ``"hold"``
     only at ``release()`` (the command still runs when called, as Redis would take its
-    snapshot then), ``"fail"`` fails with RedisUnavailable without running it.
+    snapshot then), ``"fail"`` fails with RedisUnavailable without running it (Redis is
+    down: not ``connected``).
     """
 
     def __init__(self) -> None:
