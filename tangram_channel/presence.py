@@ -213,10 +213,12 @@ return out
 # At shutdown, after this node's last writes: leave the node zset only if every
 # entry was withdrawn (no topic left in the node's set); otherwise stay, silent, so
 # the survivors reap what is left once the node times out.
-# KEYS: node zset, node's topic set. ARGV: this node. Returns: 1 if it left.
+# KEYS: node zset, node's topic set. ARGV: this node. Returns: 1 if it left (or was
+# never there), 0 if it stays.
 _RETIRE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-return redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
 """
 
 
@@ -643,12 +645,12 @@ class Presence:
             flushes.append(self._flush(topic))
         # sent with the flushes, so it runs after them and within the bridge's wait
         retire = self._store.execute("EVAL", _RETIRE, 2, NODES_KEY, node_key(self.node), self.node)
-        flushes.append(retire.addBoth(self._retired))
+        flushes.append(retire.addCallback(self._retired))
         return defer.DeferredList(flushes, consumeErrors=True).addCallback(lambda _: None)
 
-    def _retired(self, left: Any) -> None:
-        """At stop: 1 if this node left the node zset, else a 0 or a failure."""
-        if left != 1:
+    def _retired(self, left: int) -> None:
+        # a refused or lost retire is already logged with the writes that failed before it
+        if not left:
             log.warn("could not withdraw all of this node's presence; the other nodes will once it times out")
 
     def beat(self) -> defer.Deferred[None]:
