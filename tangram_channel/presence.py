@@ -39,7 +39,6 @@ from txredisapi import ResponseError
 
 from . import frames
 from .logs import ThrottledLog
-from .ratelimit import LogThrottle
 from .redis import RedisUnavailable
 
 log = Logger()
@@ -377,7 +376,6 @@ class Presence:
         self._retry: IDelayedCall | None = None
         self._retries = 0
         self._stopping = False
-        self._errors = LogThrottle(clock)
         self._sweep_topics: list[bytes] = []  # as Redis has them: a sweep needs no decoding
         self._sweep_channel_cursor = b"0"
         self._sweep_hash_cursor = b"0"
@@ -568,14 +566,7 @@ class Presence:
         """A refusal (read-only, -OOM) or timeout is worth a line, rate-limited; an outage is already told."""
         if failure.check(RedisUnavailable):
             return
-        dropped = self._errors.allow(kind)
-        if dropped is not None:
-            log.warn(
-                "{kind} failed: {error} ({dropped} more since the last line)",
-                kind=kind,
-                error=failure.getErrorMessage(),
-                dropped=dropped,
-            )
+        self._errors.emit(kind, "{what} failed: {error}", what=kind, error=failure.getErrorMessage())
 
     def _announce(
         self, topic: str, joins: Iterable[tuple[str, dict[str, Any]]], leaves: Iterable[tuple[str, dict[str, Any]]]
