@@ -24,7 +24,7 @@ from twisted.internet.error import ConnectError
 
 from . import config as configuration
 from .redis import RedisUnavailable, RedisURL, connect_once
-from .tokens import TokenAuthority
+from .tokens import TokenAuthority, is_admin_channel
 
 
 def _read(path: str | None) -> tuple[configuration.Config, list[str]]:
@@ -40,12 +40,27 @@ def _load(path: str | None) -> configuration.Config:
     return config
 
 
+_DEFAULT_SECRET_IS = (
+    'the default jwt_secret "secret", which anyone can forge tokens with: set [channel] jwt_secret '
+    "in tangram.toml (or --config FILE) or TANGRAM_CHANNEL_JWT_SECRET, the service's secret"
+)
+
+
 def _redis_url(args: argparse.Namespace) -> RedisURL:
     return RedisURL(args.redis_url or _load(args.config).redis_url)
 
 
 def token(args: argparse.Namespace, out: TextIO) -> int:
+    """
+    Mint a token. With the well-known default secret, which lets anyone forge tokens,
+    refuse an admin token and warn loudly about any other.
+    """
     config = _load(args.config)
+    if config.jwt_secret == configuration.DEFAULT_SECRET:
+        if is_admin_channel(args.channel):
+            print(f"tangram-channel: refusing to sign an admin token with {_DEFAULT_SECRET_IS}", file=sys.stderr)
+            return 1
+        print(f"WARNING: signing with {_DEFAULT_SECRET_IS}", file=sys.stderr)
     tokens = TokenAuthority(
         config.jwt_secret, config.jwt_expiration_secs, config.jwt_leeway_secs, config.id_length, time.time,
         limits=config.header_limits,
