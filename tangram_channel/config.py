@@ -58,6 +58,9 @@ class Config:
     max_event_length: int = 256
     max_ref_length: int = 64
     max_id_length: int = 128
+    request_head_timeout: float = 10.0
+    http_idle_timeout: float = 60.0
+    max_connections_per_ip: int = 0
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -115,6 +118,9 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "max_event_length": ("int", 1),
     "max_ref_length": ("int", 1),
     "max_id_length": ("int", 1),
+    "request_head_timeout": ("float", 0.01),
+    "http_idle_timeout": ("float", 1),
+    "max_connections_per_ip": ("int", 0),
 }
 _EXPECTED = {
     "str": "a string",

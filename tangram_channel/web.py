@@ -15,13 +15,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from . import frames
 from .protocol import CONFORMANCE_PATH, PhoenixFactory
 from .tokens import TokenAuthority, is_admin_channel
+from .ratelimit import LogThrottle
 
+log = Logger()
+
+# also the largest body any path reads: nothing else takes one (an upgrade has none)
 MAX_TOKEN_REQUEST = 64 * 1024
 
 
@@ -94,9 +101,11 @@ class SocketResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, factory: PhoenixFactory, allowed_origins: tuple[str, ...]) -> None:
+    def __init__(
+        self, factory: PhoenixFactory, allowed_origins: tuple[str, ...], peers: PeerConnections | None = None
+    ) -> None:
         super().__init__()
-        self._websocket = WebSocketResource(factory)
+        self._websocket = WebSocketResource(_CountedUpgrades(factory, peers) if peers is not None and peers.limit else factory)
         self._allowed_origins = allowed_origins
 
     def render(self, request: Request) -> Any:
@@ -114,6 +123,24 @@ class SocketResource(Resource):
         return self._websocket.render(request)
 
 
+class _CountedUpgrades:
+    """
+    Builds the WebSocket protocols of ``factory``; each releases its peer's connection
+    when it closes. An upgraded connection never tells its HTTP channel that it ended.
+    """
+
+    def __init__(self, factory: PhoenixFactory, peers: PeerConnections) -> None:
+        self._factory = factory
+        self._peers = peers
+
+    def buildProtocol(self, addr: IAddress) -> Any:
+        protocol = self._factory.buildProtocol(addr)
+        host = getattr(addr, "host", None)
+        if protocol is not None and host is not None:
+            protocol.is_closed.addBoth(lambda _: self._peers.release(host))
+        return protocol
+
+
 class NotFound(Resource):
     isLeaf = True
 
@@ -128,18 +155,37 @@ class Root(Resource):
         return NotFound()
 
 
+def cors_headers(cors_origins: tuple[str, ...], origin: str | None) -> dict[bytes, bytes]:
+    """The CORS headers of an answer to a request from ``origin``."""
+    if "*" in cors_origins:
+        return {b"access-control-allow-origin": b"*"}
+    if origin in cors_origins:
+        return {b"access-control-allow-origin": origin.encode("utf-8"), b"vary": b"Origin"}
+    return {}
+
+
 class CORSRequest(Request):
-    """Adds CORS headers to every response and answers every preflight."""
+    """
+    Adds CORS headers to every response and answers every preflight. Holds at most one
+    byte more of a body than any resource accepts, however much is sent.
+    """
 
     cors_origins: tuple[str, ...] = ("*",)
+    body_size = 0
+
+    @property
+    def body_too_large(self) -> bool:
+        return self.body_size > MAX_TOKEN_REQUEST
+
+    def handleContentChunk(self, data: bytes) -> None:
+        room = MAX_TOKEN_REQUEST + 1 - self.body_size
+        self.body_size += len(data)
+        if room > 0:
+            super().handleContentChunk(data[:room])
 
     def process(self) -> None:
-        origin = self.getHeader("origin")
-        if "*" in self.cors_origins:
-            self.setHeader(b"access-control-allow-origin", b"*")
-        elif origin in self.cors_origins:
-            self.setHeader(b"access-control-allow-origin", origin.encode("utf-8"))
-            self.setHeader(b"vary", b"Origin")
+        for name, value in cors_headers(self.cors_origins, self.getHeader("origin")).items():
+            self.setHeader(name, value)
         if self.method == b"OPTIONS":
             self.setResponseCode(204)
             self.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
@@ -150,6 +196,102 @@ class CORSRequest(Request):
         super().process()
 
 
+class PeerConnections:
+    """
+    Open connections by peer IP address, refused past ``limit`` (0: no limit, nothing
+    counted). Pure bookkeeping: the site admits at accept, and the connection releases
+    when it ends, whether it stayed HTTP or became a WebSocket.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def admit(self, host: str) -> bool:
+        """Count one more connection from ``host``, unless it already has ``limit``."""
+        count = self._open.get(host, 0)
+        if count >= self.limit:
+            return False
+        self._open[host] = count + 1
+        return True
+
+    def release(self, host: str) -> None:
+        count = self._open.pop(host) - 1
+        if count:
+            self._open[host] = count
+
+
+class GuardedHTTPChannel(HTTPChannel):
+    """
+    twisted.web's channel with the bounds it lacks: a request head must arrive whole
+    within ``site.request_head_timeout`` of its first byte (twisted.web only times out
+    silence, which a byte every few seconds avoids), and a body larger than
+    ``MAX_TOKEN_REQUEST`` is refused with 413 by its Content-Length before it is read,
+    or as soon as a chunked one grows past it.
+    """
+
+    site: QuietSite
+    peer_host: str | None = None
+    _head_deadline: IDelayedCall | None = None
+    _refused = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self.line_mode and self._head_deadline is None:
+            self._head_deadline = self.callLater(self.site.request_head_timeout, self._head_too_slow)
+        super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._cancel_head_deadline()
+        if self.length is not None and self.length > MAX_TOKEN_REQUEST:
+            self._refuse_body()
+            return
+        super().allHeadersReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        super().rawDataReceived(data)
+        receiving_body = self._transferDecoder is not None and not self._handlingRequest
+        if receiving_body and self.requests[-1].body_too_large:
+            self._refuse_body()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_head_deadline()
+        if self.peer_host is not None:
+            self.site.peers.release(self.peer_host)
+        super().connectionLost(reason)
+
+    def _cancel_head_deadline(self) -> None:
+        if self._head_deadline is not None and self._head_deadline.active():
+            self._head_deadline.cancel()
+        self._head_deadline = None
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        self.site.log_refusal("slow request head", "closed connections that sent a request head too slowly")
+        self._refuse(408, "Request Timeout", "the request head took too long", {})
+
+    def _refuse_body(self) -> None:
+        self.site.log_refusal("body too large", "refused request bodies over the limit")
+        origin = self.requests[-1].getHeader("origin")
+        cors = cors_headers(self.requestFactory.cors_origins, origin)
+        self._refuse(413, "Content Too Large", f"the body must be at most {MAX_TOKEN_REQUEST} bytes", cors)
+
+    def _refuse(self, code: int, phrase: str, sentence: str, headers: dict[bytes, bytes]) -> None:
+        """Answer ``code`` and close, reading nothing more (no request is in progress)."""
+        self._refused = True
+        body = json.dumps({"error": sentence}).encode("utf-8")
+        head = [
+            b"HTTP/1.1 %d %s" % (code, phrase.encode("ascii")),
+            b"content-type: application/json",
+            b"content-length: %d" % len(body),
+            b"connection: close",
+            *(name + b": " + value for name, value in headers.items()),
+        ]
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.loseConnection()
+
+
 def make_site(
     factory: PhoenixFactory,
     tokens: TokenAuthority,
@@ -158,9 +300,15 @@ def make_site(
     allowed_origins: tuple[str, ...],
     conformance_echo: bool = False,
     routes: Mapping[bytes, Resource] | None = None,
+    *,
+    reactor: Any = None,
+    request_head_timeout: float = 10.0,
+    http_idle_timeout: float = 60.0,
+    max_connections_per_ip: int = 0,
 ) -> Site:
     """The Site; ``routes`` adds top-level resources (``/metrics``, ``/healthz``, ``/admin``)."""
-    socket = SocketResource(factory, allowed_origins)
+    peers = PeerConnections(max_connections_per_ip)
+    socket = SocketResource(factory, allowed_origins, peers)
     root = Root()
     if conformance_echo:
         root.putChild(CONFORMANCE_PATH.strip("/").encode(), socket)
@@ -172,14 +320,44 @@ def make_site(
     phoenix_default.putChild(b"websocket", socket)
     root.putChild(b"socket", phoenix_default)
     request_class = type("ConfiguredCORSRequest", (CORSRequest,), {"cors_origins": cors_origins})
-    site = QuietSite(root, requestFactory=request_class)
+    site = QuietSite(
+        root, requestFactory=request_class, reactor=reactor, timeout=http_idle_timeout, peers=peers,
+        request_head_timeout=request_head_timeout,
+    )
     site.displayTracebacks = False
     site.noisy = False
     return site
 
 
 class QuietSite(Site):
-    """A Site without an access log: its lines would carry ``?userToken=`` query strings."""
+    """
+    A Site without an access log (its lines would carry ``?userToken=`` query strings),
+    whose channels bound what a client may send, and that closes a connection at accept
+    when its address already has ``peers.limit`` open.
+    """
+
+    protocol = GuardedHTTPChannel
+
+    def __init__(self, resource: Resource, *, peers: PeerConnections, request_head_timeout: float, **kwargs: Any):
+        super().__init__(resource, **kwargs)
+        self.peers = peers
+        self.request_head_timeout = request_head_timeout
+        self._log_throttle = LogThrottle(self.reactor)
+
+    def buildProtocol(self, addr: IAddress) -> GuardedHTTPChannel | None:
+        host = getattr(addr, "host", None) if self.peers.limit else None
+        if host is not None and not self.peers.admit(host):
+            self.log_refusal("connection cap", f"refused connections past max_connections_per_ip = {self.peers.limit}")
+            return None
+        channel = super().buildProtocol(addr)
+        channel.peer_host = host
+        return channel
+
+    def log_refusal(self, kind: str, what: str) -> None:
+        """One line a minute for each ``kind`` of refusal, with how many were not logged."""
+        dropped = self._log_throttle.allow(kind)
+        if dropped is not None:
+            log.info("{what} ({dropped} more since the last such line)", what=what, dropped=dropped)
 
     def log(self, request: Request) -> None:
         pass
