@@ -69,11 +69,6 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
-        self.arguments: list[str] = []
-
-    def parseOptions(self, options: list[str] | None = None) -> None:
-        self.arguments = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
 
     def opt_listen(self, endpoint: str) -> None:
         """Twisted endpoint to listen on, e.g. tcp:2347 or ssl:443:privateKey=k.pem:certKey=c.pem (repeatable)."""
@@ -88,6 +83,43 @@ class Options(usage.Options):
         given = {key.replace("-", "_"): self[key] for key, *_ in self.optParameters if key != "config"}
         given["listen"] = self["listen"] or None
         return given
+
+
+# settings that may hold a secret, which ``ps`` would show every user of the machine
+SECRET_KEYS = ("jwt_secret", "admin_key", "redis_url")
+
+
+def worker_command(options: Options) -> tuple[list[str], dict[str, str]]:
+    """
+    A worker's arguments and the environment variables to add to its own: the parent's
+    command line, with the settings that may hold secrets moved into the environment.
+    """
+    settings = {**options.command_line(), "workers": "1", "embedded_redis": "false", "log_format": "text"}
+    arguments = ["--worker"] + ([f"--config={options['config']}"] if options["config"] else [])
+    environment = {}
+    for key, value in settings.items():
+        if value is None:
+            continue
+        if key in SECRET_KEYS:
+            environment[configuration.ENV_PREFIX + key.upper()] = value
+        elif key == "listen":
+            arguments += [f"--listen={endpoint}" for endpoint in value]
+        else:
+            arguments.append(f"--{key.replace('_', '-')}={value}")
+    return arguments, environment
+
+
+def secrets_on_command_line(options: Options) -> list[str]:
+    """A warning for each secret given on the command line, naming where to put it instead."""
+    given = options.command_line()
+    secret_options = [key for key in SECRET_KEYS if given[key] is not None]
+    if "redis_url" in secret_options and RedisURL(given["redis_url"]).password is None:
+        secret_options.remove("redis_url")
+    return [
+        f"--{key.replace('_', '-')} is visible to every user of this machine (ps, /proc): set "
+        f"{configuration.ENV_PREFIX}{key.upper()} or {key} in the config file instead"
+        for key in secret_options
+    ]
 
 
 def load_config(options: Options, environ: dict[str, str], quiet: bool = False) -> configuration.Config:
@@ -205,6 +237,8 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     if reactor is None:
         from twisted.internet import reactor
     config, url = checked_config(options, dict(os.environ if environ is None else environ))
+    for warning in secrets_on_command_line(options):
+        log.warn("{warning}", warning=warning)
 
     # options.parent: twistd's own options (--logfile, --nodaemon), absent outside twistd
     keep_large_buffers_separate()
@@ -215,10 +249,8 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         private_redis.setServiceParent(top)
     if config.workers > 1 and not options["worker"]:
         # workers log text, which this process relays in its own format
-        arguments = [
-            *options.arguments, "--worker", "--workers", "1", "--embedded-redis", "false", "--log-format", "text"
-        ]
-        WorkerPool(reactor, config.workers, arguments).setServiceParent(top)
+        arguments, environment = worker_command(options)
+        WorkerPool(reactor, config.workers, arguments, environment).setServiceParent(top)
         return top
     metrics = Metrics()
     bridge = RedisBridge(reactor, url, metrics)
@@ -249,7 +281,11 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         b"admin": AdminPage(),
     }
     site = make_site(
-        factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins, config.conformance_echo, routes
+        factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins, config.conformance_echo, routes,
+        reactor=reactor,
+        request_head_timeout=config.request_head_timeout,
+        http_idle_timeout=config.http_idle_timeout,
+        max_connections_per_ip=config.max_connections_per_ip,
     )
     listening_reactor = reactor
     if options["worker"]:

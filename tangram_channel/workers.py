@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import Service
@@ -115,12 +116,17 @@ class _WorkerProcess(protocol.ProcessProtocol):
 
 
 class WorkerPool(Service):
-    """Keeps ``count`` worker processes running ``args`` (after the twistd executable)."""
+    """
+    Keeps ``count`` worker processes running ``args`` (after the twistd executable), with
+    ``environment`` added to this process's: the way to pass secrets, which the command
+    line would show every user of the machine.
+    """
 
-    def __init__(self, reactor: Any, count: int, args: list[str]) -> None:
+    def __init__(self, reactor: Any, count: int, args: list[str], environment: Mapping[str, str]) -> None:
         self._reactor = reactor
         self._count = count
         self._args = args
+        self._environment = environment
         self._processes: dict[int, tuple[Any, _WorkerProcess]] = {}
 
     def startService(self) -> None:
@@ -134,7 +140,7 @@ class WorkerPool(Service):
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         argv = [twistd, "-n", "--pidfile=", "--logfile", "-", "tangram-channel", *self._args]
         transport = self._reactor.spawnProcess(
-            worker, twistd, argv, env=os.environ.copy(), childFDs={0: "w", 1: "r", 2: "r"}
+            worker, twistd, argv, env={**os.environ, **self._environment}, childFDs={0: "w", 1: "r", 2: "r"}
         )
         self._processes[index] = (transport, worker)
 

@@ -11,6 +11,8 @@ import signal
 import time
 import urllib.request
 
+from tangram_channel.tap import Options, worker_command
+
 from .live import RawSocket, process_gone, start_twistd, token
 
 
@@ -120,3 +122,60 @@ def test_workers_stop_when_the_parent_is_killed(twistd, flushed_redis):
     assert flushed_redis.client().hgetall("tangram-channel:presence:room") == {}
     assert client.close_code() == 1012
     client.close()
+
+
+def test_secrets_reach_workers_through_their_environment_not_their_command_line(twistd, flushed_redis):
+    """
+    ``ps`` shows every user the command lines of the parent and the workers: secrets
+    given there go to the workers as TANGRAM_CHANNEL_* variables, and the parent warns.
+    """
+    secret, admin_key = "cli-secret-long-enough-for-hs256-0123456789", "cli-admin-key-0123456789"
+    proc = start_twistd(
+        twistd, "--redis-url", flushed_redis.url, "--jwt-secret", secret, "--admin-key", admin_key,
+        workers=2, datetime_interval=0,
+    )
+    workers = wait_until(lambda: len(worker_pids(proc.process.pid)) == 2 and worker_pids(proc.process.pid), what="2 workers")
+    wait_until(lambda: proc.log().count("connected to Redis") >= 2, what="workers connected")
+    for pid in workers:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command_line = f.read()
+        assert b"--worker" in command_line
+        assert secret.encode() not in command_line and admin_key.encode() not in command_line
+    assert "--jwt-secret is visible to every user" in proc.log() and "--admin-key is visible" in proc.log()
+    assert secret not in proc.log() and admin_key not in proc.log()
+
+    # each token is minted and used on connections of their own, which the kernel spreads
+    # over both workers: every one verifies, so both hold the secret given to the parent
+    for _ in range(8):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{proc.port}/token",
+            data=json.dumps({"channel": "admin"}).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {admin_key}"},
+        )
+        minted = json.load(urllib.request.urlopen(request, timeout=5))
+        client = RawSocket(proc.port)
+        client.join_ok("admin", minted["token"])
+        client.close()
+    assert RawSocket(proc.port).join("room", token("room")) is not None
+
+
+def test_a_worker_command_carries_no_secret(monkeypatch):
+    """The worker's arguments, read with its environment, give the parent's settings."""
+    options = Options()
+    options.parseOptions([
+        "--jwt-s", "s3cret", "--admin-key=k3y", "--redis-url", "redis://:pa55@127.0.0.1:6390/2",
+        "--listen", "tcp:2347", "--listen", "tcp:2348", "--workers", "3", "--idle-timeout", "30",
+    ])
+    arguments, environment = worker_command(options)
+    assert not any(secret in argument for argument in arguments for secret in ("s3cret", "k3y", "pa55"))
+    assert environment == {
+        "TANGRAM_CHANNEL_JWT_SECRET": "s3cret",
+        "TANGRAM_CHANNEL_ADMIN_KEY": "k3y",
+        "TANGRAM_CHANNEL_REDIS_URL": "redis://:pa55@127.0.0.1:6390/2",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    worker = Options()
+    worker.parseOptions(arguments)
+    assert worker["worker"] and worker["workers"] == "1" and worker["listen"] == ["tcp:2347", "tcp:2348"]
+    assert worker["idle-timeout"] == "30" and worker["embedded-redis"] == "false"
