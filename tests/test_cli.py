@@ -67,6 +67,21 @@ async def test_token_is_signed_with_the_configured_secret(tmp_path, redis_server
 
 
 @pytest_twisted.ensureDeferred
+async def test_token_refuses_an_admin_token_signed_with_the_default_secret(tmp_path):
+    """No config: an admin token signed with "secret" would let anyone forge its twin."""
+    code, out, err = await run(tmp_path, "token", "--channel", "admin")
+    assert code != 0 and out == ""
+    assert err.count("\n") == 1 and "TANGRAM_CHANNEL_JWT_SECRET" in err and "jwt_secret" in err
+
+
+@pytest_twisted.ensureDeferred
+async def test_token_warns_loudly_when_signing_with_the_default_secret(tmp_path):
+    code, out, err = await run(tmp_path, "token", "--channel", "room")
+    assert code == 0 and json.loads(out)["channel"] == "room"
+    assert err.startswith("WARNING:") and 'default jwt_secret "secret"' in err
+
+
+@pytest_twisted.ensureDeferred
 async def test_publish_reaches_a_client_of_a_running_service(tmp_path, start_service, redis_server):
     """publish room news '{"n": 1}' arrives at the room's WebSocket client as a text broadcast."""
     service = await start_service(datetime_interval=0)
