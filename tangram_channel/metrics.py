@@ -53,6 +53,12 @@ class Metrics:
             PREFIX + "frames_rejected", "Client frames that could not be parsed, by reason", ["reason"], registry=r
         )
         self.heartbeats = Counter(PREFIX + "heartbeats", "Heartbeats received from clients", registry=r)
+        self.http_refusals = Counter(
+            PREFIX + "http_refusals",
+            "HTTP connections closed for what they sent, by reason (body too large, slow request head, connection cap)",
+            ["reason"],
+            registry=r,
+        )
 
     def count_sockets(self, sockets: Callable[[], float]) -> None:
         """Read the open-socket count at scrape time rather than tracking it."""

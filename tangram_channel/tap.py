@@ -286,6 +286,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         request_head_timeout=config.request_head_timeout,
         http_idle_timeout=config.http_idle_timeout,
         max_connections_per_ip=config.max_connections_per_ip,
+        metrics=metrics,
     )
     listening_reactor = reactor
     if options["worker"]:

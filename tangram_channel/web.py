@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from . import frames
+from .metrics import Metrics
 from .protocol import CONFORMANCE_PATH, PhoenixFactory
 from .tokens import TokenAuthority, is_admin_channel
 from .ratelimit import LogThrottle
@@ -268,11 +269,11 @@ class GuardedHTTPChannel(HTTPChannel):
 
     def _head_too_slow(self) -> None:
         self._head_deadline = None
-        self.site.log_refusal("slow request head", "closed connections that sent a request head too slowly")
+        self.site.refused("slow request head", "closed connections that sent a request head too slowly")
         self._refuse(408, "Request Timeout", "the request head took too long", {})
 
     def _refuse_body(self) -> None:
-        self.site.log_refusal("body too large", "refused request bodies over the limit")
+        self.site.refused("body too large", "refused request bodies over the limit")
         origin = self.requests[-1].getHeader("origin")
         cors = cors_headers(self.requestFactory.cors_origins, origin)
         self._refuse(413, "Content Too Large", f"the body must be at most {MAX_TOKEN_REQUEST} bytes", cors)
@@ -305,6 +306,7 @@ def make_site(
     request_head_timeout: float = 10.0,
     http_idle_timeout: float = 60.0,
     max_connections_per_ip: int = 0,
+    metrics: Metrics | None = None,
 ) -> Site:
     """The Site; ``routes`` adds top-level resources (``/metrics``, ``/healthz``, ``/admin``)."""
     peers = PeerConnections(max_connections_per_ip)
@@ -322,7 +324,7 @@ def make_site(
     request_class = type("ConfiguredCORSRequest", (CORSRequest,), {"cors_origins": cors_origins})
     site = QuietSite(
         root, requestFactory=request_class, reactor=reactor, timeout=http_idle_timeout, peers=peers,
-        request_head_timeout=request_head_timeout,
+        request_head_timeout=request_head_timeout, metrics=metrics or Metrics(),
     )
     site.displayTracebacks = False
     site.noisy = False
@@ -338,26 +340,32 @@ class QuietSite(Site):
 
     protocol = GuardedHTTPChannel
 
-    def __init__(self, resource: Resource, *, peers: PeerConnections, request_head_timeout: float, **kwargs: Any):
+    def __init__(
+        self, resource: Resource, *, peers: PeerConnections, request_head_timeout: float, metrics: Metrics, **kwargs: Any
+    ) -> None:
         super().__init__(resource, **kwargs)
         self.peers = peers
         self.request_head_timeout = request_head_timeout
+        self._metrics = metrics
         self._log_throttle = LogThrottle(self.reactor)
 
     def buildProtocol(self, addr: IAddress) -> GuardedHTTPChannel | None:
         host = getattr(addr, "host", None) if self.peers.limit else None
         if host is not None and not self.peers.admit(host):
-            self.log_refusal("connection cap", f"refused connections past max_connections_per_ip = {self.peers.limit}")
+            self.refused("connection cap", f"refused connections past max_connections_per_ip = {self.peers.limit}")
             return None
         channel = super().buildProtocol(addr)
         channel.peer_host = host
         return channel
 
-    def log_refusal(self, kind: str, what: str) -> None:
-        """One line a minute for each ``kind`` of refusal, with how many were not logged."""
-        dropped = self._log_throttle.allow(kind)
-        if dropped is not None:
+    def refused(self, reason: str, what: str) -> None:
+        """Count a refusal; log one line a minute for each ``reason``, with how many were not."""
+        self._metrics.http_refusals.labels(reason).inc()
+        dropped = self._log_throttle.allow(reason)
+        if dropped:
             log.info("{what} ({dropped} more since the last such line)", what=what, dropped=dropped)
+        elif dropped is not None:
+            log.info("{what}", what=what)
 
     def log(self, request: Request) -> None:
         pass

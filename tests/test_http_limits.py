@@ -11,6 +11,7 @@ import json
 import selectors
 import socket
 import time
+import urllib.request
 
 import pytest
 
@@ -86,6 +87,8 @@ def test_a_chunked_body_is_refused_as_it_grows_past_the_limit(service):
                       b'Connection: close\r\n\r\n{"channel": "room"}')
     status, body = status_and_body(read_until_closed(neighbour))
     assert status == 200 and json.loads(body)["channel"] == "room"
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{service.port}/metrics", timeout=10).read().decode()
+    assert 'tangram_channel_http_refusals_total{reason="body too large"} 1.0' in metrics
 
 
 def test_a_dribbled_upgrade_is_closed_at_the_head_deadline_and_spares_open_sockets(service):
