@@ -106,7 +106,8 @@ class SocketResource(Resource):
         self, factory: PhoenixFactory, allowed_origins: tuple[str, ...], peers: PeerConnections | None = None
     ) -> None:
         super().__init__()
-        self._websocket = WebSocketResource(_CountedUpgrades(factory, peers) if peers is not None and peers.limit else factory)
+        counted = peers is not None and peers.limit
+        self._websocket = WebSocketResource(_CountedUpgrades(factory, peers) if counted else factory)
         self._allowed_origins = allowed_origins
 
     def render(self, request: Request) -> Any:
@@ -199,9 +200,9 @@ class CORSRequest(Request):
 
 class PeerConnections:
     """
-    Open connections by peer IP address, refused past ``limit`` (0: no limit, nothing
-    counted). Pure bookkeeping: the site admits at accept, and the connection releases
-    when it ends, whether it stayed HTTP or became a WebSocket.
+    Open connections by peer IP address, refused past ``limit`` (0 is no cap: then the
+    site counts nothing). Pure bookkeeping: the site admits at accept, and the connection
+    releases when it ends, whether it stayed HTTP or became a WebSocket.
     """
 
     def __init__(self, limit: int) -> None:
@@ -341,7 +342,13 @@ class QuietSite(Site):
     protocol = GuardedHTTPChannel
 
     def __init__(
-        self, resource: Resource, *, peers: PeerConnections, request_head_timeout: float, metrics: Metrics, **kwargs: Any
+        self,
+        resource: Resource,
+        *,
+        peers: PeerConnections,
+        request_head_timeout: float,
+        metrics: Metrics,
+        **kwargs: Any,
     ) -> None:
         super().__init__(resource, **kwargs)
         self.peers = peers

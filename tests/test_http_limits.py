@@ -68,7 +68,9 @@ def test_a_declared_oversized_body_is_refused_before_it_is_sent(service, path):
 
 def test_a_chunked_body_is_refused_as_it_grows_past_the_limit(service):
     sock = connect(service.port)
-    sock.sendall(b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    sock.sendall(
+        b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     chunk = b"4000\r\n" + b" " * 0x4000 + b"\r\n"
     sent = 0
     try:
