@@ -10,6 +10,7 @@ CORS headers, and any ``OPTIONS`` preflight gets 204.
 from __future__ import annotations
 
 import hmac
+import io
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -178,6 +179,10 @@ class CORSRequest(Request):
     @property
     def body_too_large(self) -> bool:
         return self.body_size > MAX_TOKEN_REQUEST
+
+    def gotLength(self, length: int | None) -> None:
+        # twisted.web spools a body of unknown or large length to a temporary file
+        self.content = io.BytesIO()
 
     def handleContentChunk(self, data: bytes) -> None:
         room = MAX_TOKEN_REQUEST + 1 - self.body_size

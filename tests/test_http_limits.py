@@ -7,16 +7,23 @@ the connections of one address, HTTP and WebSocket alike.
 
 from __future__ import annotations
 
+import io
 import json
 import selectors
 import socket
 import time
 import urllib.request
+from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
-from tangram_channel.web import MAX_TOKEN_REQUEST, PeerConnections
+from tangram_channel.protocol import PhoenixFactory
+from tangram_channel.web import MAX_TOKEN_REQUEST, PeerConnections, make_site
 
+from .fakes import World
 from .live import RawSocket, reply_status, start_twistd, token
 
 
@@ -152,3 +159,49 @@ def test_peer_connections_count_each_address_up_to_the_limit():
     assert peers.admit("10.0.0.2")
     peers.release("10.0.0.1")
     assert peers.admit("10.0.0.1")
+
+
+# the channel in memory, on a fake clock
+
+
+def channel_on(clock: Clock, **limits: Any) -> tuple[Any, StringTransport]:
+    world = World()
+    site = make_site(PhoenixFactory(world.hub, clock, 60, 1 << 20, 16 << 20), world.tokens, None, ("*",), ("*",),
+                     reactor=clock, **limits)
+    channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 40000))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def test_a_chunked_body_is_held_in_memory_and_only_up_to_the_limit():
+    channel, transport = channel_on(Clock())
+    channel.dataReceived(b"POST /token HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    channel.dataReceived(b"%x\r\n" % (4 * MAX_TOKEN_REQUEST) + b" " * (4 * MAX_TOKEN_REQUEST) + b"\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 413 ")
+    assert transport.disconnecting
+    content = channel.requests[-1].content
+    assert isinstance(content, io.BytesIO) and len(content.getvalue()) == MAX_TOKEN_REQUEST + 1
+
+
+def test_an_oversized_body_gets_no_100_continue_but_413():
+    channel, transport = channel_on(Clock())
+    channel.dataReceived(b"POST /token HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 65537\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in transport.value()
+    assert transport.disconnecting
+
+
+def test_the_head_deadline_runs_from_the_first_byte_to_the_end_of_the_headers():
+    clock = Clock()
+    channel, transport = channel_on(clock, request_head_timeout=10)
+    clock.advance(30)  # silence before the first byte is the idle timeout's business
+    channel.dataReceived(b"GET /no/such/path HTTP/1.1\r\n")
+    for _ in range(9):
+        clock.advance(1)
+        channel.dataReceived(b"X-Slow: 1\r\n")
+    channel.dataReceived(b"\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 404 ") and not transport.disconnecting
+    transport.clear()
+    channel.dataReceived(b"GET /no/such/path HTTP/1.1\r\n")  # the next request has a deadline of its own
+    clock.pump([1] * 10)
+    assert transport.value().startswith(b"HTTP/1.1 408 ") and transport.disconnecting
