@@ -68,9 +68,11 @@ def test_a_declared_oversized_body_is_refused_before_it_is_sent(service, path):
         "Content-Type: application/json\r\nContent-Length: 300000000\r\n\r\n".encode()
     )
     # not a byte of the body sent: the answer and the close come on the headers alone
-    status, body = status_and_body(read_until_closed(sock))
+    answer = read_until_closed(sock)
+    status, body = status_and_body(answer)
     assert status == 413
     assert str(MAX_TOKEN_REQUEST) in json.loads(body)["error"]
+    assert b"\r\naccess-control-allow-origin: *\r\n" in answer  # a page can read why
 
 
 def test_a_chunked_body_is_refused_as_it_grows_past_the_limit(service):
