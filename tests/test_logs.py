@@ -76,9 +76,10 @@ def start_twistd(tmp_path: Path, redis_url: str, port: int, *extra: str) -> tupl
     log_path = tmp_path / "tangram.log"
     process = subprocess.Popen(
         [TWISTD, "-n", "--pidfile=", "--logfile", str(log_path), "tangram-channel",
-         "--listen", f"tcp:{port}:interface=127.0.0.1", "--redis-url", redis_url, "--jwt-secret", SECRET,
+         "--listen", f"tcp:{port}:interface=127.0.0.1", "--redis-url", redis_url,
          "--embedded-redis", "false", *extra],
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        # the secret in the environment: on the command line it is warned about
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "TANGRAM_CHANNEL_JWT_SECRET": SECRET},
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
