@@ -17,7 +17,7 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IAddress, IDelayedCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -26,7 +26,7 @@ from . import frames
 from .metrics import Metrics
 from .protocol import CONFORMANCE_PATH, PhoenixFactory
 from .tokens import TokenAuthority, is_admin_channel
-from .ratelimit import LogThrottle
+from .logs import ThrottledLog
 
 log = Logger()
 
@@ -359,7 +359,7 @@ class QuietSite(Site):
         self.peers = peers
         self.request_head_timeout = request_head_timeout
         self._metrics = metrics
-        self._log_throttle = LogThrottle(self.reactor)
+        self._refusals = ThrottledLog(log, self.reactor)
 
     def buildProtocol(self, addr: IAddress) -> GuardedHTTPChannel | None:
         host = getattr(addr, "host", None) if self.peers.limit else None
@@ -373,11 +373,7 @@ class QuietSite(Site):
     def refused(self, reason: str, what: str) -> None:
         """Count a refusal; log one line a minute for each ``reason``, with how many were not."""
         self._metrics.http_refusals.labels(reason).inc()
-        dropped = self._log_throttle.allow(reason)
-        if dropped:
-            log.info("{what} ({dropped} more since the last such line)", what=what, dropped=dropped)
-        elif dropped is not None:
-            log.info("{what}", what=what)
+        self._refusals.emit(reason, "{what}", level=LogLevel.info, what=what)
 
     def log(self, request: Request) -> None:
         pass
