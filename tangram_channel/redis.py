@@ -20,10 +20,12 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import LogLevel, Logger, globalLogPublisher
 from twisted.python.failure import Failure
+from OpenSSL import SSL, crypto
+from zope.interface import implementer
 
 from .metrics import Metrics
 
@@ -48,6 +50,10 @@ class RedisURL:
         self.password = unquote(parts.password) if parts.password is not None else None
         query = parse_qs(parts.query)
         self.ca_file = query.get("ssl_ca_certs", [None])[0]
+        strict = query.get("ssl_verify_strict", ["true"])[0]
+        if strict not in ("true", "false"):
+            raise ValueError(f"redis_url: ssl_verify_strict must be true or false, not {strict!r}")
+        self.verify_strict = strict == "true"
         if self.scheme == "unix":
             self.path = parts.path or parts.netloc
             self.host, self.port = None, None
@@ -75,12 +81,45 @@ class RedisURL:
             return UNIXClientEndpoint(reactor, self.path, timeout=5)
         endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=5)
         if self.scheme == "rediss":
-            trust = None
-            if self.ca_file:
-                with open(self.ca_file, "rb") as f:
-                    trust = Certificate.loadPEM(f.read())
-            endpoint = wrapClientTLS(optionsForClientTLS(self.host, trustRoot=trust), endpoint)
+            trust = Certificate.loadPEM(self._authority_pem()) if self.ca_file else None
+            creator = optionsForClientTLS(self.host, trustRoot=trust)
+            endpoint = wrapClientTLS(_StrictX509(creator) if self.verify_strict else creator, endpoint)
         return endpoint
+
+    def _authority_pem(self) -> bytes:
+        with open(self.ca_file, "rb") as f:
+            return f.read()
+
+    def explain(self, transport: Any, why: Failure) -> str:
+        """Why a connection was lost before it was ready; for a certificate, what is wrong with it."""
+        message = why.getErrorMessage()
+        if self.scheme != "rediss" or "certificate verify failed" not in message:
+            return message
+        chain = transport.getHandle().get_peer_cert_chain()
+        problem = chain and self._certificate_problem(chain, self.verify_strict)
+        if not problem:
+            return message
+        if self.verify_strict and not self._certificate_problem(chain, strict=False):
+            return (
+                f"certificate verify failed: {problem} (the certificate is trusted but fails the strict X.509 "
+                "checks, as Python 3.13 does; ssl_verify_strict=false in redis_url relaxes them)"
+            )
+        return f"certificate verify failed: {problem}"
+
+    def _certificate_problem(self, chain: list[crypto.X509], strict: bool) -> str | None:
+        """OpenSSL's reason the server's chain fails verification against the trusted authorities, or None."""
+        store = crypto.X509Store()
+        if self.ca_file:
+            store.add_cert(crypto.load_certificate(crypto.FILETYPE_PEM, self._authority_pem()))
+        else:
+            store.set_default_paths()
+        if strict:
+            store.set_flags(crypto.X509StoreFlags.X509_STRICT)
+        try:
+            crypto.X509StoreContext(store, chain[0], chain[1:]).verify_certificate()
+        except crypto.X509StoreContextError as e:
+            return str(e)
+        return None
 
     def __str__(self) -> str:
         """The URL with the password hidden, for logs."""
@@ -90,6 +129,23 @@ class RedisURL:
         if self.scheme == "unix":
             return f"unix://{self.path}"
         return f"{self.scheme}://{auth}{self.host}:{self.port}/{self.db}"
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _StrictX509:
+    """
+    TLS connections that also make OpenSSL's strict X.509 checks, as Python 3.13's
+    default context does, so a CA without the extensions a real one has fails the
+    same on every Python.
+    """
+
+    def __init__(self, creator: IOpenSSLClientConnectionCreator) -> None:
+        self._creator = creator
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = self._creator.clientConnectionForTLS(tlsProtocol)
+        connection.get_context().get_cert_store().set_flags(crypto.X509StoreFlags.X509_STRICT)
+        return connection
 
 
 @functools.lru_cache(maxsize=65536)
@@ -173,7 +229,7 @@ class _ReportsEarlyLoss:
 
     def connectionLost(self, why: Any) -> None:
         if not self._ready:
-            self.factory.connectionError(why.getErrorMessage())
+            self.factory.connectionError(self.factory._url.explain(self.transport, why))
         super().connectionLost(why)
 
 

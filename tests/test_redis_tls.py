@@ -17,7 +17,9 @@ import pytest_twisted
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tangram_channel.redis import RedisURL
 
 from .conftest import RedisServer, free_port
 from .e2e import RedisListener, captured_log, eventually, mint, sleep
@@ -25,17 +27,29 @@ from .wsclient import connect
 
 
 class Authority:
-    """A test certificate authority that writes its certificate and the ones it issues as PEM files."""
+    """
+    A test certificate authority that writes its certificate and the ones it issues as PEM
+    files. With ``complete`` (the default) they carry the extensions a real CA's do, which
+    strict X.509 verification (Python 3.13's default, the service's) requires; without, they
+    are like a hand-made CA that only lax verification accepts.
+    """
 
-    def __init__(self, directory: Path, name: str) -> None:
+    def __init__(self, directory: Path, name: str, complete: bool = True) -> None:
         self.directory = directory
+        self.complete = complete
         self.key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self.certificate = (
-            self._builder(subject, subject, self.key.public_key())
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
+        builder = self._builder(subject, subject, self.key.public_key()).add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
         )
+        if complete:
+            builder = builder.add_extension(
+                x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                              data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                              encipher_only=False, decipher_only=False),
+                critical=True,
+            ).add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
+        self.certificate = builder.sign(self.key, hashes.SHA256())
         self.path = directory / f"{name}.pem"
         self.path.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
 
@@ -56,12 +70,25 @@ class Authority:
         """A server certificate for these names: (certificate file, key file)."""
         key = ec.generate_private_key(ec.SECP256R1())
         names = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-        certificate = (
-            self._builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), self.certificate.subject,
-                          key.public_key())
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
+        builder = self._builder(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), self.certificate.subject, key.public_key()
+        ).add_extension(x509.SubjectAlternativeName(names), critical=False)
+        if self.complete:
+            builder = (
+                builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(
+                    x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                  data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                  crl_sign=False, encipher_only=False, decipher_only=False),
+                    critical=True,
+                )
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                .add_extension(
+                    x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
+                )
+            )
+        certificate = builder.sign(self.key, hashes.SHA256())
         cert_path, key_path = self.directory / f"{name}.crt", self.directory / f"{name}.key"
         cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
         key_path.write_bytes(
@@ -105,8 +132,8 @@ def started_redis():
         server.kill()
 
 
-def rediss_url(server: RedisServer, ca: Path, password: str = "pw") -> str:
-    return f"rediss://alice:{password}@localhost:{server.port}/0?ssl_ca_certs={ca}"
+def rediss_url(server: RedisServer, ca: Path, password: str = "pw", query: str = "") -> str:
+    return f"rediss://alice:{password}@localhost:{server.port}/0?ssl_ca_certs={ca}{query}"
 
 
 @pytest_twisted.ensureDeferred
@@ -153,3 +180,40 @@ async def test_rediss_refuses_and_says_why_once(start_service, redis_binary, pki
         await eventually(lambda: [line for line in log if why in line], what=f"a log line saying {why!r}")
         complaints = [line for line in log if why in line]
         assert len(complaints) == 1, complaints
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_strict_by_default_says_what_the_certificate_lacks_and_how_to_relax(
+    start_service, redis_binary, tmp_path, started_redis
+):
+    """
+    A CA without the extensions strict verification requires (like one made by hand) is
+    refused on every Python, as Python 3.13 would, with OpenSSL's reason and the option that
+    relaxes the checks, once; with ``ssl_verify_strict=false`` the same certificate serves.
+    """
+    legacy = Authority(tmp_path, "legacy-ca", complete=False)
+    redis = tls_redis(redis_binary, legacy, legacy.issue("redis-legacy", ["localhost"], ["127.0.0.1"]))
+    started_redis.append(redis)
+    with captured_log() as log:
+        service = await start_service(redis_url=rediss_url(redis, legacy.path), wait_for_redis=False,
+                                      datetime_interval=0)
+        await eventually(lambda: [line for line in log if "ssl_verify_strict=false" in line],
+                         what="a log line naming ssl_verify_strict=false")
+        await sleep(1)  # more reconnection attempts, which must not repeat it
+        complaints = [line for line in log if "ssl_verify_strict=false" in line]
+        assert len(complaints) == 1, complaints
+        assert "key identifier" in complaints[0].lower(), complaints
+        assert not service.bridge.connected
+        await service.service.stopService()
+
+    relaxed = await start_service(redis_url=rediss_url(redis, legacy.path, query="&ssl_verify_strict=false"),
+                                  wait_for_redis=False, datetime_interval=0)
+    await eventually(lambda: relaxed.bridge.connected, timeout=15, what="the relaxed service connected")
+
+
+def test_ssl_verify_strict_takes_only_true_or_false():
+    """A typo in the option is refused at start-up, not read as either."""
+    assert RedisURL("rediss://h:1/0").verify_strict is True
+    assert RedisURL("rediss://h:1/0?ssl_verify_strict=false").verify_strict is False
+    with pytest.raises(ValueError, match="ssl_verify_strict must be true or false"):
+        RedisURL("rediss://h:1/0?ssl_verify_strict=no")
