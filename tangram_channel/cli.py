@@ -22,6 +22,7 @@ import txredisapi
 from twisted.internet import defer
 from twisted.internet.error import ConnectError
 
+from . import __version__
 from . import config as configuration
 from .redis import RedisUnavailable, RedisURL, connect_once
 from .tokens import TokenAuthority, is_admin_channel
@@ -127,6 +128,7 @@ def check_config(args: argparse.Namespace, out: TextIO) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="tangram-channel", description="Operate a tangram-channel service.")
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = top.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler: Any, help: str) -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from . import __version__
 from . import config as configuration
 from .dispatcher import Hub
 from .admin import AdminPage
@@ -69,6 +70,11 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+
+    def opt_version(self) -> None:
+        """Print the version of tangram-channel and exit."""
+        print(f"tangram-channel {__version__}")
+        sys.exit(0)
 
     def opt_listen(self, endpoint: str) -> None:
         """Twisted endpoint to listen on, e.g. tcp:2347 or ssl:443:privateKey=k.pem:certKey=c.pem (repeatable)."""
