@@ -82,7 +82,14 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """Refuse a bad configuration while parsing, where twistd reports it without a traceback."""
-        checked_config(self, dict(os.environ), quiet=True)
+        try:
+            checked_config(self, dict(os.environ), quiet=True)
+        except usage.UsageError as e:
+            if self.parent is None:  # not under twistd
+                raise
+            # twistd before 26.10 prints a usage error but exits 0: a refused start must fail
+            sys.stderr.write(f"tangram-channel: {e}\n")
+            raise SystemExit(1) from None
 
     def command_line(self) -> dict[str, Any]:
         """The settings given on the command line, by config key."""
