@@ -96,10 +96,16 @@ class RedisURL:
         if self.scheme != "rediss" or "certificate verify failed" not in message:
             return message
         chain = transport.getHandle().get_peer_cert_chain()
-        problem = chain and self._certificate_problem(chain, self.verify_strict)
+        try:
+            problem = chain and self._certificate_problem(chain, self.verify_strict)
+            only_strict_refuses = (
+                self.verify_strict and bool(problem) and not self._certificate_problem(chain, strict=False)
+            )
+        except (OSError, crypto.Error):  # e.g. the CA file went away since the connection started
+            return message
         if not problem:
             return message
-        if self.verify_strict and not self._certificate_problem(chain, strict=False):
+        if only_strict_refuses:
             return (
                 f"certificate verify failed: {problem} (the certificate is trusted but fails the strict X.509 "
                 "checks, as Python 3.13 does; ssl_verify_strict=false in redis_url relaxes them)"
