@@ -61,6 +61,8 @@ class Config:
     request_head_timeout: float = 10.0
     http_idle_timeout: float = 60.0
     max_connections_per_ip: int = 0
+    message_rate: float = 200.0
+    message_burst: int = 1000
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -121,6 +123,8 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "request_head_timeout": ("float", 0.01),
     "http_idle_timeout": ("float", 1),
     "max_connections_per_ip": ("int", 0),
+    "message_rate": ("float", 0),
+    "message_burst": ("int", 1),
 }
 _EXPECTED = {
     "str": "a string",

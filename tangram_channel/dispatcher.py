@@ -51,6 +51,12 @@ class Outbox(Protocol):
     def send_burst(self, burst: Burst) -> None:
         """Send a topic's broadcasts, reusing the framing other members already paid for."""
 
+    def hold(self, burst: Burst) -> bool:
+        """Count a burst kept in a join backlog toward the send budget; False if that closed the socket."""
+
+    def release(self, bursts: list[Burst]) -> None:
+        """Stop counting bursts that left a join backlog."""
+
 
 class Bus(Protocol):
     """Redis as the hub sees it (``RedisBridge`` provides it)."""
@@ -74,7 +80,8 @@ class Member:
         self.key = key
         self.meta = meta
         # Broadcasts that arrive before the join reply wait here, so the client sees
-        # the reply, then presence_state, then everything else.
+        # the reply, then presence_state, then everything else; their bytes count
+        # toward the socket's send budget, which bounds the backlog.
         self.backlog: list[Burst] | None = []
 
     @property
@@ -85,7 +92,8 @@ class Member:
         """Whether ``burst`` may be sent now; if not, it waits in the backlog for the join reply."""
         if self.backlog is None:
             return True
-        self.backlog.append(burst)
+        if self.session.outbox.hold(burst):
+            self.backlog.append(burst)
         return False
 
 
@@ -237,7 +245,8 @@ class Hub:
         if not members:
             return
         burst = Burst(broadcasts)
-        self.fanout([member.session.outbox for member in members if member.ready_for(burst)], burst)
+        # a copy: a backlog over the send budget closes its socket, and the member leaves
+        self.fanout([member.session.outbox for member in list(members) if member.ready_for(burst)], burst)
         framed = next(iter(burst.prepared.values()), b"")
         self.metrics.sent(len(members) * len(broadcasts), len(members) * len(framed))
 
@@ -328,7 +337,7 @@ class Session:
         member = self.joins[topic] = Member(self, topic, join_ref, grant.id, meta)
         d = self.hub.join(member)
         d.addCallbacks(self._joined, self._join_failed, (member, message), None, (member, message))
-        d.addErrback(self._internal_error, message)
+        d.addErrback(self._completion_failed, member)
 
     def _joined(self, replica: Replica, member: Member, message: Message) -> None:
         if self.joins.get(member.topic) is not member:
@@ -340,7 +349,8 @@ class Session:
             False,
         )
         backlog, member.backlog = member.backlog or [], None
-        for burst in backlog:  # counted when they arrived; framed once for every joiner
+        self.outbox.release(backlog)
+        for burst in backlog:  # framed once for every joiner
             self.outbox.send_burst(burst)
         payload = message.payload
         if isinstance(payload, dict):
@@ -354,6 +364,14 @@ class Session:
             self._refuse(member.join_ref, message, _reason(failure))
         if not failure.check(RedisUnavailable):
             self.hub.errors.emit("join", "join of {topic} failed", failure, LogLevel.error, topic=member.topic)
+
+    def _completion_failed(self, failure: Any, member: Member) -> None:
+        """A join is whole or gone: a member left half-joined would keep a backlog forever."""
+        if self.joins.get(member.topic) is member:
+            self._drop(member, send_close=True)
+        self.hub.errors.emit(
+            "join completion", "completing a join of {topic} failed", failure, LogLevel.error, topic=member.topic
+        )
 
     def _leave(self, message: Message) -> None:
         member = self.joins.get(message.topic)
@@ -376,9 +394,13 @@ class Session:
     def _drop(self, member: Member, send_close: bool, was_joined: bool = True) -> None:
         """End a join: tell the client if asked, withdraw presence, maybe unsubscribe."""
         del self.joins[member.topic]
+        was_joined = was_joined and member.backlog is None
+        if member.backlog:
+            self.outbox.release(member.backlog)
+        member.backlog = None
         if send_close:
             self.outbox.send(Message(member.join_ref, member.join_ref, member.topic, "phx_close", {}))
-        self.hub.leave(member, was_joined=was_joined and member.backlog is None)
+        self.hub.leave(member, was_joined=was_joined)
 
     def _publish(self, message: Message, payload: Any = None) -> defer.Deferred[Any]:
         body = message.payload if payload is None else payload

@@ -59,6 +59,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            PREFIX + "rate_limited", "Client messages answered 'rate limit exceeded' (over message_rate)", registry=r
+        )
+        self.rate_clients_closed = Counter(
+            PREFIX + "rate_clients_closed", "Sockets closed with 1008 for sending over message_rate", registry=r
+        )
+        self.pongs_skipped = Counter(PREFIX + "pongs_skipped", "Pings over message_rate left unanswered", registry=r)
 
     def count_sockets(self, sockets: Callable[[], float]) -> None:
         """Read the open-socket count at scrape time rather than tracking it."""

@@ -4,11 +4,13 @@ Phoenix channels over Autobahn WebSockets.
 The protocol turns frames into ``Message`` objects for its ``Session`` and back. It
 owns the per-socket concerns the dispatcher must not know about: the serializer
 version chosen at the upgrade, the token offered at the upgrade (``userToken`` or the
-Phoenix 1.8 ``base64url.bearer.phx.<token>`` subprotocol), the idle timer, and the
-bound on bytes queued for a client that does not read. The factory writes a broadcast
+Phoenix 1.8 ``base64url.bearer.phx.<token>`` subprotocol), the idle timer, the bound
+on bytes held for a client that does not read (every write counts: frames, pongs,
+replies, close frames, join backlogs), and the budget of frames a client may send. The factory writes a broadcast
 to all of a channel's sockets together (``fanout``, with ``sendmany``).
 
-Close codes: 4000 idle, 1008 send buffer over ``max_send_buffer``, 1009 message over
+Close codes: 4000 idle, 1008 send buffer over ``max_send_buffer`` or frames past the
+message budget, 1009 message over
 ``max_message_size`` (Autobahn), 1012 service shutting down. Never 1000, after which
 phoenix.js up to 1.8.15 would not reconnect.
 """
@@ -33,6 +35,7 @@ from .dispatcher import Hub, Session, send_to_each
 from .frames import DEFAULT_LIMITS, Burst, FrameError, HeaderLimits, Message
 from .logs import ThrottledLog
 from .metrics import Metrics
+from .ratelimit import TokenBucket
 from .sendmany import SendMany
 
 log = Logger()
@@ -47,6 +50,11 @@ CONFORMANCE_PATH = "/conformance"
 CLOSE_IDLE = 4000
 CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
+
+# Frames a socket may send in a row past its message budget, each answered with an
+# error, before it is closed: room for a client that briefly overshoots, none for a flood.
+RATE_GRACE = 20
+RATE_LIMITED = "rate limit exceeded"
 
 
 def subprotocol_token(offered: list[str]) -> str | None:
@@ -69,6 +77,12 @@ class PhoenixProtocol(WebSocketServerProtocol):
     _idle: IDelayedCall | None = None
     _paused = False
     _queued = 0
+    _held = 0  # bytes of broadcasts held in this socket's join backlogs
+    _closing_full = False  # while the 1008 close frame is written past the full budget
+    _rate: TokenBucket | None = None
+    _over_rate = 0  # frames in a row past the message budget
+    _frame_over_rate = False
+    _message_over_rate = False
     _echo = False
     _socket: socket.socket | None = None
 
@@ -93,7 +107,8 @@ class PhoenixProtocol(WebSocketServerProtocol):
         self.factory.sockets.add(self)
         if self.factory.idle_timeout > 0:
             self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_out)
-        if not self._echo:
+        if not self._echo:  # the Autobahn testsuite's cases send floods of fragments on purpose
+            self._rate = TokenBucket(self.factory.clock, self.factory.message_rate, self.factory.message_burst)
             self.session = self.factory.hub.connect(self, self._socket_token)
         self._socket_token = None
 
@@ -103,6 +118,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
         if self._echo:
             self.sendMessage(payload, isBinary)
             return
+        over_rate, self._message_over_rate = self._message_over_rate, False
         if self.session is None:
             return
         try:
@@ -114,10 +130,36 @@ class PhoenixProtocol(WebSocketServerProtocol):
             self.factory.frame_rejected(e)
             self.session.frame_error(e)
             return
+        if over_rate:
+            self.factory.metrics.rate_limited.inc()
+            self.session.frame_error(FrameError(RATE_LIMITED, message.join_ref, message.ref, message.topic))
+            return
         self.session.received(message)
+
+    def onFrameBegin(self) -> None:
+        """Every frame (fragments and control frames too) is spent from the message budget."""
+        self._frame_over_rate = self._rate is not None and not self._rate.take()
+        if self._frame_over_rate:
+            self._over_rate += 1
+            self._message_over_rate = True
+            if self._over_rate > RATE_GRACE and self.state == self.STATE_OPEN:
+                self._close_for_rate()
+        else:
+            self._over_rate = 0
+        super().onFrameBegin()
+
+    def _close_for_rate(self) -> None:
+        self.factory.metrics.rate_clients_closed.inc()
+        self.factory.log_limited("rate", "closing a client that sent over its message budget")
+        self.close(CLOSE_POLICY, RATE_LIMITED)
+        # read no more of the flood: what is already read is all it may cost
+        self.transport.loseConnection()
 
     def onPing(self, payload: bytes) -> None:
         self._touch()
+        if self._frame_over_rate:
+            self.factory.metrics.pongs_skipped.inc()
+            return
         super().onPing(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -129,19 +171,40 @@ class PhoenixProtocol(WebSocketServerProtocol):
         self.send_frame(frames.encode(message, self.vsn), False)
 
     def send_frame(self, frame: bytes, is_binary: bool) -> None:
-        if self.state == self.STATE_OPEN and self._count(len(frame)):
+        # not sendMessage, which would hold what the service sends to max_message_size
+        if self.state == self.STATE_OPEN:
             self.factory.metrics.sent(1, len(frame))
-            self.sendMessage(frame, is_binary)
+            self.sendPreparedMessage(PreparedMessage(frame, is_binary, applyMask=False, doNotCompress=True))
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        """Everything Autobahn writes (replies, pongs, close frames) counts toward the send budget."""
+        if self._closing_full or self._count(len(data)):
+            super().sendData(data, sync, chopsize)
 
     def send_burst(self, burst: Burst) -> None:
         data = self._framed(burst)
         if data is not None:
             self._write_now(data)
 
+    def hold(self, burst: Burst) -> bool:
+        """Count ``burst``, kept in a join backlog, as held; False if that spent the budget (closing)."""
+        if self.state != self.STATE_OPEN:
+            return False
+        self._held += len(self._frame(burst))
+        return self._within_budget()
+
+    def release(self, bursts: list[Burst]) -> None:
+        """Stop counting bursts that left a join backlog (sent, or dropped with their member)."""
+        self._held -= sum(len(self._frame(burst)) for burst in bursts)
+
     def _framed(self, burst: Burst) -> bytes | None:
         """``burst`` framed for this socket and counted, or None if nothing may be sent now."""
         if self.state != self.STATE_OPEN:
             return None
+        data = self._frame(burst)
+        return data if self._count(len(data)) else None
+
+    def _frame(self, burst: Burst) -> bytes:
         data = burst.prepared.get(self.vsn)
         if data is None:
             # WebSocket framing, done once per burst and serializer (server frames are
@@ -152,7 +215,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
                 ).payloadHybi
                 for broadcast in burst.broadcasts
             )
-        return data if not self._paused or self._count(len(data)) else None
+        return data
 
     def _direct_socket(self) -> socket.socket | None:
         """
@@ -205,15 +268,30 @@ class PhoenixProtocol(WebSocketServerProtocol):
         self.close(CLOSE_IDLE, "idle timeout")
 
     def _count(self, size: int) -> bool:
-        """Account for ``size`` more bytes; False if that closed the socket (nothing may follow)."""
+        """
+        Account for ``size`` more bytes; False if that closed the socket (nothing may follow).
+
+        Bytes written while the transport has not paused us are below its high-water
+        mark; past it, each one is held until the client reads, and counted.
+        """
         if self._paused:
             self._queued += size
-            if self._queued > self.factory.max_send_buffer:
-                log.info("closing a client that stopped reading ({n} bytes queued)", n=self._queued)
-                self.factory.metrics.slow_clients_closed.inc()
+        return self._within_budget()
+
+    def _within_budget(self) -> bool:
+        """Whether the bytes held for the client are within ``max_send_buffer``; if not, close with 1008."""
+        held = self._queued + self._held
+        if held <= self.factory.max_send_buffer:
+            return True
+        if self.state == self.STATE_OPEN:
+            self.factory.metrics.slow_clients_closed.inc()
+            self.factory.log_limited("slow", f"closing a client that stopped reading ({held} bytes held)")
+            self._closing_full = True  # the close frame is the one write let past the budget
+            try:
                 self.close(CLOSE_POLICY, "send buffer full")
-                return False
-        return True
+            finally:
+                self._closing_full = False
+        return False
 
     def pauseProducing(self) -> None:
         self._paused = True
@@ -274,6 +352,8 @@ class PhoenixFactory(WebSocketServerFactory):
         max_send_buffer: int,
         metrics: Metrics | None = None,
         header_limits: HeaderLimits = DEFAULT_LIMITS,
+        message_rate: float = 0.0,
+        message_burst: int = 1,
     ) -> None:
         super().__init__()
         self.hub = hub
@@ -282,6 +362,8 @@ class PhoenixFactory(WebSocketServerFactory):
         self.clock = clock
         self.idle_timeout = idle_timeout
         self.max_send_buffer = max_send_buffer
+        self.message_rate = message_rate
+        self.message_burst = message_burst
         self.sockets: set[PhoenixProtocol] = set()
         # set by the service while it runs; None: each socket is written to in turn
         self.sender: SendMany | None = None
@@ -349,6 +431,10 @@ class PhoenixFactory(WebSocketServerFactory):
             "frame", "rejected a frame: {reason} ({count} so far)", level=LogLevel.info,
             reason=error.reason, count=self.frames_rejected,
         )
+
+    def log_limited(self, kind: str, line: str) -> None:
+        """Log ``line`` unless a line of ``kind`` went out in the last minute, so floods cost one line."""
+        self._errors.emit(kind, "{line}", level=LogLevel.info, line=line)
 
     def close_all(self, code: int, reason: str) -> None:
         for socket in list(self.sockets):

@@ -284,7 +284,14 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         metrics,
     )
     factory = PhoenixFactory(
-        hub, reactor, config.idle_timeout, config.max_message_size, config.max_send_buffer, metrics,
+        hub,
+        reactor,
+        config.idle_timeout,
+        config.max_message_size,
+        config.max_send_buffer,
+        metrics,
+        message_rate=config.message_rate,
+        message_burst=config.message_burst,
         header_limits=config.header_limits,
     )
     ChannelService(hub, presence, bridge, factory).setServiceParent(top)

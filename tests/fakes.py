@@ -114,6 +114,7 @@ class FakeOutbox:
         self.vsn = vsn
         self.frames: list[Any] = []
         self.bursts: list[Burst] = []
+        self.held: list[Burst] = []
 
     def send(self, message: Message) -> None:
         self.frames.append(frames.loads(frames.encode(message, self.vsn)))
@@ -125,6 +126,14 @@ class FakeOutbox:
         self.bursts.append(burst)
         for broadcast in burst.broadcasts:
             self.send_frame(broadcast.frame(self.vsn), not broadcast.is_text)
+
+    def hold(self, burst: Burst) -> bool:
+        self.held.append(burst)
+        return True
+
+    def release(self, bursts: list[Burst]) -> None:
+        for burst in bursts:
+            self.held.remove(burst)
 
     def take(self) -> list[Any]:
         """The frames sent since the last take."""
