@@ -523,3 +523,32 @@ def test_a_socket_in_two_busy_channels_gets_their_messages_in_redis_order() -> N
     world.hub.deliver([("two", "d", b"{}"), ("one", "e", b"{}"), ("two", "f", b"{}")])
     world.clock.advance(0.003)
     assert [frame[3] for frame in outbox.take()] == ["a", "b", "c", "d", "e", "f"]
+
+
+def test_a_failure_completing_a_join_drops_the_member_and_releases_its_backlog(world: World) -> None:
+    """
+    An error raised after the join reply (here: writing presence_state) must not leave a
+    half-joined member whose backlog would keep every later broadcast for the socket's life.
+    """
+    alice, alice_outbox = joined(world)
+    bob, bob_outbox = world.connect()
+    world.redis.mode = "hold"
+    world.join(bob, "room", "b1", "bob")
+    world.hub.deliver([("room", "news", b'{"n":1}')])  # arrives before bob's join completes
+    assert len(bob_outbox.held) == 1
+
+    def write_fails(frame: bytes, is_binary: bool) -> None:
+        raise RuntimeError("socket write failed")
+
+    bob_outbox.send_frame = write_fails  # type: ignore[method-assign]
+    world.redis.release()
+    world.settle()
+
+    assert "room" not in bob.joins
+    assert all(member.session is alice for member in world.hub.members["room"])
+    assert bob_outbox.held == []
+    assert [frame[3] for frame in bob_outbox.take()] == ["phx_reply", "phx_close"]
+    assert list(world.redis.presence("room")) == [agent(alice, "room", "1")]
+    world.hub.deliver([("room", "news", b'{"n":2}')])
+    assert bob_outbox.held == [] and bob_outbox.take() == []
+    assert [frame[4] for frame in alice_outbox.take() if frame[3] == "news"] == [{"n": 1}, {"n": 2}]
