@@ -1,0 +1,158 @@
+"""
+Budgets of one socket on a live ``twistd`` service and a real Redis (issue 13, points 1,
+2 and 16): every byte held for a client counts toward ``max_send_buffer`` (pongs and
+join backlogs too), ``max_message_size`` never limits what the service sends, and frames
+past ``message_rate`` are answered with errors, then 1008.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+
+from .live import (
+    CLOSE,
+    CONTINUATION,
+    PING,
+    PONG,
+    TEXT,
+    Closed,
+    RawSocket,
+    event_of,
+    frame,
+    payload_of,
+    ref_of,
+    reply_reason,
+    reply_status,
+    start_twistd,
+    token,
+)
+
+
+def metric(port: int, name: str) -> float:
+    """One unlabelled sample of the service's ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("tangram_channel_" + name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def join_with_ref(client: RawSocket, topic: str, join_ref: str, client_id: str) -> None:
+    client.send_json([join_ref, join_ref, topic, "phx_join", {"token": token(topic, client_id)}])
+    reply = client.until(lambda m: event_of(m) == "phx_reply" and ref_of(m) == join_ref)
+    assert reply_status(reply) == "ok", reply
+
+
+def test_presence_state_over_max_message_size_reaches_a_new_joiner_and_so_do_broadcasts(twistd, flushed_redis):
+    """Outgoing frames are not held to the incoming limit: a big channel still lets people in."""
+    service = start_twistd(twistd, "--redis-url", flushed_redis.url, max_message_size=2048, datetime_interval=0)
+    members = []
+    for i in range(12):  # about 200 bytes of presence each
+        member = RawSocket(service.port)
+        join_with_ref(member, "room", f"{i:02d}" + "r" * 60, f"member-{i:02d}-" + "m" * 80)
+        members.append(member)
+    joiner = RawSocket(service.port)
+    joiner_ref = joiner.join("room", token("room", "joiner"))
+    assert reply_status(joiner.reply(joiner_ref)) == "ok"
+    state = joiner.until(lambda m: event_of(m) == "presence_state")
+    assert len(str(payload_of(state))) > 2048
+    assert len(payload_of(state)) == 13
+    flushed_redis.client().publish("to:room:news", '{"n":1}')
+    assert payload_of(joiner.until(lambda m: event_of(m) == "news")) == {"n": 1}
+    assert payload_of(members[0].until(lambda m: event_of(m) == "news")) == {"n": 1}
+
+
+def test_pongs_for_a_client_that_never_reads_count_and_it_is_closed_with_1008(twistd, flushed_redis):
+    """
+    A ping flood from a socket that never reads: the pongs count toward max_send_buffer,
+    so it is closed with 1008 (its presence leaves) after a bounded number of bytes,
+    and its neighbour is untouched. The message budget is off, to isolate the pongs.
+    """
+    service = start_twistd(
+        twistd, "--redis-url", flushed_redis.url, max_send_buffer=64 * 1024, message_rate=0, datetime_interval=0
+    )
+    neighbour = RawSocket(service.port)
+    neighbour.join_ok("room", token("room", "neighbour"))
+    pinger = RawSocket(service.port, rcvbuf=4096)
+    pinger.join_ok("room", token("room", "pinger"))
+    batch = b"".join(frame(PING, b"p" * 125) for _ in range(500))  # 65 KB of pings, as many pong bytes
+    sent = 0
+    while metric(service.port, "slow_clients_closed_total") == 0:
+        assert sent < 64 * 1024 * 1024, "64 MB of pings and still no 1008"
+        try:
+            pinger.sock.sendall(batch)
+        except OSError:
+            break  # the service gave up on the close handshake and dropped it
+        sent += len(batch)
+    assert metric(service.port, "slow_clients_closed_total") == 1
+    leave = neighbour.until(lambda m: event_of(m) == "presence_diff" and payload_of(m)["leaves"])
+    assert [meta["phx_ref"].split(":")[1] for meta in payload_of(leave)["leaves"]["pinger"]["metas"]] == ["room"]
+    ref = neighbour.push("room", "talk", {})
+    assert reply_status(neighbour.reply(ref)) == "ok"
+
+
+def test_a_heartbeat_flood_gets_rate_errors_then_1008_and_is_not_published(twistd, flushed_redis):
+    """Past message_burst, frames are answered 'rate limit exceeded' for a short grace, then 1008."""
+    service = start_twistd(
+        twistd, "--redis-url", flushed_redis.url, message_rate=1, message_burst=50, datetime_interval=0
+    )
+    neighbour = RawSocket(service.port)
+    flooder = RawSocket(service.port)
+    flooder.sock.sendall(b"".join(frame(TEXT, b'[null,"%d","phoenix","heartbeat",{}]' % n) for n in range(120)))
+    statuses = []
+    try:
+        while True:
+            reply = flooder.until(lambda m: event_of(m) == "phx_reply")
+            statuses.append((reply_status(reply), reply_reason(reply) if reply_status(reply) == "error" else None))
+    except Closed as closed:
+        assert closed.code == 1008
+    oks = statuses.count(("ok", None))
+    assert 50 <= oks <= 52  # the burst, and what the rate refilled meanwhile
+    assert statuses[:oks] == [("ok", None)] * oks
+    assert 1 <= len(statuses) - oks <= 21
+    assert set(statuses[oks:]) == {("error", "rate limit exceeded")}
+    assert 50 <= metric(service.port, "heartbeats_total") <= 52
+    assert metric(service.port, "rate_clients_closed_total") == 1
+    ref = neighbour.push("phoenix", "heartbeat", {})
+    assert reply_status(neighbour.reply(ref)) == "ok"
+
+
+def test_a_message_of_many_one_byte_fragments_is_cut_short_by_the_budget(twistd, flushed_redis):
+    """200,000 one-byte fragments of one message: the socket is closed once past the budget."""
+    service = start_twistd(twistd, "--redis-url", flushed_redis.url, message_burst=1000, datetime_interval=0)
+    neighbour = RawSocket(service.port)
+    flooder = RawSocket(service.port)
+    fragments = b"".join(frame(CONTINUATION, b" ", fin=False) for _ in range(10_000))
+    try:
+        flooder.sock.sendall(frame(TEXT, b"[", fin=False))
+        for _ in range(20):
+            flooder.sock.sendall(fragments)
+        flooder.sock.sendall(frame(CONTINUATION, b"]"))
+    except OSError:
+        pass  # closed and reset before the end, as it should be
+    assert flooder.close_code() in (1008, None)  # None: reset with the flood still unread
+    assert metric(service.port, "rate_clients_closed_total") == 1
+    assert metric(service.port, "messages_received_total") == 0
+    ref = neighbour.push("phoenix", "heartbeat", {})
+    assert reply_status(neighbour.reply(ref)) == "ok"
+
+
+def test_pings_over_the_budget_go_unanswered_then_close_with_1008(twistd, flushed_redis):
+    """Pings count as frames: past the burst no pong is written for them, and a flood is closed."""
+    service = start_twistd(
+        twistd, "--redis-url", flushed_redis.url, message_rate=1, message_burst=10, datetime_interval=0
+    )
+    pinger = RawSocket(service.port)
+    pinger.sock.sendall(b"".join(frame(PING, b"%d" % n) for n in range(40)))
+    pongs = []
+    while True:
+        _, opcode, payload = pinger.recv_frame()
+        if opcode == CLOSE:
+            assert payload[:2] == (1008).to_bytes(2, "big")
+            break
+        assert opcode == PONG
+        pongs.append(payload)
+    assert 10 <= len(pongs) <= 11  # the burst, and what the rate refilled meanwhile
+    assert pongs == [b"%d" % n for n in range(len(pongs))]
+    assert metric(service.port, "pongs_skipped_total") >= 40 - 11 - 10
+    assert metric(service.port, "rate_clients_closed_total") == 1
