@@ -233,3 +233,36 @@ def test_the_buffer_bound_resets_when_the_client_reads_again(world: World) -> No
             world.hub.deliver([("room", "message", big)])
         client.protocol.resumeProducing()
     assert client.close_code() is None
+
+
+PAD = b'{"pad":"' + b"x" * 8000 + b'"}'
+
+
+def test_a_join_backlog_counts_toward_the_send_buffer_and_past_it_closes_with_1008(world: World) -> None:
+    """Broadcasts held for a join Redis has not confirmed are bytes held for the client."""
+    client = Client(world)
+    world.redis.mode = "hold"  # the join waits on presence
+    client.send_text(["1", "1", "room", "phx_join", {"token": world.token("room")}])
+    for _ in range(MAX_BUFFER // len(PAD) + 1):
+        world.hub.deliver([("room", "message", PAD)])
+    assert client.close_code() == CLOSE_POLICY
+    assert world.hub.members == {}
+    world.redis.release()
+    world.settle()
+    assert world.hub.members == {}
+    assert world.redis.presence("room") == {}
+
+
+def test_a_released_join_backlog_no_longer_counts(world: World) -> None:
+    """Once the join reply has gone out, its backlog is sent and its bytes are not held twice."""
+    client = Client(world)
+    for _ in range(3):
+        world.redis.mode = "hold"
+        client.send_text(["1", "1", "room", "phx_join", {"token": world.token("room")}])
+        for _ in range(MAX_BUFFER // len(PAD) - 1):
+            world.hub.deliver([("room", "message", PAD)])
+        world.redis.release()
+        world.settle()
+        events = [frame[3] for op, frame in client.received() if op == TEXT]
+        assert events[-(MAX_BUFFER // len(PAD) - 1) :] == ["message"] * (MAX_BUFFER // len(PAD) - 1)
+    assert client.close_code() is None
