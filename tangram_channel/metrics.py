@@ -60,7 +60,7 @@ class Metrics:
             registry=r,
         )
         self.rate_limited = Counter(
-            PREFIX + "rate_limited", "Client messages answered 'rate limit exceeded' (over message_rate)", registry=r
+            PREFIX + "rate_limited", "Client messages answered 'rate limit exceeded'", registry=r
         )
         self.rate_clients_closed = Counter(
             PREFIX + "rate_clients_closed", "Sockets closed with 1008 for sending over message_rate", registry=r

@@ -37,6 +37,17 @@ def metric(port: int, name: str) -> float:
     raise AssertionError(f"no metric {name}")
 
 
+def service_with(twistd, redis, **settings):
+    """A twistd service on ``redis`` with ``settings`` and no datetime ticks to read past."""
+    return start_twistd(twistd, "--redis-url", redis.url, datetime_interval=0, **settings)
+
+
+def assert_served(client: RawSocket) -> None:
+    """The socket is still open and answered."""
+    ref = client.push("phoenix", "heartbeat", {})
+    assert reply_status(client.reply(ref)) == "ok"
+
+
 def join_with_ref(client: RawSocket, topic: str, join_ref: str, client_id: str) -> None:
     client.send_json([join_ref, join_ref, topic, "phx_join", {"token": token(topic, client_id)}])
     reply = client.until(lambda m: event_of(m) == "phx_reply" and ref_of(m) == join_ref)
@@ -45,7 +56,7 @@ def join_with_ref(client: RawSocket, topic: str, join_ref: str, client_id: str) 
 
 def test_presence_state_over_max_message_size_reaches_a_new_joiner_and_so_do_broadcasts(twistd, flushed_redis):
     """Outgoing frames are not held to the incoming limit: a big channel still lets people in."""
-    service = start_twistd(twistd, "--redis-url", flushed_redis.url, max_message_size=2048, datetime_interval=0)
+    service = service_with(twistd, flushed_redis, max_message_size=2048)
     members = []
     for i in range(12):  # about 200 bytes of presence each
         member = RawSocket(service.port)
@@ -68,9 +79,7 @@ def test_pongs_for_a_client_that_never_reads_count_and_it_is_closed_with_1008(tw
     so it is closed with 1008 (its presence leaves) after a bounded number of bytes,
     and its neighbour is untouched. The message budget is off, to isolate the pongs.
     """
-    service = start_twistd(
-        twistd, "--redis-url", flushed_redis.url, max_send_buffer=64 * 1024, message_rate=0, datetime_interval=0
-    )
+    service = service_with(twistd, flushed_redis, max_send_buffer=64 * 1024, message_rate=0)
     neighbour = RawSocket(service.port)
     neighbour.join_ok("room", token("room", "neighbour"))
     pinger = RawSocket(service.port, rcvbuf=4096)
@@ -87,15 +96,12 @@ def test_pongs_for_a_client_that_never_reads_count_and_it_is_closed_with_1008(tw
     assert metric(service.port, "slow_clients_closed_total") == 1
     leave = neighbour.until(lambda m: event_of(m) == "presence_diff" and payload_of(m)["leaves"])
     assert [meta["phx_ref"].split(":")[1] for meta in payload_of(leave)["leaves"]["pinger"]["metas"]] == ["room"]
-    ref = neighbour.push("room", "talk", {})
-    assert reply_status(neighbour.reply(ref)) == "ok"
+    assert_served(neighbour)
 
 
 def test_a_heartbeat_flood_gets_rate_errors_then_1008_and_is_not_published(twistd, flushed_redis):
     """Past message_burst, frames are answered 'rate limit exceeded' for a short grace, then 1008."""
-    service = start_twistd(
-        twistd, "--redis-url", flushed_redis.url, message_rate=1, message_burst=50, datetime_interval=0
-    )
+    service = service_with(twistd, flushed_redis, message_rate=1, message_burst=50)
     neighbour = RawSocket(service.port)
     flooder = RawSocket(service.port)
     flooder.sock.sendall(b"".join(frame(TEXT, b'[null,"%d","phoenix","heartbeat",{}]' % n) for n in range(120)))
@@ -113,13 +119,12 @@ def test_a_heartbeat_flood_gets_rate_errors_then_1008_and_is_not_published(twist
     assert set(statuses[oks:]) == {("error", "rate limit exceeded")}
     assert 50 <= metric(service.port, "heartbeats_total") <= 52
     assert metric(service.port, "rate_clients_closed_total") == 1
-    ref = neighbour.push("phoenix", "heartbeat", {})
-    assert reply_status(neighbour.reply(ref)) == "ok"
+    assert_served(neighbour)
 
 
 def test_a_message_of_many_one_byte_fragments_is_cut_short_by_the_budget(twistd, flushed_redis):
     """200,000 one-byte fragments of one message: the socket is closed once past the budget."""
-    service = start_twistd(twistd, "--redis-url", flushed_redis.url, message_burst=1000, datetime_interval=0)
+    service = service_with(twistd, flushed_redis, message_burst=1000)
     neighbour = RawSocket(service.port)
     flooder = RawSocket(service.port)
     fragments = b"".join(frame(CONTINUATION, b" ", fin=False) for _ in range(10_000))
@@ -133,15 +138,12 @@ def test_a_message_of_many_one_byte_fragments_is_cut_short_by_the_budget(twistd,
     assert flooder.close_code() in (1008, None)  # None: reset with the flood still unread
     assert metric(service.port, "rate_clients_closed_total") == 1
     assert metric(service.port, "messages_received_total") == 0
-    ref = neighbour.push("phoenix", "heartbeat", {})
-    assert reply_status(neighbour.reply(ref)) == "ok"
+    assert_served(neighbour)
 
 
 def test_pings_over_the_budget_go_unanswered_then_close_with_1008(twistd, flushed_redis):
     """Pings count as frames: past the burst no pong is written for them, and a flood is closed."""
-    service = start_twistd(
-        twistd, "--redis-url", flushed_redis.url, message_rate=1, message_burst=10, datetime_interval=0
-    )
+    service = service_with(twistd, flushed_redis, message_rate=1, message_burst=10)
     pinger = RawSocket(service.port)
     pinger.sock.sendall(b"".join(frame(PING, b"%d" % n) for n in range(40)))
     pongs = []
