@@ -6,13 +6,13 @@ owns the per-socket concerns the dispatcher must not know about: the serializer
 version chosen at the upgrade, the token offered at the upgrade (``userToken`` or the
 Phoenix 1.8 ``base64url.bearer.phx.<token>`` subprotocol), the idle timer, the bound
 on bytes held for a client that does not read (every write counts: frames, pongs,
-replies, close frames, join backlogs), and the budget of frames a client may send. The factory writes a broadcast
-to all of a channel's sockets together (``fanout``, with ``sendmany``).
+replies, close frames, join backlogs), and the budget of frames a client may send.
+The factory writes a broadcast to all of a channel's sockets together (``fanout``,
+with ``sendmany``).
 
-Close codes: 4000 idle, 1008 send buffer over ``max_send_buffer`` or frames past the
-message budget, 1009 message over
-``max_message_size`` (Autobahn), 1012 service shutting down. Never 1000, after which
-phoenix.js up to 1.8.15 would not reconnect.
+Close codes: 4000 idle, 1008 send buffer over ``max_send_buffer`` or a flood past the
+message budget, 1009 message over ``max_message_size`` (Autobahn), 1012 service
+shutting down. Never 1000, after which phoenix.js up to 1.8.15 would not reconnect.
 """
 
 from __future__ import annotations
