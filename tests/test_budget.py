@@ -99,7 +99,7 @@ def test_pongs_for_a_client_that_never_reads_count_and_it_is_closed_with_1008(tw
     assert_served(neighbour)
 
 
-def test_a_heartbeat_flood_gets_rate_errors_then_1008_and_is_not_published(twistd, flushed_redis):
+def test_a_heartbeat_flood_gets_rate_errors_then_1008_and_only_the_budget_is_handled(twistd, flushed_redis):
     """Past message_burst, frames are answered 'rate limit exceeded' for a short grace, then 1008."""
     service = service_with(twistd, flushed_redis, message_rate=1, message_burst=50)
     neighbour = RawSocket(service.port)
