@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .frames import HeaderLimits
+from .inflight import InFlightLimits
 
 ENV_PREFIX = "TANGRAM_CHANNEL_"
 DEFAULT_SECRET = "secret"
@@ -63,6 +64,11 @@ class Config:
     max_connections_per_ip: int = 0
     message_rate: float = 200.0
     message_burst: int = 1000
+    redis_timeout: float = 5.0
+    max_pushes_in_flight: int = 100
+    max_push_bytes_in_flight: int = 4 * 1024 * 1024
+    max_redis_commands_in_flight: int = 10_000
+    max_redis_bytes_in_flight: int = 64 * 1024 * 1024
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -71,6 +77,16 @@ class Config:
             return self.listen
         host = self.host.replace(":", "\\:")
         return (f"tcp:{self.port}:interface={host}",)
+
+    @property
+    def in_flight_limits(self) -> InFlightLimits:
+        """The bounds on client publishes Redis has not answered, per socket and per process."""
+        return InFlightLimits(
+            self.max_pushes_in_flight,
+            self.max_push_bytes_in_flight,
+            self.max_redis_commands_in_flight,
+            self.max_redis_bytes_in_flight,
+        )
 
     @property
     def header_limits(self) -> HeaderLimits:
@@ -125,6 +141,11 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "max_connections_per_ip": ("int", 0),
     "message_rate": ("float", 0),
     "message_burst": ("int", 1),
+    "redis_timeout": ("float", 0.01),
+    "max_pushes_in_flight": ("int", 1),
+    "max_push_bytes_in_flight": ("int", 1),
+    "max_redis_commands_in_flight": ("int", 1),
+    "max_redis_bytes_in_flight": ("int", 1),
 }
 _EXPECTED = {
     "str": "a string",

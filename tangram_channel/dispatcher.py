@@ -23,10 +23,11 @@ from twisted.python.failure import Failure
 from . import frames
 from .coalesce import Coalescer
 from .frames import Broadcast, Burst, FrameError, Message
+from .inflight import InFlight
 from .logs import ThrottledLog
 from .metrics import Metrics
 from .presence import Presence, Replica
-from .redis import RedisUnavailable
+from .redis import RedisTimeout, RedisUnavailable
 from .tokens import TokenAuthority, TokenRefused
 
 log = Logger()
@@ -51,6 +52,12 @@ class Outbox(Protocol):
     def send_burst(self, burst: Burst) -> None:
         """Send a topic's broadcasts, reusing the framing other members already paid for."""
 
+    def pause_reading(self) -> None:
+        """Read nothing more from the client for now."""
+
+    def resume_reading(self) -> None:
+        """Read from the client again."""
+
     def hold(self, burst: Burst) -> bool:
         """Count a burst kept in a join backlog toward the send budget; False if that closed the socket."""
 
@@ -65,7 +72,9 @@ class Bus(Protocol):
 
     def unwatch(self, topic: str) -> None: ...
 
-    def publish(self, channel: bytes, payload: bytes) -> defer.Deferred[Any]: ...
+    def publish(
+        self, channel: bytes, payload: bytes, answered: Callable[[], None] | None = None
+    ) -> defer.Deferred[Any]: ...
 
 
 class Member:
@@ -115,9 +124,12 @@ class Hub:
         datetime_interval: float,
         write_delay: float = 0.0,
         metrics: Metrics | None = None,
+        inflight: InFlight | None = None,
     ) -> None:
         self.tokens = tokens
         self.metrics = metrics if metrics is not None else Metrics()
+        self.inflight = inflight if inflight is not None else InFlight()
+        self.metrics.count_in_flight(self.inflight)
         self.bus = bus
         self.presence = presence
         self.clock = clock
@@ -275,9 +287,16 @@ class Session:
         self.conn_id = conn_id
         self.joins: dict[str, Member] = {}
         self.closed = False
+        # this socket's publishes Redis has not answered yet, and while they are too many,
+        # the messages already read that wait for it (no more are read meanwhile)
+        self.inflight = hub.inflight.account(self)
+        self._held: list[Message] | None = None
 
     def received(self, message: Message) -> None:
         """Act on ``message``; a bug met on the way costs its sender an error reply, not the socket."""
+        if self._held is not None:
+            self._held.append(message)
+            return
         try:
             self._act_on(message)
         except Exception:
@@ -306,8 +325,26 @@ class Session:
         if error.answerable:
             self._reply(error.join_ref, error.ref, error.topic, "error", {"reason": error.reason})
 
+    def pause_reading(self) -> None:
+        """
+        Redis is behind with this socket's publishes: read nothing more. The messages
+        already read (at most one read's worth) wait, in order, until it catches up.
+        """
+        if self._held is None:
+            self._held = []
+        self.outbox.pause_reading()
+
+    def resume_reading(self) -> None:
+        held, self._held = self._held or [], None
+        for message in held:
+            self.received(message)  # may pause again: the rest then waits again
+        if self._held is None and not self.closed:
+            self.outbox.resume_reading()
+
     def disconnected(self) -> None:
         self.closed = True
+        self._held = None
+        self.inflight.close()
         self.hub.sessions.discard(self)
         for member in list(self.joins.values()):
             self._drop(member, send_close=False)
@@ -406,7 +443,13 @@ class Session:
         body = message.payload if payload is None else payload
         data = body if isinstance(body, bytes) else frames.dumps(body)
         channel = f"from:{message.topic}:{message.event}".encode()
-        return self.hub.bus.publish(channel, data)
+        size = len(channel) + len(data)
+        self.inflight.sent(size)
+        try:
+            return self.hub.bus.publish(channel, data, answered=lambda: self.inflight.answered(size))
+        except Exception:
+            self.inflight.answered(size)
+            raise
 
     def _internal_error(self, failure: Failure, message: Message) -> None:
         self.hub.errors.emit(
@@ -427,6 +470,8 @@ class Session:
 
 
 def _reason(failure: Any) -> str:
+    if failure.check(RedisTimeout):
+        return "redis timeout"
     if failure.check(RedisUnavailable):
         return "redis unavailable"
     return "internal error"

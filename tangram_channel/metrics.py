@@ -17,6 +17,8 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from twisted.web.resource import Resource
 
+from .inflight import InFlight
+
 PREFIX = "tangram_channel_"
 
 
@@ -52,6 +54,18 @@ class Metrics:
         self.frames_rejected = Counter(
             PREFIX + "frames_rejected", "Client frames that could not be parsed, by reason", ["reason"], registry=r
         )
+        self.redis_timeouts = Counter(
+            PREFIX + "redis_timeouts", "Redis commands not answered within redis_timeout", registry=r
+        )
+        self.redis_commands_in_flight = Gauge(
+            PREFIX + "redis_commands_in_flight", "Client publishes Redis has not answered yet", registry=r
+        )
+        self.redis_bytes_in_flight = Gauge(
+            PREFIX + "redis_bytes_in_flight", "Bytes of client publishes Redis has not answered yet", registry=r
+        )
+        self.sockets_waiting_for_redis = Gauge(
+            PREFIX + "sockets_waiting_for_redis", "Sockets not read until Redis answers their publishes", registry=r
+        )
         self.heartbeats = Counter(PREFIX + "heartbeats", "Heartbeats received from clients", registry=r)
         self.http_refusals = Counter(
             PREFIX + "http_refusals",
@@ -70,6 +84,12 @@ class Metrics:
     def count_sockets(self, sockets: Callable[[], float]) -> None:
         """Read the open-socket count at scrape time rather than tracking it."""
         self.sockets.set_function(sockets)
+
+    def count_in_flight(self, inflight: InFlight) -> None:
+        """Read what clients have waiting on Redis (an ``InFlight``) at scrape time."""
+        self.redis_commands_in_flight.set_function(lambda: inflight.commands)
+        self.redis_bytes_in_flight.set_function(lambda: inflight.bytes)
+        self.sockets_waiting_for_redis.set_function(lambda: inflight.waiting)
 
     def count_channels(self, channels: Callable[[], float]) -> None:
         self.channels.set_function(channels)

@@ -28,6 +28,7 @@ from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger, LogLevel
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from . import frames
@@ -85,6 +86,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
     _message_over_rate = False
     _echo = False
     _socket: socket.socket | None = None
+    _reading_paused = False
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         # web.SocketResource already refused bad versions and origins with HTTP errors
@@ -265,7 +267,25 @@ class PhoenixProtocol(WebSocketServerProtocol):
             self._idle.reset(self.factory.idle_timeout)
 
     def _idle_out(self) -> None:
+        if self._reading_paused:
+            # silent because we stopped reading it, not because the client went away
+            self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_out)
+            return
         self.close(CLOSE_IDLE, "idle timeout")
+
+    def pause_reading(self) -> None:
+        """Stop reading the client (its publishes wait on Redis); TCP then slows it down."""
+        self._reading_paused = True
+        self._reading_side().pauseProducing()
+
+    def resume_reading(self) -> None:
+        self._reading_paused = False
+        self._reading_side().resumeProducing()
+
+    def _reading_side(self) -> Any:
+        """The connection that reads from the network: under TLS, the one below it."""
+        transport = self.transport
+        return transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
 
     def _count(self, size: int) -> bool:
         """

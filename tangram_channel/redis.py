@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from OpenSSL import SSL, crypto
 from zope.interface import implementer
 
+from .logs import ThrottledLog
 from .metrics import Metrics
 
 log = Logger()
@@ -36,6 +37,10 @@ _GLOB = re.compile(rb"([*?\[\]\\])")
 
 class RedisUnavailable(Exception):
     """Redis cannot take the command now; the caller answers its client with an error."""
+
+
+class RedisTimeout(RedisUnavailable):
+    """Redis gave no answer in time; the command may still run (the client is told "redis timeout")."""
 
 
 class RedisURL:
@@ -265,9 +270,13 @@ class RedisBridge(MultiService):
     first time and after every outage, so the owner can restore what Redis lost.
     """
 
-    def __init__(self, reactor: IReactorTime, url: RedisURL, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, reactor: IReactorTime, url: RedisURL, metrics: Metrics | None = None, timeout: float = 5.0
+    ) -> None:
         super().__init__()
         self.url = url
+        self.timeout = timeout
+        self._errors = ThrottledLog(log, reactor)
         self.metrics = metrics if metrics is not None else Metrics()
         self.on_messages: Callable[[list[tuple[str, str, bytes]]], None] = lambda messages: None
         self._arrived: list[tuple[str, str, bytes]] = []
@@ -363,7 +372,7 @@ class RedisBridge(MultiService):
             # restored by _subscriber_ready when Redis is back
             return defer.fail(RedisUnavailable("redis unavailable"))
         waiters = self._confirming[topic] = []
-        return self._psubscribe(topic).addBoth(self._confirmed, topic, waiters)
+        return self._within_timeout(self._psubscribe(topic)).addBoth(self._confirmed, topic, waiters)
 
     def _confirmed(self, result: Any, topic: str, waiters: list[defer.Deferred[None]]) -> Any:
         if self._confirming.get(topic) is waiters:
@@ -405,27 +414,72 @@ class RedisBridge(MultiService):
 
     # commands
 
-    def execute(self, *command: Any) -> defer.Deferred[Any]:
-        """Run a command; fails with RedisUnavailable at once while Redis is down."""
+    def execute(self, *command: Any, answered: Callable[[], None] | None = None) -> defer.Deferred[Any]:
+        """
+        Run a command. Fails with RedisUnavailable at once while Redis is down, and with
+        RedisTimeout when Redis has not answered within ``timeout`` seconds. ``answered``
+        runs once the command is done with: answered, dropped with the connection, or
+        never sent; after a timeout too, when the late answer comes.
+        """
         conn = self._commands
-        if conn is None:
+        d = None
+        if conn is not None:
+            try:
+                d = conn.execute_command(*command)
+            except txredisapi.ConnectionError:
+                pass
+        if d is None:
+            if answered is not None:
+                answered()
             return defer.fail(RedisUnavailable("redis unavailable"))
-        try:
-            d = conn.execute_command(*command)
-        except txredisapi.ConnectionError:
-            return defer.fail(RedisUnavailable("redis unavailable"))
-        answered: defer.Deferred[None] = defer.Deferred()
-        self._unanswered.add(answered)
-        d.addBoth(self._answered, answered)
-        return d.addErrback(_unavailable_on_connection_error)
+        return self._within_timeout(d.addErrback(_unavailable_on_connection_error), answered)
 
-    def _answered(self, result: Any, answered: defer.Deferred[None]) -> Any:
-        self._unanswered.discard(answered)
-        answered.callback(None)
+    def _within_timeout(
+        self, answer: defer.Deferred[Any], answered: Callable[[], None] | None = None
+    ) -> defer.Deferred[Any]:
+        """
+        ``answer``'s outcome, or RedisTimeout after ``timeout`` seconds. ``answer`` itself
+        is never cancelled: txredisapi pairs replies with commands in order, and a
+        cancelled one would hand the next command this one's reply.
+        """
+        result: defer.Deferred[Any] = defer.Deferred()
+        timer = self._clock.callLater(self.timeout, self._timed_out, result)
+        done: defer.Deferred[None] = defer.Deferred()
+        self._unanswered.add(done)
+        answer.addBoth(self._answered, result, timer, done, answered)
         return result
 
-    def publish(self, channel: bytes, payload: bytes) -> defer.Deferred[Any]:
-        return self.execute("PUBLISH", channel, payload)
+    def _answered(
+        self,
+        outcome: Any,
+        result: defer.Deferred[Any],
+        timer: Any,
+        done: defer.Deferred[None],
+        answered: Callable[[], None] | None,
+    ) -> None:
+        self._unanswered.discard(done)
+        done.callback(None)
+        if timer.active():
+            timer.cancel()
+        if not result.called:
+            if isinstance(outcome, Failure):
+                result.errback(outcome)
+            else:
+                result.callback(outcome)
+        if answered is not None:  # after the caller heard: what this lets through comes after
+            answered()
+
+    def _timed_out(self, result: defer.Deferred[Any]) -> None:
+        self.metrics.redis_timeouts.inc()
+        self._errors.emit(
+            "timeout", "Redis at {url} gave no answer within {timeout} s", url=str(self.url), timeout=self.timeout
+        )
+        result.errback(RedisTimeout("redis timeout"))
+
+    def publish(
+        self, channel: bytes, payload: bytes, answered: Callable[[], None] | None = None
+    ) -> defer.Deferred[Any]:
+        return self.execute("PUBLISH", channel, payload, answered=answered)
 
     def stopService(self) -> defer.Deferred[None]:
         """

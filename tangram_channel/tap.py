@@ -27,6 +27,7 @@ from .dispatcher import Hub
 from .admin import AdminPage
 from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arguments
 from .health import HealthResource
+from .inflight import InFlight
 from .logs import LoggedService, twistd_observer
 from .metrics import Metrics, metrics_resource
 from .memory import keep_large_buffers_separate
@@ -266,7 +267,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         WorkerPool(reactor, config.workers, arguments, environment).setServiceParent(top)
         return top
     metrics = Metrics()
-    bridge = RedisBridge(reactor, url, metrics)
+    bridge = RedisBridge(reactor, url, metrics, timeout=config.redis_timeout)
     bridge.setServiceParent(top)
     tokens = TokenAuthority(
         config.jwt_secret, config.jwt_expiration_secs, config.jwt_leeway_secs, config.id_length, reactor.seconds,
@@ -282,6 +283,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         config.datetime_interval,
         config.write_delay,
         metrics,
+        inflight=InFlight(config.in_flight_limits),
     )
     factory = PhoenixFactory(
         hub,

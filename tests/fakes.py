@@ -7,16 +7,19 @@ wired to them with a ``Clock``. No sockets, no redis-server.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 
 import fakeredis
 import jwt
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from tangram_channel import frames
 from tangram_channel.dispatcher import Hub, Session
 from tangram_channel.frames import Burst, Message
+from tangram_channel.inflight import InFlight
 from tangram_channel.presence import Presence, presence_key
 from tangram_channel.redis import RedisUnavailable
 from tangram_channel.tokens import TokenAuthority
@@ -59,10 +62,17 @@ class FakeRedis:
     def unwatch(self, topic: str) -> None:
         self.unwatches[topic] = self.unwatches.get(topic, 0) + 1
 
-    def publish(self, channel: bytes, payload: bytes) -> defer.Deferred[Any]:
+    def publish(
+        self, channel: bytes, payload: bytes, answered: Callable[[], None] | None = None
+    ) -> defer.Deferred[Any]:
         if self.mode != "fail":
             self.published.append((channel, payload))
-        return self._answer(1)
+        answer = self._answer(1)
+        if answered is None:
+            return answer
+        result: defer.Deferred[Any] = defer.Deferred()
+        answer.addBoth(_answered, result, answered)
+        return result
 
     # Store
 
@@ -83,11 +93,14 @@ class FakeRedis:
         return d
 
     def release(self) -> None:
-        """Answer every held command and publish, in order, and stop holding."""
-        self.mode = "ok"
-        held, self._held = self._held, []
-        for d, value in held:
+        """
+        Answer every held command and publish, in order, and stop holding. What the
+        answers make the service send meanwhile is answered after them, as Redis would.
+        """
+        while self._held:
+            d, value = self._held.pop(0)
             d.callback(value)
+        self.mode = "ok"
 
     def fail_held(self) -> None:
         """Fail every held command and publish with RedisUnavailable."""
@@ -107,6 +120,15 @@ class FakeRedis:
         return {ref.decode(): value for ref, value in self.server.hgetall(presence_key(topic)).items()}
 
 
+def _answered(outcome: Any, result: defer.Deferred[Any], answered: Callable[[], None]) -> None:
+    """As the bridge does: the caller hears first, then ``answered`` runs."""
+    if isinstance(outcome, Failure):
+        result.errback(outcome)
+    else:
+        result.callback(outcome)
+    answered()
+
+
 class FakeOutbox:
     """One socket's outgoing frames, decoded: JSON values for text, bytes for binary."""
 
@@ -115,6 +137,7 @@ class FakeOutbox:
         self.frames: list[Any] = []
         self.bursts: list[Burst] = []
         self.held: list[Burst] = []
+        self.reading = True
 
     def send(self, message: Message) -> None:
         self.frames.append(frames.loads(frames.encode(message, self.vsn)))
@@ -135,6 +158,12 @@ class FakeOutbox:
         for burst in bursts:
             self.held.remove(burst)
 
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
     def take(self) -> list[Any]:
         """The frames sent since the last take."""
         taken, self.frames = self.frames, []
@@ -144,14 +173,27 @@ class FakeOutbox:
 class World:
     """A hub over fakes: one clock, one fake Redis, real tokens and real presence."""
 
-    def __init__(self, max_channels_per_socket: int = 100, datetime_interval: float = 0, write_delay: float = 0) -> None:
+    def __init__(
+        self,
+        max_channels_per_socket: int = 100,
+        datetime_interval: float = 0,
+        write_delay: float = 0,
+        inflight: InFlight | None = None,
+    ) -> None:
         self.clock = Clock()
         self.clock.advance(START)
         self.redis = FakeRedis()
         self.tokens = TokenAuthority(SECRET, 3600, 60, 8, self.clock.seconds)
         self.presence = Presence(self.redis, self.clock, "node-a", WINDOW, 15.0)
         self.hub = Hub(
-            self.tokens, self.redis, self.presence, self.clock, max_channels_per_socket, datetime_interval, write_delay
+            self.tokens,
+            self.redis,
+            self.presence,
+            self.clock,
+            max_channels_per_socket,
+            datetime_interval,
+            write_delay,
+            inflight=inflight,
         )
         self._echoed = 0
 

@@ -330,7 +330,7 @@ def test_an_unexpected_error_is_answered_internal_error_logged_once_a_minute_and
     session, outbox = joined(world, "room")
     events = logged(monkeypatch)
 
-    def broken_publish(channel: bytes, payload: bytes) -> Any:
+    def broken_publish(channel: bytes, payload: bytes, answered: Any = None) -> Any:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(world.redis, "publish", broken_publish)

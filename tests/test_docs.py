@@ -18,9 +18,10 @@ def test_readme_table_names_every_config_key():
     """Each key of Config appears in the first column of the README's configuration table, and no other."""
     readme = (ROOT / "README.rst").read_text()
     table = readme.split("Configuration\n-------------", 1)[1].split("\nWire protocol", 1)[0]
+    width = next(line for line in table.splitlines() if line.startswith("=")).index(" ")
     documented = set()
     for line in table.splitlines():
-        first_column = line[:29]
+        first_column = line[:width]
         documented.update(re.findall(r"``([a-z_]+)``", first_column))
     assert documented == {field.name for field in dataclasses.fields(Config)}
 
