@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tangram_channel.frames import Message
 from tangram_channel.inflight import InFlight, InFlightLimits
 
@@ -23,29 +25,25 @@ class Reader:
         self.reading = True
 
 
-def test_a_socket_stops_being_read_at_its_command_bound_and_starts_again_below_it() -> None:
-    pool = InFlight(InFlightLimits(socket_commands=2, socket_bytes=100, process_commands=10, process_bytes=1000))
+@pytest.mark.parametrize(
+    "limits, size",
+    [
+        (InFlightLimits(socket_commands=2, socket_bytes=100, process_commands=10, process_bytes=1000), 10),
+        (InFlightLimits(socket_commands=10, socket_bytes=100, process_commands=10, process_bytes=1000), 60),
+    ],
+    ids=["commands", "bytes"],
+)
+def test_a_socket_stops_being_read_at_its_bound_and_starts_again_below_it(limits: InFlightLimits, size: int) -> None:
+    pool = InFlight(limits)
     reader = Reader()
     account = pool.account(reader)
-    account.sent(10)
+    account.sent(size)
     assert reader.reading
-    account.sent(10)
+    account.sent(size)
     assert not reader.reading and pool.waiting == 1
-    account.answered(10)
+    account.answered(size)
     assert reader.reading and pool.waiting == 0
-    assert (account.commands, account.bytes, pool.commands, pool.bytes) == (1, 10, 1, 10)
-
-
-def test_a_socket_stops_being_read_at_its_byte_bound() -> None:
-    pool = InFlight(InFlightLimits(socket_commands=10, socket_bytes=100, process_commands=10, process_bytes=1000))
-    reader = Reader()
-    account = pool.account(reader)
-    account.sent(60)
-    assert reader.reading
-    account.sent(60)
-    assert not reader.reading
-    account.answered(60)
-    assert reader.reading
+    assert (account.commands, account.bytes, pool.commands, pool.bytes) == (1, size, 1, size)
 
 
 def test_a_full_process_stops_every_socket_that_publishes_and_starts_them_when_it_drains() -> None:
