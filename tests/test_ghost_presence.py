@@ -28,7 +28,10 @@ def accept_writes(redis) -> None:
 
 def refusals(redis, error: str = "READONLY") -> int:
     """How many commands Redis answered with this error (-READONLY, -OOM)."""
-    return redis.info("errorstats").get(f"errorstat_{error}", {}).get("count", 0)
+    stat = redis.info("errorstats").get(f"errorstat_{error}", {})
+    if isinstance(stat, str):  # redis-py before 5.0.1 leaves "count=N,..." unparsed
+        stat = dict(field.split("=") for field in stat.split(","))
+    return int(stat.get("count", 0))
 
 
 async def node_in_twistd(twistd, redis_url: str, node_timeout: float) -> tuple[object, str]:
