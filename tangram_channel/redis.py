@@ -9,8 +9,8 @@ subscription each time it comes back, since Redis forgets them with the connecti
 
 from __future__ import annotations
 
-import functools
 import re
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -159,10 +159,17 @@ class _StrictX509:
         return connection
 
 
-@functools.lru_cache(maxsize=65536)
 def topic_pattern(topic: str) -> bytes:
     """``to:<topic>:*`` with glob characters in the topic escaped."""
     return b"to:" + _GLOB.sub(rb"\\\1", topic.encode("utf-8")) + b":*"
+
+
+@dataclass
+class _Watch:
+    """A watched topic: its joiners, and its PSUBSCRIBE pattern, kept for as long as it is watched."""
+
+    pattern: bytes
+    count: int = 0
 
 
 def split_channel(channel: bytes) -> tuple[str, str] | None:
@@ -281,7 +288,7 @@ class RedisBridge(MultiService):
         self.on_messages: Callable[[list[tuple[str, str, bytes]]], None] = lambda messages: None
         self._arrived: list[tuple[str, str, bytes]] = []
         self.on_connect: Callable[[], None] = lambda: None
-        self._watched: dict[str, int] = {}
+        self._watched: dict[str, _Watch] = {}
         self._confirming: dict[str, list[defer.Deferred[None]]] = {}
         self._commands: Any = None
         self._subscriber: Any = None
@@ -357,9 +364,11 @@ class RedisBridge(MultiService):
         Subscribe to ``to:<topic>:*``; fires once Redis confirmed (or at once if the
         topic is already watched). Counted: each watch needs one unwatch.
         """
-        count = self._watched.get(topic, 0)
-        self._watched[topic] = count + 1
-        if count:
+        watch = self._watched.get(topic)
+        if watch is None:
+            watch = self._watched[topic] = _Watch(topic_pattern(topic))
+        watch.count += 1
+        if watch.count > 1:
             # a second joiner must not be answered before Redis confirmed the first's
             # PSUBSCRIBE either, or a plugin's reply to its phx_join could be lost
             waiters = self._confirming.get(topic)
@@ -385,25 +394,30 @@ class RedisBridge(MultiService):
         return result
 
     def unwatch(self, topic: str) -> None:
-        count = self._watched.get(topic, 0)
-        if count > 1:
-            self._watched[topic] = count - 1
+        watch = self._watched.get(topic)
+        if watch is None:
             return
-        self._watched.pop(topic, None)
+        if watch.count > 1:
+            watch.count -= 1
+            return
+        del self._watched[topic]
         if self._subscriber is not None:
-            self._subscriber.punsubscribe([topic_pattern(topic)]).addErrback(lambda f: None)
+            self._subscriber.punsubscribe([watch.pattern]).addErrback(lambda f: None)
 
     def _psubscribe(self, topic: str) -> defer.Deferred[None]:
-        d = self._subscriber.psubscribe([topic_pattern(topic)])
+        d = self._subscriber.psubscribe([self._watched[topic].pattern])
         d.addCallback(lambda ack: None)
         return d.addErrback(lambda f: defer.fail(RedisUnavailable("redis unavailable")))
 
     def _received(self, pattern: bytes, channel: bytes, message: bytes) -> None:
         split = split_channel(channel)
+        if split is None:
+            return
         # A topic "a" also matches "to:a:b:event" through its pattern "to:a:*"; only
         # the pattern of the topic the channel names may deliver it, or members of
         # "a:b" would get it twice.
-        if split is None or pattern != topic_pattern(split[0]) or split[0] not in self._watched:
+        watch = self._watched.get(split[0])
+        if watch is None or pattern != watch.pattern:
             return
         self._arrived.append((split[0], split[1], message))
 
