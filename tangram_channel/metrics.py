@@ -47,6 +47,9 @@ class Metrics:
             PREFIX + "bytes_sent", "Frame bytes sent to clients; a broadcast counts once per member", registry=r
         )
         self.redis_connected = Gauge(PREFIX + "redis_connected", "1 while both Redis connections are up", registry=r)
+        self.redis_healthy = Gauge(
+            PREFIX + "redis_healthy", "1 while Redis answers the health probe's writes in time", registry=r
+        )
         self.redis_reconnects = Counter(PREFIX + "redis_reconnects", "Times Redis came back after an outage", registry=r)
         self.slow_clients_closed = Counter(
             PREFIX + "slow_clients_closed", "Sockets closed with 1008 for not reading", registry=r

@@ -26,7 +26,7 @@ from . import config as configuration
 from .dispatcher import Hub
 from .admin import AdminPage
 from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arguments
-from .health import HealthResource
+from .health import HealthResource, RedisProbe
 from .inflight import InFlight
 from .logs import LoggedService, twistd_observer
 from .metrics import Metrics, metrics_resource
@@ -297,9 +297,11 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         header_limits=config.header_limits,
     )
     ChannelService(hub, presence, bridge, factory).setServiceParent(top)
+    probe = RedisProbe(bridge, reactor, metrics)
+    probe.setServiceParent(top)
     routes = {
         b"metrics": metrics_resource(metrics),
-        b"healthz": HealthResource(bridge, factory, reactor, config.public_url),
+        b"healthz": HealthResource(bridge, probe, factory, reactor, config.public_url),
         b"admin": AdminPage(),
     }
     site = make_site(

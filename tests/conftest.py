@@ -7,11 +7,13 @@ subprocesses, and a small WebSocket client.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -65,6 +67,16 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Redis stopped (its sockets stay open, nothing answers); always thawed afterwards."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.process.pid, signal.SIGCONT)
 
     def client(self, **options):  # -> redis.Redis, imported lazily so pure unit tests need no redis-py
         import redis

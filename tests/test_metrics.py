@@ -6,13 +6,14 @@ real ``redis-server``: after traffic, each number moved by exactly what was done
 from __future__ import annotations
 
 import json
+import time
 
 import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import RedisServer, free_port
-from .e2e import eventually, forge_token
+from .e2e import eventually, forge_token, sleep
 from .wsclient import PhoenixTestClient, connect, fields
 
 
@@ -115,7 +116,7 @@ async def test_health_is_503_while_redis_is_down_and_metrics_count_the_reconnect
     code, body = await health(service)
     assert code == 200
     assert body["status"] == "ok"
-    assert body["redis"] == {"connected": True, "url": f"redis://127.0.0.1:{own_redis.port}/0"}
+    assert body["redis"] == {"connected": True, "healthy": True, "url": f"redis://127.0.0.1:{own_redis.port}/0"}
     assert body["subscriptions"] == 2  # system and admin, always
     assert body["sockets"] == 0 and body["uptime_seconds"] >= 0 and body["version"]
     assert body["public_url"] == "https://tangram.example.org"
@@ -132,6 +133,48 @@ async def test_health_is_503_while_redis_is_down_and_metrics_count_the_reconnect
     assert (await health(service))[0] == 200
     samples = await scrape(service)
     assert samples[M + "redis_connected"] == 1 and samples[M + "redis_reconnects_total"] == 1
+
+
+async def health_turns(service, code: int, timeout: float) -> tuple[float, dict]:
+    """Poll healthz until it answers ``code``: how long that took, and the body."""
+    started = time.monotonic()
+    while True:
+        got, body = await health(service)
+        waited = time.monotonic() - started
+        if got == code:
+            return waited, body
+        assert waited < timeout, f"healthz still {got} after {waited:.1f} s: {body}"
+        await sleep(0.1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_is_503_within_seconds_while_redis_is_frozen(start_service, own_redis):
+    """A SIGSTOPped Redis keeps its connections open: only a probe that must be answered tells."""
+    service = await start_service(redis=own_redis, datetime_interval=0)
+    await health_turns(service, 200, timeout=5)
+    with own_redis.frozen():
+        waited, body = await health_turns(service, 503, timeout=5)
+        assert body["status"] == "redis not answering", body
+        assert body["redis"]["connected"] is True and body["redis"]["healthy"] is False
+        assert (await scrape(service))[M + "redis_healthy"] == 0
+    waited, body = await health_turns(service, 200, timeout=5)
+    assert body["status"] == "ok"
+    assert (await scrape(service))[M + "redis_healthy"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_is_503_while_redis_refuses_writes(start_service, own_redis):
+    """A Redis demoted to a replica by a failover answers PING but refuses every write."""
+    service = await start_service(redis=own_redis, datetime_interval=0)
+    await health_turns(service, 200, timeout=5)
+    own_redis.client().replicaof("127.0.0.1", "1")
+    try:
+        waited, body = await health_turns(service, 503, timeout=5)
+        assert body["status"].startswith("redis refuses writes: READONLY"), body
+        assert body["redis"]["connected"] is True
+    finally:
+        own_redis.client().replicaof("no", "one")
+    await health_turns(service, 200, timeout=5)
 
 
 @pytest_twisted.ensureDeferred

@@ -7,26 +7,10 @@ ends with "redis timeout", and all is well again once Redis thaws.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from .conftest import RedisServer
 from .live import TEXT, RawSocket, event_of, frame, reply_reason, reply_status, rss_kib, start_twistd, token
-
-
-@contextmanager
-def frozen(redis: RedisServer) -> Iterator[None]:
-    """Redis stopped (its sockets stay open, nothing answers); always thawed afterwards."""
-    assert redis.process is not None
-    os.kill(redis.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(redis.process.pid, signal.SIGCONT)
 
 
 def heartbeat(ws: RawSocket) -> str:
@@ -53,7 +37,7 @@ def test_a_socket_pushing_into_a_frozen_redis_is_not_read_past_its_bound(twistd,
     push = frame(TEXT, json.dumps(["1", "2", "room", "flood", {"blob": "b" * 878_000}]).encode())
     before = rss_kib(service.process.pid)
     sent = 0
-    with frozen(own_redis):
+    with own_redis.frozen():
         ws.sock.settimeout(0.5)
         deadline = time.monotonic() + 4
         try:
@@ -79,7 +63,7 @@ def test_heartbeats_stop_being_read_at_the_bound_until_redis_answers(twistd, own
         twistd, "--redis-url", own_redis.url, datetime_interval=0, redis_timeout=30, max_pushes_in_flight=5
     )
     ws = RawSocket(service.port)  # nothing published yet: nothing in flight
-    with frozen(own_redis):
+    with own_redis.frozen():
         replies = 0
         while answered(ws, heartbeat(ws), 1.0):
             replies += 1
@@ -95,7 +79,7 @@ def test_every_wait_on_a_frozen_redis_ends_with_redis_timeout(twistd, own_redis)
     service = start_twistd(twistd, "--redis-url", own_redis.url, datetime_interval=0, redis_timeout=0.5)
     ws = RawSocket(service.port)
     ws.join_ok("room", token("room"))
-    with frozen(own_redis):
+    with own_redis.frozen():
         pushed = ws.push("room", "talk", {"n": 1}, join_ref="1")
         assert reply_reason(ws.reply(pushed, timeout=5)) == "redis timeout"
         joining = ws.join("other", token("other"))
