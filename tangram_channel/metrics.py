@@ -50,7 +50,9 @@ class Metrics:
         self.redis_healthy = Gauge(
             PREFIX + "redis_healthy", "1 while Redis answers the health probe's writes in time", registry=r
         )
-        self.redis_reconnects = Counter(PREFIX + "redis_reconnects", "Times Redis came back after an outage", registry=r)
+        self.redis_reconnects = Counter(
+            PREFIX + "redis_reconnects", "Times Redis came back after an outage", registry=r
+        )
         self.slow_clients_closed = Counter(
             PREFIX + "slow_clients_closed", "Sockets closed with 1008 for not reading", registry=r
         )

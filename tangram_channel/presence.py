@@ -28,7 +28,7 @@ import json
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -40,6 +40,7 @@ from txredisapi import ResponseError
 from . import frames
 from .logs import ThrottledLog
 from .redis import RedisUnavailable
+from .scripts import Script
 
 log = Logger()
 
@@ -64,172 +65,60 @@ def node_key(node: str) -> str:
     return f"{PREFIX}node:{node}"
 
 
-# KEYS: presence hash, node's topic set, channel set, node zset, the admin hash.
-# ARGV: topic, "state", "forget" (this node has no entry left in the topic: drop it
-# from the node's topic set, in the same script so no later write can cross it) or
-# "-", this node, then phx_ref/value pairs to add, "|", phx_refs to remove.
-# Returns: 1 if the channel appeared, 1 if it vanished, the channel list if either,
-# the hash's entries when asked for (ARGV[2] == "state"), and 1 if this node was not
-# in the node zset, and whether any admin is joined anywhere. Registering the node
-# with its first entry means a process that dies before its first heartbeat is still
-# reaped.
-_UPDATE = """
-local fresh = 0
-if ARGV[4] ~= '|' then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  fresh = redis.call('ZADD', KEYS[4], 'NX', now, ARGV[3])
-end
-local before = redis.call('HLEN', KEYS[1])
-local i = 4
-while ARGV[i] ~= '|' do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('SADD', KEYS[2], ARGV[1])
-  i = i + 2
-end
-i = i + 1
-while i <= #ARGV do
-  redis.call('HDEL', KEYS[1], ARGV[i])
-  i = i + 1
-end
-if ARGV[2] == 'forget' then redis.call('SREM', KEYS[2], ARGV[1]) end
-local after = redis.call('HLEN', KEYS[1])
-local appeared, vanished = 0, 0
-if after > 0 then
-  if before == 0 then appeared = redis.call('SADD', KEYS[3], ARGV[1]) end
-elseif before > 0 then
-  vanished = redis.call('SREM', KEYS[3], ARGV[1])
-end
-local admins = redis.call('EXISTS', KEYS[5])
-local channels = {}
--- the channel list grows with the channels: only worth reading for an admin to see
-if admins == 1 and (appeared == 1 or vanished == 1) then channels = redis.call('SMEMBERS', KEYS[3]) end
-local entries = {}
-if ARGV[2] == 'state' then entries = redis.call('HGETALL', KEYS[1]) end
-return {appeared, vanished, channels, entries, fresh, admins}
-"""
-
-# Beat for this node, then withdraw every node silent for longer than the timeout.
-# KEYS: node zset, channel set. ARGV: this node, timeout in ms, key prefix.
-# Returns: flat list of topic, vanished flag, then the withdrawn fields and values
-# of that topic as one list; then the channel list, and 1 if this node was not in the
-# zset (first beat, or reaped by others while it was stalled).
-_HEARTBEAT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local fresh = redis.call('ZADD', KEYS[1], now, ARGV[1])
-local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-local out = {}
-for _, node in ipairs(dead) do
-  redis.call('ZREM', KEYS[1], node)
-  local nodekey = ARGV[3] .. 'node:' .. node
-  local mark = node .. '\\n'
-  for _, topic in ipairs(redis.call('SMEMBERS', nodekey)) do
-    local hash = ARGV[3] .. 'presence:' .. topic
-    local entries = redis.call('HGETALL', hash)
-    local withdrawn = {}
-    for j = 1, #entries, 2 do
-      if string.sub(entries[j + 1], 1, #mark) == mark then
-        redis.call('HDEL', hash, entries[j])
-        table.insert(withdrawn, entries[j])
-        table.insert(withdrawn, entries[j + 1])
-      end
-    end
-    local vanished = 0
-    if #withdrawn > 0 and redis.call('HLEN', hash) == 0 then
-      vanished = redis.call('SREM', KEYS[2], topic)
-    end
-    table.insert(out, topic)
-    table.insert(out, vanished)
-    table.insert(out, withdrawn)
-  end
-  redis.call('DEL', nodekey)
-end
-table.insert(out, redis.call('SMEMBERS', KEYS[2]))
-table.insert(out, fresh)
-return out
-"""
-
-# Withdraw orphans: entries whose node is not in the node zset at all (its record was
-# removed while some of its entries could not be), a few at a time, so the cost of a
-# beat stays bounded however big the channels grow. An entry is only written by
-# _UPDATE, which registers its node first, in the same script: a live node's entry
-# never looks like an orphan.
-# KEYS: node zset, channel set. ARGV: key prefix, budget (entries to look at), the
-# HSCAN cursor in the first topic, then topics.
-# Returns: flat list of topic, vanished flag, withdrawn fields and values as one list,
-# for each topic looked at; then how many topics were finished, the cursor in the
-# next one, and the channel list if a channel vanished.
-_SWEEP = """
-local budget = tonumber(ARGV[2])
-local cursor = ARGV[3]
-local live = {}
-local out = {}
-local finished, vanished_any = 0, 0
-for t = 4, #ARGV do
-  if budget <= 0 then break end
-  local topic = ARGV[t]
-  local hash = ARGV[1] .. 'presence:' .. topic
-  local withdrawn = {}
-  repeat
-    local scan = redis.call('HSCAN', hash, cursor, 'COUNT', math.max(1, math.floor(budget)))
-    cursor = scan[1]
-    local entries = scan[2]
-    budget = budget - 1 - #entries / 2
-    for j = 1, #entries, 2 do
-      local value = entries[j + 1]
-      local cut = string.find(value, '\\n', 1, true)
-      if cut then
-        local node = string.sub(value, 1, cut - 1)
-        if live[node] == nil then live[node] = redis.call('ZSCORE', KEYS[1], node) ~= false end
-        if not live[node] then
-          redis.call('HDEL', hash, entries[j])
-          table.insert(withdrawn, entries[j])
-          table.insert(withdrawn, value)
-        end
-      end
-    end
-  until cursor == '0' or budget <= 0
-  local vanished = 0
-  if #withdrawn > 0 and redis.call('HLEN', hash) == 0 then
-    vanished = redis.call('SREM', KEYS[2], topic)
-    vanished_any = vanished_any + vanished
-  end
-  table.insert(out, topic)
-  table.insert(out, vanished)
-  table.insert(out, withdrawn)
-  if cursor ~= '0' then break end
-  finished = finished + 1
-end
-table.insert(out, finished)
-table.insert(out, cursor)
-local channels = {}
-if vanished_any > 0 then channels = redis.call('SMEMBERS', KEYS[2]) end
-table.insert(out, channels)
-return out
-"""
-
-# At shutdown, after this node's last writes: leave the node zset only if every
-# entry was withdrawn (no topic left in the node's set); otherwise stay, silent, so
-# the survivors reap what is left once the node times out.
-# KEYS: node zset, node's topic set. ARGV: this node. Returns: 1 if it left (or was
-# never there), 0 if it stays.
-_RETIRE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('ZREM', KEYS[1], ARGV[1])
-return 1
-"""
+UPDATE = Script("update")
+HEARTBEAT = Script("heartbeat")
+SWEEP = Script("sweep")
+RETIRE = Script("retire")
+LIST = Script("list")
 
 
-# KEYS: channel set. ARGV: key prefix. Returns: flat list of channel, its phx_refs.
-_LIST = """
-local out = {}
-for _, topic in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  table.insert(out, topic)
-  table.insert(out, redis.call('HKEYS', ARGV[1] .. 'presence:' .. topic))
-end
-return out
-"""
+class Updated(NamedTuple):
+    """What update.lua reports of a flush."""
+
+    appeared: int
+    vanished: int
+    channels: list[bytes]  # only when a channel appeared or vanished and an admin is joined
+    entries: list[bytes]  # the topic's fields and values, flat, when the state was asked for
+    fresh: int  # this node was not in the node zset
+    admins: int  # an admin is joined anywhere
+
+
+class Withdrawal(NamedTuple):
+    """A topic's entries a script withdrew (of a dead node, or orphans)."""
+
+    topic: str
+    vanished: int  # they were the topic's last
+    entries: list[bytes]  # fields and values, flat
+
+
+def withdrawals(flat: list[Any]) -> list[Withdrawal]:
+    """heartbeat.lua's and sweep.lua's topic, vanished, entries triples."""
+    return [Withdrawal(flat[i].decode(), flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+
+
+class Beat(NamedTuple):
+    """What heartbeat.lua reports."""
+
+    withdrawn: list[Withdrawal]
+    channels: list[bytes]
+    fresh: int  # this node was not in the node zset: first beat, or reaped by others
+
+    @classmethod
+    def decode(cls, reply: list[Any]) -> Beat:
+        return cls(withdrawals(reply[:-2]), reply[-2], reply[-1])
+
+
+class Swept(NamedTuple):
+    """What sweep.lua reports."""
+
+    withdrawn: list[Withdrawal]
+    finished: int  # topics looked at to their end
+    cursor: bytes  # the HSCAN cursor in the next topic
+    channels: list[bytes]  # only when a channel vanished
+
+    @classmethod
+    def decode(cls, reply: list[Any]) -> Swept:
+        return cls(withdrawals(reply[:-3]), *reply[-3:])
 
 
 class Store(Protocol):
@@ -461,14 +350,14 @@ class Presence:
             # builds the replica and applies them
             self._early_diffs.setdefault(topic, [])
         keys = [presence_key(topic), node_key(self.node), CHANNELS_KEY, NODES_KEY, presence_key(ADMIN_TOPIC)]
-        d = self._store.execute("EVAL", _UPDATE, len(keys), *keys, *args)
+        d = UPDATE.run(self._store, keys, args)
         d.addCallback(self._flushed, topic, batch)
         d.addErrback(self._flush_failed, topic, batch)
         return d
 
-    def _flushed(self, result: list[Any], topic: str, batch: _Batch) -> None:
-        appeared, vanished, channels, entries, fresh, admins = result
-        self.admins_present = bool(admins)
+    def _flushed(self, reply: list[Any], topic: str, batch: _Batch) -> None:
+        updated = Updated(*reply)
+        self.admins_present = bool(updated.admins)
         self._retries = 0
         replica = None
         if topic not in self._local:
@@ -479,8 +368,8 @@ class Presence:
             replica = self.replicas.get(topic)
             if replica is None:
                 replica = self.replicas[topic] = Replica()
-                for i in range(0, len(entries), 2):
-                    _, key, meta = decode_entry(entries[i + 1])
+                for value in updated.entries[1::2]:
+                    _, key, meta = decode_entry(value)
                     replica.add(key, meta)
                 # diffs that crossed the snapshot on the other connection
                 for diff in self._early_diffs.pop(topic, ()):
@@ -492,12 +381,12 @@ class Presence:
             self._resync(topic, replica)
         self._announce(topic, batch.adds.values(), batch.removes.values())
         if self.admins_present:
-            self._report_channel(topic, appeared, vanished, channels)
+            self._report_channel(topic, updated.appeared, updated.vanished, updated.channels)
         # joiners last, so admin sees channel.add before their channel.join; those
         # who left meanwhile get an empty replica (their session ignores it)
         for d in batch.waiting:
             d.callback(replica if replica is not None else Replica())
-        self._registered(fresh)
+        self._registered(updated.fresh)
 
     def _resync(self, topic: str, replica: Replica) -> None:
         """Tell local members what changed elsewhere while they could not hear it."""
@@ -601,7 +490,7 @@ class Presence:
 
     def channels(self) -> defer.Deferred[list[tuple[str, list[str]]]]:
         """Every channel with members on any process, with its agents, from Redis."""
-        d = self._store.execute("EVAL", _LIST, 1, CHANNELS_KEY, PREFIX)
+        d = LIST.run(self._store, [CHANNELS_KEY], [PREFIX])
         d.addCallback(
             lambda flat: sorted(
                 (flat[i].decode(), sorted(ref.decode() for ref in flat[i + 1])) for i in range(0, len(flat), 2)
@@ -635,7 +524,7 @@ class Presence:
                 batch.call.cancel()
             flushes.append(self._flush(topic))
         # sent with the flushes, so it runs after them and within the bridge's wait
-        retire = self._store.execute("EVAL", _RETIRE, 2, NODES_KEY, node_key(self.node), self.node)
+        retire = RETIRE.run(self._store, [NODES_KEY, node_key(self.node)], [self.node])
         flushes.append(retire.addCallback(self._retired))
         return defer.DeferredList(flushes, consumeErrors=True).addCallback(lambda _: None)
 
@@ -647,7 +536,7 @@ class Presence:
     def beat(self) -> defer.Deferred[None]:
         """Say this node is alive; withdraw and announce nodes that are not, and orphans."""
         timeout_ms = int(self._node_timeout * 1000)
-        d = self._store.execute("EVAL", _HEARTBEAT, 2, NODES_KEY, CHANNELS_KEY, self.node, timeout_ms, PREFIX)
+        d = HEARTBEAT.run(self._store, [NODES_KEY, CHANNELS_KEY], [self.node, timeout_ms, PREFIX])
         d.addCallback(self._reaped)
         d.addErrback(self._log_error, "presence heartbeat")
         if not self._sweeping:
@@ -655,18 +544,17 @@ class Presence:
             self._sweep().addErrback(self._log_error, "orphan sweep").addBoth(self._swept)
         return d
 
-    def _reaped(self, result: list[Any]) -> None:
-        self._registered(result[-1])
-        self._withdrawn(result[:-2], result[-2], "a vanished node")
+    def _reaped(self, reply: list[Any]) -> None:
+        beat = Beat.decode(reply)
+        self._registered(beat.fresh)
+        self._withdrawn(beat.withdrawn, beat.channels, "a vanished node")
 
-    def _withdrawn(self, result: list[Any], channels: list[bytes], whose: str) -> None:
-        """Announce entries a script withdrew: ``result`` is topic, vanished flag, entries, ..."""
-        for i in range(0, len(result), 3):
-            topic = result[i].decode()
-            vanished, withdrawn = result[i + 1], result[i + 2]
+    def _withdrawn(self, withdrawn: list[Withdrawal], channels: list[bytes], whose: str) -> None:
+        """Announce entries a script withdrew."""
+        for topic, vanished, entries in withdrawn:
             leaves = []
-            for j in range(0, len(withdrawn), 2):
-                node, key, meta = decode_entry(withdrawn[j + 1])
+            for value in entries[1::2]:
+                _, key, meta = decode_entry(value)
                 leaves.append((key, meta))
             if leaves:
                 log.info("withdrew {n} presences of {whose} on {topic}", n=len(leaves), whose=whose, topic=topic)
@@ -674,7 +562,7 @@ class Presence:
             self._report_channel(topic, 0, vanished, channels)
 
     def _sweep(self) -> defer.Deferred[None]:
-        """One bounded step through every channel, withdrawing orphans (see _SWEEP)."""
+        """One bounded step through every channel, withdrawing orphans (see sweep.lua)."""
         if self._sweep_topics:
             return self._sweep_step()
         d = self._store.execute("SSCAN", CHANNELS_KEY, self._sweep_channel_cursor, "COUNT", SWEEP_TOPICS)
@@ -688,16 +576,15 @@ class Presence:
 
     def _sweep_step(self) -> defer.Deferred[None]:
         topics = self._sweep_topics[:SWEEP_TOPICS]
-        d = self._store.execute(
-            "EVAL", _SWEEP, 2, NODES_KEY, CHANNELS_KEY, PREFIX, SWEEP_BUDGET, self._sweep_hash_cursor, *topics
-        )
+        d = SWEEP.run(self._store, [NODES_KEY, CHANNELS_KEY], [PREFIX, SWEEP_BUDGET, self._sweep_hash_cursor, *topics])
         d.addCallback(self._orphans_withdrawn)
         return d
 
-    def _orphans_withdrawn(self, result: list[Any]) -> None:
-        finished, self._sweep_hash_cursor, channels = result[-3:]
-        del self._sweep_topics[:finished]
-        self._withdrawn(result[:-3], channels, "nodes that are gone")
+    def _orphans_withdrawn(self, reply: list[Any]) -> None:
+        swept = Swept.decode(reply)
+        self._sweep_hash_cursor = swept.cursor
+        del self._sweep_topics[: swept.finished]
+        self._withdrawn(swept.withdrawn, swept.channels, "nodes that are gone")
 
     def _swept(self, _: Any) -> None:
         self._sweeping = False

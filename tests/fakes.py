@@ -12,6 +12,8 @@ from typing import Any
 
 import fakeredis
 import jwt
+import redis
+import txredisapi
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -27,6 +29,14 @@ from tangram_channel.tokens import TokenAuthority
 SECRET = "unit-test-secret-" * 4  # long enough for HS512 too, so PyJWT stays quiet
 WINDOW = 0.05
 START = 1_700_000_000.0  # 2023-11-14T22:13:20Z: "now" for every fake world
+
+
+# the error prefixes redis-py turns into exception classes, put back as Redis sends them
+_STRIPPED_PREFIXES = {
+    redis.exceptions.NoScriptError: "NOSCRIPT ",
+    redis.exceptions.ReadOnlyError: "READONLY ",
+    redis.exceptions.BusyLoadingError: "LOADING ",
+}
 
 
 class FakeRedis:
@@ -80,7 +90,12 @@ class FakeRedis:
         self.commands.append(command)
         if self.mode == "fail":
             return self._answer(None)
-        return self._answer(self.server.execute_command(*command))
+        try:
+            reply = self.server.execute_command(*command)
+        except redis.exceptions.ResponseError as e:  # an error reply, as txredisapi hands it over
+            prefix = next((p for kind, p in _STRIPPED_PREFIXES.items() if isinstance(e, kind)), "")
+            return defer.fail(txredisapi.ResponseError(f"{prefix}{e}"))
+        return self._answer(reply)
 
     def _answer(self, value: Any) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = defer.Deferred()

@@ -238,3 +238,14 @@ async def test_changes_elsewhere_during_a_redis_blip_reach_members_on_reconnect(
     await alice.settle(expected)
     for tab in (alice, bob, carol):
         await tab.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_presence_survives_redis_forgetting_its_scripts(start_service, flushed_redis):
+    """After SCRIPT FLUSH (a restarted or failed-over Redis), EVALSHA's NOSCRIPT sends the script again."""
+    service, watcher, alice = await watched_alice(start_service)
+    flushed_redis.client().script_flush()
+    bob = await joined(service, "bob")
+    expected = {**both_present(watcher, alice), "bob": [bob.agent_id]}
+    await settle_all([watcher, alice, bob], expected)
+    assert truth(flushed_redis.client()) == expected

@@ -11,11 +11,11 @@ from txredisapi import ResponseError
 
 from tangram_channel import frames, presence
 from tangram_channel.presence import (
-    _UPDATE,
     CHANNELS_KEY,
     MAX_RETRY,
     NODES_KEY,
     SWEEP_BUDGET,
+    UPDATE,
     Diff,
     Presence,
     Replica,
@@ -155,14 +155,15 @@ class Node:
         self.presence.untrack(topic, key, meta(ref))
 
     def evals(self) -> list[tuple[Any, ...]]:
-        return [command for command in self.redis.commands if command[0] == "EVAL"]
+        """The scripts run, one EVALSHA each (the first of each is sent again whole)."""
+        return [command for command in self.redis.commands if command[0] == "EVALSHA"]
 
     def diffs(self, topic: str) -> list[Any]:
         return self.redis.published_to(f"to:{topic}:presence_diff")
 
 
 def script_args(command: tuple[Any, ...]) -> tuple[Any, ...]:
-    """ARGV of an EVAL command."""
+    """ARGV of an EVAL or EVALSHA command."""
     return command[3 + command[2] :]
 
 
@@ -335,7 +336,7 @@ class RefusingRedis(FakeRedis):
         self.refusing = False
 
     def execute(self, *command: Any) -> defer.Deferred[Any]:
-        if self.refusing and command[:2] == ("EVAL", _UPDATE):
+        if self.refusing and command[:2] == ("EVALSHA", UPDATE.sha):
             self.commands.append(command)
             return defer.fail(ResponseError("READONLY You can't write against a read only replica."))
         return super().execute(*command)
