@@ -55,6 +55,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     conformance_echo: bool = False
+    batched_writes: bool = True
     max_topic_length: int = 256
     max_event_length: int = 256
     max_ref_length: int = 64
@@ -132,6 +133,7 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "log_level": ("str", None),
     "log_format": ("str", None),
     "conformance_echo": ("bool", None),
+    "batched_writes": ("bool", None),
     "max_topic_length": ("int", 1),
     "max_event_length": ("int", 1),
     "max_ref_length": ("int", 1),

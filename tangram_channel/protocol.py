@@ -70,6 +70,22 @@ def subprotocol_token(offered: list[str]) -> str | None:
     return None
 
 
+# What _direct_socket reads of tcp.Connection (pinned by tests/test_twisted_internals.py)
+_WRITE_QUEUE = ("socket", "_tempDataLen", "dataBuffer", "offset", "connected", "disconnecting")
+
+
+def direct_socket(transport: Any) -> socket.socket | None:
+    """
+    The socket of Twisted's plain TCP transport (not TLS), which may be sent to directly
+    while its write queue is empty; None for any other transport, or a Twisted whose
+    transport no longer has the attributes that tell: its sockets are then written the
+    usual way.
+    """
+    if isinstance(transport, tcp.Connection) and all(hasattr(transport, name) for name in _WRITE_QUEUE):
+        return transport.socket
+    return None
+
+
 @implementer(IPushProducer)
 class PhoenixProtocol(WebSocketServerProtocol):
     factory: PhoenixFactory
@@ -101,8 +117,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
         return chosen
 
     def onOpen(self) -> None:
-        # Twisted's plain TCP transport (not TLS), whose socket may be sent to directly
-        self._socket = self.transport.socket if isinstance(self.transport, tcp.Connection) else None
+        self._socket = direct_socket(self.transport)
         # The HTTP channel that served the upgrade is still registered as producer.
         self.transport.unregisterProducer()
         self.transport.registerProducer(self, True)
@@ -184,9 +199,9 @@ class PhoenixProtocol(WebSocketServerProtocol):
             super().sendData(data, sync, chopsize)
 
     def send_burst(self, burst: Burst) -> None:
-        data = self._framed(burst)
+        data = self.framed(burst)
         if data is not None:
-            self._write_now(data)
+            self.write_now(data)
 
     def hold(self, burst: Burst) -> bool:
         """Count ``burst``, kept in a join backlog, as held; False if that spent the budget (closing)."""
@@ -199,43 +214,26 @@ class PhoenixProtocol(WebSocketServerProtocol):
         """Stop counting bursts that left a join backlog (sent, or dropped with their member)."""
         self._held -= sum(len(self._frame(burst)) for burst in bursts)
 
-    def _framed(self, burst: Burst) -> bytes | None:
-        """``burst`` framed for this socket and counted, or None if nothing may be sent now."""
+    # The fast write path, for the factory's fanout: ``framed`` a burst, then either
+    # send it straight to ``direct_fd()`` (many sockets in one system call) and hand
+    # what was taken to ``wrote_directly``, or ``write_now``.
+
+    def framed(self, burst: Burst) -> bytes | None:
+        """``burst`` framed for this socket and counted toward its budget, or None if nothing may be sent now."""
         if self.state != self.STATE_OPEN:
             return None
         data = self._frame(burst)
         return data if self._count(len(data)) else None
 
-    def _frame(self, burst: Burst) -> bytes:
-        data = burst.prepared.get(self.vsn)
-        if data is None:
-            # WebSocket framing, done once per burst and serializer (server frames are
-            # unmasked, so every member gets the same bytes)
-            data = burst.prepared[self.vsn] = b"".join(
-                PreparedMessage(
-                    broadcast.frame(self.vsn), not broadcast.is_text, applyMask=False, doNotCompress=True
-                ).payloadHybi
-                for broadcast in burst.broadcasts
-            )
-        return data
-
-    def _direct_socket(self) -> socket.socket | None:
+    def direct_fd(self) -> int | None:
         """
-        The socket, if the next frame may be sent straight to it: plain TCP (TLS
-        transports encrypt before they write) with nothing queued before it.
+        The descriptor the next frame may be written to straight, or None: only plain
+        TCP (TLS transports encrypt before they write) with nothing queued before it.
         """
-        transport = self.transport
-        if (
-            self._socket is not None
-            and not transport._tempDataLen
-            and transport.offset == len(transport.dataBuffer)
-            and transport.connected
-            and not transport.disconnecting
-        ):
-            return self._socket
-        return None
+        sock = self._direct_socket()
+        return None if sock is None else sock.fileno()
 
-    def _write_now(self, frame: bytes) -> None:
+    def write_now(self, frame: bytes) -> None:
         """
         Send ``frame`` at once when nothing is queued before it, else queue it.
 
@@ -253,12 +251,45 @@ class PhoenixProtocol(WebSocketServerProtocol):
             sent = sock.send(frame)
         except OSError:
             sent = 0
-        self._write_rest(frame, sent)
+        self.wrote_directly(frame, sent)
 
-    def _write_rest(self, frame: bytes, sent: int) -> None:
-        """Queue what a direct send left over (all of it after an error, which Twisted then reports)."""
-        if sent != len(frame):
+    def wrote_directly(self, frame: bytes, sent: int | None) -> None:
+        """
+        After a direct write of ``frame`` took ``sent`` bytes (negative: an error, none
+        taken), queue the rest; Twisted reports an error itself on its own write. None:
+        unknown (the batch's system call failed), so the stream cannot go on: dropped,
+        and the client reconnects.
+        """
+        if sent is None:
+            self.factory.log_limited("lost", "dropping a socket whose write was lost by a failed batch")
+            self.transport.abortConnection()
+        elif sent != len(frame):
             self.transport.write(frame[sent:] if sent > 0 else frame)
+
+    def _frame(self, burst: Burst) -> bytes:
+        data = burst.prepared.get(self.vsn)
+        if data is None:
+            # WebSocket framing, done once per burst and serializer (server frames are
+            # unmasked, so every member gets the same bytes)
+            data = burst.prepared[self.vsn] = b"".join(
+                PreparedMessage(
+                    broadcast.frame(self.vsn), not broadcast.is_text, applyMask=False, doNotCompress=True
+                ).payloadHybi
+                for broadcast in burst.broadcasts
+            )
+        return data
+
+    def _direct_socket(self) -> socket.socket | None:
+        transport = self.transport
+        if (
+            self._socket is not None
+            and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+            and transport.connected
+            and not transport.disconnecting
+        ):
+            return self._socket
+        return None
 
     # limits
 
@@ -421,27 +452,28 @@ class PhoenixFactory(WebSocketServerFactory):
             return
         direct: dict[str, tuple[list[PhoenixProtocol], list[int]]] = {}
         for outbox in outboxes:
-            data = outbox._framed(burst)
+            data = outbox.framed(burst)
             if data is None:
                 continue
-            sock = outbox._direct_socket()
-            if sock is None:
-                outbox.transport.write(data)
+            fd = outbox.direct_fd()
+            if fd is None:
+                outbox.write_now(data)
                 continue
             same_bytes = direct.get(outbox.vsn)
             if same_bytes is None:
                 same_bytes = direct[outbox.vsn] = ([], [])
             same_bytes[0].append(outbox)
-            same_bytes[1].append(sock.fileno())
+            same_bytes[1].append(fd)
         for vsn, (group, fds) in direct.items():
             data = burst.prepared[vsn]
             if len(group) == 1:
-                group[0]._write_now(data)  # one socket: one plain send is the cheaper call
+                group[0].write_now(data)  # one socket: one plain send is the cheaper call
                 continue
-            size = len(data)
             for outbox, sent in zip(group, sender.send(fds, data)):
-                if sent != size:
-                    outbox._write_rest(data, sent)
+                outbox.wrote_directly(data, sent)
+        if sender.broken:
+            self.sender = None
+            sender.close()
 
     def frame_rejected(self, error: FrameError) -> None:
         """Count a bad frame; log at most one a minute, so bad clients cannot flood the log."""

@@ -11,7 +11,9 @@ readers wake once, after it, and find everything there.
 Only for non-blocking stream sockets: ``io_submit`` runs each write as ``write()``
 would, so a full buffer answers ``-EAGAIN`` and the caller queues the rest as usual.
 Linux on x86-64, arm64 and riscv64; elsewhere ``SendMany.open`` answers None and the
-caller sends one socket at a time.
+caller sends one socket at a time. A context that fails while in use (``io_getevents``
+refusing, or a write not completed within a second) is ``broken``: the writes it may or
+may not have made are reported unknown, and the caller goes on without it.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ class SendMany:
         self._syscall = ctypes.CDLL(None, use_errno=True).syscall
         self._syscall.restype = ctypes.c_long
         self.capacity = capacity
+        self.broken = False
         self._refusal_logged = False
+        self._timeout = array("q", [1, 0])  # struct timespec: how long io_getevents may wait
         context = ctypes.c_ulong(0)
         if self._syscall(ctypes.c_long(self._setup), ctypes.c_long(capacity), ctypes.byref(context)) < 0:
             code = ctypes.get_errno()
@@ -75,17 +79,19 @@ class SendMany:
             log.info("writing to each socket in turn: {why}", why=e.strerror)
             return None
 
-    def send(self, fds: Sequence[int], data: bytes) -> list[int]:
+    def send(self, fds: Sequence[int], data: bytes) -> list[int | None]:
         """
         Write ``data`` to each non-blocking socket in ``fds``. Returns, in order, the bytes
-        each took: all, some, 0 if it was not tried, or ``-errno`` (``-EAGAIN`` when full).
+        each took: all, some, 0 if it was not tried, ``-errno`` (``-EAGAIN`` when full),
+        or None if it is not known (the context broke with the write submitted).
         """
-        sent: list[int] = []
+        sent: list[int | None] = []
         for start in range(0, len(fds), self.capacity):
-            sent += self._send_chunk(fds[start : start + self.capacity], data)
+            chunk = fds[start : start + self.capacity]
+            sent += [0] * len(chunk) if self.broken else self._send_chunk(chunk, data)
         return sent
 
-    def _send_chunk(self, fds: Sequence[int], data: bytes) -> list[int]:
+    def _send_chunk(self, fds: Sequence[int], data: bytes) -> list[int | None]:
         if self._context is None:
             raise ValueError("this SendMany is closed")
         count = len(fds)
@@ -95,18 +101,22 @@ class SendMany:
         # the buffer is read inside io_submit, while ``data`` is still referenced here
         iocbs[3:words:_IOCB_WORDS] = array("Q", [ctypes.cast(data, ctypes.c_void_p).value]) * count
         iocbs[4:words:_IOCB_WORDS] = array("Q", [len(data)]) * count
-        sent = [0] * count
         # io_submit stops at an iocb it cannot take (a closed descriptor): those after it
         # stay at 0, and their callers write the usual way, which reports the error
         submitted = self._io_submit(count)
+        sent: list[int | None] = [None] * submitted + [0] * (count - submitted)
         reaped = 0
-        while reaped < submitted:
-            # every socket write has completed inside io_submit: this never waits
-            got = self._io_getevents(submitted - reaped)
-            events = self._events
-            for i in range(0, _EVENT_WORDS * got, _EVENT_WORDS):
-                sent[events[i]] = events[i + 2]
-            reaped += got
+        try:
+            while reaped < submitted:
+                # every socket write has completed inside io_submit: this does not wait
+                got = self._io_getevents(submitted - reaped)
+                events = self._events
+                for i in range(0, _EVENT_WORDS * got, _EVENT_WORDS):
+                    sent[events[i]] = events[i + 2]
+                reaped += got
+        except OSError as e:
+            self.broken = True
+            log.error("Linux AIO failed ({why}); writing to each socket in turn from now on", why=e.strerror)
         return sent
 
     def _io_submit(self, count: int) -> int:
@@ -125,21 +135,23 @@ class SendMany:
         return max(int(taken), 0)
 
     def _io_getevents(self, count: int) -> int:
-        """Collect ``count`` completions into ``_events``; 0 if a signal interrupted."""
-        got = self._syscall(
-            ctypes.c_long(self._getevents),
-            ctypes.c_ulong(self._context),
-            ctypes.c_long(count),
-            ctypes.c_long(count),
-            ctypes.c_void_p(self._events.buffer_info()[0]),
-            None,
-        )
-        if got < 0:
+        """Collect up to ``count`` completions into ``_events``, at least one within a second."""
+        while True:
+            got = self._syscall(
+                ctypes.c_long(self._getevents),
+                ctypes.c_ulong(self._context),
+                ctypes.c_long(1),
+                ctypes.c_long(count),
+                ctypes.c_void_p(self._events.buffer_info()[0]),
+                ctypes.c_void_p(self._timeout.buffer_info()[0]),
+            )
+            if got > 0:
+                return int(got)
+            if got == 0:
+                raise OSError(errno.ETIMEDOUT, "io_getevents: no write completed within a second")
             code = ctypes.get_errno()
             if code != errno.EINTR:
                 raise OSError(code, f"io_getevents: {os.strerror(code)}")
-            return 0
-        return int(got)
 
     def close(self) -> None:
         """Give the context back to the kernel (counted against ``fs.aio-max-nr``)."""

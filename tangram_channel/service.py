@@ -23,8 +23,11 @@ log = Logger()
 
 
 class ChannelService(Service):
-    def __init__(self, hub: Hub, presence: Presence, bridge: RedisBridge, factory: PhoenixFactory) -> None:
+    def __init__(
+        self, hub: Hub, presence: Presence, bridge: RedisBridge, factory: PhoenixFactory, batched_writes: bool = True
+    ) -> None:
         self.hub = hub
+        self.batched_writes = batched_writes
         self.presence = presence
         self.bridge = bridge
         self.factory = factory
@@ -34,7 +37,7 @@ class ChannelService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.factory.sender = SendMany.open()
+        self.factory.sender = SendMany.open() if self.batched_writes else None
         self.hub.start()
         self.presence.start()
 

@@ -296,7 +296,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         message_burst=config.message_burst,
         header_limits=config.header_limits,
     )
-    ChannelService(hub, presence, bridge, factory).setServiceParent(top)
+    ChannelService(hub, presence, bridge, factory, batched_writes=config.batched_writes).setServiceParent(top)
     probe = RedisProbe(bridge, reactor, metrics)
     probe.setServiceParent(top)
     routes = {

@@ -21,6 +21,11 @@ import pytest
 from tangram_channel.embedded import find_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
+# .ci/run sets it to false for one whole run, so that every test also covers writing to
+# each socket in turn; twistd subprocesses inherit it, in-process services take it here
+BATCHED_WRITES = {
+    key: value for key, value in os.environ.items() if key == "TANGRAM_CHANNEL_BATCHED_WRITES"
+}
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"  # of services from ``start_service``
 
 
@@ -218,7 +223,7 @@ def start_service(redis_server: RedisServer):
         redis: RedisServer | None = None, wait_for_redis: bool = True, redis_url: str | None = None, **settings
     ):
         port = free_port()
-        environ = {"TANGRAM_CHANNEL_JWT_SECRET": JWT_SECRET}
+        environ = {"TANGRAM_CHANNEL_JWT_SECRET": JWT_SECRET, **BATCHED_WRITES}
         environ.update({f"TANGRAM_CHANNEL_{k.upper()}": str(v) for k, v in settings.items()})
         options = Options()
         options.parseOptions(

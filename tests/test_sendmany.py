@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import socket
@@ -122,3 +123,27 @@ def test_a_refused_batch_is_reported_once_and_tried_nowhere(sender):
         assert sender.send([bad], b"frame") == [0]
     assert len([line for line in lines if "io_submit refused a batch (Bad file descriptor)" in line]) == 1
     assert read_all(pairs[1][1]) == b""
+
+
+def test_a_context_that_fails_while_in_use_reports_its_writes_unknown_and_is_not_used_again(sender):
+    """
+    io_getevents refusing (it never has here, but a kernel may): the writes io_submit took
+    are unknown (None) rather than an exception through the caller, and later sends try nothing.
+    """
+    real_syscall = sender._syscall
+
+    def getevents_fails(number, *args):
+        if number.value == sender._getevents:
+            ctypes.set_errno(errno.EINVAL)
+            return -1
+        return real_syscall(number, *args)
+
+    sender._syscall = getevents_fails
+    pairs = socket_pairs(6)
+    fds = [ours.fileno() for ours, _ in pairs]
+    with captured_log() as lines:
+        assert sender.send(fds, b"frame") == [None] * 4 + [0, 0]  # capacity 4: the second chunk is not tried
+        assert sender.send(fds[:1], b"frame") == [0]
+    assert sender.broken
+    assert len([line for line in lines if "Linux AIO failed (io_getevents: Invalid argument)" in line]) == 1
+    assert [read_all(theirs) for _, theirs in pairs] == [b"frame"] * 4 + [b""] * 2

@@ -7,6 +7,7 @@ is driven by a real WebSocket client and redis-py.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import subprocess
 import sys
@@ -553,11 +554,12 @@ async def test_members_on_each_serializer_get_their_own_framing_from_one_fanout(
     The sockets of one channel are written to together, grouped by serializer: objects
     for 1.0.0, arrays for 2.0.0, the same binary frame for both, every member once.
     """
-    service = await start_service(datetime_interval=0)
+    service = await start_service(datetime_interval=0, batched_writes=True)
     v1 = [await joined_client(service, "mixed", query="?vsn=1.0.0", client_id=f"v1-{i}") for i in range(2)]
     v2 = [await joined_client(service, "mixed", client_id=f"v2-{i}") for i in range(2)]
     calls = []
     sender = service.channel.factory.sender
+    assert sender is not None, "Linux AIO is expected on the machines the tests run on"
     send = sender.send
     sender.send = lambda fds, data: (calls.append(len(fds)), send(fds, data))[1]
     redis = flushed_redis.client()
@@ -619,12 +621,12 @@ async def members_with_counted_writes(service, topic: str, count: int) -> tuple[
     clients = [await joined_client(service, topic, client_id=f"c{i}") for i in range(count)]
     writes: list[bytes] = []
     sender = service.channel.factory.sender
-    assert sender is not None, "Linux AIO is expected on the machines the tests run on"
-    send = sender.send
-    sender.send = lambda fds, data: (writes.extend([data] * len(fds)), send(fds, data))[1]
+    if sender is not None:  # else (batched_writes off) every write is a write_now
+        send = sender.send
+        sender.send = lambda fds, data: (writes.extend([data] * len(fds)), send(fds, data))[1]
     for proto in service.channel.factory.sockets:
-        original = proto._write_now
-        proto._write_now = lambda frame, original=original: (writes.append(frame), original(frame))
+        original = proto.write_now
+        proto.write_now = lambda frame, original=original: (writes.append(frame), original(frame))
     return clients, writes
 
 
@@ -645,6 +647,57 @@ async def test_a_burst_from_redis_reaches_every_member_in_order_in_few_writes(st
         assert received == list(range(200))
     # a burst is written together: far fewer socket writes than deliveries (600)
     assert 0 < len(writes) < 300, len(writes)
+
+
+@pytest.mark.parametrize("batched_writes", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_a_broadcast_reaches_members_on_both_serializers_with_batched_writes_on_and_off(
+    start_service, flushed_redis, batched_writes
+):
+    service = await start_service(datetime_interval=0, batched_writes=batched_writes)
+    assert (service.channel.factory.sender is not None) is batched_writes
+    clients = [
+        await joined_client(service, "both", query="?vsn=1.0.0" if i % 2 else "", client_id=f"c{i}") for i in range(6)
+    ]
+    pipe = flushed_redis.client().pipeline(transaction=False)
+    for n in range(50):
+        pipe.publish("to:both:n", json.dumps({"n": n}))
+    pipe.execute()
+    for i, client in enumerate(clients):
+        received = [await next_broadcast(client) for _ in range(50)]
+        numbers = [m["payload"]["n"] if i % 2 else m[4]["n"] for m in received]
+        assert numbers == list(range(50))
+
+
+@pytest_twisted.ensureDeferred
+async def test_linux_aio_failing_in_use_drops_only_the_sockets_it_may_have_written_and_is_given_up(
+    start_service, flushed_redis
+):
+    """
+    io_getevents refusing mid-broadcast: those members' streams are in an unknown state,
+    so they are dropped (phoenix.js reconnects); the subscriber, other channels and later
+    broadcasts go on, written one socket at a time.
+    """
+    service = await start_service(datetime_interval=0, batched_writes=True)
+    factory = service.channel.factory
+    hit = [await joined_client(service, "hit", client_id=f"h{i}") for i in range(3)]
+    spared = await joined_client(service, "spared")
+    sender = factory.sender
+
+    def getevents_fails(count: int) -> int:
+        raise OSError(errno.EINVAL, "io_getevents: Invalid argument")
+
+    sender._io_getevents = getevents_fails
+    redis = flushed_redis.client()
+    redis.publish("to:hit:n", "{}")
+    for client in hit:
+        await client.closed
+    await eventually(lambda: factory.sender is None, what="the sender given up")
+    redis.publish("to:spared:n", '{"after": true}')
+    assert (await next_broadcast(spared))[4] == {"after": True}
+    late = await joined_client(service, "hit", client_id="late")
+    redis.publish("to:hit:n", '{"late": true}')
+    assert (await next_broadcast(late))[4] == {"late": True}
 
 
 @pytest_twisted.ensureDeferred
