@@ -488,6 +488,11 @@ class Presence:
         elif topic in self._early_diffs:
             self._early_diffs[topic].append(diff)
 
+    def agents(self, topic: str) -> list[str]:
+        """The phx_refs present in ``topic``, as this process's replica has them (none without one)."""
+        replica = self.replicas.get(topic)
+        return replica.agents() if replica is not None else []
+
     def channels(self) -> defer.Deferred[list[tuple[str, list[str]]]]:
         """Every channel with members on any process, with its agents, from Redis."""
         d = LIST.run(self._store, [CHANNELS_KEY], [PREFIX])

@@ -2,7 +2,7 @@
 Phoenix channels over Autobahn WebSockets.
 
 The protocol turns frames into ``Message`` objects for its ``Session`` and back. It
-owns the per-socket concerns the dispatcher must not know about: the serializer
+owns the per-socket concerns the session and hub must not know about: the serializer
 version chosen at the upgrade, the token offered at the upgrade (``userToken`` or the
 Phoenix 1.8 ``base64url.bearer.phx.<token>`` subprotocol), the idle timer, the bound
 on bytes held for a client that does not read (every write counts: frames, pongs,
@@ -32,7 +32,8 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from . import frames
-from .dispatcher import Hub, Session, send_to_each
+from .hub import Hub, send_to_each
+from .session import Session
 from .frames import DEFAULT_LIMITS, Burst, FrameError, HeaderLimits, Message
 from .logs import ThrottledLog
 from .metrics import Metrics
@@ -126,7 +127,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
             self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_out)
         if not self._echo:  # the Autobahn testsuite's cases send floods of fragments on purpose
             self._rate = TokenBucket(self.factory.clock, self.factory.message_rate, self.factory.message_burst)
-            self.session = self.factory.hub.connect(self, self._socket_token)
+            self.session = Session(self.factory.hub, self, self._socket_token)
         self._socket_token = None
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -419,7 +420,6 @@ class PhoenixFactory(WebSocketServerFactory):
         # set by the service while it runs; None: each socket is written to in turn
         self.sender: SendMany | None = None
         self.metrics.count_sockets(lambda: len(self.sockets))
-        self.frames_rejected = 0
         self._errors = ThrottledLog(log, clock)
         self._autobahn_log = AutobahnLog(self.protocol.log, self._errors)
         # Origins are checked by web.SocketResource, which answers with a clear 403;
@@ -476,18 +476,14 @@ class PhoenixFactory(WebSocketServerFactory):
             sender.close()
 
     def frame_rejected(self, error: FrameError) -> None:
-        """Count a bad frame; log at most one a minute, so bad clients cannot flood the log."""
-        self.frames_rejected += 1
+        """Count a bad frame (in /metrics); log at most one a minute, so bad clients cannot flood the log."""
         self.metrics.rejected(error.reason)
-        self._errors.emit(
-            "frame", "rejected a frame: {reason} ({count} so far)", level=LogLevel.info,
-            reason=error.reason, count=self.frames_rejected,
-        )
+        self._errors.emit("frame", "rejected a frame: {reason}", level=LogLevel.info, reason=error.reason)
 
     def log_limited(self, kind: str, line: str) -> None:
         """Log ``line`` unless a line of ``kind`` went out in the last minute, so floods cost one line."""
         self._errors.emit(kind, "{line}", level=LogLevel.info, line=line)
 
     def close_all(self, code: int, reason: str) -> None:
-        for socket in list(self.sockets):
-            socket.close(code, reason)
+        for each in list(self.sockets):
+            each.close(code, reason)

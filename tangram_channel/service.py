@@ -13,7 +13,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .dispatcher import Hub
+from .hub import Hub
 from .presence import Presence
 from .protocol import CLOSE_RESTART, PhoenixFactory
 from .redis import RedisBridge

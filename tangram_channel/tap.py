@@ -23,7 +23,7 @@ from twisted.python import usage
 
 from . import __version__
 from . import config as configuration
-from .dispatcher import Hub
+from .hub import Hub
 from .admin import AdminPage
 from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arguments
 from .health import HealthResource, RedisProbe

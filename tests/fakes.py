@@ -19,9 +19,11 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from tangram_channel import frames
-from tangram_channel.dispatcher import Hub, Session
+from tangram_channel.hub import Hub
+from tangram_channel.session import Session
 from tangram_channel.frames import Burst, Message
 from tangram_channel.inflight import InFlight
+from tangram_channel.metrics import Metrics
 from tangram_channel.presence import Presence, presence_key
 from tangram_channel.redis import RedisUnavailable
 from tangram_channel.tokens import TokenAuthority
@@ -135,6 +137,16 @@ class FakeRedis:
         return {ref.decode(): value for ref, value in self.server.hgetall(presence_key(topic)).items()}
 
 
+def rejected_frames(metrics: Metrics) -> float:
+    """How many client frames ``metrics`` counted as rejected, whatever the reason."""
+    return sum(
+        sample.value
+        for family in metrics.frames_rejected.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
 def _answered(outcome: Any, result: defer.Deferred[Any], answered: Callable[[], None]) -> None:
     """As the bridge does: the caller hears first, then ``answered`` runs."""
     if isinstance(outcome, Failure):
@@ -217,7 +229,7 @@ class World:
 
     def connect(self, socket_token: str | None = None) -> tuple[Session, FakeOutbox]:
         outbox = FakeOutbox()
-        return self.hub.connect(outbox, socket_token), outbox
+        return Session(self.hub, outbox, socket_token), outbox
 
     def settle(self) -> None:
         """Let presence flush its window."""

@@ -110,7 +110,7 @@ def leftovers(service) -> dict:
     presence = service.channel.presence
     return {
         "members": {t: len(m) for t, m in service.hub.members.items()},
-        "sessions": len(service.hub.sessions),
+        "sockets": len(service.channel.factory.sockets),
         "replicas": sorted(presence.replicas),
         "local": sorted(presence._local),
         "batches": sorted(presence._batches),

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 
 from tangram_channel.protocol import CLOSE_IDLE, CLOSE_POLICY, PhoenixFactory, PhoenixProtocol
 
-from .fakes import World, offered, reply
+from .fakes import World, offered, rejected_frames, reply
 
 TEXT, BINARY, CLOSE = 0x1, 0x2, 0x8
 IDLE = 30.0
@@ -150,7 +150,7 @@ def test_a_malformed_frame_is_answered_and_the_socket_stays_open(world: World) -
     assert client.received() == [
         (TEXT, reply("1", "2", "room", "error", {"reason": "event must be a non-empty string"}))
     ]
-    assert client.protocol.factory.frames_rejected == 3
+    assert rejected_frames(client.protocol.factory.metrics) == 3
     client.send_text([None, "3", "phoenix", "heartbeat", {}])
     assert client.received() == [(TEXT, reply(None, "3", "phoenix", "ok", {}))]
     assert not client.transport.disconnecting

@@ -11,7 +11,7 @@ from tangram_channel import protocol
 from tangram_channel.frames import FrameError
 from tangram_channel.protocol import PhoenixFactory, subprotocol_token
 
-from .fakes import World, offered
+from .fakes import World, offered, rejected_frames
 
 
 @pytest.mark.parametrize("token", ["a", "ab", "abc", "eyJhbGciOiJIUzI1NiJ9.e30.sig", "tôken/+?"])
@@ -40,9 +40,9 @@ def test_bad_frames_are_counted_and_logged_at_most_once_a_minute(monkeypatch: py
     for _ in range(5):
         factory.frame_rejected(FrameError("invalid JSON"))
         world.clock.advance(10)
-    assert factory.frames_rejected == 5
+    assert rejected_frames(factory.metrics) == 5
     assert len(events) == 1
     world.clock.advance(20)
     factory.frame_rejected(FrameError("invalid JSON"))
-    assert factory.frames_rejected == 6
+    assert rejected_frames(factory.metrics) == 6
     assert len(events) == 2

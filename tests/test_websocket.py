@@ -21,6 +21,7 @@ from twisted.internet import threads
 from tangram_channel import frames
 
 from .conftest import RedisServer, free_port
+from .fakes import rejected_frames
 from .e2e import RedisListener, RedisMonitor, captured_log, eventually, forge_token
 from .wsclient import PhoenixTestClient, binary_broadcast, connect, fields
 
@@ -149,7 +150,7 @@ async def test_unparseable_frames_never_drop_the_socket(start_service):
     assert await client.next() == [None, "r-5", "room", "phx_reply", error("join_ref must be a string or null")]
     beat = client.push("phoenix", "heartbeat", {})
     assert await client.next() == [None, beat, "phoenix", "phx_reply", OK_EMPTY]
-    assert service.channel.factory.frames_rejected == 4
+    assert rejected_frames(service.channel.factory.metrics) == 4
 
 
 # binary frames

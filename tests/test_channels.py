@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tangram_channel import dispatcher
-from tangram_channel.dispatcher import Session
+from tangram_channel import hub
+from tangram_channel.session import Session
 from tangram_channel.frames import FrameError, Message
 
 from .fakes import START, FakeOutbox, World, reply
@@ -318,9 +318,9 @@ def test_a_pushed_event_with_a_colon_is_refused_and_reaches_no_namespace(world: 
 
 
 def logged(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """The events the dispatcher logs from now on."""
+    """The events the hub and its sessions log from now on."""
     events: list[dict[str, Any]] = []
-    monkeypatch.setattr(dispatcher.log, "observer", events.append)
+    monkeypatch.setattr(hub.log, "observer", events.append)
     return events
 
 
@@ -418,7 +418,6 @@ def test_disconnect_untracks_every_join(world: World) -> None:
     session.disconnected()
     assert outbox.take() == []  # no phx_close to a socket that is gone
     assert world.hub.members == {}
-    assert world.hub.sessions == set()
     assert world.redis.unwatches == {"room": 1, "lobby": 1}
     world.settle()
     assert world.redis.presence("room") == {} and world.redis.presence("lobby") == {}
@@ -545,7 +544,7 @@ def test_a_failure_completing_a_join_drops_the_member_and_releases_its_backlog(w
     world.settle()
 
     assert "room" not in bob.joins
-    assert all(member.session is alice for member in world.hub.members["room"])
+    assert all(member.outbox is alice_outbox for member in world.hub.members["room"])
     assert bob_outbox.held == []
     assert [frame[3] for frame in bob_outbox.take()] == ["phx_reply", "phx_close"]
     assert list(world.redis.presence("room")) == [agent(alice, "room", "1")]

@@ -1,0 +1,268 @@
+"""
+The process's view of channels: which sockets are members of which topic, and the
+path from a Redis message to every member (decoded once, coalesced, framed once per
+serializer, fanned out). No I/O of its own: Redis (``Bus``), presence and the sockets
+(``Outbox``) are handed in, so it runs in tests against fakes and a ``Clock``.
+What each socket's messages do is ``session.py``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from . import frames
+from .coalesce import Coalescer
+from .frames import Broadcast, Burst, FrameError, Message
+from .inflight import InFlight
+from .logs import ThrottledLog
+from .metrics import Metrics
+from .presence import Presence, Replica
+from .tokens import TokenAuthority
+
+log = Logger()
+
+SYSTEM_TOPIC = "system"
+ADMIN_TOPIC = "admin"
+ALWAYS_WATCHED = (SYSTEM_TOPIC, ADMIN_TOPIC)
+
+
+class Outbox(Protocol):
+    """Where a session's frames go: one WebSocket."""
+
+    vsn: str
+
+    def send(self, message: Message) -> None:
+        """Encode and send a message meant for this socket alone."""
+
+    def send_frame(self, frame: bytes, is_binary: bool) -> None:
+        """Send frame bytes already encoded for this socket's serializer."""
+
+    def send_burst(self, burst: Burst) -> None:
+        """Send a topic's broadcasts, reusing the framing other members already paid for."""
+
+    def pause_reading(self) -> None:
+        """Read nothing more from the client for now."""
+
+    def resume_reading(self) -> None:
+        """Read from the client again."""
+
+    def hold(self, burst: Burst) -> bool:
+        """Count a burst kept in a join backlog toward the send budget; False if that closed the socket."""
+
+    def release(self, bursts: list[Burst]) -> None:
+        """Stop counting bursts that left a join backlog."""
+
+
+class Bus(Protocol):
+    """Redis as the hub sees it (``RedisBridge`` provides it)."""
+
+    def watch(self, topic: str) -> defer.Deferred[None]: ...
+
+    def unwatch(self, topic: str) -> None: ...
+
+    def publish(
+        self, channel: bytes, payload: bytes, answered: Callable[[], None] | None = None
+    ) -> defer.Deferred[Any]: ...
+
+
+class Member:
+    """One join of one session to one topic."""
+
+    __slots__ = ("outbox", "topic", "join_ref", "key", "meta", "backlog", "active")
+
+    def __init__(self, outbox: Outbox, topic: str, join_ref: str, key: str, meta: dict[str, Any]) -> None:
+        self.outbox = outbox
+        self.topic = topic
+        self.join_ref = join_ref
+        self.key = key
+        self.meta = meta
+        # Broadcasts that arrive before the join reply wait here, so the client sees
+        # the reply, then presence_state, then everything else; their bytes count
+        # toward the socket's send budget, which bounds the backlog.
+        self.backlog: list[Burst] | None = []
+        # until the session drops it (a leave, a rejoin, a disconnect), maybe while Redis
+        # is still confirming the join
+        self.active = True
+
+    @property
+    def agent_id(self) -> str:
+        return self.meta["phx_ref"]
+
+    def ready_for(self, burst: Burst) -> bool:
+        """Whether ``burst`` may be sent now; if not, it waits in the backlog for the join reply."""
+        if self.backlog is None:
+            return True
+        if self.outbox.hold(burst):
+            self.backlog.append(burst)
+        return False
+
+
+def send_to_each(outboxes: list[Outbox], burst: Burst) -> None:
+    for outbox in outboxes:
+        outbox.send_burst(burst)
+
+
+class Hub:
+    """Members of each topic in this process, and the way in from Redis."""
+
+    def __init__(
+        self,
+        tokens: TokenAuthority,
+        bus: Bus,
+        presence: Presence,
+        clock: IReactorTime,
+        max_channels_per_socket: int,
+        datetime_interval: float,
+        write_delay: float = 0.0,
+        metrics: Metrics | None = None,
+        inflight: InFlight | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.inflight = inflight if inflight is not None else InFlight()
+        self.metrics.count_in_flight(self.inflight)
+        self.bus = bus
+        self.presence = presence
+        self.clock = clock
+        self.errors = ThrottledLog(log, clock)
+        self.max_channels_per_socket = max_channels_per_socket
+        self.members: dict[str, set[Member]] = {}
+        self.metrics.count_channels(lambda: len(self.members))
+        self._datetime_counter = 0
+        self._ticker: LoopingCall | None = None
+        if datetime_interval > 0:
+            self._ticker = LoopingCall(self._tick)
+            self._ticker.clock = clock
+        self._datetime_interval = datetime_interval
+        self._coalescer = Coalescer(clock, write_delay, self._write)
+        # how a burst reaches its members' sockets; the WebSocket factory offers one that
+        # sends to all of them at once
+        self.fanout: Callable[[list[Outbox], Burst], None] = send_to_each
+        presence.on_channel_change = lambda change, payload: self.publish_admin(f"channel.{change}", payload)
+        presence.on_resync = self._resync
+
+    def start(self) -> None:
+        for topic in ALWAYS_WATCHED:
+            self.bus.watch(topic).addErrback(lambda f: None)  # restored on connect
+        if self._ticker is not None:
+            self._ticker.start(self._datetime_interval, now=False)
+
+    def stop(self) -> None:
+        """Stop ticking, and write what is held (before the sockets close)."""
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        self._coalescer.flush()
+
+    # membership
+
+    def join(self, member: Member) -> defer.Deferred[Replica]:
+        """Subscribe (if first here), then record presence; fires with the topic's replica."""
+        self.members.setdefault(member.topic, set()).add(member)
+        self.metrics.members.inc()
+        d = self.bus.watch(member.topic)
+        d.addCallback(self._track, member)
+        return d
+
+    def _track(self, _: None, member: Member) -> defer.Deferred[Replica] | None:
+        # A leave or disconnect while Redis confirmed the subscription has already
+        # untracked (nothing); tracking now would leave a presence nobody withdraws.
+        if not member.active:
+            return None
+        return self.presence.track(member.topic, member.key, member.meta)
+
+    def leave(self, member: Member, was_joined: bool) -> None:
+        members = self.members.get(member.topic)
+        if members is not None and member in members:
+            members.discard(member)
+            self.metrics.members.dec()
+            if not members:
+                del self.members[member.topic]
+                self._coalescer.forget(member.topic)
+        self.bus.unwatch(member.topic)
+        self.presence.untrack(member.topic, member.key, member.meta)
+        if was_joined and self.presence.admins_present:
+            self.publish_admin("channel.leave", self._agent_event(member))
+
+    def _agent_event(self, member: Member) -> dict[str, Any]:
+        """``{"agent", "agents", "channel"}``; ``agents`` as they are after the event."""
+        agents = self.presence.agents(member.topic)
+        if not member.active:  # a leave not yet flushed
+            agents = [agent for agent in agents if agent != member.agent_id]
+        return {"agent": member.agent_id, "agents": agents, "channel": member.topic}
+
+    def joined(self, member: Member) -> None:
+        if self.presence.admins_present:
+            self.publish_admin("channel.join", self._agent_event(member))
+        if member.topic == ADMIN_TOPIC:
+            self._list_channels()
+
+    def _list_channels(self) -> None:
+        # from Redis: the replicas only cover channels with members in this process
+        def publish(channels: list[tuple[str, list[str]]]) -> None:
+            for topic, agents in channels:
+                self.publish_admin("channel.list", {"channel": topic, "agents": agents})
+
+        self.presence.channels().addCallbacks(publish, lambda f: None)
+
+    def publish_admin(self, event: str, payload: dict[str, Any]) -> None:
+        self.bus.publish(f"to:{ADMIN_TOPIC}:{event}".encode(), frames.dumps(payload)).addErrback(lambda f: None)
+
+    # the way in from Redis
+
+    def deliver(self, messages: list[tuple[str, str, bytes]]) -> None:
+        """
+        ``(topic, event, payload)`` messages from one read of Redis, in Redis's order: each
+        encoded once, and each run of messages for one topic written to every member
+        together (see ``coalesce``).
+        """
+        run: list[Broadcast] = []
+        for topic, event, payload in messages:
+            if event == "presence_diff":
+                self.presence.diff_received(topic, payload)
+            if topic not in self.members:
+                continue
+            try:
+                broadcast = Broadcast.from_redis(topic, event, payload)
+            except FrameError as e:
+                self.errors.emit(
+                    "redis message", "dropped a message for {topic}: {reason}", topic=topic, reason=e.reason
+                )
+                continue
+            if run and run[0].topic != topic:
+                self._coalescer.arrived(run[0].topic, run)
+                run = []
+            run.append(broadcast)
+        if run:
+            self._coalescer.arrived(run[0].topic, run)
+
+    def _write(self, topic: str, broadcasts: list[Broadcast]) -> None:
+        """Send to every member of ``topic``, counting every frame (by the size of the first framing)."""
+        members = self.members.get(topic)
+        if not members:
+            return
+        burst = Burst(broadcasts)
+        # a copy: a backlog over the send budget closes its socket, and the member leaves
+        self.fanout([member.outbox for member in list(members) if member.ready_for(burst)], burst)
+        framed = next(iter(burst.prepared.values()), b"")
+        self.metrics.sent(len(members) * len(broadcasts), len(members) * len(framed))
+
+    def _resync(self, topic: str, diff: dict[str, Any]) -> None:
+        # like Redis's messages, behind anything held for the topic
+        if topic in self.members:
+            self._coalescer.arrived(topic, [Broadcast.from_value(topic, "presence_diff", diff)])
+
+    def _tick(self) -> None:
+        self._datetime_counter += 1
+        if SYSTEM_TOPIC not in self.members:
+            return
+        now = datetime.fromtimestamp(self.clock.seconds(), timezone.utc)
+        response = {"datetime": now.isoformat(timespec="milliseconds"), "counter": self._datetime_counter}
+        tick = Broadcast.from_value(SYSTEM_TOPIC, "datetime", {"status": "ok", "response": response})
+        self._coalescer.arrived(SYSTEM_TOPIC, [tick])
