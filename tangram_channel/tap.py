@@ -23,6 +23,7 @@ from twisted.python import usage
 
 from . import __version__
 from . import config as configuration
+from .console import StatsResource
 from .dispatcher import Hub
 from .admin import AdminPage
 from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arguments
@@ -300,7 +301,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     routes = {
         b"metrics": metrics_resource(metrics),
         b"healthz": HealthResource(bridge, factory, reactor, config.public_url),
-        b"admin": AdminPage(),
+        b"admin": AdminPage({b"stats": StatsResource(tokens, metrics, bridge)}),
     }
     site = make_site(
         factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins, config.conformance_echo, routes,

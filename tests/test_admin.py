@@ -15,18 +15,11 @@ import pytest
 import pytest_twisted
 import treq
 
-from .browser import Browser, find_chromium
+from .admin_console import chromium, logged_in, row  # noqa: F401
+from .browser import Browser
 from .conftest import RunningService
 from .e2e import forge_token
 from .wsclient import connect, fields
-
-
-@pytest.fixture
-def chromium() -> str:
-    binary = find_chromium()
-    if binary is None:
-        pytest.fail("no chromium on PATH: apt-get install chromium")
-    return binary
 
 
 @pytest_twisted.ensureDeferred
@@ -42,17 +35,24 @@ async def test_admin_page_is_one_static_page_with_a_strict_policy(start_service)
     assert (await treq.get(service.base_url + "/admin/other")).code == 404
 
 
-def row(channel: str) -> str:
-    """JS: the text of the table row of ``channel``, or null."""
-    return f"document.querySelector('tr[data-channel={json.dumps(channel)}]')?.innerText ?? null"
-
-
-async def log_in(browser: Browser, token: str) -> None:
-    """Type the token into the page's form and press Connect, as an operator does."""
-    await browser.wait_for("document.getElementById('token') !== null", what="the login form")
-    await browser.evaluate(
-        f"document.getElementById('token').value = {json.dumps(token)}; document.getElementById('connect').click()"
-    )
+@pytest_twisted.ensureDeferred
+async def test_stats_answer_only_an_admin_token(start_service):
+    """GET /admin/stats: 401 without a token or with a token for another channel; JSON for an admin token."""
+    service = await start_service(datetime_interval=0)
+    url = service.base_url + "/admin/stats"
+    for headers in ({}, {"authorization": "Bearer " + forge_token(service.jwt_secret, "room", "visitor")},
+                    {"authorization": "Bearer " + forge_token("another-secret-that-is-long-enough!!", "admin")}):
+        response = await treq.get(url, headers=headers)
+        assert response.code == 401, headers
+        assert "secret" not in (await response.text())
+    visitor = await connect(service.ws_url)
+    await visitor.reply(visitor.join("room", forge_token(service.jwt_secret, "room", "visitor")))
+    response = await treq.get(url, headers={"authorization": "Bearer " + forge_token(service.jwt_secret, "admin")})
+    stats = json.loads(await response.content())
+    assert response.code == 200
+    assert stats["sockets"] == 1 and stats["joins"] == 1 and stats["redis_connected"] is True
+    assert stats["messages_in"] == 1 and stats["bytes_in"] > 0 and stats["messages_out"] >= 2
+    visitor.close()
 
 
 @asynccontextmanager
@@ -60,12 +60,9 @@ async def console(start_service, chromium: str, profile: Path, channel: str, cli
                   ) -> AsyncIterator[tuple[RunningService, Browser]]:
     """A service and its /admin page in Chromium, logged in with a token for ``channel``; the browser closes after."""
     service = await start_service(datetime_interval=0)
-    browser = await Browser.open(chromium, service.base_url + "/admin", profile)
-    try:
-        await log_in(browser, forge_token(service.jwt_secret, channel, client_id))
+    token = forge_token(service.jwt_secret, channel, client_id)
+    async with logged_in(chromium, service.base_url + "/admin", profile, token) as browser:
         yield service, browser
-    finally:
-        browser.close()
 
 
 @pytest_twisted.ensureDeferred
