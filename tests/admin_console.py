@@ -24,8 +24,8 @@ def chromium() -> str:
 
 
 def row(channel: str) -> str:
-    """JS: the text of the table row of ``channel``, or null."""
-    return f"document.querySelector('tr[data-channel={json.dumps(channel)}]')?.innerText ?? null"
+    """JS: the text of the table row of ``channel``, or null (parenthesized: ``??`` binds looser than ``===``)."""
+    return f"(document.querySelector('tr[data-channel={json.dumps(channel)}]')?.innerText ?? null)"
 
 
 def text_of(element_id: str) -> str:
