@@ -25,7 +25,7 @@ from .coalesce import Coalescer
 from .frames import Broadcast, Burst, FrameError, Message
 from .inflight import InFlight
 from .logs import ThrottledLog
-from .metrics import Metrics
+from .metrics import ChannelTraffic, Metrics
 from .presence import Presence, Replica
 from .redis import RedisTimeout, RedisUnavailable
 from .tokens import TokenAuthority, TokenRefused
@@ -63,6 +63,9 @@ class Outbox(Protocol):
 
     def release(self, bursts: list[Burst]) -> None:
         """Stop counting bursts that left a join backlog."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Leave every channel now and close the socket with ``code``."""
 
 
 class Bus(Protocol):
@@ -137,6 +140,7 @@ class Hub:
         self.max_channels_per_socket = max_channels_per_socket
         self.members: dict[str, set[Member]] = {}
         self.sessions: set[Session] = set()
+        self.traffic = ChannelTraffic()
         self.metrics.count_channels(lambda: len(self.members))
         self._datetime_counter = 0
         self._ticker: LoopingCall | None = None
@@ -168,6 +172,10 @@ class Hub:
         self.sessions.add(session)
         return session
 
+    def session_of(self, conn_id: str) -> Session | None:
+        """The session of connection ``conn_id`` on this process (a scan: for an admin's rare action)."""
+        return next((session for session in self.sessions if session.conn_id == conn_id), None)
+
     # membership
 
     def join(self, member: Member) -> defer.Deferred[Replica]:
@@ -193,6 +201,7 @@ class Hub:
             if not members:
                 del self.members[member.topic]
                 self._coalescer.forget(member.topic)
+                self.traffic.forget(member.topic)
         self.bus.unwatch(member.topic)
         self.presence.untrack(member.topic, member.key, member.meta)
         if was_joined and self.presence.admins_present:
@@ -261,6 +270,7 @@ class Hub:
         self.fanout([member.session.outbox for member in list(members) if member.ready_for(burst)], burst)
         framed = next(iter(burst.prepared.values()), b"")
         self.metrics.sent(len(members) * len(broadcasts), len(members) * len(framed))
+        self.traffic.sent(topic, len(members) * len(broadcasts))
 
     def _resync(self, topic: str, diff: dict[str, Any]) -> None:
         # like Redis's messages, behind anything held for the topic
@@ -420,6 +430,7 @@ class Session:
         self._publish(message).addErrback(lambda f: None)
 
     def _push(self, message: Message) -> None:
+        self.hub.traffic.received(message.topic)
         d = self._publish(message)
         d.addCallbacks(
             lambda _: self._reply_ok(message, {}),

@@ -23,11 +23,12 @@ from twisted.python import usage
 
 from . import __version__
 from . import config as configuration
-from .console import StatsResource
+from .console import NodeView, console_endpoints
 from .dispatcher import Hub
 from .admin import AdminPage
 from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arguments
 from .health import HealthResource
+from .history import History
 from .inflight import InFlight
 from .logs import LoggedService, twistd_observer
 from .metrics import Metrics, metrics_resource
@@ -298,10 +299,13 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         header_limits=config.header_limits,
     )
     ChannelService(hub, presence, bridge, factory).setServiceParent(top)
+    view = NodeView(metrics, bridge, hub)
+    history = History(reactor, view.totals)
+    history.setServiceParent(top)
     routes = {
         b"metrics": metrics_resource(metrics),
         b"healthz": HealthResource(bridge, factory, reactor, config.public_url),
-        b"admin": AdminPage({b"stats": StatsResource(tokens, metrics, bridge)}),
+        b"admin": AdminPage(console_endpoints(tokens, view, history, bridge, hub)),
     }
     site = make_site(
         factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins, config.conformance_echo, routes,
