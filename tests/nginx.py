@@ -53,28 +53,41 @@ def nginx_conf(block: str, directory: Path) -> str:
     )
 
 
+class Nginx:
+    """One nginx process and the base URL it serves."""
+
+    def __init__(self, process: subprocess.Popen[bytes], url: str) -> None:
+        self.process = process
+        self.url = url
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
 @pytest.fixture
 def documented_nginx(tmp_path: Path) -> Iterator:
-    """``documented_nginx(service_port)``: the guide's nginx in front of it; its base URL. Stopped afterwards."""
+    """``documented_nginx(service_port)``: the guide's nginx in front of it, an ``Nginx``. Stopped afterwards."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(binary).exists():
         pytest.fail("no nginx: apt-get install nginx (tests/run.sh does)")
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[Nginx] = []
 
-    def start(service_port: int) -> str:
+    def start(service_port: int) -> Nginx:
         directory = tmp_path / f"nginx-{len(started)}"
         directory.mkdir()
         port = free_port()
         conf = directory / "nginx.conf"
         conf.write_text(nginx_conf(adapted_block(service_port, port), directory))
-        started.append(subprocess.Popen(
+        process = subprocess.Popen(
             [binary, "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))
+        )
+        started.append(Nginx(process, f"http://127.0.0.1:{port}"))
         wait_for_port(port)
-        return f"http://127.0.0.1:{port}"
+        return started[-1]
 
     yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=10)
+    for nginx in started:
+        nginx.stop()

@@ -21,9 +21,11 @@ from .wsclient import connect
 async def test_console_behind_the_documented_nginx_shows_real_numbers(
     start_service, documented_nginx, chromium, tmp_path
 ):
-    """Through the guide's nginx: /metrics is refused, the console shows sockets, Redis up and rates."""
+    """Through the guide's nginx: /metrics is refused, the console shows sockets, Redis up and rates; then, with
+    nginx gone, "unavailable"."""
     service = await start_service(datetime_interval=0)
-    proxy = documented_nginx(service.port)
+    nginx = documented_nginx(service.port)
+    proxy = nginx.url
     assert (await treq.get(proxy + "/metrics")).code == 403  # what the guide's block does to other hosts
     assert (await treq.get(proxy + "/admin/stats")).code == 401  # passed through, and still guarded
 
@@ -39,4 +41,8 @@ async def test_console_behind_the_documented_nginx_shows_real_numbers(
         assert re.fullmatch(r"\d+\.\d/s", await browser.evaluate(text_of("rate-out")))
         await browser.screenshot(tmp_path / "behind-nginx.png")
         assert (tmp_path / "behind-nginx.png").stat().st_size > 1000
+
+        nginx.stop()  # the proxy gone: the numbers say so, instead of NaN, 0 or "Redis down"
+        for shown in ("sockets", "redis", "rate-in", "bytes-out"):
+            await browser.wait_for(f"{text_of(shown)} === 'unavailable'", what=shown)
     visitor.close()
