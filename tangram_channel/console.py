@@ -21,6 +21,7 @@ import json
 from typing import Any
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -29,7 +30,7 @@ from .dispatcher import Hub
 from .history import History, Sample
 from .metrics import PREFIX, Metrics
 from .protocol import CLOSE_POLICY
-from .redis import RedisBridge
+from .redis import RedisBridge, RedisTimeout, RedisUnavailable
 from .tokens import ADMIN_CHANNEL, Grant, TokenAuthority, TokenRefused
 from .web import BodyRefused, json_object
 
@@ -181,19 +182,20 @@ class PublishResource(ActionResource):
             "admin {admin} publishes {size} bytes to channel {channel}, event {event}",
             admin=grant.id, size=len(payload), channel=channel, event=event,
         )
+        lost: list[Any] = []  # the client may go while Redis answers: then nothing is written
+        request.notifyFinish().addErrback(lost.append)
         d = self._bridge.publish(f"to:{channel}:{event}".encode(), payload)
         d.addCallbacks(
             lambda nodes: json_answer(request, 200, {"published": True, "nodes": nodes}),
-            lambda f: json_answer(request, 503, {"error": f"not published: {f.getErrorMessage() or 'redis unavailable'}"}),
+            self._failed, errbackArgs=(request, grant),
         )
-        d.addCallback(_finish, request)
+        d.addCallback(lambda body: lost or (request.write(body), request.finish()))
         return NOT_DONE_YET
 
-
-def _finish(body: bytes, request: Request) -> None:
-    if not request.finished and request.channel is not None:  # the client may have gone meanwhile
-        request.write(body)
-        request.finish()
+    def _failed(self, failure: Failure, request: Request, grant: Grant) -> bytes:
+        if not failure.check(RedisUnavailable, RedisTimeout):
+            log.failure("admin {admin}'s publish failed", failure, admin=grant.id)
+        return json_answer(request, 503, {"error": f"not published: {failure.getErrorMessage() or 'redis unavailable'}"})
 
 
 class DisconnectResource(ActionResource):

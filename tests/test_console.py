@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from tangram_channel.history import History
 from tangram_channel.metrics import ChannelTraffic
 
-from .e2e import RedisListener, captured_log, forge_token, sleep
+from .e2e import RedisListener, captured_log, eventually, forge_token, sleep
 from .wsclient import PhoenixTestClient, connect, fields
 
 
@@ -154,3 +154,13 @@ async def test_actions_refuse_bad_requests(start_service):
     assert response.code == 405
     assert (await post(service, "publish", {"channel": "room", "event": "a:b"}, headers))[0] == 422
     assert (await post(service, "publish", {"event": "test"}, headers))[0] == 422
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_while_redis_is_down_says_so(start_service, own_redis):
+    """Redis gone: 503 naming why, not a hung request or a 200."""
+    service = await start_service(redis=own_redis, datetime_interval=0)
+    own_redis.kill()
+    await eventually(lambda: not service.bridge.connected, what="the outage noticed")
+    code, answer = await post(service, "publish", {"channel": "room", "event": "test"}, admin_headers(service))
+    assert code == 503 and answer["error"].startswith("not published")
