@@ -22,7 +22,7 @@ from .coalesce import Coalescer
 from .frames import Broadcast, Burst, FrameError, Message
 from .inflight import InFlight
 from .logs import ThrottledLog
-from .metrics import Metrics
+from .metrics import ChannelTraffic, Metrics
 from .presence import Presence, Replica
 from .tokens import TokenAuthority
 
@@ -58,6 +58,9 @@ class Outbox(Protocol):
 
     def release(self, bursts: list[Burst]) -> None:
         """Stop counting bursts that left a join backlog."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Leave every channel now and close the socket with ``code``."""
 
 
 class Bus(Protocol):
@@ -134,6 +137,7 @@ class Hub:
         self.errors = ThrottledLog(log, clock)
         self.max_channels_per_socket = max_channels_per_socket
         self.members: dict[str, set[Member]] = {}
+        self.traffic = ChannelTraffic()
         self.metrics.count_channels(lambda: len(self.members))
         self._datetime_counter = 0
         self._ticker: LoopingCall | None = None
@@ -185,6 +189,7 @@ class Hub:
             if not members:
                 del self.members[member.topic]
                 self._coalescer.forget(member.topic)
+                self.traffic.forget(member.topic)
         self.bus.unwatch(member.topic)
         self.presence.untrack(member.topic, member.key, member.meta)
         if was_joined and self.presence.admins_present:
@@ -252,6 +257,7 @@ class Hub:
         self.fanout([member.outbox for member in list(members) if member.ready_for(burst)], burst)
         framed = next(iter(burst.prepared.values()), b"")
         self.metrics.sent(len(members) * len(broadcasts), len(members) * len(framed))
+        self.traffic.sent(topic, len(members) * len(broadcasts))
 
     def _resync(self, topic: str, diff: dict[str, Any]) -> None:
         # like Redis's messages, behind anything held for the topic

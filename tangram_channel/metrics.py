@@ -115,6 +115,32 @@ class Metrics:
         self.frames_rejected.labels(reason_label(reason)).inc()
 
 
+class ChannelTraffic:
+    """
+    Messages in (client pushes) and out (deliveries, once per member) of each channel
+    with members on this process, for the admin console's per-channel rates. Not in
+    ``/metrics``: a label per channel would grow without bound there. A channel's counts
+    go when its last member leaves here, so this holds no more channels than the hub.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, list[int]] = {}
+
+    def received(self, topic: str) -> None:
+        self._counts.setdefault(topic, [0, 0])[0] += 1
+
+    def sent(self, topic: str, deliveries: int) -> None:
+        self._counts.setdefault(topic, [0, 0])[1] += deliveries
+
+    def forget(self, topic: str) -> None:
+        self._counts.pop(topic, None)
+
+    def of(self, topic: str) -> tuple[int, int]:
+        """``(messages in, messages out)`` of ``topic`` since it last had members here."""
+        counts = self._counts.get(topic, (0, 0))
+        return counts[0], counts[1]
+
+
 def metrics_resource(metrics: Metrics) -> Resource:
     """``GET /metrics``: prometheus_client's own Twisted resource on this service's registry."""
     from prometheus_client.twisted import MetricsResource

@@ -484,6 +484,10 @@ class PhoenixFactory(WebSocketServerFactory):
         """Log ``line`` unless a line of ``kind`` went out in the last minute, so floods cost one line."""
         self._errors.emit(kind, "{line}", level=LogLevel.info, line=line)
 
+    def session_of(self, conn_id: str) -> Session | None:
+        """The session of connection ``conn_id`` on this process (a scan: for an admin's rare action)."""
+        return next((p.session for p in self.sockets if p.session is not None and p.session.conn_id == conn_id), None)
+
     def close_all(self, code: int, reason: str) -> None:
         for each in list(self.sockets):
             each.close(code, reason)

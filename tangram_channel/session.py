@@ -165,6 +165,7 @@ class Session:
         self._publish(message).addErrback(lambda f: None)
 
     def _push(self, message: Message) -> None:
+        self.hub.traffic.received(message.topic)
         d = self._publish(message)
         d.addCallbacks(
             lambda _: self._reply_ok(message, {}),

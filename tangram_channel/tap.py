@@ -23,10 +23,12 @@ from twisted.python import usage
 
 from . import __version__
 from . import config as configuration
-from .hub import Hub
 from .admin import AdminPage
+from .console import NodeView, console_endpoints
 from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arguments
 from .health import HealthResource, RedisProbe
+from .history import History
+from .hub import Hub
 from .inflight import InFlight
 from .logs import LoggedService, twistd_observer
 from .metrics import Metrics, metrics_resource
@@ -299,10 +301,13 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     ChannelService(hub, presence, bridge, factory, batched_writes=config.batched_writes).setServiceParent(top)
     probe = RedisProbe(bridge, reactor, metrics)
     probe.setServiceParent(top)
+    view = NodeView(metrics, bridge, hub)
+    history = History(reactor, view.totals)
+    history.setServiceParent(top)
     routes = {
         b"metrics": metrics_resource(metrics),
         b"healthz": HealthResource(bridge, probe, factory, reactor, config.public_url),
-        b"admin": AdminPage(),
+        b"admin": AdminPage(console_endpoints(tokens, view, history, bridge, factory)),
     }
     site = make_site(
         factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins, config.conformance_echo, routes,

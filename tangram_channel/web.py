@@ -44,6 +44,32 @@ def _error(request: Request, code: int, sentence: str) -> bytes:
     return _json_response(request, code, {"error": sentence})
 
 
+class BodyRefused(Exception):
+    """A request body that is not what the resource takes: the HTTP code and a sentence saying why."""
+
+    def __init__(self, code: int, sentence: str) -> None:
+        super().__init__(sentence)
+        self.code = code
+        self.sentence = sentence
+
+
+def json_object(request: Request, example: str) -> dict[str, Any]:
+    """The request's JSON object body (at most ``MAX_TOKEN_REQUEST`` bytes), or BodyRefused naming ``example``."""
+    content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise BodyRefused(415, "send the body as Content-Type: application/json")
+    body = request.content.read(MAX_TOKEN_REQUEST + 1)
+    if len(body) > MAX_TOKEN_REQUEST:
+        raise BodyRefused(413, f"the body must be at most {MAX_TOKEN_REQUEST} bytes")
+    try:
+        fields = frames.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BodyRefused(400, "the body is not valid JSON") from None
+    if not isinstance(fields, dict):
+        raise BodyRefused(422, f"the body must be a JSON object like {example}")
+    return fields
+
+
 class TokenResource(Resource):
     """``POST /token {"channel", "id"}`` mints a join token (admin needs the admin key)."""
 
@@ -61,18 +87,10 @@ class TokenResource(Resource):
         return self._mint(request)
 
     def _mint(self, request: Request) -> bytes:
-        content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            return _error(request, 415, "send the body as Content-Type: application/json")
-        body = request.content.read(MAX_TOKEN_REQUEST + 1)
-        if len(body) > MAX_TOKEN_REQUEST:
-            return _error(request, 413, f"the body must be at most {MAX_TOKEN_REQUEST} bytes")
         try:
-            fields = frames.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            return _error(request, 400, "the body is not valid JSON")
-        if not isinstance(fields, dict):
-            return _error(request, 422, 'the body must be a JSON object like {"channel": "system"}')
+            fields = json_object(request, '{"channel": "system"}')
+        except BodyRefused as e:
+            return _error(request, e.code, e.sentence)
         channel, client_id = fields.get("channel"), fields.get("id")
         if not isinstance(channel, str) or not channel:
             return _error(request, 422, '"channel" is required and must be a non-empty string')
