@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from . import frames
 from .coalesce import Coalescer
+from .fanout import DirectOutbox, Fanout
 from .frames import Broadcast, Burst, FrameError, Message
 from .inflight import InFlight
 from .logs import ThrottledLog
@@ -33,19 +34,14 @@ ADMIN_TOPIC = "admin"
 ALWAYS_WATCHED = (SYSTEM_TOPIC, ADMIN_TOPIC)
 
 
-class Outbox(Protocol):
+class Outbox(DirectOutbox, Protocol):
     """Where a session's frames go: one WebSocket."""
-
-    vsn: str
 
     def send(self, message: Message) -> None:
         """Encode and send a message meant for this socket alone."""
 
     def send_frame(self, frame: bytes, is_binary: bool) -> None:
         """Send frame bytes already encoded for this socket's serializer."""
-
-    def send_burst(self, burst: Burst) -> None:
-        """Send a topic's broadcasts, reusing the framing other members already paid for."""
 
     def pause_reading(self) -> None:
         """Read nothing more from the client for now."""
@@ -107,22 +103,19 @@ class Member:
         return False
 
 
-def send_to_each(outboxes: list[Outbox], burst: Burst) -> None:
-    for outbox in outboxes:
-        outbox.send_burst(burst)
-
-
 class Hub:
     """Members of each topic in this process, and the way in from Redis."""
 
     def __init__(
         self,
+        *,
         tokens: TokenAuthority,
         bus: Bus,
         presence: Presence,
         clock: IReactorTime,
-        max_channels_per_socket: int,
-        datetime_interval: float,
+        fanout: Fanout | None = None,
+        max_channels_per_socket: int = 100,
+        datetime_interval: float = 1.0,
         write_delay: float = 0.0,
         metrics: Metrics | None = None,
         inflight: InFlight | None = None,
@@ -146,11 +139,7 @@ class Hub:
             self._ticker.clock = clock
         self._datetime_interval = datetime_interval
         self._coalescer = Coalescer(clock, write_delay, self._write)
-        # how a burst reaches its members' sockets; the WebSocket factory offers one that
-        # sends to all of them at once
-        self.fanout: Callable[[list[Outbox], Burst], None] = send_to_each
-        presence.on_channel_change = lambda change, payload: self.publish_admin(f"channel.{change}", payload)
-        presence.on_resync = self._resync
+        self.fanout = fanout if fanout is not None else Fanout()
 
     def start(self) -> None:
         for topic in ALWAYS_WATCHED:
@@ -254,12 +243,17 @@ class Hub:
             return
         burst = Burst(broadcasts)
         # a copy: a backlog over the send budget closes its socket, and the member leaves
-        self.fanout([member.outbox for member in list(members) if member.ready_for(burst)], burst)
+        self.fanout.send([member.outbox for member in list(members) if member.ready_for(burst)], burst)
         framed = next(iter(burst.prepared.values()), b"")
         self.metrics.sent(len(members) * len(broadcasts), len(members) * len(framed))
         self.traffic.sent(topic, len(members) * len(broadcasts))
 
-    def _resync(self, topic: str, diff: dict[str, Any]) -> None:
+    # what presence reports (presence.Listener)
+
+    def channel_changed(self, change: str, payload: dict[str, Any]) -> None:
+        self.publish_admin(f"channel.{change}", payload)
+
+    def resynced(self, topic: str, diff: dict[str, Any]) -> None:
         # like Redis's messages, behind anything held for the topic
         if topic in self.members:
             self._coalescer.arrived(topic, [Broadcast.from_value(topic, "presence_diff", diff)])

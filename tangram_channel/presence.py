@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -223,22 +223,36 @@ class _Batch:
     superseded: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
 
+class Listener(Protocol):
+    """Who hears what presence learns (the ``Hub``)."""
+
+    def channel_changed(self, change: str, payload: dict[str, Any]) -> None:
+        """A channel appeared or vanished anywhere: ``"add"``/``"remove"``, ``{"channel", "channels"}``."""
+
+    def resynced(self, topic: str, diff: dict[str, Any]) -> None:
+        """
+        After an outage: the diff between what this process's clients were last told
+        and what Redis holds now, for local members only.
+        """
+
+
+class _Unheard:
+    def channel_changed(self, change: str, payload: dict[str, Any]) -> None:
+        pass
+
+    def resynced(self, topic: str, diff: dict[str, Any]) -> None:
+        pass
+
+
 class Presence:
     """
-    Tracks this process's joins in Redis and keeps replicas of the topics it serves.
-
-    ``on_channel_change(event, payload)`` reports channels appearing and vanishing
-    anywhere (``"add"``/``"remove"`` with ``{"channel", "channels"}``), for the admin
-    channel; whoever owns the admin channel sets it.
+    Tracks this process's joins in Redis and keeps replicas of the topics it serves;
+    tells its ``Listener`` (see ``report_to``) what it learns.
     """
-
-    on_channel_change: Callable[[str, dict[str, Any]], None] = staticmethod(lambda event, payload: None)
-    # After an outage: the diff between what this process's clients were last told
-    # and what Redis holds now, for the hub to send to local members only.
-    on_resync: Callable[[str, dict[str, Any]], None] = staticmethod(lambda topic, diff: None)
 
     def __init__(
         self,
+        *,
         store: Store,
         clock: IReactorTime,
         node: str,
@@ -273,6 +287,15 @@ class Presence:
         self._known = False  # whether this node was ever in the node zset
         self._heartbeat = LoopingCall(self.beat)
         self._heartbeat.clock = clock
+        self._listener: Listener = _Unheard()
+
+    def report_to(self, listener: Listener) -> None:
+        """
+        Tell ``listener`` of channel changes and resyncs from now on. Not a constructor
+        argument: the listener (the hub) is built with this presence, so one of the two
+        must be connected afterwards, in ``makeService``.
+        """
+        self._listener = listener
 
     # joins and leaves of this process
 
@@ -401,7 +424,7 @@ class Presence:
             if ref not in replica.entries:
                 diff.leave(key, meta)
         if diff:
-            self.on_resync(topic, diff.payload())
+            self._listener.resynced(topic, diff.payload())
 
     def _flush_failed(self, failure: Any, topic: str, batch: _Batch) -> None:
         self._early_diffs.pop(topic, None)
@@ -472,7 +495,7 @@ class Presence:
     def _report_channel(self, topic: str, appeared: int, vanished: int, channels: list[bytes]) -> None:
         if appeared or vanished:
             names = sorted(c.decode() for c in channels)
-            self.on_channel_change("add" if appeared else "remove", {"channel": topic, "channels": names})
+            self._listener.channel_changed("add" if appeared else "remove", {"channel": topic, "channels": names})
 
     # what other processes announce
 

@@ -7,8 +7,8 @@ version chosen at the upgrade, the token offered at the upgrade (``userToken`` o
 Phoenix 1.8 ``base64url.bearer.phx.<token>`` subprotocol), the idle timer, the bound
 on bytes held for a client that does not read (every write counts: frames, pongs,
 replies, close frames, join backlogs), and the budget of frames a client may send.
-The factory writes a broadcast to all of a channel's sockets together (``fanout``,
-with ``sendmany``).
+The sockets offer a fast write path for the hub's ``Fanout``, which writes a broadcast
+to all of a channel's sockets together.
 
 Close codes: 4000 idle, 1008 send buffer over ``max_send_buffer`` or a flood past the
 message budget, 1009 message over ``max_message_size`` (Autobahn), 1012 service
@@ -32,13 +32,12 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from . import frames
-from .hub import Hub, send_to_each
+from .hub import Hub
 from .session import Session
 from .frames import DEFAULT_LIMITS, Burst, FrameError, HeaderLimits, Message
 from .logs import ThrottledLog
 from .metrics import Metrics
 from .ratelimit import TokenBucket
-from .sendmany import SendMany
 
 log = Logger()
 
@@ -215,7 +214,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
         """Stop counting bursts that left a join backlog (sent, or dropped with their member)."""
         self._held -= sum(len(self._frame(burst)) for burst in bursts)
 
-    # The fast write path, for the factory's fanout: ``framed`` a burst, then either
+    # The fast write path (fanout.DirectOutbox): ``framed`` a burst, then either
     # send it straight to ``direct_fd()`` (many sockets in one system call) and hand
     # what was taken to ``wrote_directly``, or ``write_now``.
 
@@ -397,11 +396,12 @@ class PhoenixFactory(WebSocketServerFactory):
 
     def __init__(
         self,
+        *,
         hub: Hub,
         clock: IReactorTime,
-        idle_timeout: float,
-        max_message_size: int,
-        max_send_buffer: int,
+        idle_timeout: float = 60.0,
+        max_message_size: int = 1024 * 1024,
+        max_send_buffer: int = 16 * 1024 * 1024,
         metrics: Metrics | None = None,
         header_limits: HeaderLimits = DEFAULT_LIMITS,
         message_rate: float = 0.0,
@@ -417,8 +417,6 @@ class PhoenixFactory(WebSocketServerFactory):
         self.message_rate = message_rate
         self.message_burst = message_burst
         self.sockets: set[PhoenixProtocol] = set()
-        # set by the service while it runs; None: each socket is written to in turn
-        self.sender: SendMany | None = None
         self.metrics.count_sockets(lambda: len(self.sockets))
         self._errors = ThrottledLog(log, clock)
         self._autobahn_log = AutobahnLog(self.protocol.log, self._errors)
@@ -440,40 +438,6 @@ class PhoenixFactory(WebSocketServerFactory):
         protocol = super().buildProtocol(addr)
         protocol.log = self._autobahn_log
         return protocol
-
-    def fanout(self, outboxes: list[PhoenixProtocol], burst: Burst) -> None:
-        """
-        Send ``burst`` to every socket in ``outboxes``: with ``sender``, in one system
-        call for those that can take it at once, and the usual way for the rest.
-        """
-        sender = self.sender
-        if sender is None:
-            send_to_each(outboxes, burst)
-            return
-        direct: dict[str, tuple[list[PhoenixProtocol], list[int]]] = {}
-        for outbox in outboxes:
-            data = outbox.framed(burst)
-            if data is None:
-                continue
-            fd = outbox.direct_fd()
-            if fd is None:
-                outbox.write_now(data)
-                continue
-            same_bytes = direct.get(outbox.vsn)
-            if same_bytes is None:
-                same_bytes = direct[outbox.vsn] = ([], [])
-            same_bytes[0].append(outbox)
-            same_bytes[1].append(fd)
-        for vsn, (group, fds) in direct.items():
-            data = burst.prepared[vsn]
-            if len(group) == 1:
-                group[0].write_now(data)  # one socket: one plain send is the cheaper call
-                continue
-            for outbox, sent in zip(group, sender.send(fds, data)):
-                outbox.wrote_directly(data, sent)
-        if sender.broken:
-            self.sender = None
-            sender.close()
 
     def frame_rejected(self, error: FrameError) -> None:
         """Count a bad frame (in /metrics); log at most one a minute, so bad clients cannot flood the log."""

@@ -305,6 +305,17 @@ class RedisBridge(MultiService):
             url.endpoint(reactor), _Factory(_Subscriber, url, self._subscriber_ready, self._refused), retryPolicy=retry
         ).setServiceParent(self)
 
+    def deliver_to(
+        self, on_messages: Callable[[list[tuple[str, str, bytes]]], None], on_connect: Callable[[], None]
+    ) -> None:
+        """
+        Who gets what Redis delivers, and who restores state when it connects (the hub and
+        presence). Not constructor arguments: they publish through this bridge, so it is
+        built first and connected to them afterwards, in ``makeService``.
+        """
+        self.on_messages = on_messages
+        self.on_connect = on_connect
+
     @property
     def connected(self) -> bool:
         return self._commands is not None and self._subscriber is not None

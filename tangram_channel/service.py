@@ -17,27 +17,19 @@ from .hub import Hub
 from .presence import Presence
 from .protocol import CLOSE_RESTART, PhoenixFactory
 from .redis import RedisBridge
-from .sendmany import SendMany
 
 log = Logger()
 
 
 class ChannelService(Service):
-    def __init__(
-        self, hub: Hub, presence: Presence, bridge: RedisBridge, factory: PhoenixFactory, batched_writes: bool = True
-    ) -> None:
+    def __init__(self, *, hub: Hub, presence: Presence, bridge: RedisBridge, factory: PhoenixFactory) -> None:
         self.hub = hub
-        self.batched_writes = batched_writes
         self.presence = presence
         self.bridge = bridge
         self.factory = factory
-        bridge.on_messages = hub.deliver
-        bridge.on_connect = presence.restore
-        hub.fanout = factory.fanout
 
     def startService(self) -> None:
         super().startService()
-        self.factory.sender = SendMany.open() if self.batched_writes else None
         self.hub.start()
         self.presence.start()
 
@@ -47,9 +39,6 @@ class ChannelService(Service):
         self.hub.stop()
         self.factory.close_all(CLOSE_RESTART, "service restart")
         log.info("shutting down: closed {count} sockets with 1012", count=count)
-        sender, self.factory.sender = self.factory.sender, None
-        if sender is not None:
-            sender.close()
         return self.presence.stop()
 
 

@@ -28,6 +28,7 @@ from .console import NodeView, console_endpoints
 from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arguments
 from .health import HealthResource, RedisProbe
 from .history import History
+from .fanout import Fanout
 from .hub import Hub
 from .inflight import InFlight
 from .logs import LoggedService, twistd_observer
@@ -269,36 +270,53 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         WorkerPool(reactor, config.workers, arguments, environment).setServiceParent(top)
         return top
     metrics = Metrics()
-    bridge = RedisBridge(reactor, url, metrics, timeout=config.redis_timeout)
+    bridge = RedisBridge(reactor, url, metrics=metrics, timeout=config.redis_timeout)
     bridge.setServiceParent(top)
     tokens = TokenAuthority(
-        config.jwt_secret, config.jwt_expiration_secs, config.jwt_leeway_secs, config.id_length, reactor.seconds,
+        secret=config.jwt_secret,
+        expiration_secs=config.jwt_expiration_secs,
+        leeway_secs=config.jwt_leeway_secs,
+        id_length=config.id_length,
+        now=reactor.seconds,
         limits=config.header_limits,
     )
-    presence = Presence(bridge, reactor, secrets.token_hex(8), config.presence_window, config.node_timeout)
+    presence = Presence(
+        store=bridge,
+        clock=reactor,
+        node=secrets.token_hex(8),
+        window=config.presence_window,
+        node_timeout=config.node_timeout,
+    )
+    fanout = Fanout(batched=config.batched_writes)
+    fanout.setServiceParent(top)  # before the channels: stopped after their last writes
     hub = Hub(
-        tokens,
-        bridge,
-        presence,
-        reactor,
-        config.max_channels_per_socket,
-        config.datetime_interval,
-        config.write_delay,
-        metrics,
+        tokens=tokens,
+        bus=bridge,
+        presence=presence,
+        clock=reactor,
+        fanout=fanout,
+        max_channels_per_socket=config.max_channels_per_socket,
+        datetime_interval=config.datetime_interval,
+        write_delay=config.write_delay,
+        metrics=metrics,
         inflight=InFlight(config.in_flight_limits),
     )
+    # the two edges that point back: what Redis delivers and what presence learns go to
+    # the hub, which was built on them
+    bridge.deliver_to(hub.deliver, on_connect=presence.restore)
+    presence.report_to(hub)
     factory = PhoenixFactory(
-        hub,
-        reactor,
-        config.idle_timeout,
-        config.max_message_size,
-        config.max_send_buffer,
-        metrics,
+        hub=hub,
+        clock=reactor,
+        idle_timeout=config.idle_timeout,
+        max_message_size=config.max_message_size,
+        max_send_buffer=config.max_send_buffer,
+        metrics=metrics,
         message_rate=config.message_rate,
         message_burst=config.message_burst,
         header_limits=config.header_limits,
     )
-    ChannelService(hub, presence, bridge, factory, batched_writes=config.batched_writes).setServiceParent(top)
+    ChannelService(hub=hub, presence=presence, bridge=bridge, factory=factory).setServiceParent(top)
     probe = RedisProbe(bridge, reactor, metrics)
     probe.setServiceParent(top)
     view = NodeView(metrics, bridge, hub)
@@ -310,7 +328,13 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         b"admin": AdminPage(console_endpoints(tokens, view, history, bridge, factory)),
     }
     site = make_site(
-        factory, tokens, config.admin_key, config.cors_origins, config.allowed_origins, config.conformance_echo, routes,
+        factory=factory,
+        tokens=tokens,
+        admin_key=config.admin_key,
+        cors_origins=config.cors_origins,
+        allowed_origins=config.allowed_origins,
+        conformance_echo=config.conformance_echo,
+        routes=routes,
         reactor=reactor,
         request_head_timeout=config.request_head_timeout,
         http_idle_timeout=config.http_idle_timeout,

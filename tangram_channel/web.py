@@ -318,14 +318,14 @@ class GuardedHTTPChannel(HTTPChannel):
 
 
 def make_site(
+    *,
     factory: PhoenixFactory,
     tokens: TokenAuthority,
-    admin_key: str | None,
-    cors_origins: tuple[str, ...],
-    allowed_origins: tuple[str, ...],
+    admin_key: str | None = None,
+    cors_origins: tuple[str, ...] = ("*",),
+    allowed_origins: tuple[str, ...] = ("*",),
     conformance_echo: bool = False,
     routes: Mapping[bytes, Resource] | None = None,
-    *,
     reactor: Any = None,
     request_head_timeout: float = 10.0,
     http_idle_timeout: float = 60.0,

@@ -211,17 +211,18 @@ class World:
         self.clock.advance(START)
         self.redis = FakeRedis()
         self.tokens = TokenAuthority(SECRET, 3600, 60, 8, self.clock.seconds)
-        self.presence = Presence(self.redis, self.clock, "node-a", WINDOW, 15.0)
+        self.presence = Presence(store=self.redis, clock=self.clock, node="node-a", window=WINDOW, node_timeout=15.0)
         self.hub = Hub(
-            self.tokens,
-            self.redis,
-            self.presence,
-            self.clock,
-            max_channels_per_socket,
-            datetime_interval,
-            write_delay,
+            tokens=self.tokens,
+            bus=self.redis,
+            presence=self.presence,
+            clock=self.clock,
+            max_channels_per_socket=max_channels_per_socket,
+            datetime_interval=datetime_interval,
+            write_delay=write_delay,
             inflight=inflight,
         )
+        self.presence.report_to(self.hub)
         self._echoed = 0
 
     def token(self, topic: str, client_id: str = "alice") -> str:

@@ -168,8 +168,7 @@ def test_peer_connections_count_each_address_up_to_the_limit():
 
 def channel_on(clock: Clock, **limits: Any) -> tuple[Any, StringTransport]:
     world = World()
-    site = make_site(PhoenixFactory(world.hub, clock, 60, 1 << 20, 16 << 20), world.tokens, None, ("*",), ("*",),
-                     reactor=clock, **limits)
+    site = make_site(factory=PhoenixFactory(hub=world.hub, clock=clock), tokens=world.tokens, reactor=clock, **limits)
     channel = site.buildProtocol(IPv4Address("TCP", "10.0.0.1", 40000))
     transport = StringTransport()
     channel.makeConnection(transport)

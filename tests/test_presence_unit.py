@@ -143,10 +143,18 @@ class Node:
     def __init__(self, redis: FakeRedis | None = None, name: str = "node-a") -> None:
         self.clock = Clock()
         self.redis = redis or FakeRedis()
-        self.presence = Presence(self.redis, self.clock, name, WINDOW, 15.0)
+        self.presence = Presence(store=self.redis, clock=self.clock, node=name, window=WINDOW, node_timeout=15.0)
         self.changes: list[tuple[str, dict[str, Any]]] = []
-        self.presence.on_channel_change = lambda event, payload: self.changes.append((event, payload))
+        self.presence.report_to(self)
         self.replicas: list[Replica] = []
+
+    # presence.Listener
+
+    def channel_changed(self, change: str, payload: dict[str, Any]) -> None:
+        self.changes.append((change, payload))
+
+    def resynced(self, topic: str, diff: dict[str, Any]) -> None:
+        """Resyncs are the hub's to send: test_channels.py looks at them."""
 
     def track(self, topic: str, key: str, ref: str) -> None:
         self.presence.track(topic, key, meta(ref)).addCallback(self.replicas.append)

@@ -58,7 +58,9 @@ class Client:
 
     def __init__(self, world: World, query: str = "", protocols: list[str] | None = None) -> None:
         self.world = world
-        factory = PhoenixFactory(world.hub, world.clock, IDLE, MAX_MESSAGE, MAX_BUFFER)
+        factory = PhoenixFactory(
+            hub=world.hub, clock=world.clock, idle_timeout=IDLE, max_message_size=MAX_MESSAGE, max_send_buffer=MAX_BUFFER
+        )
         self.protocol: PhoenixProtocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         self.transport = StringTransport()
         # Behind web.SocketResource the HTTP channel is the transport's producer at

@@ -34,7 +34,7 @@ def test_no_or_unreadable_subprotocol_token_is_none(protocols: list[str]) -> Non
 
 def test_bad_frames_are_counted_and_logged_at_most_once_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
     world = World()
-    factory = PhoenixFactory(world.hub, world.clock, 60, 1 << 20, 16 << 20)
+    factory = PhoenixFactory(hub=world.hub, clock=world.clock)
     events: list[dict[str, Any]] = []
     monkeypatch.setattr(protocol.log, "observer", events.append)
     for _ in range(5):

@@ -10,7 +10,7 @@ import json
 import socket
 import time
 
-from .live import TEXT, RawSocket, event_of, frame, reply_reason, reply_status, rss_kib, start_twistd, token
+from .live import TEXT, RawSocket, frame, reply_reason, reply_status, rss_kib, start_twistd, token
 
 
 def heartbeat(ws: RawSocket) -> str:

@@ -22,7 +22,7 @@ JSON = {"content-type": "application/json"}
 
 
 def phoenix_factory(world: World) -> PhoenixFactory:
-    return PhoenixFactory(world.hub, world.clock, 60, 1 << 20, 16 << 20)
+    return PhoenixFactory(hub=world.hub, clock=world.clock)
 
 
 def client(
@@ -34,7 +34,13 @@ def client(
     """A StubTreq on the service's real Site (its request class adds CORS)."""
     world = World()
     world.tokens.id_length = id_length
-    site = make_site(phoenix_factory(world), world.tokens, admin_key, cors_origins, allowed_origins)
+    site = make_site(
+        factory=phoenix_factory(world),
+        tokens=world.tokens,
+        admin_key=admin_key,
+        cors_origins=cors_origins,
+        allowed_origins=allowed_origins,
+    )
     stub = StubTreq(site.resource)
     # StubTreq serves the resource through a plain Site of its own; give it our request class.
     stub._agent._serverFactory.requestFactory = site.requestFactory

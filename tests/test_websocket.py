@@ -559,7 +559,7 @@ async def test_members_on_each_serializer_get_their_own_framing_from_one_fanout(
     v1 = [await joined_client(service, "mixed", query="?vsn=1.0.0", client_id=f"v1-{i}") for i in range(2)]
     v2 = [await joined_client(service, "mixed", client_id=f"v2-{i}") for i in range(2)]
     calls = []
-    sender = service.channel.factory.sender
+    sender = service.hub.fanout.sender
     assert sender is not None, "Linux AIO is expected on the machines the tests run on"
     send = sender.send
     sender.send = lambda fds, data: (calls.append(len(fds)), send(fds, data))[1]
@@ -621,7 +621,7 @@ async def members_with_counted_writes(service, topic: str, count: int) -> tuple[
     """
     clients = [await joined_client(service, topic, client_id=f"c{i}") for i in range(count)]
     writes: list[bytes] = []
-    sender = service.channel.factory.sender
+    sender = service.hub.fanout.sender
     if sender is not None:  # else (batched_writes off) every write is a write_now
         send = sender.send
         sender.send = lambda fds, data: (writes.extend([data] * len(fds)), send(fds, data))[1]
@@ -656,7 +656,7 @@ async def test_a_broadcast_reaches_members_on_both_serializers_with_batched_writ
     start_service, flushed_redis, batched_writes
 ):
     service = await start_service(datetime_interval=0, batched_writes=batched_writes)
-    assert (service.channel.factory.sender is not None) is batched_writes
+    assert (service.hub.fanout.sender is not None) is batched_writes
     clients = [
         await joined_client(service, "both", query="?vsn=1.0.0" if i % 2 else "", client_id=f"c{i}") for i in range(6)
     ]
@@ -680,10 +680,10 @@ async def test_linux_aio_failing_in_use_drops_only_the_sockets_it_may_have_writt
     broadcasts go on, written one socket at a time.
     """
     service = await start_service(datetime_interval=0, batched_writes=True)
-    factory = service.channel.factory
+    fanout = service.hub.fanout
     hit = [await joined_client(service, "hit", client_id=f"h{i}") for i in range(3)]
     spared = await joined_client(service, "spared")
-    sender = factory.sender
+    sender = fanout.sender
 
     def getevents_fails(count: int) -> int:
         raise OSError(errno.EINVAL, "io_getevents: Invalid argument")
@@ -693,7 +693,7 @@ async def test_linux_aio_failing_in_use_drops_only_the_sockets_it_may_have_writt
     redis.publish("to:hit:n", "{}")
     for client in hit:
         await client.closed
-    await eventually(lambda: factory.sender is None, what="the sender given up")
+    await eventually(lambda: fanout.sender is None, what="the sender given up")
     redis.publish("to:spared:n", '{"after": true}')
     assert (await next_broadcast(spared))[4] == {"after": True}
     late = await joined_client(service, "hit", client_id="late")

@@ -1,0 +1,97 @@
+"""
+A burst of broadcasts to every member of a channel, as few system calls as it takes.
+
+Sockets that can take the bytes at once (plain TCP, nothing queued) are written
+together, one ``io_submit`` per serializer (``sendmany``); the rest the usual way.
+Without Linux AIO, or with ``batched_writes`` off, or once a context broke in use,
+each socket is written in turn.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from twisted.application.service import Service
+
+from .frames import Burst
+from .sendmany import SendMany
+
+
+class Outbox(Protocol):
+    """A socket as a fan-out writes to it (``PhoenixProtocol`` is one)."""
+
+    vsn: str
+
+    def send_burst(self, burst: Burst) -> None:
+        """Frame, count and write ``burst`` the usual way."""
+
+
+class DirectOutbox(Outbox, Protocol):
+    """A socket that may also be written to straight, for the fast path."""
+
+    def framed(self, burst: Burst) -> bytes | None:
+        """``burst`` framed for this socket and counted, or None if nothing may be sent now."""
+
+    def direct_fd(self) -> int | None:
+        """The descriptor the next frame may be written to straight, or None."""
+
+    def write_now(self, frame: bytes) -> None:
+        """Write ``frame`` straight if nothing is queued, else queue it."""
+
+    def wrote_directly(self, frame: bytes, sent: int | None) -> None:
+        """After a direct write took ``sent`` bytes (None: unknown), queue or drop what must be."""
+
+
+def send_to_each(outboxes: list[Outbox], burst: Burst) -> None:
+    for outbox in outboxes:
+        outbox.send_burst(burst)
+
+
+class Fanout(Service):
+    """Holds the Linux AIO context while the service runs (when ``batched``)."""
+
+    def __init__(self, batched: bool = False) -> None:
+        self.batched = batched
+        self.sender: SendMany | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        if self.batched:
+            self.sender = SendMany.open()
+
+    def stopService(self) -> None:
+        super().stopService()
+        sender, self.sender = self.sender, None
+        if sender is not None:
+            sender.close()
+
+    def send(self, outboxes: list[DirectOutbox], burst: Burst) -> None:
+        """Write ``burst`` to every socket in ``outboxes``."""
+        sender = self.sender
+        if sender is None:
+            send_to_each(outboxes, burst)
+            return
+        direct: dict[str, tuple[list[DirectOutbox], list[int]]] = {}
+        for outbox in outboxes:
+            data = outbox.framed(burst)
+            if data is None:
+                continue
+            fd = outbox.direct_fd()
+            if fd is None:
+                outbox.write_now(data)
+                continue
+            same_bytes = direct.get(outbox.vsn)
+            if same_bytes is None:
+                same_bytes = direct[outbox.vsn] = ([], [])
+            same_bytes[0].append(outbox)
+            same_bytes[1].append(fd)
+        for vsn, (group, fds) in direct.items():
+            data = burst.prepared[vsn]
+            if len(group) == 1:
+                group[0].write_now(data)  # one socket: one plain send is the cheaper call
+                continue
+            for outbox, sent in zip(group, sender.send(fds, data)):
+                outbox.wrote_directly(data, sent)
+        if sender.broken:
+            self.sender = None
+            sender.close()
