@@ -183,9 +183,11 @@ class RunningService:
     """A tangram-channel service tree started in the test's reactor on a free port."""
 
     def __init__(self, service, port: int) -> None:
+        from tangram_channel.service import ChannelService  # lazily, like ``start_service``'s imports
+
         self.service = service
         self.port = port
-        self.channel = next(s for s in service if s.__class__.__name__ == "ChannelService")
+        self.channel = next(s for s in service if isinstance(s, ChannelService))
         self.hub = self.channel.hub
         self.bridge = self.channel.bridge
         self.jwt_secret = JWT_SECRET

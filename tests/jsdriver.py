@@ -158,8 +158,11 @@ class Driver:
             self.process.wait()
 
 
-class ChannelService:
-    """``twistd -n tangram-channel`` on a fixed free port, restartable on that port."""
+class ServiceProcess:
+    """
+    ``twistd -n tangram-channel`` on a fixed free port, restartable on that port, with the
+    drivers and Redis listeners that talk to it.
+    """
 
     def __init__(self, start_twistd: Any, redis: RedisServer, **settings: Any) -> None:
         self.port = free_port()
@@ -210,10 +213,10 @@ class ChannelService:
 @pytest.fixture
 def channel_service(twistd, flushed_redis):
     """``channel_service(**settings)``: a twistd service on the session Redis."""
-    services: list[ChannelService] = []
+    services: list[ServiceProcess] = []
 
-    def start(**settings: Any) -> ChannelService:
-        services.append(ChannelService(twistd, flushed_redis, **settings))
+    def start(**settings: Any) -> ServiceProcess:
+        services.append(ServiceProcess(twistd, flushed_redis, **settings))
         return services[-1]
 
     yield start
