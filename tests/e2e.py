@@ -1,7 +1,7 @@
 """
 Helpers for the end-to-end tests, which run in the Twisted reactor against real
-sockets and a real ``redis-server``: tokens, watching what reaches Redis, waiting for
-a condition, and capturing the service's log.
+sockets and a real ``redis-server``: tokens, watching what reaches Redis and capturing the
+service's log.
 
 Blocking redis-py calls are fine here when they return at once; anything that waits
 for Redis to *send* something polls without blocking, so the reactor keeps serving
@@ -15,15 +15,15 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import jwt
 import treq
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
+
+from .waiting import eventually
 
 
 def forge_token(
@@ -56,22 +56,6 @@ async def mint(base_url: str, channel: str, client_id: str | None = None, agent:
     body = await response.content()
     assert response.code == 200, body
     return json.loads(body)
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` without blocking the reactor until it returns something true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout}s")
-        await sleep(0.01)
 
 
 class RedisListener:

@@ -13,7 +13,8 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from .presence_view import Tab, joined, until_true
+from .presence_view import Tab, joined
+from .waiting import eventually
 
 ISO_MS_OFFSET = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$")
 
@@ -96,7 +97,7 @@ async def test_no_admin_agent_events_while_no_admin_is_joined(start_service, flu
     visitor = await joined(service, "visitor", topic="lobby")
     await visitor.leave()
     await visitor.close()
-    await until_true(lambda: "lobby" not in service.channel.presence.replicas)
+    await eventually(lambda: "lobby" not in service.channel.presence.replicas)
     flushed_redis.client().publish("to:admin:marker", "{}")
     seen = []
     while not seen or seen[-1] != b"to:admin:marker":

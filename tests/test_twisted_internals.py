@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import defer, protocol, reactor, tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-from .e2e import eventually
+from .waiting import eventually
 
 
 def queue_is_empty(transport: tcp.Connection) -> bool:
