@@ -32,14 +32,20 @@ def forge_token(
     client_id: str = "tester",
     expires_in: float | None = 3600,
     algorithm: str = "HS256",
+    now: float | None = None,
     **claims: Any,
 ) -> str:
-    """A JWT made outside the service, to try every way a token can be wrong."""
-    now = int(time.time())
-    body: dict[str, Any] = {"id": client_id, "channel": channel, "iat": now}
+    """
+    A JWT made outside the service, to try every way a token can be wrong: issued ``now``
+    (the wall clock unless given), ``claims`` add to or replace the usual ones, and a
+    claim given as None is left out.
+    """
+    issued = int(time.time() if now is None else now)
+    body: dict[str, Any] = {"id": client_id, "channel": channel, "iat": issued}
     if expires_in is not None:
-        body["exp"] = int(now + expires_in)
+        body["exp"] = int(issued + expires_in)
     body.update(claims)
+    body = {name: value for name, value in body.items() if value is not None}
     with warnings.catch_warnings():  # short keys for HS512 are the point of some tests
         warnings.simplefilter("ignore")
         return jwt.encode(body, secret if algorithm != "none" else None, algorithm=algorithm)

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from .jsdriver import PHOENIX_VERSIONS, channel_service, expired_token  # noqa: F401
+from .conftest import JWT_SECRET
+from .e2e import forge_token
+from .jsdriver import PHOENIX_VERSIONS, channel_service  # noqa: F401
 
 pytestmark = pytest.mark.parametrize("phoenix", PHOENIX_VERSIONS)
 
@@ -38,7 +40,8 @@ def test_join_broadcasts_and_push(channel_service, phoenix):
 def test_refused_joins_reach_the_client_as_errors(channel_service, phoenix):
     """An expired token and a token for another channel get "error" with a reason; the socket stays up."""
     service = channel_service()
-    driver = service.driver("phoenix_node.mjs", "refused", PHOENIX_VERSION=phoenix, EXPIRED_TOKEN=expired_token("radar"))
+    expired_token = forge_token(JWT_SECRET, "radar", "late", expires_in=-3600)  # well past the leeway
+    driver = service.driver("phoenix_node.mjs", "refused", PHOENIX_VERSION=phoenix, EXPIRED_TOKEN=expired_token)
     expired = driver.expect("expired")
     assert expired["status"] == "error"
     assert expired["response"] == {"reason": "token expired"}
