@@ -12,13 +12,12 @@ import itertools
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import treq
 
-from .e2e import eventually, sleep
+from .waiting import eventually
 from .wsclient import PhoenixTestClient, connect
 
 
@@ -67,12 +66,7 @@ class Browser:
 
     async def wait_for(self, expression: str, timeout: float = 10.0, what: str = "the page") -> Any:
         """Poll an expression until it is truthy; its value."""
-        deadline = time.monotonic() + timeout
-        while not (value := await self.evaluate(expression)):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: {expression} still {value!r} after {timeout}s")
-            await sleep(0.05)
-        return value
+        return await eventually(lambda: self.evaluate(expression), timeout, f"{what}: {expression}", 0.05)
 
     async def screenshot(self, path: Path) -> None:
         data = (await self.command("Page.captureScreenshot", format="png"))["data"]

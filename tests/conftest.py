@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from tangram_channel.embedded import find_redis_server
+
+from .waiting import eventually, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 # .ci/run sets it to false for one whole run, so that every test also covers writing to
@@ -35,15 +36,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listened on port {port} within {timeout}s")
+    wait_until(lambda: listening(port), timeout, f"a listener on port {port}")
 
 
 class RedisServer:
@@ -159,11 +161,10 @@ class Twistd:
 
     def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
         """Block until ``text`` is in the log, e.g. "connected to Redis" before relying on Redis."""
-        deadline = time.monotonic() + timeout
-        while text not in self.log():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise TimeoutError(f"{text!r} not in the twistd log within {timeout}s:\n{self.log()}")
-            time.sleep(0.02)
+        wait_until(
+            lambda: text in self.log() or self.process.poll() is not None, timeout, f"{text!r} in {self.log_path}"
+        )
+        assert text in self.log(), f"twistd exited without logging {text!r}:\n{self.log()}"
 
 
 @pytest.fixture
@@ -188,9 +189,11 @@ class RunningService:
     """A tangram-channel service tree started in the test's reactor on a free port."""
 
     def __init__(self, service, port: int) -> None:
+        from tangram_channel.service import ChannelService  # lazily, like ``start_service``'s imports
+
         self.service = service
         self.port = port
-        self.channel = next(s for s in service if s.__class__.__name__ == "ChannelService")
+        self.channel = next(s for s in service if isinstance(s, ChannelService))
         self.hub = self.channel.hub
         self.bridge = self.channel.bridge
         self.jwt_secret = JWT_SECRET
@@ -213,7 +216,6 @@ def start_service(redis_server: RedisServer):
     """
     import pytest_twisted
     from twisted.internet import reactor
-    from twisted.internet.task import deferLater
 
     from tangram_channel.tap import Options, makeService
 
@@ -234,8 +236,8 @@ def start_service(redis_server: RedisServer):
         service.startService()
         started.append(service)
         running = RunningService(service, port)
-        while wait_for_redis and not running.bridge.connected:
-            await deferLater(reactor, 0.02, lambda: None)
+        if wait_for_redis:
+            await eventually(lambda: running.bridge.connected, what="the service to reach Redis")
         return running
 
     yield start

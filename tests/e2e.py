@@ -1,7 +1,7 @@
 """
 Helpers for the end-to-end tests, which run in the Twisted reactor against real
-sockets and a real ``redis-server``: tokens, watching what reaches Redis, waiting for
-a condition, and capturing the service's log.
+sockets and a real ``redis-server``: tokens, watching what reaches Redis and capturing the
+service's log.
 
 Blocking redis-py calls are fine here when they return at once; anything that waits
 for Redis to *send* something polls without blocking, so the reactor keeps serving
@@ -15,15 +15,15 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import jwt
 import treq
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
+
+from .waiting import eventually
 
 
 def forge_token(
@@ -32,14 +32,20 @@ def forge_token(
     client_id: str = "tester",
     expires_in: float | None = 3600,
     algorithm: str = "HS256",
+    now: float | None = None,
     **claims: Any,
 ) -> str:
-    """A JWT made outside the service, to try every way a token can be wrong."""
-    now = int(time.time())
-    body: dict[str, Any] = {"id": client_id, "channel": channel, "iat": now}
+    """
+    A JWT made outside the service, to try every way a token can be wrong: issued ``now``
+    (the wall clock unless given), ``claims`` add to or replace the usual ones, and a
+    claim given as None is left out.
+    """
+    issued = int(time.time() if now is None else now)
+    body: dict[str, Any] = {"id": client_id, "channel": channel, "iat": issued}
     if expires_in is not None:
-        body["exp"] = int(now + expires_in)
+        body["exp"] = int(issued + expires_in)
     body.update(claims)
+    body = {name: value for name, value in body.items() if value is not None}
     with warnings.catch_warnings():  # short keys for HS512 are the point of some tests
         warnings.simplefilter("ignore")
         return jwt.encode(body, secret if algorithm != "none" else None, algorithm=algorithm)
@@ -56,22 +62,6 @@ async def mint(base_url: str, channel: str, client_id: str | None = None, agent:
     body = await response.content()
     assert response.code == 200, body
     return json.loads(body)
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` without blocking the reactor until it returns something true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not hold within {timeout}s")
-        await sleep(0.01)
 
 
 class RedisListener:

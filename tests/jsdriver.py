@@ -23,14 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jwt
 import pytest
 
-from .conftest import RedisServer, Twistd, free_port
+from .conftest import JWT_SECRET, RedisServer, Twistd, free_port
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 PLUGINS_DIR = Path(__file__).resolve().parent / "plugins"
-SECRET = "test-secret-that-is-long-enough-for-hs256"
 # npm aliases in tests/js/package.json: Tangram's pin (1.8.9) and the newest (1.8.16)
 PHOENIX_VERSIONS = [pytest.param("189", id="phoenix-1.8.9"), pytest.param("1816", id="phoenix-1.8.16")]
 STEP_TIMEOUT = 30.0  # a guard against hangs, never an assertion about speed
@@ -158,8 +156,11 @@ class Driver:
             self.process.wait()
 
 
-class ChannelService:
-    """``twistd -n tangram-channel`` on a fixed free port, restartable on that port."""
+class ServiceProcess:
+    """
+    ``twistd -n tangram-channel`` on a fixed free port, restartable on that port, with the
+    drivers and Redis listeners that talk to it.
+    """
 
     def __init__(self, start_twistd: Any, redis: RedisServer, **settings: Any) -> None:
         self.port = free_port()
@@ -168,7 +169,7 @@ class ChannelService:
             "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--redis-url", redis.url,
             "--embedded-redis", "false",
         ]
-        self.env = {"TANGRAM_CHANNEL_JWT_SECRET": SECRET, "TANGRAM_CHANNEL_DATETIME_INTERVAL": "0"}
+        self.env = {"TANGRAM_CHANNEL_JWT_SECRET": JWT_SECRET, "TANGRAM_CHANNEL_DATETIME_INTERVAL": "0"}
         self.env.update({f"TANGRAM_CHANNEL_{k.upper()}": str(v) for k, v in settings.items()})
         self.start_twistd = start_twistd
         self.drivers: list[Driver] = []  # killed after the test
@@ -210,10 +211,10 @@ class ChannelService:
 @pytest.fixture
 def channel_service(twistd, flushed_redis):
     """``channel_service(**settings)``: a twistd service on the session Redis."""
-    services: list[ChannelService] = []
+    services: list[ServiceProcess] = []
 
-    def start(**settings: Any) -> ChannelService:
-        services.append(ChannelService(twistd, flushed_redis, **settings))
+    def start(**settings: Any) -> ServiceProcess:
+        services.append(ServiceProcess(twistd, flushed_redis, **settings))
         return services[-1]
 
     yield start
@@ -222,12 +223,6 @@ def channel_service(twistd, flushed_redis):
             driver.kill()
         for listener in service.listeners:
             listener.close()
-
-
-def expired_token(channel: str, client_id: str = "late") -> str:
-    """A token signed with the service's key whose ``exp`` is well past the leeway."""
-    now = int(time.time())
-    return jwt.encode({"id": client_id, "channel": channel, "iat": now - 7200, "exp": now - 3600}, SECRET, "HS256")
 
 
 class Listener:

@@ -11,11 +11,9 @@ it receives to its view and keeps them for assertions; the rest are shared helpe
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any
 
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
+from twisted.internet import defer
 
 from tangram_channel.presence import decode_entry, presence_key
 
@@ -158,14 +156,6 @@ class Tab:
     async def close(self) -> None:
         self.client.close()
         await self.client.closed
-
-
-async def until_true(check, timeout: float = 10.0) -> None:
-    """Wait for ``check()`` to hold: for effects no client gets a frame about."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition never held"
-        await deferLater(reactor, 0.02, lambda: None)
 
 
 def truth(redis, topic: str = TOPIC) -> dict[str, list[str]]:

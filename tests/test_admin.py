@@ -20,7 +20,8 @@ from twisted.internet.task import LoopingCall
 from .admin_console import chromium, logged_in, row, text_of  # noqa: F401
 from .browser import Browser
 from .conftest import RunningService
-from .e2e import forge_token, sleep
+from .e2e import forge_token
+from .waiting import sleep
 from .wsclient import PhoenixTestClient, connect, fields
 
 

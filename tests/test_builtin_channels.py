@@ -7,13 +7,13 @@ services sharing one Redis), and ``phoenix`` heartbeats.
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime
 
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
-from .presence_view import Tab, joined, until_true
+from .presence_view import Tab, joined
+from .waiting import eventually
 
 ISO_MS_OFFSET = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d$")
 
@@ -36,16 +36,41 @@ async def test_system_members_get_datetime_ticks_with_a_counter(start_service, f
     await tab.close()
 
 
+async def tick_times(tab: Tab, count: int) -> list[float]:
+    """When each of the next ``count`` datetime ticks arrived."""
+    times = []
+    for _ in range(count):
+        await tab.until(lambda f: f[3] == "datetime")
+        times.append(time.monotonic())
+    return times
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_default_datetime_interval_is_one_second(start_service, flushed_redis):
+    """Five ticks with no datetime_interval set are about 1 s apart (0.5 s or 2 s would fail)."""
+    service = await start_service()
+    tab = await joined(service, "watcher", topic="system")
+    times = await tick_times(tab, 5)
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    assert 0.8 < sum(gaps) / len(gaps) < 1.25, gaps
+    await tab.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_datetime_interval_zero_sends_no_ticks(start_service, flushed_redis):
-    """With datetime_interval 0 nothing but plugin broadcasts arrives on system."""
+    """
+    With datetime_interval 0 nothing but plugin broadcasts arrives on system, while a
+    service with the default interval ticks twice (so more than one default interval passed).
+    """
     service = await start_service(datetime_interval=0)
     tab = await joined(service, "watcher", topic="system")
-    await deferLater(reactor, 0.5, lambda: None)
+    reference = await joined(await start_service(), "reference", topic="system")
+    await tick_times(reference, 2)
     flushed_redis.client().publish("to:system:marker", "{}")
     await tab.until(lambda f: f[3] == "marker")
     assert [f for f in tab.frames if f[3] == "datetime"] == []
     await tab.close()
+    await reference.close()
 
 
 def admin_events(tab: Tab, event: str) -> list[dict]:
@@ -96,7 +121,7 @@ async def test_no_admin_agent_events_while_no_admin_is_joined(start_service, flu
     visitor = await joined(service, "visitor", topic="lobby")
     await visitor.leave()
     await visitor.close()
-    await until_true(lambda: "lobby" not in service.channel.presence.replicas)
+    await eventually(lambda: "lobby" not in service.channel.presence.replicas)
     flushed_redis.client().publish("to:admin:marker", "{}")
     seen = []
     while not seen or seen[-1] != b"to:admin:marker":

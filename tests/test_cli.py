@@ -18,7 +18,8 @@ from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
 from .conftest import ROOT
-from .e2e import eventually, forge_token
+from .e2e import forge_token
+from .waiting import eventually
 from .wsclient import connect, fields
 
 SECRET = "cli-test-secret-long-enough-for-hs256"

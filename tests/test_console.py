@@ -14,7 +14,8 @@ from twisted.internet.task import Clock
 from tangram_channel.history import History
 from tangram_channel.metrics import ChannelTraffic
 
-from .e2e import RedisListener, captured_log, eventually, forge_token, sleep
+from .e2e import RedisListener, captured_log, forge_token
+from .waiting import eventually, sleep
 from .wsclient import PhoenixTestClient, connect, fields
 
 

@@ -12,7 +12,8 @@ import pytest_twisted
 from tangram_channel.presence import CHANNELS_KEY, NODES_KEY, encode_entry, presence_key
 
 from .conftest import JWT_SECRET, free_port
-from .presence_view import TOPIC, Tab, joined, settle_all, truth, until_true
+from .presence_view import TOPIC, Tab, joined, settle_all, truth
+from .waiting import eventually
 
 
 def refuse_writes(redis) -> int:
@@ -63,7 +64,7 @@ async def refused_leave_on_a_twistd_node(start_service, own_redis, twistd, node_
     await settle_all([watcher, alice], {"watcher": [watcher.agent_id], "alice": [alice.agent_id]})
     before = refuse_writes(redis)
     await alice.leave()
-    await until_true(lambda: refusals(redis) > before)
+    await eventually(lambda: refusals(redis) > before)
     assert truth(redis) == {"watcher": [watcher.agent_id], "alice": [alice.agent_id]}
     return redis, proc, watcher
 
@@ -78,10 +79,10 @@ async def test_a_leave_a_read_only_redis_refused_reaches_it_once_it_takes_writes
     await settle_all([watcher, bob], {"watcher": [watcher.agent_id], "bob": [bob.agent_id]})
     before = refuse_writes(redis)
     await bob.leave()
-    await until_true(lambda: refusals(redis) > before)
+    await eventually(lambda: refusals(redis) > before)
     assert truth(redis) == {"watcher": [watcher.agent_id], "bob": [bob.agent_id]}
     accept_writes(redis)
-    await until_true(lambda: truth(redis) == {"watcher": [watcher.agent_id]})
+    await eventually(lambda: truth(redis) == {"watcher": [watcher.agent_id]})
     await watcher.settle({"watcher": [watcher.agent_id]})
     assert service.bridge.connected
     await watcher.close()
@@ -97,7 +98,7 @@ async def test_a_clean_stop_after_a_refused_leave_leaves_no_ghost(start_service,
     redis, proc, watcher = await refused_leave_on_a_twistd_node(start_service, own_redis, twistd, node_timeout=60)
     accept_writes(redis)
     assert proc.stop() == 0
-    await until_true(lambda: truth(redis) == {"watcher": [watcher.agent_id]})
+    await eventually(lambda: truth(redis) == {"watcher": [watcher.agent_id]})
     await watcher.settle({"watcher": [watcher.agent_id]})
     assert redis.zcard(NODES_KEY) == 1  # the survivor's
     await watcher.close()
@@ -113,7 +114,7 @@ async def test_a_node_stopped_while_redis_refuses_writes_is_reaped_by_a_survivor
     assert proc.stop() == 0
     assert truth(redis)["alice"]  # the node could not withdraw it
     accept_writes(redis)
-    await until_true(lambda: truth(redis) == {"watcher": [watcher.agent_id]})
+    await eventually(lambda: truth(redis) == {"watcher": [watcher.agent_id]})
     await watcher.settle({"watcher": [watcher.agent_id]})
     await watcher.close()
 
@@ -131,7 +132,7 @@ async def test_a_survivor_withdraws_an_orphan_whose_node_is_not_in_the_zset(star
     assert "ghost" in watcher.view.state
     await watcher.settle({"watcher": [watcher.agent_id]})
     assert truth(redis) == {"watcher": [watcher.agent_id]}
-    await until_true(lambda: not redis.exists(presence_key("elsewhere")))
+    await eventually(lambda: not redis.exists(presence_key("elsewhere")))
     assert not redis.sismember(CHANNELS_KEY, "elsewhere")
     await watcher.close()
 
@@ -146,18 +147,18 @@ async def test_members_a_full_redis_refused_to_rewrite_are_written_once_it_has_r
     service = await start_service(redis=own_redis, datetime_interval=0, node_timeout=60)
     alice = await joined(service, "alice")
     own_redis.kill()
-    await until_true(lambda: not service.bridge.connected)
+    await eventually(lambda: not service.bridge.connected)
     own_redis.extra = ("--maxmemory", "1", "--maxmemory-policy", "noeviction")
     own_redis.start()
     redis = own_redis.client()
-    await until_true(lambda: refusals(redis, "OOM") > 0)
+    await eventually(lambda: refusals(redis, "OOM") > 0)
     carol = await Tab.open(service.ws_url, TOPIC)
     ref = carol.client.join(TOPIC, service.hub.tokens.mint(TOPIC, "carol")[1])
     reply = await carol.until(lambda f: f[3] == "phx_reply" and f[1] == ref)
     assert reply[4] == {"status": "error", "response": {"reason": "redis unavailable"}}
     assert truth(redis) == {}
     redis.config_set("maxmemory", 0)
-    await until_true(lambda: truth(redis) == {"alice": [alice.agent_id]})
+    await eventually(lambda: truth(redis) == {"alice": [alice.agent_id]})
     assert service.bridge.connected
     await alice.close()
     await carol.close()

@@ -25,6 +25,7 @@ from tangram_channel.web import MAX_TOKEN_REQUEST, PeerConnections, make_site
 
 from .fakes import World
 from .live import RawSocket, reply_status, start_twistd, token
+from .waiting import wait_until
 
 
 def connect(port: int) -> socket.socket:
@@ -145,10 +146,8 @@ def test_connections_past_max_connections_per_ip_are_closed_at_accept(twistd, fl
         sock.sendall(b"GET /no/such/path HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         return read_until_closed(sock).startswith(b"HTTP/1.1 404 ")
 
-    deadline = time.monotonic() + 10
-    while not answered():  # the WebSocket's place is free once the service has seen it close
-        assert time.monotonic() < deadline, "the closed WebSocket still counts"
-        time.sleep(0.05)
+    # the WebSocket's place is free once the service has seen it close
+    wait_until(answered, 10, "the closed WebSocket's place to be free")
     second_websocket = RawSocket(service.port)
     assert second_websocket.status == 101
     assert read_until_closed(connect(service.port)) == b""

@@ -11,7 +11,8 @@ import threading
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from .presence_view import Tab, until_true
+from .presence_view import Tab
+from .waiting import eventually
 
 BASE_PATTERNS = 2  # system and admin are always watched
 
@@ -91,7 +92,7 @@ async def test_channel_is_unsubscribed_when_its_last_member_leaves(start_service
     def patterns() -> int:
         return redis.execute_command("PUBSUB", "NUMPAT")
 
-    await until_true(lambda: patterns() == BASE_PATTERNS)
+    await eventually(lambda: patterns() == BASE_PATTERNS)
     first = await Tab.open(service.ws_url, "room")
     await first.join(service.hub.tokens.mint("room", "a")[1])
     second = await Tab.open(service.ws_url, "room")
@@ -101,7 +102,7 @@ async def test_channel_is_unsubscribed_when_its_last_member_leaves(start_service
     await first.leave()
     assert "room" in service.bridge.watched_topics
     await second.close()
-    await until_true(lambda: "room" not in service.bridge.watched_topics and patterns() == BASE_PATTERNS)
+    await eventually(lambda: "room" not in service.bridge.watched_topics and patterns() == BASE_PATTERNS)
     await first.close()
 
 
@@ -127,7 +128,7 @@ async def test_thousand_join_leave_cycles_leak_nothing(start_service, flushed_re
     """After 1,000 join/leave cycles: no members, replicas, subscriptions, timers or Redis keys left."""
     redis = flushed_redis.client()
     service = await start_service(datetime_interval=0)
-    await until_true(lambda: redis.execute_command("PUBSUB", "NUMPAT") == BASE_PATTERNS)
+    await eventually(lambda: redis.execute_command("PUBSUB", "NUMPAT") == BASE_PATTERNS)
     empty = leftovers(service)
     timers = len(reactor.getDelayedCalls())
 
@@ -135,8 +136,8 @@ async def test_thousand_join_leave_cycles_leak_nothing(start_service, flushed_re
         [defer.ensureDeferred(cycles(service, f"room{i % 3}", f"user{i}", 100)) for i in range(10)]
     )
 
-    await until_true(lambda: leftovers(service) == empty)
-    await until_true(lambda: len(reactor.getDelayedCalls()) <= timers)
+    await eventually(lambda: leftovers(service) == empty)
+    await eventually(lambda: len(reactor.getDelayedCalls()) <= timers)
     assert redis.execute_command("PUBSUB", "NUMPAT") == BASE_PATTERNS
     assert set(redis.keys("*")) - {b"tangram-channel:health"} == {b"tangram-channel:nodes"}  # health: the probe's
     assert empty["watched"] == ["admin", "system"]

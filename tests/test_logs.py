@@ -10,7 +10,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,8 +22,9 @@ from twisted.python.failure import Failure
 from tangram_channel.logs import json_line
 
 from .conftest import ROOT, free_port, wait_for_port
-from .e2e import eventually, mint
+from .e2e import mint
 from .test_twistd import SECRET, join_and_receive
+from .waiting import eventually, wait_until
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
@@ -127,10 +127,7 @@ def test_log_level_warning_keeps_warnings_and_drops_info_lines(tmp_path, flushed
     config = tmp_path / "tangram.toml"
     config.write_text(f'[core]\nlog_level = "warning"\n[channel]\nlog_format = "{log_format}"\nnot_a_key = 1\n')
     process, log_path = start_twistd(tmp_path, flushed_redis.url, port, "--config", str(config))
-    deadline = time.monotonic() + 10
-    while not redis_connected(port):
-        assert time.monotonic() < deadline, "Redis never connected"
-        time.sleep(0.05)
+    wait_until(lambda: redis_connected(port), 10, "Redis connected")
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=15) == 0
     lines = log_path.read_text().splitlines()

@@ -13,7 +13,8 @@ import treq
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import RedisServer, free_port
-from .e2e import eventually, forge_token, sleep
+from .e2e import forge_token
+from .waiting import eventually
 from .wsclient import PhoenixTestClient, connect, fields
 
 
@@ -138,13 +139,13 @@ async def test_health_is_503_while_redis_is_down_and_metrics_count_the_reconnect
 async def health_turns(service, code: int, timeout: float) -> tuple[float, dict]:
     """Poll healthz until it answers ``code``: how long that took, and the body."""
     started = time.monotonic()
-    while True:
+
+    async def answered() -> dict | None:
         got, body = await health(service)
-        waited = time.monotonic() - started
-        if got == code:
-            return waited, body
-        assert waited < timeout, f"healthz still {got} after {waited:.1f} s: {body}"
-        await sleep(0.1)
+        return body if got == code else None
+
+    body = await eventually(answered, timeout, f"healthz answering {code}", 0.1)
+    return time.monotonic() - started, body
 
 
 @pytest_twisted.ensureDeferred

@@ -14,6 +14,7 @@ from tangram_channel.presence import presence_key
 
 from .e2e import RedisListener
 from .live import RawSocket, event_of, payload_of, reply_reason, reply_status, start_twistd, token
+from .waiting import wait_until
 
 
 class Ticks:
@@ -50,6 +51,12 @@ def push_batch(
     return answers
 
 
+def published_ids(listener: RedisListener, into: list[tuple[bytes, bytes]]) -> set[int]:
+    """The ids of every ``from:feed:msg`` the listener got so far, kept in ``into``."""
+    into += listener.pending()
+    return {json.loads(data)["id"] for channel, data in into if channel == b"from:feed:msg"}
+
+
 def test_redis_outage_keeps_sockets_answers_errors_and_restores_everything(twistd, own_redis):
     service = start_twistd(twistd, "--redis-url", own_redis.url, datetime_interval=0.2)
     before = RedisListener(own_redis.client())
@@ -61,8 +68,9 @@ def test_redis_outage_keeps_sockets_answers_errors_and_restores_everything(twist
 
     acked = push_batch(a, feed_join_ref, ticks, 0, 20)
     assert set(acked.values()) == {("ok", None)}
-    time.sleep(0.1)
-    published = before.pending()  # before Redis takes them down with it
+    published: list[tuple[bytes, bytes]] = []
+    # read before Redis takes them down with it
+    wait_until(lambda: published_ids(before, published) == set(acked), 5, "the acknowledged pushes published")
 
     own_redis.kill()
     during = push_batch(a, feed_join_ref, ticks, 20, 20)
@@ -105,8 +113,5 @@ def test_redis_outage_keeps_sockets_answers_errors_and_restores_everything(twist
     ticks.wait(a, 0.5)
     assert ticks.counters == list(range(ticks.counters[0], ticks.counters[0] + len(ticks.counters)))
 
-    time.sleep(0.2)  # the listener's last messages
-    published += after.pending()
-    published_ids = {json.loads(data)["id"] for channel, data in published if channel == b"from:feed:msg"}
     ok = {n for n, answer in acked.items() if answer[0] == "ok"}
-    assert ok <= published_ids, f"acknowledged but never published: {sorted(ok - published_ids)}"
+    wait_until(lambda: ok <= published_ids(after, published), 5, "every acknowledged push published")

@@ -12,7 +12,8 @@ import time
 import pytest_twisted
 
 from .conftest import RunningService
-from .presence_view import TOPIC, Tab, join_as, joined, metas, refs, settle_all, truth, until_true
+from .presence_view import TOPIC, Tab, join_as, joined, metas, refs, settle_all, truth
+from .waiting import eventually
 
 
 async def watched_alice(start_service) -> tuple[RunningService, Tab, Tab]:
@@ -137,7 +138,7 @@ async def test_rejoin_with_the_same_join_ref_stays_present(start_service, flushe
         await join_as(service, tab, "alice", join_ref="1")
         assert tab.agent_id == agent
     await settle_all([watcher, tab], expected)
-    await until_true(lambda: truth(flushed_redis.client()) == expected)
+    await eventually(lambda: truth(flushed_redis.client()) == expected)
     flushed_redis.client().publish(f"to:{TOPIC}:marker", "{}")
     for t in (watcher, tab):
         await t.until(lambda f: f[3] == "marker")
@@ -183,10 +184,10 @@ async def test_presence_is_written_again_when_redis_comes_back_empty(start_servi
     service = await start_service(redis=own_redis, datetime_interval=0)
     alice = await joined(service, "alice")
     own_redis.kill()
-    await until_true(lambda: not service.bridge.connected)
+    await eventually(lambda: not service.bridge.connected)
     own_redis.start()
-    await until_true(lambda: service.bridge.connected)
-    await until_true(lambda: truth(own_redis.client()) == {"alice": [alice.agent_id]})
+    await eventually(lambda: service.bridge.connected)
+    await eventually(lambda: truth(own_redis.client()) == {"alice": [alice.agent_id]})
     assert own_redis.client().zscore("tangram-channel:nodes", service.channel.presence.node) is not None
     bob = await joined(service, "bob")
     expected = {"alice": [alice.agent_id], "bob": [bob.agent_id]}
@@ -206,11 +207,11 @@ async def test_leave_during_a_redis_blip_is_withdrawn_when_redis_is_back(start_s
     await settle_all([alice, bob], {"alice": [alice.agent_id], "bob": [bob.agent_id]})
     redis.client_kill_filter(_type="normal")
     redis.client_kill_filter(_type="pubsub")
-    await until_true(lambda: not service.bridge.connected)
+    await eventually(lambda: not service.bridge.connected)
     await bob.leave()
-    await until_true(lambda: service.bridge.connected)
+    await eventually(lambda: service.bridge.connected)
     await alice.settle({"alice": [alice.agent_id]})
-    await until_true(lambda: truth(redis) == {"alice": [alice.agent_id]})
+    await eventually(lambda: truth(redis) == {"alice": [alice.agent_id]})
     await alice.close()
     await bob.close()
 
@@ -228,13 +229,13 @@ async def test_changes_elsewhere_during_a_redis_blip_reach_members_on_reconnect(
     redis.config_set("maxclients", len(redis.client_list()))
     for conn in (cut.bridge._commands, cut.bridge._subscriber):
         redis.client_kill(f"127.0.0.1:{conn.transport.getHost().port}")
-    await until_true(lambda: not cut.bridge.connected)
+    await eventually(lambda: not cut.bridge.connected)
     await bob.leave()
     carol = await joined(other, "carol")
     expected = {"alice": [alice.agent_id], "carol": [carol.agent_id]}
-    await until_true(lambda: truth(redis) == expected)
+    await eventually(lambda: truth(redis) == expected)
     redis.config_set("maxclients", 10000)
-    await until_true(lambda: cut.bridge.connected)
+    await eventually(lambda: cut.bridge.connected)
     await alice.settle(expected)
     for tab in (alice, bob, carol):
         await tab.close()

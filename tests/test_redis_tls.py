@@ -22,7 +22,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tangram_channel.redis import RedisURL
 
 from .conftest import RedisServer, free_port
-from .e2e import RedisListener, captured_log, eventually, mint, sleep
+from .e2e import RedisListener, captured_log, mint
+from .waiting import eventually, sleep
 from .wsclient import connect
 
 

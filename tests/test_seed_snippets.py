@@ -6,19 +6,11 @@ and the curl and redis-cli commands.
 
 import datetime
 import json
-import time
 
 import pytest
 
 from .jsdriver import JS_DIR, PHOENIX_VERSIONS, STEP_TIMEOUT, channel_service  # noqa: F401
-
-
-def wait_for_new_pattern(redis, before: int) -> None:
-    """Until Redis counts one more pattern subscription than ``before`` (the plugin's)."""
-    deadline = time.monotonic() + STEP_TIMEOUT
-    while redis.pubsub_numpat() <= before:
-        assert time.monotonic() < deadline, "the plugin never subscribed"
-        time.sleep(0.05)
+from .waiting import wait_until
 
 
 @pytest.mark.parametrize("phoenix", PHOENIX_VERSIONS)
@@ -42,7 +34,7 @@ def test_js_snippet_and_python_backend_snippet(channel_service, phoenix):
     patterns = redis.pubsub_numpat()
     backend = service.driver("seed_backend.py")
     assert browser.expect("update")["payload"] == {"type": "message", "message": "Update from backend"}
-    wait_for_new_pattern(redis, patterns)
+    wait_until(lambda: redis.pubsub_numpat() > patterns, STEP_TIMEOUT, "the plugin's subscription")
     browser.send("push-again")
     assert backend.expect("stdout")["line"] == "Received: b'{\"message\":\"Hello from client\"}'"
     browser.send("done")

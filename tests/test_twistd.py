@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jwt
@@ -33,8 +32,9 @@ from tangram_channel.embedded import is_listening
 from tangram_channel.tap import with_backlog
 
 from .conftest import ROOT, free_port, wait_for_port
-from .e2e import eventually, mint
+from .e2e import mint
 from .live import process_gone
+from .waiting import eventually, wait_until
 from .wsclient import connect, fields
 
 SECRET = "twistd-test-secret-long-enough-for-hs256"
@@ -199,10 +199,7 @@ def test_daemon_stops_cleanly_on_sigterm(tmp_path, flushed_redis):
     assert not process_gone(pid)
     try:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while not process_gone(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert process_gone(pid)
+        wait_until(lambda: process_gone(pid), 15, "twistd to exit")
     finally:
         if not process_gone(pid):
             os.kill(pid, signal.SIGKILL)

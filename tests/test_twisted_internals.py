@@ -17,7 +17,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
 from tangram_channel.protocol import direct_socket
 
-from .e2e import eventually
+from .waiting import eventually
 
 
 def queue_is_empty(transport: tcp.Connection) -> bool:

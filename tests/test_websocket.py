@@ -21,8 +21,9 @@ from twisted.internet import threads
 from tangram_channel import frames
 
 from .conftest import RedisServer, free_port
+from .e2e import RedisListener, RedisMonitor, captured_log, forge_token
 from .fakes import rejected_frames
-from .e2e import RedisListener, RedisMonitor, captured_log, eventually, forge_token
+from .waiting import eventually
 from .wsclient import PhoenixTestClient, binary_broadcast, connect, fields
 
 PATHS = ["/websocket", "/socket/websocket", "/websocket/websocket"]

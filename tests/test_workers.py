@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import urllib.request
 
 from tangram_channel.tap import Options, worker_command
 
 from .e2e import forge_token
 from .live import RawSocket, process_gone, start_twistd, token
+from .waiting import wait_until
 
 
 def worker_pids(parent_pid: int) -> set[int]:
@@ -30,16 +30,6 @@ def worker_pids(parent_pid: int) -> set[int]:
             if int(fields[1]) == parent_pid and fields[0] != "Z":
                 children.add(int(entry))
     return children
-
-
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not hold within {timeout}s")
 
 
 def node_of(entry: bytes) -> str:

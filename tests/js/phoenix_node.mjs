@@ -103,17 +103,25 @@ const scenarios = {
     clients.alice.socket.disconnect();
   },
 
-  /** Stay idle for IDLE_MS with heartbeats every HEARTBEAT_MS; report closes, then push. */
+  /**
+   * A socket heartbeating every HEARTBEAT_MS joins, then a silent one; once the silent one
+   * is closed as idle, the heartbeating one (idle but for heartbeats for longer) must not
+   * be: a push round trip on it comes after any close the service sent it.
+   */
   async heartbeat() {
     const closes = [];
-    const { socket, id } = await connectAs(undefined, { heartbeatIntervalMs: Number(process.env.HEARTBEAT_MS) });
-    socket.onClose(event => closes.push(event.code));
-    const { channel, reply } = await joinTopic(socket, id);
+    const beating = await connectAs(undefined, { heartbeatIntervalMs: Number(process.env.HEARTBEAT_MS) });
+    beating.socket.onClose(event => closes.push(event.code));
+    const { channel, reply } = await joinTopic(beating.socket, beating.id);
     report("joined", { reply });
-    await new Promise(resolve => setTimeout(resolve, Number(process.env.IDLE_MS)));
-    report("idle-done", { closes });
-    if (closes.length === 0) report("pushed", await push(channel, "still-here", {}));
-    socket.disconnect();
+    const silent = await connectAs(undefined, { heartbeatIntervalMs: 600000 });
+    const silentClosed = new Promise(resolve => silent.socket.onClose(event => resolve(event.code)));
+    report("silent-joined", { reply: (await joinTopic(silent.socket, silent.id)).reply });
+    report("silent-closed", { code: await silentClosed });
+    report("pushed", await push(channel, "still-here", {}));
+    report("beating", { closes });
+    silent.socket.disconnect();
+    beating.socket.disconnect();
   },
 
   /** Report every open, close, join reply, presence_state and broadcast until told "done". */
