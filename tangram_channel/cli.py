@@ -24,7 +24,8 @@ from twisted.internet.error import ConnectError
 
 from . import __version__
 from . import config as configuration
-from .redis import RedisUnavailable, RedisURL, connect_once
+from .errors import RedisUnavailable
+from .redis import RedisURL, connect_once
 from .tokens import TokenAuthority, is_admin_channel
 
 

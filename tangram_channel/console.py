@@ -30,7 +30,8 @@ from .hub import Hub
 from .history import History, Sample
 from .metrics import PREFIX, Metrics
 from .protocol import CLOSE_POLICY, PhoenixFactory
-from .redis import RedisBridge, RedisTimeout, RedisUnavailable
+from .errors import RedisTimeout, RedisUnavailable
+from .redis import RedisBridge
 from .tokens import ADMIN_CHANNEL, Grant, TokenAuthority, TokenRefused
 from .web import BodyRefused, json_object
 

@@ -23,7 +23,8 @@ from twisted.web.server import Request
 from . import __version__
 from .metrics import Metrics
 from .protocol import PhoenixFactory
-from .redis import RedisBridge, RedisUnavailable
+from .errors import REDIS_UNAVAILABLE, RedisUnavailable
+from .redis import RedisBridge
 
 PROBE_KEY = b"tangram-channel:health"
 
@@ -59,7 +60,7 @@ class RedisProbe(Service):
     def problem(self) -> str | None:
         """What keeps this node from serving, or None when Redis is fine."""
         if not self._bridge.connected:
-            return "redis unavailable"
+            return REDIS_UNAVAILABLE
         if self._sent_at is not None and self._clock.seconds() - self._sent_at > self._deadline:
             return "redis not answering"
         if self._refusal is not None:

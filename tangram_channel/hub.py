@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from . import frames
 from .coalesce import Coalescer
 from .fanout import DirectOutbox, Fanout
+from .errors import unless_unavailable
 from .frames import Broadcast, Burst, FrameError, Message
 from .inflight import InFlight
 from .logs import ThrottledLog
@@ -143,7 +144,8 @@ class Hub:
 
     def start(self) -> None:
         for topic in ALWAYS_WATCHED:
-            self.bus.watch(topic).addErrback(lambda f: None)  # restored on connect
+            # while Redis is down, restored on connect
+            self.bus.watch(topic).addErrback(unless_unavailable(self.errors, f"watching {topic}"))
         if self._ticker is not None:
             self._ticker.start(self._datetime_interval, now=False)
 
@@ -203,10 +205,11 @@ class Hub:
             for topic, agents in channels:
                 self.publish_admin("channel.list", {"channel": topic, "agents": agents})
 
-        self.presence.channels().addCallbacks(publish, lambda f: None)
+        self.presence.channels().addCallback(publish).addErrback(unless_unavailable(self.errors, "listing channels"))
 
     def publish_admin(self, event: str, payload: dict[str, Any]) -> None:
-        self.bus.publish(f"to:{ADMIN_TOPIC}:{event}".encode(), frames.dumps(payload)).addErrback(lambda f: None)
+        d = self.bus.publish(f"to:{ADMIN_TOPIC}:{event}".encode(), frames.dumps(payload))
+        d.addErrback(unless_unavailable(self.errors, "publishing to admin"))
 
     # the way in from Redis
 

@@ -39,7 +39,7 @@ from txredisapi import ResponseError
 
 from . import frames
 from .logs import ThrottledLog
-from .redis import RedisUnavailable
+from .errors import RedisUnavailable, unless_unavailable
 from .scripts import Script
 
 log = Logger()
@@ -428,7 +428,7 @@ class Presence:
 
     def _flush_failed(self, failure: Any, topic: str, batch: _Batch) -> None:
         self._early_diffs.pop(topic, None)
-        self._log_error(failure, "presence write")
+        unless_unavailable(self._errors, "presence write")(failure)
         local = self._local.get(topic, {})
         if failure.check(ResponseError):
             # Refused at the script's first write (read-only, -OOM, -LOADING, -BUSY):
@@ -474,12 +474,6 @@ class Presence:
         for topic in self._unwritten:
             self._batch(topic)
 
-    def _log_error(self, failure: Any, kind: str) -> None:
-        """A refusal (read-only, -OOM) or timeout is worth a line, rate-limited; an outage is already told."""
-        if failure.check(RedisUnavailable):
-            return
-        self._errors.emit(kind, "{what} failed: {error}", what=kind, error=failure.getErrorMessage())
-
     def _announce(
         self, topic: str, joins: Iterable[tuple[str, dict[str, Any]]], leaves: Iterable[tuple[str, dict[str, Any]]]
     ) -> None:
@@ -490,7 +484,8 @@ class Presence:
             diff.leave(key, meta)
         if diff:
             channel = f"to:{topic}:presence_diff".encode()
-            self._store.publish(channel, frames.dumps(diff.payload())).addErrback(lambda f: None)
+            d = self._store.publish(channel, frames.dumps(diff.payload()))
+            d.addErrback(unless_unavailable(self._errors, "publishing a presence_diff"))
 
     def _report_channel(self, topic: str, appeared: int, vanished: int, channels: list[bytes]) -> None:
         if appeared or vanished:
@@ -566,10 +561,10 @@ class Presence:
         timeout_ms = int(self._node_timeout * 1000)
         d = HEARTBEAT.run(self._store, [NODES_KEY, CHANNELS_KEY], [self.node, timeout_ms, PREFIX])
         d.addCallback(self._reaped)
-        d.addErrback(self._log_error, "presence heartbeat")
+        d.addErrback(unless_unavailable(self._errors, "presence heartbeat"))
         if not self._sweeping:
             self._sweeping = True
-            self._sweep().addErrback(self._log_error, "orphan sweep").addBoth(self._swept)
+            self._sweep().addErrback(unless_unavailable(self._errors, "orphan sweep")).addBoth(self._swept)
         return d
 
     def _reaped(self, reply: list[Any]) -> None:

@@ -27,20 +27,13 @@ from twisted.python.failure import Failure
 from OpenSSL import SSL, crypto
 from zope.interface import implementer
 
+from .errors import RedisTimeout, RedisUnavailable
 from .logs import ThrottledLog
 from .metrics import Metrics
 
 log = Logger()
 
 _GLOB = re.compile(rb"([*?\[\]\\])")
-
-
-class RedisUnavailable(Exception):
-    """Redis cannot take the command now; the caller answers its client with an error."""
-
-
-class RedisTimeout(RedisUnavailable):
-    """Redis gave no answer in time; the command may still run (the client is told "redis timeout")."""
 
 
 class RedisURL:
@@ -390,7 +383,7 @@ class RedisBridge(MultiService):
             return d
         if self._subscriber is None:
             # restored by _subscriber_ready when Redis is back
-            return defer.fail(RedisUnavailable("redis unavailable"))
+            return defer.fail(RedisUnavailable())
         waiters = self._confirming[topic] = []
         return self._within_timeout(self._psubscribe(topic)).addBoth(self._confirmed, topic, waiters)
 
@@ -418,7 +411,7 @@ class RedisBridge(MultiService):
     def _psubscribe(self, topic: str) -> defer.Deferred[None]:
         d = self._subscriber.psubscribe([self._watched[topic].pattern])
         d.addCallback(lambda ack: None)
-        return d.addErrback(lambda f: defer.fail(RedisUnavailable("redis unavailable")))
+        return d.addErrback(lambda f: defer.fail(RedisUnavailable()))
 
     def _received(self, pattern: bytes, channel: bytes, message: bytes) -> None:
         split = split_channel(channel)
@@ -456,7 +449,7 @@ class RedisBridge(MultiService):
         if d is None:
             if answered is not None:
                 answered()
-            return defer.fail(RedisUnavailable("redis unavailable"))
+            return defer.fail(RedisUnavailable())
         return self._within_timeout(d.addErrback(_unavailable_on_connection_error), answered)
 
     def _within_timeout(
@@ -499,7 +492,7 @@ class RedisBridge(MultiService):
         self._errors.emit(
             "timeout", "Redis at {url} gave no answer within {timeout} s", url=str(self.url), timeout=self.timeout
         )
-        result.errback(RedisTimeout("redis timeout"))
+        result.errback(RedisTimeout())
 
     def publish(
         self, channel: bytes, payload: bytes, answered: Callable[[], None] | None = None
@@ -528,4 +521,4 @@ async def connect_once(reactor: Any, url: RedisURL, subscriber: bool = False) ->
 
 def _unavailable_on_connection_error(failure: Any) -> Any:
     failure.trap(txredisapi.ConnectionError)
-    raise RedisUnavailable("redis unavailable")
+    raise RedisUnavailable()

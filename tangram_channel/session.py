@@ -17,7 +17,7 @@ from . import frames
 from .frames import FrameError, Message
 from .hub import Hub, Member, Outbox
 from .presence import Replica
-from .redis import RedisTimeout, RedisUnavailable
+from .errors import INTERNAL_ERROR, RedisUnavailable, reason, unless_unavailable
 from .tokens import TokenRefused
 
 HEARTBEAT_TOPIC = "phoenix"
@@ -52,15 +52,14 @@ class Session:
         if message.event == "heartbeat" and message.topic == HEARTBEAT_TOPIC:
             self.hub.metrics.heartbeats.inc()
             self._reply_ok(message, {})
-            self._publish(message).addErrback(lambda f: None)
+            self._publish(message).addErrback(unless_unavailable(self.hub.errors, "publishing a heartbeat"))
         elif message.event == "phx_join":
             self._join(message)
         elif message.event == "phx_leave":
             self._leave(message)
         elif ":" in message.event:
             # published as from:<topic>:<event>, it would land in another topic's namespace
-            reason = "event must not contain ':'"
-            self._reply(message.join_ref, message.ref, message.topic, "error", {"reason": reason})
+            self._reply(message.join_ref, message.ref, message.topic, "error", {"reason": "event must not contain ':'"})
         elif message.topic in self.joins:
             self._push(message)
         else:
@@ -137,13 +136,13 @@ class Session:
         payload = message.payload
         if isinstance(payload, dict):
             payload = {k: v for k, v in payload.items() if k != "token"}
-        self._publish(message, payload).addErrback(lambda f: None)
+        self._publish(message, payload).addErrback(unless_unavailable(self.hub.errors, "publishing a join"))
         self.hub.joined(member)
 
     def _join_failed(self, failure: Any, member: Member, message: Message) -> None:
         if self.joins.get(member.topic) is member:
             self._drop(member, send_close=False, was_joined=False)
-            self._refuse(member.join_ref, message, _reason(failure))
+            self._refuse(member.join_ref, message, reason(failure))
         if not failure.check(RedisUnavailable):
             self.hub.errors.emit("join", "join of {topic} failed", failure, LogLevel.error, topic=member.topic)
 
@@ -162,14 +161,14 @@ class Session:
             return
         self._reply_ok(message, {"id": member.agent_id})
         self._drop(member, send_close=True)
-        self._publish(message).addErrback(lambda f: None)
+        self._publish(message).addErrback(unless_unavailable(self.hub.errors, "publishing a leave"))
 
     def _push(self, message: Message) -> None:
         self.hub.traffic.received(message.topic)
         d = self._publish(message)
         d.addCallbacks(
             lambda _: self._reply_ok(message, {}),
-            lambda f: self._reply(message.join_ref, message.ref, message.topic, "error", {"reason": _reason(f)}),
+            lambda f: self._reply(message.join_ref, message.ref, message.topic, "error", {"reason": reason(f)}),
         )
 
     # helpers
@@ -202,7 +201,7 @@ class Session:
         self.hub.errors.emit(
             "client message", "handling a client's {event} failed", failure, LogLevel.error, event=message.event
         )
-        self._reply(message.join_ref, message.ref, message.topic, "error", {"reason": "internal error"})
+        self._reply(message.join_ref, message.ref, message.topic, "error", {"reason": INTERNAL_ERROR})
 
     def _refuse(self, join_ref: str | None, message: Message, reason: str) -> None:
         self.hub.metrics.refused(reason)
@@ -214,11 +213,3 @@ class Session:
     def _reply(self, join_ref: str | None, ref: str | None, topic: str | None, status: str, response: Any) -> None:
         if not self.closed:
             self.outbox.send(frames.reply(join_ref, ref, topic, status, response))
-
-
-def _reason(failure: Any) -> str:
-    if failure.check(RedisTimeout):
-        return "redis timeout"
-    if failure.check(RedisUnavailable):
-        return "redis unavailable"
-    return "internal error"
