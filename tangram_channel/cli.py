@@ -110,18 +110,17 @@ def check_config(args: argparse.Namespace, out: TextIO) -> int:
     Print the effective settings; exit 1 naming each problem a service would only warn
     about (an unknown key is most often a typo) or refuse at start-up.
     """
-    from .tap import check_secret
-
     config, problems = _read(args.file)
     RedisURL(config.redis_url)
+    warnings = []
     try:
-        check_secret(config, quiet=True)  # the warning is printed below
+        warnings = configuration.check(config)
     except configuration.ConfigError as e:
         problems.append(str(e))
     json.dump(config.masked(), out, indent=2, sort_keys=True)
     out.write("\n")
-    if config.jwt_secret == configuration.DEFAULT_SECRET:
-        print('warning: jwt_secret is the well-known default "secret" (fine on loopback only)', file=sys.stderr)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for problem in problems:
         print(f"tangram-channel: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -10,6 +10,7 @@ variables, the file, and the defaults below.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import re
@@ -291,3 +292,53 @@ def load(
     """Read ``path`` (if given), then apply environment and command line."""
     file_values, warnings = read_file(path) if path is not None else ({}, [])
     return build(file_values, environ, command_line), warnings
+
+
+# Checks of a whole configuration: what would be unsafe or could not work is refused,
+# what is merely risky is warned about, by the service at start-up and by check-config.
+
+MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
+DEFAULT_SECRET_WARNING = (
+    'USING THE DEFAULT jwt_secret "secret": anyone can forge tokens. Fine on loopback for a trial; '
+    "set jwt_secret in tangram.toml or TANGRAM_CHANNEL_JWT_SECRET before exposing this service."
+)
+
+
+def is_loopback_endpoint(description: str) -> bool:
+    """Whether a server endpoint string only accepts connections from this machine."""
+    kind = description.split(":", 1)[0]
+    if kind == "unix":
+        return True
+    # endpoint strings escape the colons of IPv6 addresses: split on the others only
+    for part in re.split(r"(?<!\\):", description):
+        if part.startswith("interface="):
+            host = part[len("interface=") :].replace("\\", "")
+            try:
+                return ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                return host == "localhost"
+    return False
+
+
+def check(config: Config, worker: bool = False) -> list[str]:
+    """
+    Raise ConfigError for a configuration that is unsafe (the well-known default secret
+    beyond loopback: anyone could forge tokens) or cannot work; the warnings otherwise.
+    ``worker``: checked for one process of a pool, which does not start workers itself.
+    """
+    warnings = []
+    if config.jwt_secret == DEFAULT_SECRET:
+        if not all(is_loopback_endpoint(e) for e in config.endpoints):
+            raise ConfigError(
+                'refusing to listen beyond loopback with the default jwt_secret "secret": set [channel] jwt_secret '
+                "in tangram.toml, TANGRAM_CHANNEL_JWT_SECRET, or --jwt-secret"
+            )
+        warnings.append(DEFAULT_SECRET_WARNING)
+    elif len(config.jwt_secret.encode("utf-8")) < MIN_SECRET_BYTES:
+        warnings.append(
+            f"jwt_secret is shorter than {MIN_SECRET_BYTES} bytes: HS256 keys that short can be guessed offline "
+            "from one token; use e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    if config.workers > 1 and not worker and not all(e.startswith(("tcp:", "ssl:")) for e in config.endpoints):
+        raise ConfigError("workers > 1 needs tcp: or ssl: endpoints, which the workers share")
+    return warnings

@@ -1,7 +1,8 @@
 """
 The lifetime of one node: start the hub and the presence heartbeat once Redis is
 wired, and on shutdown close every socket with 1012 (so clients reconnect elsewhere)
-and withdraw this node's presence before Redis goes away.
+and withdraw this node's presence before Redis goes away. Also what a node's process
+sets up for itself: signals and the allocator.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .hub import Hub
+from .memory import LARGE_BUFFER, keep_large_buffers_separate
 from .presence import Presence
 from .protocol import CLOSE_RESTART, PhoenixFactory
 from .redis import RedisBridge
@@ -42,8 +44,11 @@ class ChannelService(Service):
         return self.presence.stop()
 
 
-class ExitZeroOnSignal(Service):
+class ProcessSetup(Service):
     """
+    What acts on the whole process, done once it runs as a service of its own (never in
+    a test's process): the allocator tuning of ``memory.py``, logged, and these signals.
+
     SIGTERM and SIGINT stop the reactor, so shutdown runs as usual, and the process then
     exits 0. Twisted's own handlers re-raise the signal after a clean shutdown, which
     process managers and scripts read as "killed"; a stop that was asked for is a success.
@@ -59,6 +64,8 @@ class ExitZeroOnSignal(Service):
 
     def startService(self) -> None:
         super().startService()
+        if keep_large_buffers_separate():
+            log.info("large buffers get mappings of their own (glibc M_MMAP_THRESHOLD {size} bytes)", size=LARGE_BUFFER)
         # after the reactor has installed its handlers, so these replace them
         self._reactor.callWhenRunning(self._install)
 

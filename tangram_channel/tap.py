@@ -7,9 +7,7 @@ the hub, the WebSocket factory and the HTTP site on every listening endpoint.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 import secrets
 import sys
 from typing import Any
@@ -33,11 +31,10 @@ from .hub import Hub
 from .inflight import InFlight
 from .logs import LoggedService, twistd_observer
 from .metrics import Metrics, metrics_resource
-from .memory import keep_large_buffers_separate
 from .presence import Presence
 from .protocol import PhoenixFactory
 from .redis import RedisBridge, RedisURL
-from .service import ChannelService, ExitZeroOnSignal
+from .service import ChannelService, ProcessSetup
 from .tokens import TokenAuthority
 from .web import make_site
 from .workers import ParentWatch, ReusePortReactor, WorkerPool
@@ -153,38 +150,6 @@ def load_config(options: Options, environ: dict[str, str], quiet: bool = False) 
     return config
 
 
-def _is_loopback_endpoint(description: str) -> bool:
-    """Whether a server endpoint string only accepts connections from this machine."""
-    kind = description.split(":", 1)[0]
-    if kind == "unix":
-        return True
-    # endpoint strings escape the colons of IPv6 addresses: split on the others only
-    for part in re.split(r"(?<!\\):", description):
-        if part.startswith("interface="):
-            host = part[len("interface=") :].replace("\\", "")
-            try:
-                return ipaddress.ip_address(host).is_loopback
-            except ValueError:
-                return host == "localhost"
-    return False
-
-
-def check_secret(config: configuration.Config, quiet: bool = False) -> None:
-    """The well-known default secret would let anyone forge tokens: loopback only."""
-    if config.jwt_secret != configuration.DEFAULT_SECRET:
-        return
-    if not all(_is_loopback_endpoint(e) for e in config.endpoints):
-        raise configuration.ConfigError(
-            'refusing to listen beyond loopback with the default jwt_secret "secret": set [channel] jwt_secret '
-            "in tangram.toml, TANGRAM_CHANNEL_JWT_SECRET, or --jwt-secret"
-        )
-    if not quiet:
-        log.warn(
-            'USING THE DEFAULT jwt_secret "secret": anyone can forge tokens. Fine on loopback for a trial; '
-            "set jwt_secret in tangram.toml or TANGRAM_CHANNEL_JWT_SECRET before exposing this service."
-        )
-
-
 def checked_config(
     options: Options, environ: dict[str, str], quiet: bool = False
 ) -> tuple[configuration.Config, RedisURL]:
@@ -192,12 +157,12 @@ def checked_config(
     try:
         config = load_config(options, environ, quiet)
         url = RedisURL(config.redis_url)
-        check_secret(config, quiet)
-        if config.workers > 1 and not options["worker"]:
-            if not all(e.startswith(("tcp:", "ssl:")) for e in config.endpoints):
-                raise configuration.ConfigError("workers > 1 needs tcp: or ssl: endpoints, which the workers share")
+        warnings = configuration.check(config, worker=options["worker"])
     except (configuration.ConfigError, ValueError) as e:
         raise usage.UsageError(str(e)) from None
+    if not quiet:
+        for warning in warnings:
+            log.warn("{warning}", warning=warning)
     return config, url
 
 
@@ -258,9 +223,10 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         log.warn("{warning}", warning=warning)
 
     # options.parent: twistd's own options (--logfile, --nodaemon), absent outside twistd
-    keep_large_buffers_separate()
     top = LoggedService(reactor, twistd_observer(options.parent, config.log_format, config.log_level))
-    ExitZeroOnSignal(reactor).setServiceParent(top)
+    if options.parent is not None:
+        # what acts on the whole process, only in a process of its own (not in a test's)
+        ProcessSetup(reactor).setServiceParent(top)
     private_redis = embedded_redis(reactor, config, url)
     if private_redis is not None:
         private_redis.setServiceParent(top)

@@ -44,7 +44,8 @@ def listening(port: int) -> bool:
         return False
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    """Until something listens on ``port``: a start-up on a loaded two-core machine can take a while."""
     wait_until(lambda: listening(port), timeout, f"a listener on port {port}")
 
 

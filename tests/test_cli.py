@@ -156,6 +156,16 @@ async def test_check_config_prints_effective_values_with_secrets_masked(tmp_path
     assert "hunter2" not in out + err and SECRET not in out + err and "adm1n" not in out + err
 
 
+@pytest_twisted.ensureDeferred
+async def test_check_config_warns_of_a_short_secret(tmp_path):
+    """A 12-byte HS256 key passes (a service must start) but is said to be guessable, without showing it."""
+    config = tmp_path / "tangram.toml"
+    config.write_text('[channel]\njwt_secret = "short-secret"\n')
+    code, out, err = await run(tmp_path, "check-config", str(config))
+    assert code == 0, err
+    assert "warning: jwt_secret is shorter than 32 bytes" in err and "short-secret" not in out + err
+
+
 @pytest.mark.parametrize(
     "extra, code, message",
     [

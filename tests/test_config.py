@@ -11,7 +11,8 @@ from twisted.python import usage
 from tangram_channel import config as configuration
 from tangram_channel.config import Config, ConfigError
 from tangram_channel.frames import HeaderLimits
-from tangram_channel.tap import Options, _is_loopback_endpoint, check_secret
+from tangram_channel.config import check, is_loopback_endpoint
+from tangram_channel.tap import Options
 
 TANGRAM_FILE = """
 [core]
@@ -216,12 +217,12 @@ def test_masked_hides_the_secrets_only() -> None:
     ],
 )
 def test_loopback_endpoints_are_recognised(endpoint: str, loopback: bool) -> None:
-    assert _is_loopback_endpoint(endpoint) is loopback
+    assert is_loopback_endpoint(endpoint) is loopback
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
 def test_default_secret_is_allowed_on_loopback(host: str) -> None:
-    check_secret(Config(host=host))
+    assert "USING THE DEFAULT jwt_secret" in check(Config(host=host))[0]
 
 
 @pytest.mark.parametrize(
@@ -230,11 +231,16 @@ def test_default_secret_is_allowed_on_loopback(host: str) -> None:
 )
 def test_default_secret_is_refused_beyond_loopback(config: Config) -> None:
     with pytest.raises(ConfigError, match="jwt_secret"):
-        check_secret(config)
+        check(config)
 
 
 def test_a_real_secret_may_listen_anywhere() -> None:
-    check_secret(Config(host="0.0.0.0", jwt_secret="long and random"))
+    assert check(Config(host="0.0.0.0", jwt_secret="a long and random secret of 32 bytes+")) == []
+
+
+def test_a_short_secret_is_warned_about() -> None:
+    [warning] = check(Config(host="0.0.0.0", jwt_secret="short but not default"))
+    assert warning.startswith("jwt_secret is shorter than 32 bytes")
 
 
 # twistd options

@@ -29,11 +29,12 @@ from twisted.internet.ssl import Certificate
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
 from tangram_channel.embedded import is_listening
-from tangram_channel.tap import with_backlog
+from tangram_channel.service import ChannelService, ProcessSetup
+from tangram_channel.tap import Options, makeService, with_backlog
 
 from .conftest import ROOT, free_port, wait_for_port
 from .e2e import mint
-from .live import process_gone
+from .live import process_gone, start_twistd
 from .waiting import eventually, wait_until
 from .wsclient import connect, fields
 
@@ -328,3 +329,14 @@ async def test_embedded_redis_false_never_starts_one(twistd):
     assert reply[4] == {"status": "error", "response": {"reason": "redis unavailable"}}
     assert not is_listening("127.0.0.1", redis_port)
     assert EMBEDDED_LINE not in stop_cleanly(proc)
+
+
+def test_the_process_wide_set_up_is_logged_under_twistd_and_left_out_of_a_test_process(twistd, flushed_redis):
+    """The allocator tuning and signal handlers act on the whole process: only one of the service's own."""
+    service = start_twistd(twistd, "--redis-url", flushed_redis.url)
+    service.wait_for_log("large buffers get mappings of their own")
+    options = Options()
+    options.parseOptions(["--redis-url", flushed_redis.url, "--embedded-redis", "false"])
+    in_process = makeService(options, environ={"TANGRAM_CHANNEL_JWT_SECRET": "x" * 32})
+    assert [type(s) for s in in_process if isinstance(s, ProcessSetup)] == []
+    assert any(isinstance(s, ChannelService) for s in in_process)
