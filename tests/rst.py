@@ -1,6 +1,6 @@
 """
-The commands our documents show, read out of their reStructuredText, so that tests run
-what a reader would type and fail as soon as a document and the code part ways.
+The commands and files our documents show, read out of their reStructuredText, so that
+tests run what a reader would type and fail as soon as a document and the code part ways.
 """
 
 from __future__ import annotations
@@ -29,3 +29,10 @@ def literal_blocks(text: str) -> list[str]:
 def commands(block: str) -> list[str]:
     """The shell commands of a literal block, backslash continuations joined."""
     return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def unit_settings(unit: str) -> dict[str, str]:
+    """The ``Key=value`` settings of a systemd unit (the last of a repeated key)."""
+    return dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith(("#", " "))
+    )
