@@ -1,8 +1,9 @@
 """
 The operator's documents stay true to the code (issue 7, point 6): the README's table
 names every config key, the systemd unit runs the service as the docs say, and the
-deployment guide's nginx block passes the WebSocket upgrade. Issue 16: the Tangram guide's
-unit starts Tangram only after ours, with the same config.
+deployment guide's nginx block passes the WebSocket upgrade. Issue 16: every guide under
+docs/ is linked from the README, and the Tangram guide's unit starts Tangram only after
+ours, with the same config.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def test_deploy_guide_proxies_token_and_websocket_with_upgrade_headers():
     assert "proxy_set_header Upgrade $http_upgrade;" in websocket
     assert "proxy_set_header Connection $connection_upgrade;" in websocket
     assert "docs/deploy.rst" in (ROOT / "README.rst").read_text()
+
+
+def test_every_guide_under_docs_is_linked_from_the_readme():
+    """Each docs/*.rst is the target of a link in README.rst, so a reader finds it."""
+    linked = set(re.findall(r"`[^`<]+<(docs/[^>]+)>`_", (ROOT / "README.rst").read_text()))
+    assert linked == {f"docs/{guide.name}" for guide in (ROOT / "docs").glob("*.rst")}
 
 
 def test_tangram_unit_starts_after_ours_waits_for_its_port_and_reads_the_same_config():
