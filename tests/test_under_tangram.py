@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.parse
@@ -162,8 +163,9 @@ def test_b_ours_on_another_port_named_by_public_url(twistd, tangram_serve, flush
     server_port, channel_port, ours_port = free_port(), free_port(), free_port()
     table = next(block for block in literal_blocks(section(GUIDE, "B. Ours on another port, named by ``public_url``"))
                  if block.startswith("[channel]"))
-    table = table.replace(":2347", f":{channel_port}").replace("= 2347", f"= {channel_port}")
-    toml = tangram_toml(tmp_path / "tangram.toml", flushed_redis, server_port, table.replace("2348", str(ours_port)))
+    ports = {"2347": str(channel_port), "2348": str(ours_port)}
+    table = re.sub(r"\b234[78]\b", lambda m: ports[m.group()], table)
+    toml = tangram_toml(tmp_path / "tangram.toml", flushed_redis, server_port, table)
     tangram_serve(toml, server_port)
     wait_for_port(channel_port)  # Tangram's own, which no browser is sent to
     start_ours(twistd, toml, ours_port)
