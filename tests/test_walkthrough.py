@@ -91,6 +91,7 @@ def test_the_walkthrough_survives_a_person_taking_their_time(channel_service):
     assert frame(lambda m: m[1] == sent[1])[4] == {"status": "ok", "response": {}}
     watcher.expect("stdout", lambda s: s["line"] == f"from:system:{sent[3]}")
     assert json.loads(watcher.expect("stdout")["line"]) == sent[4]
+    assert {"step": "stdout", "line": "from:phoenix:heartbeat"} in watcher.seen  # the loop's, as the README says
 
     time.sleep(PAUSE)
     assert terminal.process.poll() is None, "wscat ended: the service closed the socket"
