@@ -133,8 +133,12 @@ class Driver:
             return None
 
     def send(self, command: str, **data: Any) -> None:
+        self.type(json.dumps({"command": command, **data}))
+
+    def type(self, line: str) -> None:
+        """Write ``line`` to its standard input, as someone typing in its terminal."""
         assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps({"command": command, **data}) + "\n")
+        self.process.stdin.write(line + "\n")
         self.process.stdin.flush()
 
     def finish(self) -> None:

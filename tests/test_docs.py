@@ -1,7 +1,9 @@
 """
 The operator's documents stay true to the code (issue 7, point 6): the README's table
 names every config key, the systemd unit runs the service as the docs say, and the
-deployment guide's nginx block passes the WebSocket upgrade.
+deployment guide's nginx block passes the WebSocket upgrade. Issue 16: every guide under
+docs/ is linked from the README, and the Tangram guide's unit starts Tangram only after
+ours, with the same config.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import re
 from tangram_channel.config import Config
 
 from .conftest import ROOT
+from .rst import literal_blocks, unit_settings
 
 
 def test_readme_table_names_every_config_key():
@@ -28,10 +31,7 @@ def test_readme_table_names_every_config_key():
 
 def test_systemd_unit_runs_twistd_in_the_foreground_with_the_secret_from_a_file():
     """contrib/tangram-channel.service: Type=simple, twistd -n with --config, EnvironmentFile, Restart=on-failure."""
-    unit = (ROOT / "contrib" / "tangram-channel.service").read_text()
-    settings = dict(
-        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith(("#", " "))
-    )
+    settings = unit_settings((ROOT / "contrib" / "tangram-channel.service").read_text())
     assert settings["Type"] == "simple"
     assert settings["Restart"] == "on-failure"
     assert settings["EnvironmentFile"].startswith("/etc/tangram/")
@@ -49,3 +49,22 @@ def test_deploy_guide_proxies_token_and_websocket_with_upgrade_headers():
     assert "proxy_set_header Upgrade $http_upgrade;" in websocket
     assert "proxy_set_header Connection $connection_upgrade;" in websocket
     assert "docs/deploy.rst" in (ROOT / "README.rst").read_text()
+
+
+def test_every_guide_under_docs_is_linked_from_the_readme():
+    """Each docs/*.rst is the target of a link in README.rst, so a reader finds it."""
+    linked = set(re.findall(r"`[^`<]+<(docs/[^>]+)>`_", (ROOT / "README.rst").read_text()))
+    assert linked == {f"docs/{guide.name}" for guide in (ROOT / "docs").glob("*.rst")}
+
+
+def test_tangram_unit_starts_after_ours_waits_for_its_port_and_reads_the_same_config():
+    """docs/tangram.rst's unit: ordered after and wanting ours, probing ours' port, the same tangram.toml."""
+    ours = unit_settings((ROOT / "contrib" / "tangram-channel.service").read_text())
+    guide = (ROOT / "docs" / "tangram.rst").read_text()
+    tangram = unit_settings(next(block for block in literal_blocks(guide) if "[Unit]" in block))
+    assert "tangram-channel.service" in tangram["After"].split()
+    assert "tangram-channel.service" in tangram["Wants"].split()
+    assert "Requires" not in tangram  # restarting ours must not restart Tangram
+    assert "http://127.0.0.1:2347/" in tangram["ExecStartPre"]  # ours' default [channel] port
+    config = ours["ExecStart"].split("--config", 1)[1].split()[0]
+    assert tangram["ExecStart"].split()[1:] == ["serve", "--config", config]

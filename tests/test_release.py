@@ -1,14 +1,17 @@
 """
 What a release promises (issue 19): one version, shown by both commands, ``/healthz``
 and the package metadata, and first in ``CHANGELOG.rst``; the installed package carries
-the twistd plugin and the admin page. CI also runs this module from the built wheel, in a
-venv that never saw the checkout.
+the twistd plugin and the admin page; the deployment guide's install commands work as
+written, though the package is not on PyPI (issue 16). CI also runs this module from the
+built wheel, in a venv that never saw the checkout.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
+import shutil
 import subprocess
 import sys
 from importlib.resources import files
@@ -22,6 +25,7 @@ from twisted.plugin import getPlugins
 from tangram_channel import __version__
 
 from .conftest import ROOT
+from .rst import commands, literal_blocks, section
 
 BIN = Path(sys.executable).parent
 
@@ -53,3 +57,32 @@ def test_the_installed_package_carries_the_twistd_plugin_and_the_admin_page():
 
     assert "tangram-channel" in [maker.tapname for maker in getPlugins(IServiceMaker, twisted.plugins)]
     assert "<html" in (files("tangram_channel") / "admin.html").read_text().lower()
+
+
+def test_the_deploy_guides_install_commands_build_and_install_the_wheel(tmp_path):
+    """
+    docs/deploy.rst's first commands, as written, in a copy of the checkout: ``pip wheel``
+    builds the wheel, a fresh venv installs it with its dependencies, and its
+    ``tangram-channel --version`` runs from that venv (``pip install tangram-channel``
+    from PyPI finds nothing, so the guide must not say it).
+    """
+    block = literal_blocks(section((ROOT / "docs" / "deploy.rst").read_text(), "One node under systemd"))[0]
+    install = [command for command in commands(block) if not command.startswith("useradd")]
+    assert "pip install tangram-channel" not in block
+    checkout = tmp_path / "checkout"
+    shutil.copytree(
+        ROOT, checkout,
+        ignore=shutil.ignore_patterns(".git", ".venv*", "node_modules", "dist", "build", "*.egg-info", "benchmarks"),
+    )
+    venv = tmp_path / "opt"
+    # the guide's bare pip and python3 are this venv's; its /opt/tangram-channel is a fresh one
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    for command in install:
+        done = subprocess.run(
+            command.replace("/opt/tangram-channel", str(venv)), shell=True, cwd=checkout, env=env,
+            capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, f"{command}\n{done.stderr}"
+    assert install[-1].endswith("tangram-channel --version")
+    assert done.stdout.strip() == f"tangram-channel {__version__}"
