@@ -26,7 +26,8 @@ from . import __version__
 from . import config as configuration
 from .errors import RedisUnavailable
 from .redis import RedisURL, connect_once
-from .tokens import TokenAuthority, is_admin_channel
+from .naming import from_pattern, is_admin_topic, to_channel
+from .tokens import TokenAuthority
 
 
 def _read(path: str | None) -> tuple[configuration.Config, list[str]]:
@@ -59,7 +60,7 @@ def token(args: argparse.Namespace, out: TextIO) -> int:
     """
     config = _load(args.config)
     if config.jwt_secret == configuration.DEFAULT_SECRET:
-        if is_admin_channel(args.channel):
+        if is_admin_topic(args.channel):
             print(f"tangram-channel: refusing to sign an admin token with {_DEFAULT_SECRET_IS}", file=sys.stderr)
             return 1
         print(f"WARNING: signing with {_DEFAULT_SECRET_IS}", file=sys.stderr)
@@ -75,9 +76,9 @@ def token(args: argparse.Namespace, out: TextIO) -> int:
 
 async def publish(reactor: Any, args: argparse.Namespace, out: TextIO) -> int:
     conn = await connect_once(reactor, _redis_url(args))
-    channel = f"to:{args.channel}:{args.event}"
-    receivers = await conn.publish(channel.encode("utf-8"), args.payload.encode("utf-8"))
-    out.write(f"published to {channel} ({receivers} service connections received it)\n")
+    channel = to_channel(args.channel, args.event)
+    receivers = await conn.publish(channel, args.payload.encode("utf-8"))
+    out.write(f"published to {channel.decode()} ({receivers} service connections received it)\n")
     conn.transport.loseConnection()
     return 0
 
@@ -96,7 +97,7 @@ async def listen(reactor: Any, args: argparse.Namespace, out: TextIO) -> int:
             done.callback(None)
 
     conn.on_message = show
-    await conn.psubscribe([f"from:{args.pattern}".encode("utf-8")])
+    await conn.psubscribe([from_pattern(args.pattern)])
     # on stderr, so stdout stays only messages; scripts may wait for this line
     print(f"listening to from:{args.pattern}", file=sys.stderr, flush=True)
     conn.whenDisconnected().addCallback(lambda _: done.called or done.errback(RedisUnavailable("Redis closed the connection")))

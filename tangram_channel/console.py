@@ -32,7 +32,8 @@ from .metrics import PREFIX, Metrics
 from .protocol import CLOSE_POLICY, PhoenixFactory
 from .errors import RedisTimeout, RedisUnavailable
 from .redis import RedisBridge
-from .tokens import ADMIN_CHANNEL, Grant, TokenAuthority, TokenRefused
+from .naming import ADMIN_TOPIC, to_channel
+from .tokens import Grant, TokenAuthority, TokenRefused
 from .web import BodyRefused, json_object
 
 log = Logger()
@@ -63,7 +64,7 @@ def admin_grant(request: Request, tokens: TokenAuthority) -> Grant | None:
     if scheme.lower() != "bearer":
         return None
     try:
-        return tokens.verify(token.strip(), ADMIN_CHANNEL)
+        return tokens.verify(token.strip(), ADMIN_TOPIC)
     except TokenRefused:
         return None
 
@@ -185,7 +186,7 @@ class PublishResource(ActionResource):
         )
         lost: list[Any] = []  # the client may go while Redis answers: then nothing is written
         request.notifyFinish().addErrback(lost.append)
-        d = self._bridge.publish(f"to:{channel}:{event}".encode(), payload)
+        d = self._bridge.publish(to_channel(channel, event), payload)
         d.addCallbacks(
             lambda nodes: json_answer(request, 200, {"published": True, "nodes": nodes}),
             self._failed, errbackArgs=(request, grant),

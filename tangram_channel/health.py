@@ -22,12 +22,10 @@ from twisted.web.server import Request
 
 from . import __version__
 from .metrics import Metrics
+from .naming import HEALTH_KEY
 from .protocol import PhoenixFactory
 from .errors import REDIS_UNAVAILABLE, RedisUnavailable
 from .redis import RedisBridge
-
-PROBE_KEY = b"tangram-channel:health"
-
 
 class RedisProbe(Service):
     """
@@ -71,7 +69,7 @@ class RedisProbe(Service):
         if self._sent_at is not None or not self._bridge.connected:
             return
         self._sent_at = self._clock.seconds()
-        written = self._bridge.execute("SET", PROBE_KEY, b"1", b"PX", b"10000", answered=self._answered)
+        written = self._bridge.execute("SET", HEALTH_KEY, b"1", b"PX", b"10000", answered=self._answered)
         written.addCallbacks(self._written, self._refused)
 
     def _written(self, reply: Any) -> None:

@@ -25,13 +25,12 @@ from .frames import Broadcast, Burst, FrameError, Message
 from .inflight import InFlight
 from .logs import ThrottledLog
 from .metrics import ChannelTraffic, Metrics
+from .naming import ADMIN_TOPIC, SYSTEM_TOPIC, to_channel
 from .presence import Presence, Replica
 from .tokens import TokenAuthority
 
 log = Logger()
 
-SYSTEM_TOPIC = "system"
-ADMIN_TOPIC = "admin"
 ALWAYS_WATCHED = (SYSTEM_TOPIC, ADMIN_TOPIC)
 
 
@@ -208,7 +207,7 @@ class Hub:
         self.presence.channels().addCallback(publish).addErrback(unless_unavailable(self.errors, "listing channels"))
 
     def publish_admin(self, event: str, payload: dict[str, Any]) -> None:
-        d = self.bus.publish(f"to:{ADMIN_TOPIC}:{event}".encode(), frames.dumps(payload))
+        d = self.bus.publish(to_channel(ADMIN_TOPIC, event), frames.dumps(payload))
         d.addErrback(unless_unavailable(self.errors, "publishing to admin"))
 
     # the way in from Redis

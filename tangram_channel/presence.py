@@ -40,14 +40,11 @@ from txredisapi import ResponseError
 from . import frames
 from .logs import ThrottledLog
 from .errors import RedisUnavailable, unless_unavailable
+from .naming import ADMIN_TOPIC, CHANNELS_KEY, KEY_PREFIX, NODES_KEY, node_key, presence_key, to_channel
 from .scripts import Script
 
 log = Logger()
 
-PREFIX = "tangram-channel:"
-CHANNELS_KEY = PREFIX + "channels"
-ADMIN_TOPIC = "admin"
-NODES_KEY = PREFIX + "nodes"
 
 # Failed writes are tried again after FIRST_RETRY seconds, doubling up to MAX_RETRY.
 FIRST_RETRY = 0.5
@@ -55,14 +52,6 @@ MAX_RETRY = 10.0
 # Orphans are looked for among this many entries, in at most this many channels, a beat.
 SWEEP_BUDGET = 1000
 SWEEP_TOPICS = 100
-
-
-def presence_key(topic: str) -> str:
-    return f"{PREFIX}presence:{topic}"
-
-
-def node_key(node: str) -> str:
-    return f"{PREFIX}node:{node}"
 
 
 UPDATE = Script("update")
@@ -483,8 +472,7 @@ class Presence:
         for key, meta in leaves:
             diff.leave(key, meta)
         if diff:
-            channel = f"to:{topic}:presence_diff".encode()
-            d = self._store.publish(channel, frames.dumps(diff.payload()))
+            d = self._store.publish(to_channel(topic, "presence_diff"), frames.dumps(diff.payload()))
             d.addErrback(unless_unavailable(self._errors, "publishing a presence_diff"))
 
     def _report_channel(self, topic: str, appeared: int, vanished: int, channels: list[bytes]) -> None:
@@ -513,7 +501,7 @@ class Presence:
 
     def channels(self) -> defer.Deferred[list[tuple[str, list[str]]]]:
         """Every channel with members on any process, with its agents, from Redis."""
-        d = LIST.run(self._store, [CHANNELS_KEY], [PREFIX])
+        d = LIST.run(self._store, [CHANNELS_KEY], [KEY_PREFIX])
         d.addCallback(
             lambda flat: sorted(
                 (flat[i].decode(), sorted(ref.decode() for ref in flat[i + 1])) for i in range(0, len(flat), 2)
@@ -559,7 +547,7 @@ class Presence:
     def beat(self) -> defer.Deferred[None]:
         """Say this node is alive; withdraw and announce nodes that are not, and orphans."""
         timeout_ms = int(self._node_timeout * 1000)
-        d = HEARTBEAT.run(self._store, [NODES_KEY, CHANNELS_KEY], [self.node, timeout_ms, PREFIX])
+        d = HEARTBEAT.run(self._store, [NODES_KEY, CHANNELS_KEY], [self.node, timeout_ms, KEY_PREFIX])
         d.addCallback(self._reaped)
         d.addErrback(unless_unavailable(self._errors, "presence heartbeat"))
         if not self._sweeping:
@@ -599,7 +587,7 @@ class Presence:
 
     def _sweep_step(self) -> defer.Deferred[None]:
         topics = self._sweep_topics[:SWEEP_TOPICS]
-        d = SWEEP.run(self._store, [NODES_KEY, CHANNELS_KEY], [PREFIX, SWEEP_BUDGET, self._sweep_hash_cursor, *topics])
+        d = SWEEP.run(self._store, [NODES_KEY, CHANNELS_KEY], [KEY_PREFIX, SWEEP_BUDGET, self._sweep_hash_cursor, *topics])
         d.addCallback(self._orphans_withdrawn)
         return d
 

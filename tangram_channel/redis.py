@@ -9,7 +9,6 @@ subscription each time it comes back, since Redis forgets them with the connecti
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
@@ -29,11 +28,11 @@ from zope.interface import implementer
 
 from .errors import RedisTimeout, RedisUnavailable
 from .logs import ThrottledLog
+from .naming import split_channel, topic_pattern
 from .metrics import Metrics
 
 log = Logger()
 
-_GLOB = re.compile(rb"([*?\[\]\\])")
 
 
 class RedisURL:
@@ -152,30 +151,12 @@ class _StrictX509:
         return connection
 
 
-def topic_pattern(topic: str) -> bytes:
-    """``to:<topic>:*`` with glob characters in the topic escaped."""
-    return b"to:" + _GLOB.sub(rb"\\\1", topic.encode("utf-8")) + b":*"
-
-
 @dataclass
 class _Watch:
     """A watched topic: its joiners, and its PSUBSCRIBE pattern, kept for as long as it is watched."""
 
     pattern: bytes
     count: int = 0
-
-
-def split_channel(channel: bytes) -> tuple[str, str] | None:
-    """``to:<topic>:<event>`` split at the last colon, or None if it is not one."""
-    if not channel.startswith(b"to:"):
-        return None
-    topic, sep, event = channel[3:].rpartition(b":")
-    if not sep or not topic or not event:
-        return None
-    try:
-        return topic.decode("utf-8"), event.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
 
 
 class _Factory(protocol.Factory):

@@ -16,12 +16,10 @@ from twisted.python.failure import Failure
 from . import frames
 from .frames import FrameError, Message
 from .hub import Hub, Member, Outbox
+from .naming import HEARTBEAT_TOPIC, from_channel
 from .presence import Replica
 from .errors import INTERNAL_ERROR, RedisUnavailable, reason, unless_unavailable
 from .tokens import TokenRefused
-
-HEARTBEAT_TOPIC = "phoenix"
-
 
 class Session:
     """One socket's joins, and what each incoming message does."""
@@ -188,7 +186,7 @@ class Session:
     def _publish(self, message: Message, payload: Any = None) -> defer.Deferred[Any]:
         body = message.payload if payload is None else payload
         data = body if isinstance(body, bytes) else frames.dumps(body)
-        channel = f"from:{message.topic}:{message.event}".encode()
+        channel = from_channel(message.topic, message.event)
         size = len(channel) + len(data)
         self.inflight.sent(size)
         try:

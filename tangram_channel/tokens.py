@@ -24,14 +24,6 @@ if _InsecureKeyLength is not None:
     warnings.filterwarnings("ignore", category=_InsecureKeyLength)
 
 _ID_ALPHABET = string.ascii_letters + string.digits
-ADMIN_CHANNEL = "admin"
-
-
-def is_admin_channel(channel: str) -> bool:
-    """``admin`` and the topics under ``admin:``: only operators get tokens for them."""
-    return channel == ADMIN_CHANNEL or channel.startswith(ADMIN_CHANNEL + ":")
-
-
 class TokenRefused(Exception):
     """The token does not admit its bearer; ``reason`` is what the client is told."""
 

@@ -25,7 +25,8 @@ from twisted.web.server import Request, Site
 from . import frames
 from .metrics import Metrics
 from .protocol import CONFORMANCE_PATH, PhoenixFactory
-from .tokens import TokenAuthority, is_admin_channel
+from .naming import is_admin_topic
+from .tokens import TokenAuthority
 from .logs import ThrottledLog
 
 log = Logger()
@@ -99,7 +100,7 @@ class TokenResource(Resource):
         problem = self._tokens.claims_problem(channel, client_id)
         if problem is not None:
             return _error(request, 422, problem)
-        if is_admin_channel(channel) and not self._admin_allowed(request):
+        if is_admin_topic(channel) and not self._admin_allowed(request):
             if self._admin_key is None:
                 return _error(request, 403, "admin tokens are minted with 'tangram-channel token --channel admin'")
             return _error(request, 403, "an admin token needs Authorization: Bearer <admin_key>")

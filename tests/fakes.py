@@ -24,8 +24,9 @@ from tangram_channel.session import Session
 from tangram_channel.frames import Burst, Message
 from tangram_channel.inflight import InFlight
 from tangram_channel.metrics import Metrics
-from tangram_channel.presence import Presence, presence_key
-from tangram_channel.redis import RedisUnavailable
+from tangram_channel.naming import presence_key
+from tangram_channel.presence import Presence
+from tangram_channel.errors import RedisUnavailable
 from tangram_channel.tokens import TokenAuthority
 
 SECRET = "unit-test-secret-" * 4  # long enough for HS512 too, so PyJWT stays quiet

@@ -15,7 +15,8 @@ from typing import Any
 
 from twisted.internet import defer
 
-from tangram_channel.presence import decode_entry, presence_key
+from tangram_channel.naming import presence_key
+from tangram_channel.presence import decode_entry
 
 from .wsclient import PhoenixTestClient, connect
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest_twisted
 
-from tangram_channel.presence import CHANNELS_KEY, NODES_KEY, encode_entry, presence_key
+from tangram_channel.naming import CHANNELS_KEY, NODES_KEY, presence_key
+from tangram_channel.presence import encode_entry
 
 from .conftest import JWT_SECRET, free_port
 from .presence_view import TOPIC, Tab, joined, settle_all, truth

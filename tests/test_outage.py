@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from tangram_channel.presence import presence_key
+from tangram_channel.naming import presence_key
 
 from .e2e import RedisListener
 from .live import RawSocket, event_of, payload_of, reply_reason, reply_status, start_twistd, token

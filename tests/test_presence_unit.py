@@ -10,19 +10,9 @@ from twisted.internet.task import Clock
 from txredisapi import ResponseError
 
 from tangram_channel import frames, presence
-from tangram_channel.presence import (
-    CHANNELS_KEY,
-    MAX_RETRY,
-    NODES_KEY,
-    SWEEP_BUDGET,
-    UPDATE,
-    Diff,
-    Presence,
-    Replica,
-    encode_entry,
-    presence_key,
-)
-from tangram_channel.redis import RedisUnavailable
+from tangram_channel.errors import RedisUnavailable
+from tangram_channel.naming import CHANNELS_KEY, NODES_KEY, presence_key
+from tangram_channel.presence import MAX_RETRY, SWEEP_BUDGET, UPDATE, Diff, Presence, Replica, encode_entry
 
 from .fakes import WINDOW, FakeRedis
 

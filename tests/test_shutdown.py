@@ -9,7 +9,7 @@ from __future__ import annotations
 import signal
 import time
 
-from tangram_channel.presence import PREFIX
+from tangram_channel.naming import KEY_PREFIX as PREFIX
 
 from .live import RawSocket, event_of, reply_status, start_twistd, token
 

@@ -12,7 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet.task import Clock
 
 from tangram_channel.frames import HeaderLimits
-from tangram_channel.tokens import Grant, TokenAuthority, TokenRefused, is_admin_channel, random_id
+from tangram_channel.naming import is_admin_topic
+from tangram_channel.tokens import Grant, TokenAuthority, TokenRefused, random_id
 
 from .e2e import forge_token
 from .fakes import SECRET, claims_of
@@ -176,4 +177,4 @@ def test_caps_come_from_the_limits_given(clock: Clock) -> None:
 
 @pytest.mark.parametrize("channel, admin", [("admin", True), ("admin:ops", True), ("administrators", False), ("x:admin", False)])
 def test_topics_under_admin_are_admin_channels(channel: str, admin: bool) -> None:
-    assert is_admin_channel(channel) is admin
+    assert is_admin_topic(channel) is admin
