@@ -68,7 +68,7 @@ class Updated(NamedTuple):
     vanished: int
     channels: list[bytes]  # only when a channel appeared or vanished and an admin is joined
     entries: list[bytes]  # the topic's fields and values, flat, when the state was asked for
-    fresh: int  # this node was not in the node zset
+    node_was_unknown: int  # this node was not in the node zset
     admins: int  # an admin is joined anywhere
 
 
@@ -90,7 +90,7 @@ class Beat(NamedTuple):
 
     withdrawn: list[Withdrawal]
     channels: list[bytes]
-    fresh: int  # this node was not in the node zset: first beat, or reaped by others
+    node_was_unknown: int  # this node was not in the node zset: first beat, or reaped by others
 
     @classmethod
     def decode(cls, reply: list[Any]) -> Beat:
@@ -205,7 +205,7 @@ class _Batch:
     adds: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     removes: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     waiting: list[defer.Deferred[Replica]] = field(default_factory=list)
-    call: IDelayedCall | None = None
+    flush_timer: IDelayedCall | None = None
     # phx_refs added by joins waiting on this flush, and earlier leaves of the same
     # phx_refs that the adds overwrite (needed again if Redis refuses the adds)
     joining: set[str] = field(default_factory=set)
@@ -299,8 +299,8 @@ class Presence:
             # The same phx_ref left and joins again (a client reusing its join_ref):
             # one diff cannot say "leave, then join" (Phoenix applies joins first),
             # so the leave goes out now, in its own flush, ahead of the join.
-            if pending.call is not None and pending.call.active():
-                pending.call.cancel()
+            if pending.flush_timer is not None and pending.flush_timer.active():
+                pending.flush_timer.cancel()
             self._flush(topic)
         batch = self._batch(topic)
         batch.adds[meta["phx_ref"]] = (key, meta)
@@ -324,7 +324,7 @@ class Presence:
         batch = self._batches.get(topic)
         if batch is None:
             batch = self._batches[topic] = _Batch()
-            batch.call = self._clock.callLater(self.window_for(topic), self._flush, topic)
+            batch.flush_timer = self._clock.callLater(self.window_for(topic), self._flush, topic)
         return batch
 
     def window_for(self, topic: str) -> float:
@@ -398,7 +398,7 @@ class Presence:
         # who left meanwhile get an empty replica (their session ignores it)
         for d in batch.waiting:
             d.callback(replica if replica is not None else Replica())
-        self._registered(updated.fresh)
+        self._registered(updated.node_was_unknown)
 
     def _resync(self, topic: str, replica: Replica) -> None:
         """Tell local members what changed elsewhere while they could not hear it."""
@@ -531,8 +531,8 @@ class Presence:
         self._flush_unwritten()
         flushes = []
         for topic, batch in list(self._batches.items()):
-            if batch.call is not None and batch.call.active():
-                batch.call.cancel()
+            if batch.flush_timer is not None and batch.flush_timer.active():
+                batch.flush_timer.cancel()
             flushes.append(self._flush(topic))
         # sent with the flushes, so it runs after them and within the bridge's wait
         retire = RETIRE.run(self._store, [NODES_KEY, node_key(self.node)], [self.node])
@@ -557,7 +557,7 @@ class Presence:
 
     def _reaped(self, reply: list[Any]) -> None:
         beat = Beat.decode(reply)
-        self._registered(beat.fresh)
+        self._registered(beat.node_was_unknown)
         self._withdrawn(beat.withdrawn, beat.channels, "a vanished node")
 
     def _withdrawn(self, withdrawn: list[Withdrawal], channels: list[bytes], whose: str) -> None:
@@ -600,9 +600,9 @@ class Presence:
     def _swept(self, _: Any) -> None:
         self._sweeping = False
 
-    def _registered(self, fresh: int) -> None:
+    def _registered(self, node_was_unknown: int) -> None:
         """Note that Redis knows this node; if it had forgotten it, others reaped us."""
-        if fresh and self._known:
+        if node_was_unknown and self._known:
             log.warn("this node was taken for dead by the others; writing its presence again")
             self.restore()
         self._known = True

@@ -2,11 +2,11 @@
 -- KEYS: 1 node zset, 2 channel set. ARGV: 1 this node, 2 timeout in ms, 3 key prefix.
 -- Returns a flat list: for each topic of a withdrawn node, {topic, vanished (1 if its
 -- last entry went), withdrawn fields and values as one list}; then the channel list,
--- then fresh: 1 if this node was not in the zset (first beat, or reaped by others
+-- then node_was_unknown: 1 if this node was not in the zset (first beat, or reaped by others
 -- while it was stalled).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local fresh = redis.call('ZADD', KEYS[1], now, ARGV[1])
+local node_was_unknown = redis.call('ZADD', KEYS[1], now, ARGV[1])
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 local out = {}
 for _, node in ipairs(dead) do
@@ -35,5 +35,5 @@ for _, node in ipairs(dead) do
   redis.call('DEL', nodekey)
 end
 table.insert(out, redis.call('SMEMBERS', KEYS[2]))
-table.insert(out, fresh)
+table.insert(out, node_was_unknown)
 return out

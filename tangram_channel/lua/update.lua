@@ -4,20 +4,20 @@
 --   entry left in the topic: drop the topic from the node's topic set, in this script so
 --   no later write can cross it) or "-"; 3 this node; then phx_ref/value pairs to add,
 --   "|", and phx_refs to remove.
--- Returns {appeared, vanished, channels, entries, fresh, admins}:
+-- Returns {appeared, vanished, channels, entries, node_was_unknown, admins}:
 --   appeared, vanished: 1 if the channel got its first entry, or lost its last;
 --   channels: every channel, only if it appeared or vanished and an admin is joined
 --     anywhere (the list grows with the channels: only worth reading for an admin);
 --   entries: the hash's fields and values, flat, if ARGV[2] is "state", else empty;
---   fresh: 1 if this node was not in the node zset (checked only when adding: a node is
+--   node_was_unknown: 1 if this node was not in the node zset (checked only when adding: a node is
 --     registered with its first entry, so one that dies before its first heartbeat is
 --     still reaped);
 --   admins: 1 if any admin is joined anywhere.
-local fresh = 0
+local node_was_unknown = 0
 if ARGV[4] ~= '|' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  fresh = redis.call('ZADD', KEYS[4], 'NX', now, ARGV[3])
+  node_was_unknown = redis.call('ZADD', KEYS[4], 'NX', now, ARGV[3])
 end
 local before = redis.call('HLEN', KEYS[1])
 local i = 4
@@ -45,4 +45,4 @@ local channels = {}
 if admins == 1 and (appeared == 1 or vanished == 1) then channels = redis.call('SMEMBERS', KEYS[3]) end
 local entries = {}
 if ARGV[2] == 'state' then entries = redis.call('HGETALL', KEYS[1]) end
-return {appeared, vanished, channels, entries, fresh, admins}
+return {appeared, vanished, channels, entries, node_was_unknown, admins}
