@@ -10,14 +10,14 @@ import signal
 import time
 
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 from tangram_channel.config import Config
+from tangram_channel.naming import NODES_KEY
 from tangram_channel.tokens import TokenAuthority
 
 from .conftest import free_port
 from .presence_view import Tab, metas, truth
+from .waiting import eventually
 
 SECRET = "multiprocess-test-secret-long-enough-for-hs256"
 NODE_TIMEOUT = 3
@@ -42,6 +42,19 @@ def start_node(twistd, redis):
 
 
 @pytest_twisted.ensureDeferred
+async def beats(redis, count: int) -> None:
+    """Until every node in the node zset has beaten ``count`` more times (each beat moves its score)."""
+    seen = {node: [score] for node, score in redis.zrange(NODES_KEY, 0, -1, withscores=True)}
+
+    def beaten() -> bool:
+        for node, score in redis.zrange(NODES_KEY, 0, -1, withscores=True):
+            if node in seen and seen[node][-1] != score:
+                seen[node].append(score)
+        return all(len(scores) > count for scores in seen.values())
+
+    await eventually(beaten, timeout=4 * NODE_TIMEOUT, what=f"{count} heartbeats of every node", interval=0.05)
+
+
 async def test_two_processes_share_presence_broadcasts_and_reap_a_killed_one(twistd, flushed_redis):
     """
     A client on each process sees the other join, leave and rejoin; a broadcast
@@ -118,8 +131,8 @@ async def test_survivors_announce_a_killed_process_leaves_once(twistd, start_ser
     rest = {f"survivor{i}": [t.agent_id] for i, t in enumerate(tabs)}
     for tab in tabs:
         await tab.settle(rest, timeout=30)
-    # both survivors beat at least twice more: a second reaping would show by now
-    await deferLater(reactor, 2 * NODE_TIMEOUT / 3 + 0.5, lambda: None)
+    # both survivors beat twice more: a second reaping would show by now
+    await beats(redis, 2)
     redis.publish(f"to:{TOPIC}:marker", "{}")
     for tab in tabs:
         await tab.until(lambda f: f[3] == "marker")
