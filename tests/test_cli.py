@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -132,6 +134,22 @@ async def test_listen_prints_what_a_client_pushes(tmp_path, start_service, redis
     assert "listening to from:room:*" in err
     client.close()
     await client.closed
+
+
+def test_listen_stopped_with_ctrl_c_exits_0_quietly(tmp_path, redis_server):
+    """Ctrl-C (SIGINT) is how an operator stops listen: exit 0, no "Redis closed" line, no traceback."""
+    listening = subprocess.Popen(
+        [sys.executable, "-m", "tangram_channel", "listen", "--redis-url", redis_server.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(), cwd=tmp_path, text=True,
+    )
+    try:
+        assert listening.stderr.readline() == "listening to from:*\n"
+        listening.send_signal(signal.SIGINT)
+        out, err = listening.communicate(timeout=10)
+    finally:
+        listening.kill()
+    assert listening.returncode == 0, err
+    assert out == "" and err == ""
 
 
 @pytest_twisted.ensureDeferred
