@@ -12,12 +12,14 @@ import os
 import re
 import secrets
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
+from OpenSSL import crypto
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -82,21 +84,29 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def postOptions(self) -> None:
-        """Refuse a bad configuration while parsing, where twistd reports it without a traceback."""
+        """Refuse a bad configuration while parsing, before twistd starts anything."""
         try:
             checked_config(self, dict(os.environ), quiet=True)
         except usage.UsageError as e:
             if self.parent is None:  # not under twistd
                 raise
-            # twistd before 26.10 prints a usage error but exits 0: a refused start must fail
-            sys.stderr.write(f"tangram-channel: {e}\n")
-            raise SystemExit(1) from None
+            # twistd would print its usage screen above the error (and before 26.10 exit 0)
+            refuse(str(e))
 
     def command_line(self) -> dict[str, Any]:
         """The settings given on the command line, by config key."""
         given = {key.replace("-", "_"): self[key] for key, *_ in self.optParameters if key != "config"}
         given["listen"] = self["listen"] or None
         return given
+
+
+def refuse(problem: str) -> NoReturn:
+    """
+    Stop start-up with one line on stderr and exit status 1: for a configuration the
+    operator must fix, where twistd would print its usage screen or a traceback.
+    """
+    sys.stderr.write(f"tangram-channel: {problem}\n")
+    raise SystemExit(1)
 
 
 # settings that may hold a secret, which ``ps`` would show every user of the machine
@@ -225,8 +235,15 @@ class _Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            sys.stderr.write(f"tangram-channel: cannot listen on {self.endpoint_description}: {e.socketError}\n")
-            raise SystemExit(1) from None
+            refuse(f"cannot listen on {self.endpoint_description}: {e.socketError}")
+
+
+def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """The endpoint of a ``listen`` string; one that Twisted cannot parse, or whose key files it cannot read, is refused."""
+    try:
+        return serverFromString(reactor, with_backlog(description))
+    except (ValueError, TypeError, OSError, crypto.Error) as e:
+        refuse(f"listen: cannot use {description}: {e}")
 
 
 def embedded_redis(reactor: Any, config: configuration.Config, url: RedisURL) -> EmbeddedRedis | None:
@@ -315,7 +332,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         listening_reactor = ReusePortReactor(reactor)
         ParentWatch(reactor).setServiceParent(top)
     for description in config.endpoints:
-        listener = _Listener(serverFromString(listening_reactor, with_backlog(description)), site)
+        listener = _Listener(server_endpoint(listening_reactor, description), site)
         listener.endpoint_description = description
         listener.setServiceParent(top)
     return top
