@@ -31,6 +31,7 @@ from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
+    InvalidLogLevelError,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
@@ -78,6 +79,20 @@ def json_line(event: dict[str, Any]) -> str:
     if failure is not None:
         record["traceback"] = failure.getTraceback()
     return json.dumps(record, ensure_ascii=False, default=repr) + "\n"
+
+
+def read_json_line(line: str) -> tuple[LogLevel, str, str] | None:
+    """
+    The level, namespace and text (with any traceback) of a line ``json_line`` wrote;
+    None for any other line. For a parent re-emitting its workers' events at their level.
+    """
+    try:
+        record = json.loads(line)
+        level = LogLevel.levelWithName(record["level"])
+        text = record["event"] + ("\n" + record["traceback"] if "traceback" in record else "")
+        return level, record["namespace"], text
+    except (ValueError, TypeError, KeyError, InvalidLogLevelError):
+        return None
 
 
 def json_file_observer(out: IO[str]) -> ILogObserver:

@@ -118,7 +118,7 @@ def worker_command(options: Options) -> tuple[list[str], dict[str, str]]:
     A worker's arguments and the environment variables to add to its own: the parent's
     command line, with the settings that may hold secrets moved into the environment.
     """
-    settings = {**options.command_line(), "workers": "1", "embedded_redis": "false", "log_format": "text"}
+    settings = {**options.command_line(), "workers": "1", "embedded_redis": "false", "log_format": "json"}
     arguments = ["--worker"] + ([f"--config={options['config']}"] if options["config"] else [])
     environment = {}
     for key, value in settings.items():
@@ -279,7 +279,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     if private_redis is not None:
         private_redis.setServiceParent(top)
     if config.workers > 1 and not options["worker"]:
-        # workers log text, which this process relays in its own format
+        # workers log JSON lines, which this process re-emits at their level in its own format
         arguments, environment = worker_command(options)
         WorkerPool(reactor, config.workers, arguments, environment).setServiceParent(top)
         return top

@@ -20,7 +20,7 @@ import pytest_twisted
 from twisted.logger import LogLevel, Logger
 from twisted.python.failure import Failure
 
-from tangram_channel.logs import json_line
+from tangram_channel.logs import json_line, read_json_line
 
 from .conftest import ROOT, free_port, wait_for_port
 from .e2e import eventually, mint
@@ -69,6 +69,19 @@ def test_json_line_of_a_failure_carries_its_traceback_on_one_line():
     assert line.count("\n") == 1
     record = json.loads(line)
     assert record["level"] == "critical" and "ZeroDivisionError" in record["traceback"]
+    level, namespace, text = read_json_line(line)
+    assert level == LogLevel.critical and text.startswith("it broke\n") and "ZeroDivisionError" in text
+
+
+def test_read_json_line_gives_back_level_namespace_and_text():
+    """What a worker pool's parent re-emits: the worker's level, namespace and text, no time."""
+    line = json_line(event(format="closed {count} sockets", count=3, level=LogLevel.warn))
+    assert read_json_line(line) == (LogLevel.warn, "tangram_channel.test", "closed 3 sockets")
+
+
+@pytest.mark.parametrize("line", ["Traceback (most recent call last):", "[1, 2]", '{"level": "loud", "event": "x"}', ""])
+def test_read_json_line_refuses_other_lines(line):
+    assert read_json_line(line) is None
 
 
 def start_twistd(tmp_path: Path, redis_url: str, port: int, *extra: str) -> tuple[subprocess.Popen, Path]:
