@@ -7,6 +7,7 @@ appear. The unit tests pin the line format itself.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from tangram_channel.logs import json_line, read_json_line
 
 from .conftest import ROOT, free_port, wait_for_port
 from .e2e import eventually, mint
-from .test_twistd import SECRET, join_and_receive
+from .test_twistd import SECRET, join_and_receive, start_daemon, stop_daemon
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
@@ -171,3 +172,24 @@ async def test_sigusr1_rotates_the_json_logfile_and_the_service_keeps_running(tm
     assert any(e.startswith("connected to Redis") for e in before)
     assert "Server Shut Down." in after and "Server Shut Down." not in before
     assert minted["token"] not in rotated.read_text() + log_path.read_text()
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_daemon_log_file_keeps_its_mode_across_rotations(tmp_path, flushed_redis, log_format):
+    """
+    A daemon runs with twistd's umask 077: the file SIGUSR1 starts must still have the
+    first one's mode (0644 from a umask of 022), so the log shipper can read it.
+    """
+    pid, _, logfile = start_daemon(tmp_path, flushed_redis.url, "--log-format", log_format)
+    try:
+        first_mode = os.stat(logfile).st_mode & 0o777
+        os.kill(pid, signal.SIGUSR1)
+        rotated = logfile.with_name(logfile.name + ".1")
+        deadline = time.monotonic() + 10
+        while not (rotated.exists() and logfile.exists()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first_mode == 0o644
+        assert os.stat(rotated).st_mode & 0o777 == 0o644
+        assert os.stat(logfile).st_mode & 0o777 == 0o644
+    finally:
+        stop_daemon(pid)

@@ -198,19 +198,27 @@ async def test_command_line_beats_environment_beats_file(twistd, flushed_redis, 
 # process life
 
 
-def test_daemon_stops_cleanly_on_sigterm(tmp_path, flushed_redis):
-    """twistd --pidfile P --logfile L tangram-channel daemonizes; SIGTERM stops it and removes the pidfile."""
+def start_daemon(tmp_path: Path, redis_url: str, *extra: str) -> tuple[int, Path, Path]:
+    """
+    ``twistd --pidfile tc.pid --logfile tc.log tangram-channel``, daemonized from a shell
+    whose umask is 022, serving; its pid, pidfile and log file. Stop it with ``stop_daemon``.
+    """
     port, pidfile, logfile = free_port(), tmp_path / "tc.pid", tmp_path / "tc.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = subprocess.run(
         [TWISTD, "--pidfile", str(pidfile), "--logfile", str(logfile), "tangram-channel", *listen(port),
-         "--redis-url", flushed_redis.url, "--jwt-secret", SECRET],
-        env=env, cwd=tmp_path, timeout=15,
+         "--redis-url", redis_url, "--jwt-secret", SECRET, *extra],
+        env=env, cwd=tmp_path, timeout=15, umask=0o022,
     )
     assert started.returncode == 0
     wait_for_port(port)
     pid = int(pidfile.read_text())
     assert not process_gone(pid)
+    return pid, pidfile, logfile
+
+
+def stop_daemon(pid: int) -> None:
+    """SIGTERM, then wait for the daemon to be gone (SIGKILL if it outlives 15 s, and fail)."""
     try:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
@@ -220,6 +228,12 @@ def test_daemon_stops_cleanly_on_sigterm(tmp_path, flushed_redis):
     finally:
         if not process_gone(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_daemon_stops_cleanly_on_sigterm(tmp_path, flushed_redis):
+    """twistd --pidfile P --logfile L tangram-channel daemonizes; SIGTERM stops it and removes the pidfile."""
+    pid, pidfile, logfile = start_daemon(tmp_path, flushed_redis.url)
+    stop_daemon(pid)
     assert not pidfile.exists()
     log = logfile.read_text()
     assert "Server Shut Down." in log and "Traceback" not in log
