@@ -124,6 +124,9 @@ def check_config(args: argparse.Namespace, out: TextIO) -> int:
     out.write("\n")
     if config.jwt_secret == configuration.DEFAULT_SECRET:
         print('warning: jwt_secret is the well-known default "secret" (fine on loopback only)', file=sys.stderr)
+    weakness = configuration.short_secret(config)
+    if weakness is not None:
+        print(f"warning: {weakness}", file=sys.stderr)
     for problem in problems:
         print(f"tangram-channel: {problem}", file=sys.stderr)
     return 1 if problems else 0

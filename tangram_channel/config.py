@@ -22,6 +22,9 @@ from .inflight import InFlightLimits
 
 ENV_PREFIX = "TANGRAM_CHANNEL_"
 DEFAULT_SECRET = "secret"
+# RFC 7518, 3.2: an HS256 key at least as long as the hash; a shorter one can be
+# brute-forced offline from any single token a client holds
+MIN_SECRET_BYTES = 32
 
 
 class ConfigError(Exception):
@@ -279,6 +282,21 @@ def build(
         # every random id would be refused at join
         raise ConfigError(f"id_length ({config.id_length}) must not exceed max_id_length ({config.max_id_length})")
     return config
+
+
+def short_secret(config: Config) -> str | None:
+    """
+    Why ``jwt_secret`` is too short to trust, or None. Not refused: a short secret some
+    deployment already shares with its plugins must keep working. The default secret
+    has a warning of its own.
+    """
+    size = len(config.jwt_secret.encode("utf-8"))
+    if config.jwt_secret == DEFAULT_SECRET or size >= MIN_SECRET_BYTES:
+        return None
+    return (
+        f"jwt_secret is {size} bytes, shorter than the {MIN_SECRET_BYTES} HS256 wants (RFC 7518): "
+        "tokens signed with it can be forged after guessing it offline from any one token"
+    )
 
 
 def load(

@@ -177,8 +177,11 @@ def _is_loopback_endpoint(description: str) -> bool:
 
 
 def check_secret(config: configuration.Config, quiet: bool = False) -> None:
-    """The well-known default secret would let anyone forge tokens: loopback only."""
+    """The well-known default secret would let anyone forge tokens: loopback only. A short one is warned about."""
     if config.jwt_secret != configuration.DEFAULT_SECRET:
+        weakness = configuration.short_secret(config)
+        if weakness is not None and not quiet:
+            log.warn("{weakness}", weakness=weakness)
         return
     if not all(_is_loopback_endpoint(e) for e in config.endpoints):
         raise configuration.ConfigError(

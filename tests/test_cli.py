@@ -173,6 +173,18 @@ async def test_check_config_prints_effective_values_with_secrets_masked(tmp_path
     assert "hunter2" not in out + err and SECRET not in out + err and "adm1n" not in out + err
 
 
+@pytest.mark.parametrize("secret, warned", [("short-but-real", True), ("x" * 32, False), (SECRET, False)])
+@pytest_twisted.ensureDeferred
+async def test_check_config_warns_of_a_jwt_secret_shorter_than_32_bytes(tmp_path, secret, warned):
+    """A secret HS256 finds too short passes (status 0) with a warning that never shows the secret."""
+    config = tmp_path / "tangram.toml"
+    config.write_text(f'[channel]\njwt_secret = "{secret}"\n')
+    code, out, err = await run(tmp_path, "check-config", str(config))
+    assert code == 0, err
+    assert ("warning: jwt_secret is 14 bytes, shorter than the 32" in err) is warned
+    assert secret not in out + err
+
+
 @pytest.mark.parametrize(
     "extra, code, message",
     [

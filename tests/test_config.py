@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python import usage
 
 from tangram_channel import config as configuration
@@ -235,6 +236,16 @@ def test_default_secret_is_refused_beyond_loopback(config: Config) -> None:
 
 def test_a_real_secret_may_listen_anywhere() -> None:
     check_secret(Config(host="0.0.0.0", jwt_secret="long and random"))
+
+
+@pytest.mark.parametrize("secret, warned", [("long and random", True), ("é" * 16, False), ("secret", False)])
+def test_a_secret_shorter_than_32_bytes_is_warned_about_at_start_up(secret: str, warned: bool) -> None:
+    """Warned, not refused, and counted in bytes; the default secret has its own warning."""
+    with capturedLogs() as events:
+        check_secret(Config(jwt_secret=secret))
+    weak = [formatEvent(e) for e in events if "shorter than the 32 HS256 wants" in formatEvent(e)]
+    assert len(weak) == int(warned)
+    assert all(secret not in line for line in weak)
 
 
 # twistd options
