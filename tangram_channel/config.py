@@ -156,9 +156,10 @@ _EXPECTED = {
     "int": "an integer",
     "float": "a finite number",
     "list": "a list of strings",
-    "autobool": '"auto", true or false',
+    "autobool": '"auto", true or false (quoted or not)',
     "bool": "true or false",
 }
+_AUTOBOOL_WORDS: dict[str, str | bool] = {"auto": "auto", "true": True, "false": False}
 _LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
 _LOG_FORMATS = ("text", "json")
 
@@ -176,8 +177,11 @@ def _check(key: str, value: Any) -> Any:
         checked = float(value)
     elif kind == "list" and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         checked = tuple(value)
-    elif kind == "autobool" and (value == "auto" or isinstance(value, bool)):
+    elif kind == "autobool" and isinstance(value, bool):
         checked = value
+    elif kind == "autobool" and isinstance(value, str) and value.lower() in _AUTOBOOL_WORDS:
+        # the sample tangram.toml quotes "auto", so a quoted "false" is what people write next
+        checked = _AUTOBOOL_WORDS[value.lower()]
     elif kind == "bool" and isinstance(value, bool):
         checked = value
     else:

@@ -120,6 +120,24 @@ def test_environment_values_are_parsed_by_kind(name: str, text: str, expected: o
 
 
 @pytest.mark.parametrize(
+    "written, expected",
+    [("false", False), ("true", True), ('"false"', False), ('"True"', True), ('"auto"', "auto"), ('"AUTO"', "auto")],
+)
+def test_embedded_redis_in_the_file_may_be_quoted_like_the_samples_auto(
+    tmp_path: Path, written: str, expected: object
+) -> None:
+    """The sample tangram.toml writes "auto" as a string: "true" and "false" may be strings too."""
+    config, _ = configuration.load(write(tmp_path, f"[channel]\nembedded_redis = {written}\n"), {}, {})
+    assert config.embedded_redis == expected and type(config.embedded_redis) is type(expected)
+
+
+@pytest.mark.parametrize("written", ['"no"', '"sometimes"', "1", '""'])
+def test_embedded_redis_refuses_other_values_naming_the_choices(tmp_path: Path, written: str) -> None:
+    with pytest.raises(ConfigError, match='embedded_redis must be "auto", true or false'):
+        configuration.load(write(tmp_path, f"[channel]\nembedded_redis = {written}\n"), {}, {})
+
+
+@pytest.mark.parametrize(
     "source, key",
     [
         ({"file": "[channel]\nport = \"http\"\n"}, "port"),
