@@ -242,7 +242,10 @@ class _Listener(StreamServerEndpointService):
 
 
 def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
-    """The endpoint of a ``listen`` string; one that Twisted cannot parse, or whose key files it cannot read, is refused."""
+    """
+    The endpoint of a ``listen`` string. One Twisted cannot parse, or whose key files it
+    cannot read, is refused in one line; Twisted would raise it through twistd.
+    """
     try:
         return serverFromString(reactor, with_backlog(description))
     except (ValueError, TypeError, OSError, crypto.Error) as e:

@@ -3,10 +3,11 @@
 through Redis.
 
 The parent only supervises: it starts N ``twistd -n tangram-channel --worker ...``
-children with its own plugin options, relays their log (JSON lines, which it re-emits
-at their level, so each shows once, with one timestamp, in the parent's format), restarts one that dies
-(the survivors withdraw its presences after ``node_timeout``), and on SIGTERM stops
-them all and waits, so every socket is closed with 1012 before the parent exits.
+children with its own plugin options, relays their log (JSON lines, re-emitted at
+their level, so each shows once, with one timestamp, in the parent's format), restarts
+one that dies (the survivors withdraw its presences after ``node_timeout``), and on
+SIGTERM stops them all and waits, so every socket is closed with 1012 before the
+parent exits.
 
 The children all listen on the same address with ``SO_REUSEPORT``, and the kernel
 spreads new connections over them. ``listen_reusing_port`` gives Twisted's ``tcp:``

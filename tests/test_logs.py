@@ -80,7 +80,9 @@ def test_read_json_line_gives_back_level_namespace_and_text():
     assert read_json_line(line) == (LogLevel.warn, "tangram_channel.test", "closed 3 sockets")
 
 
-@pytest.mark.parametrize("line", ["Traceback (most recent call last):", "[1, 2]", '{"level": "loud", "event": "x"}', ""])
+@pytest.mark.parametrize(
+    "line", ["Traceback (most recent call last):", "[1, 2]", '"text"', '{"level": "loud", "event": "x"}', ""]
+)
 def test_read_json_line_refuses_other_lines(line):
     assert read_json_line(line) is None
 

@@ -142,10 +142,14 @@ BAD_STARTS = {
     "default secret beyond loopback": (["--listen", "tcp:0"], None, "refusing to listen beyond loopback"),
     "not a redis url": (["--redis-url", "http://127.0.0.1:1"], None, "redis_url must start with redis://"),
     "unknown endpoint type": (
-        ["--listen", "tpc:0:interface=127.0.0.1"], None, "listen: cannot use tpc:0:interface=127.0.0.1: Unknown endpoint"
+        ["--listen", "tpc:0:interface=127.0.0.1"],
+        None,
+        "listen: cannot use tpc:0:interface=127.0.0.1: Unknown endpoint",
     ),
     "endpoint option Twisted lacks": (
-        ["--listen", "tcp:0:interface=127.0.0.1:backlg=10"], None, "listen: cannot use tcp:0:interface=127.0.0.1:backlg=10"
+        ["--listen", "tcp:0:interface=127.0.0.1:backlg=10"],
+        None,
+        "listen: cannot use tcp:0:interface=127.0.0.1:backlg=10",
     ),
     "missing TLS key file": (
         ["--listen", "ssl:0:privateKey=key.pem:certKey=cert.pem:interface=127.0.0.1"],
