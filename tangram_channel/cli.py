@@ -101,6 +101,9 @@ async def listen(reactor: Any, args: argparse.Namespace, out: TextIO) -> int:
     # on stderr, so stdout stays only messages; scripts may wait for this line
     print(f"listening to from:{args.pattern}", file=sys.stderr, flush=True)
     conn.whenDisconnected().addCallback(lambda _: done.called or done.errback(RedisUnavailable("Redis closed the connection")))
+    # Ctrl-C (or SIGTERM) stops the reactor, which then drops the connection: that is
+    # the normal end of listening, not Redis going away
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: done.called or done.callback(None))
     await done
     conn.transport.loseConnection()
     return 0
@@ -176,6 +179,8 @@ def _react(handler: Any, args: argparse.Namespace, out: TextIO) -> int:
     from twisted.internet import reactor
 
     outcome: list[int] = []
+    stopping: list[bool] = []  # a signal stopped the reactor: it must not be stopped again
+    reactor.addSystemEventTrigger("before", "shutdown", stopping.append, True)
 
     async def run() -> None:
         try:
@@ -184,7 +189,8 @@ def _react(handler: Any, args: argparse.Namespace, out: TextIO) -> int:
             print(f"tangram-channel: Redis at {_redis_url(args)}: {e}", file=sys.stderr)
             outcome.append(1)
         finally:
-            reactor.stop()
+            if not stopping:
+                reactor.stop()
 
     reactor.callWhenRunning(lambda: defer.ensureDeferred(run()))
     reactor.run(installSignalHandlers=True)

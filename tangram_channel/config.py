@@ -23,6 +23,9 @@ from .inflight import InFlightLimits
 
 ENV_PREFIX = "TANGRAM_CHANNEL_"
 DEFAULT_SECRET = "secret"
+# RFC 7518, 3.2: an HS256 key at least as long as the hash; a shorter one can be
+# brute-forced offline from any single token a client holds
+MIN_SECRET_BYTES = 32
 
 
 class ConfigError(Exception):
@@ -156,9 +159,10 @@ _EXPECTED = {
     "int": "an integer",
     "float": "a finite number",
     "list": "a list of strings",
-    "autobool": '"auto", true or false',
+    "autobool": '"auto", true or false (quoted or not)',
     "bool": "true or false",
 }
+_AUTOBOOL_WORDS: dict[str, str | bool] = {"auto": "auto", "true": True, "false": False}
 _LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
 _LOG_FORMATS = ("text", "json")
 
@@ -176,8 +180,11 @@ def _check(key: str, value: Any) -> Any:
         checked = float(value)
     elif kind == "list" and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         checked = tuple(value)
-    elif kind == "autobool" and (value == "auto" or isinstance(value, bool)):
+    elif kind == "autobool" and isinstance(value, bool):
         checked = value
+    elif kind == "autobool" and isinstance(value, str) and value.lower() in _AUTOBOOL_WORDS:
+        # the sample tangram.toml quotes "auto", so a quoted "false" is what people write next
+        checked = _AUTOBOOL_WORDS[value.lower()]
     elif kind == "bool" and isinstance(value, bool):
         checked = value
     else:
@@ -284,6 +291,21 @@ def build(
     return config
 
 
+def short_secret(config: Config) -> str | None:
+    """
+    Why ``jwt_secret`` is too short to trust, or None. Not refused: a short secret some
+    deployment already shares with its plugins must keep working. The default secret
+    has a warning of its own.
+    """
+    size = len(config.jwt_secret.encode("utf-8"))
+    if config.jwt_secret == DEFAULT_SECRET or size >= MIN_SECRET_BYTES:
+        return None
+    return (
+        f"jwt_secret is {size} bytes, shorter than the {MIN_SECRET_BYTES} HS256 wants (RFC 7518): "
+        "tokens signed with it can be forged after guessing it offline from any one token"
+    )
+
+
 def load(
     path: str | None,
     environ: Mapping[str, str],
@@ -297,7 +319,6 @@ def load(
 # Checks of a whole configuration: what would be unsafe or could not work is refused,
 # what is merely risky is warned about, by the service at start-up and by check-config.
 
-MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 DEFAULT_SECRET_WARNING = (
     'USING THE DEFAULT jwt_secret "secret": anyone can forge tokens. Fine on loopback for a trial; '
     "set jwt_secret in tangram.toml or TANGRAM_CHANNEL_JWT_SECRET before exposing this service."
@@ -334,11 +355,9 @@ def check(config: Config, worker: bool = False) -> list[str]:
                 "in tangram.toml, TANGRAM_CHANNEL_JWT_SECRET, or --jwt-secret"
             )
         warnings.append(DEFAULT_SECRET_WARNING)
-    elif len(config.jwt_secret.encode("utf-8")) < MIN_SECRET_BYTES:
-        warnings.append(
-            f"jwt_secret is shorter than {MIN_SECRET_BYTES} bytes: HS256 keys that short can be guessed offline "
-            "from one token; use e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-        )
+    weakness = short_secret(config)
+    if weakness is not None:
+        warnings.append(weakness)
     if config.workers > 1 and not worker and not all(e.startswith(("tcp:", "ssl:")) for e in config.endpoints):
         raise ConfigError("workers > 1 needs tcp: or ssl: endpoints, which the workers share")
     return warnings

@@ -3,11 +3,12 @@ Log output under ``twistd``: readable lines (twistd's own) or one JSON object pe
 
 twistd starts its log observer after ``makeService``, from its own options
 (``--logfile``, ``--nodaemon``, ``--syslog``), unless the Application carries an
-``ILogObserver`` component. So when JSON or a log level other than the default is asked
-for, the top service sets that component as twistd adds it to the Application, with an
-observer writing where twistd itself would have written. ``--syslog`` is left to twistd.
-Like twistd's own, that observer's log file is rotated on ``SIGUSR1`` (logrotate's
-``postrotate``), which would otherwise end the process.
+``ILogObserver`` component. So when JSON, a log level other than the default or a log
+file is asked for, the top service sets that component as twistd adds it to the
+Application, with an observer writing where twistd itself would have written.
+``--syslog`` is left to twistd. Like twistd's own, that observer's log file is rotated
+on ``SIGUSR1`` (logrotate's ``postrotate``), which would otherwise end the process, and
+each megabyte; unlike twistd's, every file after a rotation keeps the first one's mode.
 
 A JSON line holds ``time`` (ISO 8601, UTC), ``level``, ``namespace``, ``event`` (the
 formatted text), ``fields`` (the event's own keys) and, for failures, ``traceback``.
@@ -20,7 +21,9 @@ if a caller logs one by mistake.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 import sys
 from datetime import datetime, timezone
 from typing import IO, Any
@@ -31,6 +34,7 @@ from twisted.logger import (
     FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
+    InvalidLogLevelError,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
@@ -80,6 +84,20 @@ def json_line(event: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, default=repr) + "\n"
 
 
+def read_json_line(line: str) -> tuple[LogLevel, str, str] | None:
+    """
+    The level, namespace and text (with any traceback) of a line ``json_line`` wrote;
+    None for any other line. For a parent re-emitting its workers' events at their level.
+    """
+    try:
+        record = json.loads(line)
+        level = LogLevel.levelWithName(record["level"])
+        text = record["event"] + ("\n" + record["traceback"] if "traceback" in record else "")
+        return level, record["namespace"], text
+    except (ValueError, TypeError, KeyError, InvalidLogLevelError):
+        return None
+
+
 def json_file_observer(out: IO[str]) -> ILogObserver:
     """An observer writing one JSON object per line to ``out``."""
     return FileLogObserver(out, json_line)
@@ -116,18 +134,23 @@ def twistd_log_file(twistd_options: Any) -> IO[str]:
     name = twistd_options.get("logfile")
     if name == "-" or (not name and twistd_options.get("nodaemon")):
         return sys.stdout
-    return LogFile.fromFullPath(name or "twistd.log")
+    log_file = LogFile.fromFullPath(name or "twistd.log")
+    if log_file.defaultMode is None:
+        # Made now, before twistd daemonizes, with the operator's umask. A daemon runs
+        # with twistd's 077, which would make every file after a rotation 0600.
+        log_file.defaultMode = stat.S_IMODE(os.stat(log_file.path).st_mode)
+    return log_file
 
 
 def twistd_observer(twistd_options: Any, log_format: str, log_level: str) -> tuple[ILogObserver, IO[str]] | None:
     """The observer to hand twistd and the file it writes, or None where twistd's own does what was asked."""
     if twistd_options is None or twistd_options.get("syslog") or twistd_options.get("logger"):
         return None
-    if log_format == "text" and level_named(log_level) == LogLevel.info:
-        return None
     if twistd_options.get("logfile") == "-" and not twistd_options.get("nodaemon"):
         return None  # twistd refuses this itself, with its own message
     out = twistd_log_file(twistd_options)
+    if out is sys.stdout and log_format == "text" and level_named(log_level) == LogLevel.info:
+        return None
     observer = json_file_observer(out) if log_format == "json" else textFileLogObserver(out)
     return FilteringLogObserver(observer, [LogLevelFilterPredicate(defaultLogLevel=level_named(log_level))]), out
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from twisted.web.resource import Resource
 
 from .inflight import InFlight
@@ -145,4 +145,7 @@ def metrics_resource(metrics: Metrics) -> Resource:
     """``GET /metrics``: prometheus_client's own Twisted resource on this service's registry."""
     from prometheus_client.twisted import MetricsResource
 
+    # Each counter would come twice, with a ``_created`` timestamp series that Prometheus
+    # does not need for rates: a process-wide switch, which no other registry here wants
+    disable_created_metrics()
     return MetricsResource(metrics.registry)

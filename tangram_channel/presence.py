@@ -273,7 +273,7 @@ class Presence:
         self._sweep_hash_cursor = b"0"
         self._sweeping = False
         self._stale: dict[str, Replica] = {}  # replicas from before an outage
-        self._known = False  # whether this node was ever in the node zset
+        self._known = False  # whether this node is in the node zset of the Redis it is connected to
         self._heartbeat = LoopingCall(self.beat)
         self._heartbeat.clock = clock
         self._listener: Listener = _Unheard()
@@ -612,6 +612,9 @@ class Presence:
         After a Redis outage (or after being reaped as dead): write this process's
         entries again, withdraw the leaves Redis missed, and re-read replicas.
         """
+        # Redis may be a restarted, empty one: this node's next registration there is
+        # new, which says nothing about the others having reaped it
+        self._known = False
         for topic, replica in self.replicas.items():
             self._stale.setdefault(topic, replica)  # the oldest: what clients last saw
         self.replicas.clear()

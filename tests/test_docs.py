@@ -29,6 +29,20 @@ def test_readme_table_names_every_config_key():
     assert documented == {field.name for field in dataclasses.fields(Config)}
 
 
+def test_every_foreground_twistd_example_writes_no_pidfile():
+    """
+    ``twistd -n`` leaves ./twistd.pid, which stops a second node from the same folder:
+    every example in README.rst and docs/ says ``--pidfile=`` before ``tangram-channel``.
+    """
+    examples = [
+        (path.name, match.group(0))
+        for path in [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst"))]
+        for match in re.finditer(r"twistd -n\b.*?tangram-channel", path.read_text())
+    ]
+    assert examples
+    assert [example for example in examples if "--pidfile" not in example[1]] == []
+
+
 def test_systemd_unit_runs_twistd_in_the_foreground_with_the_secret_from_a_file():
     """contrib/tangram-channel.service: Type=simple, twistd -n with --config, EnvironmentFile, Restart=on-failure."""
     settings = unit_settings((ROOT / "contrib" / "tangram-channel.service").read_text())

@@ -7,6 +7,7 @@ appear. The unit tests pin the line format itself.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,11 +20,11 @@ import pytest_twisted
 from twisted.logger import LogLevel, Logger
 from twisted.python.failure import Failure
 
-from tangram_channel.logs import json_line
+from tangram_channel.logs import json_line, read_json_line
 
 from .conftest import ROOT, free_port, wait_for_port
 from .e2e import mint
-from .test_twistd import SECRET, join_and_receive
+from .test_twistd import SECRET, join_and_receive, start_daemon, stop_daemon
 from .waiting import eventually, wait_until
 
 TWISTD = str(Path(sys.executable).parent / "twistd")
@@ -69,6 +70,21 @@ def test_json_line_of_a_failure_carries_its_traceback_on_one_line():
     assert line.count("\n") == 1
     record = json.loads(line)
     assert record["level"] == "critical" and "ZeroDivisionError" in record["traceback"]
+    level, namespace, text = read_json_line(line)
+    assert level == LogLevel.critical and text.startswith("it broke\n") and "ZeroDivisionError" in text
+
+
+def test_read_json_line_gives_back_level_namespace_and_text():
+    """What a worker pool's parent re-emits: the worker's level, namespace and text, no time."""
+    line = json_line(event(format="closed {count} sockets", count=3, level=LogLevel.warn))
+    assert read_json_line(line) == (LogLevel.warn, "tangram_channel.test", "closed 3 sockets")
+
+
+@pytest.mark.parametrize(
+    "line", ["Traceback (most recent call last):", "[1, 2]", '"text"', '{"level": "loud", "event": "x"}', ""]
+)
+def test_read_json_line_refuses_other_lines(line):
+    assert read_json_line(line) is None
 
 
 def start_twistd(tmp_path: Path, redis_url: str, port: int, *extra: str) -> tuple[subprocess.Popen, Path]:
@@ -155,3 +171,22 @@ async def test_sigusr1_rotates_the_json_logfile_and_the_service_keeps_running(tm
     assert any(e.startswith("connected to Redis") for e in before)
     assert "Server Shut Down." in after and "Server Shut Down." not in before
     assert minted["token"] not in rotated.read_text() + log_path.read_text()
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_daemon_log_file_keeps_its_mode_across_rotations(tmp_path, flushed_redis, log_format):
+    """
+    A daemon runs with twistd's umask 077: the file SIGUSR1 starts must still have the
+    first one's mode (0644 from a umask of 022), so the log shipper can read it.
+    """
+    pid, _, logfile = start_daemon(tmp_path, flushed_redis.url, "--log-format", log_format)
+    try:
+        first_mode = os.stat(logfile).st_mode & 0o777
+        os.kill(pid, signal.SIGUSR1)
+        rotated = logfile.with_name(logfile.name + ".1")
+        wait_until(lambda: rotated.exists() and logfile.exists(), what="the log rotated")
+        assert first_mode == 0o644
+        assert os.stat(rotated).st_mode & 0o777 == 0o644
+        assert os.stat(logfile).st_mode & 0o777 == 0o644
+    finally:
+        stop_daemon(pid)

@@ -32,12 +32,8 @@ async def scrape(service) -> dict[str, float]:
 
 
 def moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """What changed between two scrapes (``_created`` timestamps aside)."""
-    return {
-        key: after[key] - before.get(key, 0.0)
-        for key in after
-        if after[key] != before.get(key, 0.0) and not key.endswith("_created")
-    }
+    """What changed between two scrapes."""
+    return {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
 
 
 async def health(service) -> tuple[int, dict]:
@@ -190,6 +186,20 @@ async def test_health_masks_the_redis_password(start_service, redis_binary):
         assert "hunter2" not in json.dumps(body) and "***" in body["redis"]["url"]
     finally:
         server.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_counters_come_without_created_series(start_service):
+    """Each counter is one ``_total`` series (per label set), not also a ``_created`` timestamp."""
+    service = await start_service(datetime_interval=0)
+    client = await connect(service.ws_url)
+    reply = await client.reply(client.join("room", "not-a-token"))
+    assert fields(reply)[4]["status"] == "error"
+    text = (await (await treq.get(service.base_url + "/metrics")).content()).decode()
+    assert M + "join_refusals_total{" in text and M + "heartbeats_total " in text
+    assert "_created" not in text
+    client.close()
+    await client.closed
 
 
 @pytest_twisted.ensureDeferred

@@ -108,6 +108,7 @@ def test_redis_outage_keeps_sockets_answers_errors_and_restores_everything(twist
     assert {"a", "b"} <= set(state)
 
     assert "Redis at" in service.log() and "is back" in service.log()
+    assert "taken for dead" not in service.log(), "a lone node, just reconnected"
     acked.update(push_batch(a, feed_join_ref, ticks, 40, 20))
     assert all(acked[n] == ("ok", None) for n in range(40, 60))
     ticks.wait(a, 0.5)

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
 from txredisapi import ResponseError
 
 from tangram_channel import frames, presence
@@ -321,6 +322,40 @@ def test_a_live_node_is_not_reaped(node: Node) -> None:
     node.presence.beat()
     assert set(node.redis.presence("room")) == {"b1"}
     assert node.redis.published == published
+
+
+TAKEN_FOR_DEAD = "this node was taken for dead by the others"
+
+
+def test_a_node_reaped_while_it_stalled_says_so_and_writes_its_presence_again(node: Node) -> None:
+    """Its heartbeat finds it gone from the node zset, though Redis never went away."""
+    node.track("room", "alice", "a1")
+    node.clock.advance(WINDOW)
+    node.presence.beat()
+    node.redis.server.zrem(NODES_KEY, "node-a")  # what a survivor's heartbeat does to a silent node
+    node.redis.server.hdel(presence_key("room"), "a1")
+    with capturedLogs() as events:
+        node.presence.beat()
+        node.clock.advance(WINDOW)
+    assert [e["log_format"] for e in events if TAKEN_FOR_DEAD in e["log_format"]] != []
+    assert set(node.redis.presence("room")) == {"a1"}
+
+
+@pytest.mark.parametrize("members", [True, False])
+def test_a_lone_node_back_from_a_redis_restart_was_not_taken_for_dead(node: Node, members: bool) -> None:
+    """Redis restarted empty: the node's registration is new there, which is no sign of being reaped."""
+    if members:
+        node.track("room", "alice", "a1")
+        node.clock.advance(WINDOW)
+    node.presence.beat()
+    node.redis.server.flushall()
+    with capturedLogs() as events:
+        node.presence.restore()  # what the bridge calls once reconnected
+        node.clock.advance(WINDOW)
+        node.presence.beat()
+    assert [e for e in events if TAKEN_FOR_DEAD in e.get("log_format", "")] == []
+    assert node.redis.server.zscore(NODES_KEY, "node-a") is not None
+    assert set(node.redis.presence("room")) == ({"a1"} if members else set())
 
 
 # Ghost presence (issue 13, point 4)

@@ -142,18 +142,36 @@ BAD_STARTS = {
     ),
     "default secret beyond loopback": (["--listen", "tcp:0"], None, "refusing to listen beyond loopback"),
     "not a redis url": (["--redis-url", "http://127.0.0.1:1"], None, "redis_url must start with redis://"),
+    "unknown endpoint type": (
+        ["--listen", "tpc:0:interface=127.0.0.1"],
+        None,
+        "listen: cannot use tpc:0:interface=127.0.0.1: Unknown endpoint",
+    ),
+    "endpoint option Twisted lacks": (
+        ["--listen", "tcp:0:interface=127.0.0.1:backlg=10"],
+        None,
+        "listen: cannot use tcp:0:interface=127.0.0.1:backlg=10",
+    ),
+    "missing TLS key file": (
+        ["--listen", "ssl:0:privateKey=key.pem:certKey=cert.pem:interface=127.0.0.1"],
+        None,
+        "listen: cannot use ssl:0:privateKey=key.pem:certKey=cert.pem:interface=127.0.0.1: [Errno 2]",
+    ),
 }
 
 
 @pytest.mark.parametrize("args,config,message", BAD_STARTS.values(), ids=BAD_STARTS.keys())
-def test_bad_configuration_exits_with_one_line(twistd, tmp_path, args, config, message):
-    """A bad configuration stops start-up with a non-zero exit and a last line naming the problem, no traceback."""
+def test_bad_configuration_exits_1_with_one_line(twistd, tmp_path, args, config, message):
+    """
+    A bad configuration stops start-up with status 1 and one line naming the problem: no
+    usage screen, no traceback, no label but ours.
+    """
     if config is not None:
         (tmp_path / "tangram.toml").write_text(config)
     code, output = run_to_exit(twistd, *args, "--embedded-redis", "false")
-    assert code != 0
-    assert message in output.strip().splitlines()[-1]
-    assert "Traceback" not in output
+    assert code == 1
+    assert output.splitlines() == [output.strip()]
+    assert output.startswith("tangram-channel: ") and message in output
 
 
 @pytest_twisted.ensureDeferred
@@ -185,25 +203,39 @@ async def test_command_line_beats_environment_beats_file(twistd, flushed_redis, 
 # process life
 
 
-def test_daemon_stops_cleanly_on_sigterm(tmp_path, flushed_redis):
-    """twistd --pidfile P --logfile L tangram-channel daemonizes; SIGTERM stops it and removes the pidfile."""
+def start_daemon(tmp_path: Path, redis_url: str, *extra: str) -> tuple[int, Path, Path]:
+    """
+    ``twistd --pidfile tc.pid --logfile tc.log tangram-channel``, daemonized from a shell
+    whose umask is 022, serving; its pid, pidfile and log file. Stop it with ``stop_daemon``.
+    """
     port, pidfile, logfile = free_port(), tmp_path / "tc.pid", tmp_path / "tc.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = subprocess.run(
         [TWISTD, "--pidfile", str(pidfile), "--logfile", str(logfile), "tangram-channel", *listen(port),
-         "--redis-url", flushed_redis.url, "--jwt-secret", SECRET],
-        env=env, cwd=tmp_path, timeout=15,
+         "--redis-url", redis_url, "--jwt-secret", SECRET, *extra],
+        env=env, cwd=tmp_path, timeout=15, umask=0o022,
     )
     assert started.returncode == 0
     wait_for_port(port)
     pid = int(pidfile.read_text())
     assert not process_gone(pid)
+    return pid, pidfile, logfile
+
+
+def stop_daemon(pid: int) -> None:
+    """SIGTERM, then wait for the daemon to be gone (SIGKILL if it outlives 15 s, and fail)."""
     try:
         os.kill(pid, signal.SIGTERM)
         wait_until(lambda: process_gone(pid), 15, "twistd to exit")
     finally:
         if not process_gone(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_daemon_stops_cleanly_on_sigterm(tmp_path, flushed_redis):
+    """twistd --pidfile P --logfile L tangram-channel daemonizes; SIGTERM stops it and removes the pidfile."""
+    pid, pidfile, logfile = start_daemon(tmp_path, flushed_redis.url)
+    stop_daemon(pid)
     assert not pidfile.exists()
     log = logfile.read_text()
     assert "Server Shut Down." in log and "Traceback" not in log
@@ -288,6 +320,39 @@ async def test_tls_listener_serves_https_token_and_wss(twistd, flushed_redis, tm
     https = treq.client.HTTPClient(Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust)))
     minted = await mint(f"https://localhost:{port}", "room", agent=https)
     await join_and_receive(f"wss://localhost:{port}/websocket", minted["token"], "room", flushed_redis.client(), trust)
+
+
+def readme_block_after(opening: str) -> str:
+    """The literal block (``::``) of the README paragraph that starts with ``opening``, unindented."""
+    text = (ROOT / "README.rst").read_text().split("\n" + opening, 1)[1].split("::\n\n", 1)[1]
+    block = []
+    for line in text.splitlines():
+        if line and not line.startswith("    "):
+            break
+        block.append(line[4:])
+    return "\n".join(block).strip()
+
+
+@pytest_twisted.ensureDeferred
+async def test_readme_tls_example_starts_as_written(tmp_path, flushed_redis):
+    """The README's TLS commands, run by bash in a folder holding key.pem and cert.pem, serve https."""
+    _, _, trust = make_certificate(tmp_path)
+    port = free_port()
+    commands = readme_block_after("TLS:").replace("8443", str(port))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TANGRAM_CHANNEL_")}
+    env.update(
+        PATH=f"{Path(TWISTD).parent}:{env['PATH']}", PYTHONPATH=str(ROOT),
+        TANGRAM_CHANNEL_REDIS_URL=flushed_redis.url, TANGRAM_CHANNEL_EMBEDDED_REDIS="false",
+    )
+    shell = subprocess.Popen(["bash", "-e", "-c", commands], cwd=tmp_path, env=env, start_new_session=True)
+    try:
+        wait_for_port(port)
+        https = treq.client.HTTPClient(Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust)))
+        minted = await mint(f"https://localhost:{port}", "room", agent=https)
+        assert minted["channel"] == "room" and minted["token"]
+    finally:
+        os.killpg(shell.pid, signal.SIGTERM)
+        assert wait_exit(shell) == 0
 
 
 # embedded Redis

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import urllib.request
 
@@ -152,6 +153,26 @@ def test_secrets_reach_workers_through_their_environment_not_their_command_line(
         client.join_ok("admin", minted["token"])
         client.join_ok("room", forge_token(secret, "room", "forged-by-the-test"))
         client.close()
+
+
+def test_worker_log_lines_are_relayed_at_their_level_with_one_timestamp(twistd, flushed_redis, tmp_path):
+    """
+    A worker's warning (an unknown config key) shows in the parent's log once per worker,
+    as a warning, with the parent's timestamp only; its info lines stay info.
+    """
+    (tmp_path / "tangram.toml").write_text("[channel]\nnot_a_key = 1\n")
+    proc = start_twistd(twistd, "--redis-url", flushed_redis.url, workers=2)
+    wait_until(lambda: proc.log().count("] connected to Redis") >= 2, what="both workers to reach Redis")
+    lines = proc.log().splitlines()
+    timestamp = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+    relayed = [line for line in lines if "[worker " in line]
+    assert relayed and all(len(timestamp.findall(line)) == 1 for line in relayed), relayed
+    for index in (0, 1):
+        warned = [line for line in relayed if f"[worker {index}] tangram.toml: unknown key [channel] not_a_key" in line]
+        assert len(warned) == 1 and "[tangram_channel.tap#warn]" in warned[0], relayed
+        connected = [line for line in relayed if f"[worker {index}] connected to Redis" in line]
+        assert connected and all("#info]" in line for line in connected), relayed
+    assert proc.stop() == 0
 
 
 def test_a_worker_command_carries_no_secret(monkeypatch):
