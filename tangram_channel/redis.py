@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from .logs import ThrottledLog
 from .metrics import Metrics
+from .pending import PendingMessages
 
 log = Logger()
 
@@ -250,14 +251,9 @@ class _Commands(_ReportsEarlyLoss, txredisapi.RedisProtocol):
 
 class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
     on_message: Callable[[bytes, bytes, bytes], None] = staticmethod(lambda pattern, channel, message: None)
-    on_chunk_end: Callable[[], None] = staticmethod(lambda: None)
 
     def messageReceived(self, pattern: bytes, channel: bytes, message: bytes) -> None:
         self.on_message(pattern, channel, message)
-
-    def dataReceived(self, data: bytes, *args: Any) -> None:
-        super().dataReceived(data, *args)
-        self.on_chunk_end()
 
 
 class RedisBridge(MultiService):
@@ -265,13 +261,19 @@ class RedisBridge(MultiService):
     Publishes for the hub and feeds it what Redis delivers.
 
     ``on_messages([(topic, event, payload), ...])`` gets the messages on watched topics
-    that arrived in one read from the socket, in order, so a burst can be written to
-    each client in one go; ``on_connect()`` runs each time both connections are up, the
+    in order, about ``pending.SLICE_BYTES`` of them at a time (all that arrived, when
+    less), so a burst can be written to each client in one go, in a later reactor turn
+    than the read that brought them (see ``pending``); ``on_connect()`` runs each time both connections are up, the
     first time and after every outage, so the owner can restore what Redis lost.
     """
 
     def __init__(
-        self, reactor: IReactorTime, url: RedisURL, metrics: Metrics | None = None, timeout: float = 5.0
+        self,
+        reactor: IReactorTime,
+        url: RedisURL,
+        metrics: Metrics | None = None,
+        timeout: float = 5.0,
+        max_pending_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         super().__init__()
         self.url = url
@@ -279,7 +281,10 @@ class RedisBridge(MultiService):
         self._errors = ThrottledLog(log, reactor)
         self.metrics = metrics if metrics is not None else Metrics()
         self.on_messages: Callable[[list[tuple[str, str, bytes]]], None] = lambda messages: None
-        self._arrived: list[tuple[str, str, bytes]] = []
+        self._pending: PendingMessages[tuple[bytes, bytes, bytes]] = PendingMessages(
+            reactor, self._deliver, max_pending_bytes, self.metrics
+        )
+        self.metrics.count_pending(lambda: self._pending.bytes)
         self.on_connect: Callable[[], None] = lambda: None
         self._watched: dict[str, int] = {}
         self._confirming: dict[str, list[defer.Deferred[None]]] = {}
@@ -315,7 +320,7 @@ class RedisBridge(MultiService):
 
     def _subscriber_ready(self, conn: Any) -> None:
         conn.on_message = self._received
-        conn.on_chunk_end = self._chunk_ended
+        self._pending.attach(conn.transport)
         self._subscriber = conn
         conn.whenDisconnected().addCallback(self._lost, "_subscriber")
         for topic in self._watched:
@@ -399,18 +404,20 @@ class RedisBridge(MultiService):
         return d.addErrback(lambda f: defer.fail(RedisUnavailable("redis unavailable")))
 
     def _received(self, pattern: bytes, channel: bytes, message: bytes) -> None:
-        split = split_channel(channel)
-        # A topic "a" also matches "to:a:b:event" through its pattern "to:a:*"; only
-        # the pattern of the topic the channel names may deliver it, or members of
-        # "a:b" would get it twice.
-        if split is None or pattern != topic_pattern(split[0]) or split[0] not in self._watched:
-            return
-        self._arrived.append((split[0], split[1], message))
+        self._pending.add((pattern, channel, message), len(message))
 
-    def _chunk_ended(self) -> None:
-        if self._arrived:
-            arrived, self._arrived = self._arrived, []
-            self.on_messages(arrived)
+    def _deliver(self, received: list[tuple[bytes, bytes, bytes]]) -> None:
+        messages = []
+        for pattern, channel, message in received:
+            split = split_channel(channel)
+            # A topic "a" also matches "to:a:b:event" through its pattern "to:a:*"; only
+            # the pattern of the topic the channel names may deliver it, or members of
+            # "a:b" would get it twice.
+            if split is None or pattern != topic_pattern(split[0]) or split[0] not in self._watched:
+                continue
+            messages.append((split[0], split[1], message))
+        if messages:
+            self.on_messages(messages)
 
     # commands
 

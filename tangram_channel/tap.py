@@ -267,7 +267,9 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         WorkerPool(reactor, config.workers, arguments, environment).setServiceParent(top)
         return top
     metrics = Metrics()
-    bridge = RedisBridge(reactor, url, metrics, timeout=config.redis_timeout)
+    bridge = RedisBridge(
+        reactor, url, metrics, timeout=config.redis_timeout, max_pending_bytes=config.max_pending_redis_bytes
+    )
     bridge.setServiceParent(top)
     tokens = TokenAuthority(
         config.jwt_secret, config.jwt_expiration_secs, config.jwt_leeway_secs, config.id_length, reactor.seconds,
