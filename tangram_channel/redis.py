@@ -23,10 +23,12 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wra
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import LogLevel, Logger, globalLogPublisher
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from OpenSSL import SSL, crypto
 from zope.interface import implementer
 
+from . import outputlimit
 from .logs import ThrottledLog
 from .metrics import Metrics
 from .pending import PendingMessages
@@ -34,6 +36,10 @@ from .pending import PendingMessages
 log = Logger()
 
 _GLOB = re.compile(rb"([*?\[\]\\])")
+
+# what the subscriber's socket reads a reactor turn (Twisted reads 64 KiB): as much as
+# Redis has written since, so a turn spent handing a large message on costs no reading
+SUBSCRIBER_READ_SIZE = 4 * 1024 * 1024
 
 
 class RedisUnavailable(Exception):
@@ -274,10 +280,13 @@ class RedisBridge(MultiService):
         metrics: Metrics | None = None,
         timeout: float = 5.0,
         max_pending_bytes: int = 64 * 1024 * 1024,
+        max_message_size: int = 1024 * 1024,
     ) -> None:
         super().__init__()
         self.url = url
         self.timeout = timeout
+        self.max_message_size = max_message_size
+        self._disconnections: int | None = None  # Redis's count of clients cut for their output buffer
         self._errors = ThrottledLog(log, reactor)
         self.metrics = metrics if metrics is not None else Metrics()
         self.on_messages: Callable[[list[tuple[str, str, bytes]]], None] = lambda messages: None
@@ -320,7 +329,11 @@ class RedisBridge(MultiService):
 
     def _subscriber_ready(self, conn: Any) -> None:
         conn.on_message = self._received
-        self._pending.attach(conn.transport)
+        transport = conn.transport
+        while isinstance(transport, ProtocolWrapper):  # TLS: its socket reads for it
+            transport = transport.transport
+        transport.bufferSize = SUBSCRIBER_READ_SIZE
+        self._pending.attach(transport)
         self._subscriber = conn
         conn.whenDisconnected().addCallback(self._lost, "_subscriber")
         for topic in self._watched:
@@ -336,15 +349,20 @@ class RedisBridge(MultiService):
             log.info("Redis at {url} is back; restoring subscriptions and presence", url=str(self.url))
         else:
             log.info("connected to Redis at {url}", url=str(self.url))
+        if not self._was_connected:
+            self._check_output_limit()
         self._was_connected = True
         self._reported_down = False
         self._reported_refusal = False
+        self._count_disconnections().addCallbacks(self._remember_disconnections, self._not_read)
         self.on_connect()
 
     def _lost(self, conn: Any, attribute: str) -> None:
         if getattr(self, attribute) is conn:
             setattr(self, attribute, None)
             self.metrics.redis_connected.set(0)
+        if attribute == "_subscriber" and self.running:
+            self._diagnose_subscriber_loss()
         if self.running and not self._reported_down:
             self._reported_down = True
             log.warn("lost the connection to Redis at {url}; reconnecting", url=str(self.url))
@@ -354,6 +372,67 @@ class RedisBridge(MultiService):
         if self.running and not self._reported_refusal:
             self._reported_refusal = True
             log.error("could not connect to Redis at {url}: {why}; retrying", url=str(self.url), why=why)
+
+    # Redis's limit on subscribers (see outputlimit)
+
+    def _check_output_limit(self) -> None:
+        """Warn at start-up when a burst of large messages can make Redis cut the subscriber."""
+        limit = self.execute("CONFIG", "GET", "client-output-buffer-limit")
+        limit.addCallbacks(self._warn_if_too_low, self._not_read)
+
+    def _warn_if_too_low(self, reply: list[bytes]) -> None:
+        limits = outputlimit.pubsub_limits(reply)
+        if limits is None or not outputlimit.too_low(limits, self.max_message_size):
+            return
+        hard, soft, seconds = limits
+        log.warn(
+            "Redis's client-output-buffer-limit pubsub is {hard} {soft} {seconds}: a burst of messages of "
+            "max_message_size ({size} bytes) can pass it, and Redis then closes the subscriber and messages on "
+            "every channel are lost; {advice}",
+            hard=hard, soft=soft, seconds=seconds, size=self.max_message_size,
+            advice=outputlimit.advice(self.max_message_size),
+        )
+
+    def _count_disconnections(self) -> defer.Deferred[int | None]:
+        return self.execute("INFO", "stats").addCallback(outputlimit.disconnections)
+
+    def _remember_disconnections(self, count: int | None) -> None:
+        self._disconnections = count
+
+    def _not_read(self, failure: Failure) -> None:
+        # CONFIG refused (a managed Redis) or Redis gone: nothing to tell the operator here
+        log.debug("could not read Redis's settings or stats: {why}", why=failure.getErrorMessage())
+
+    def _diagnose_subscriber_loss(self) -> None:
+        """Ask Redis, if it still answers commands, whether it cut the subscriber for its output buffer."""
+        before = self._disconnections
+        self._count_disconnections().addCallbacks(self._report_cut, self._not_read, callbackArgs=(before,))
+
+    def _report_cut(self, after: int | None, before: int | None) -> None:
+        self._disconnections = after
+        self.metrics.redis_subscriber_cut.inc()
+        if before is not None and after is not None and after == before:
+            self._errors.emit(
+                "subscriber cut",
+                "Redis closed the subscriber connection while it still answers commands, not for its output "
+                "buffer limit (CLIENT KILL, a proxy?); messages published meanwhile are lost; resubscribing",
+                level=LogLevel.error,
+            )
+            return
+        certain = before is not None and after is not None
+        self._errors.emit(
+            "subscriber cut",
+            "Redis closed the subscriber connection: {cause}; messages published meanwhile are lost on every "
+            "channel; {advice}",
+            level=LogLevel.error,
+            cause=(
+                "its client-output-buffer-limit pubsub was exceeded"
+                if certain
+                else "it still answers commands, so most likely its client-output-buffer-limit pubsub was exceeded "
+                "(its log then says 'for overcoming of output buffer limits')"
+            ),
+            advice=outputlimit.advice(self.max_message_size),
+        )
 
     # subscriptions
 

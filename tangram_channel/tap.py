@@ -268,7 +268,12 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         return top
     metrics = Metrics()
     bridge = RedisBridge(
-        reactor, url, metrics, timeout=config.redis_timeout, max_pending_bytes=config.max_pending_redis_bytes
+        reactor,
+        url,
+        metrics,
+        timeout=config.redis_timeout,
+        max_pending_bytes=config.max_pending_redis_bytes,
+        max_message_size=config.max_message_size,
     )
     bridge.setServiceParent(top)
     tokens = TokenAuthority(

@@ -7,12 +7,20 @@ Redis writes, a cut is diagnosed and counted, and a limit too low is warned abou
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.request
+
 import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from tangram_channel import outputlimit
 from tangram_channel.metrics import Metrics
 from tangram_channel.pending import PendingMessages
+
+from .conftest import RedisServer
+from .live import RawSocket, event_of, payload_of, start_twistd, token
 
 
 def queue(
@@ -108,3 +116,80 @@ def test_an_error_in_the_consumer_does_not_stall_the_queue() -> None:
         turn(clock)
     turn(clock)
     assert delivered == [["bad"], ["good"]]
+
+
+def test_the_pubsub_limit_is_read_from_config_get() -> None:
+    reply = [b"client-output-buffer-limit", b"normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60"]
+    assert outputlimit.pubsub_limits(reply) == (33554432, 8388608, 60)
+    assert outputlimit.pubsub_limits([b"client-output-buffer-limit", b"normal 0 0 0"]) is None
+
+
+@pytest.mark.parametrize(
+    "limits, too_low",
+    [((0, 0, 0), False), ((32 * 2**20, 8 * 2**20, 60), True), ((32 * 2**20, 0, 0), False), ((2**20, 0, 0), True)],
+)
+def test_a_limit_is_too_low_when_a_nonzero_one_holds_fewer_than_32_messages(
+    limits: tuple[int, int, int], too_low: bool
+) -> None:
+    assert outputlimit.too_low(limits, 2**20) is too_low
+
+
+def test_redis_count_of_cut_clients_is_read_where_redis_keeps_one() -> None:
+    """Redis 7.2 and later count them in INFO stats; older ones do not (None: cannot tell)."""
+    info = b"# Stats\r\nevicted_clients:0\r\nclient_output_buffer_limit_disconnections:3\r\ntotal_reads:9\r\n"
+    assert outputlimit.disconnections(info) == 3
+    assert outputlimit.disconnections(b"# Stats\r\nevicted_clients:0\r\n") is None
+
+
+# A live service, a real redis-server with a low limit, real sockets
+
+
+def test_a_subscriber_redis_cuts_is_diagnosed_counted_and_resubscribed(twistd, own_redis: RedisServer) -> None:
+    """
+    A message larger than Redis's hard limit makes Redis close the subscriber at once:
+    the log says why and what to set, /metrics counts it, and the service subscribes
+    again and delivers once the limit is raised.
+    """
+    redis = own_redis.client()
+    redis.config_set("client-output-buffer-limit", "pubsub 256kb 0 0")
+    service = start_twistd(twistd, "--redis-url", own_redis.url, datetime_interval=0)
+    member = RawSocket(service.port)
+    member.join_ok("plugin", token("plugin", "member"))
+    redis.publish("to:plugin:chunk", json.dumps({"blob": "x" * 1_000_000}))
+    service.wait_for_log("Redis closed the subscriber connection")
+    assert "client-output-buffer-limit pubsub was exceeded" in service.log()
+    assert "`client-output-buffer-limit pubsub 0 0 0`" in service.log()
+    assert metric(service.port, "redis_subscriber_cut_total") == 1
+    redis.config_set("client-output-buffer-limit", "pubsub 0 0 0")
+    service.wait_for_log("restoring subscriptions")
+    deadline = time.monotonic() + 10
+    while redis.pubsub_numpat() < 1:  # a presence pattern or the topic's, both restored together
+        assert time.monotonic() < deadline, "the service did not subscribe again"
+        time.sleep(0.02)
+    redis.publish("to:plugin:after", json.dumps({"n": 1}))
+    assert payload_of(member.until(lambda m: event_of(m) == "after", timeout=10)) == {"n": 1}
+
+
+@pytest.mark.parametrize(
+    "limit, warned", [("pubsub 32mb 8mb 60", True), ("pubsub 0 0 0", False), ("pubsub 64mb 0 0", False)]
+)
+def test_a_limit_too_low_for_max_message_size_is_warned_about_at_start_up(
+    twistd, own_redis: RedisServer, limit: str, warned: bool
+) -> None:
+    """Redis's default soft limit (8 MB) holds fewer than 32 messages of 1 MiB; 0 (no limit) or 64 MB do."""
+    own_redis.client().config_set("client-output-buffer-limit", limit)
+    service = start_twistd(twistd, "--redis-url", own_redis.url, datetime_interval=0, max_message_size=2**20)
+    # a join waits on Redis commands sent after the start-up check, answered in order
+    RawSocket(service.port).join_ok("room", token("room"))
+    assert ("client-output-buffer-limit pubsub is" in service.log()) == warned
+    if warned:
+        assert "33554432 8388608 60" in service.log() and "at least 33554432 bytes" in service.log()
+
+
+def metric(port: int, name: str) -> float:
+    """One sample of the service's ``/metrics``, by its name without the prefix."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f"tangram_channel_{name} "):
+                return float(line.split()[1])
+    raise KeyError(name)

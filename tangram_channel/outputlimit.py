@@ -1,0 +1,53 @@
+"""
+Redis's ``client-output-buffer-limit pubsub``, read and explained for operators.
+
+Redis closes a subscriber whose output buffer passes the hard limit, or stays over the
+soft limit for its seconds (default ``32mb 8mb 60``), and messages on every channel are
+lost until it resubscribes. A plugin burst of large messages is enough. These functions
+read the limit (``CONFIG GET``) and Redis's count of such closings (``INFO stats``,
+Redis 7.2 and later) and say what an operator should set.
+"""
+
+from __future__ import annotations
+
+# messages of max_message_size Redis should be able to hold for the subscriber
+HEADROOM = 32
+
+ADVICE = (
+    "set `client-output-buffer-limit pubsub 0 0 0` in redis.conf (or CONFIG SET), or hard and soft limits "
+    "of at least {needed} bytes ({headroom} x max_message_size)"
+)
+
+
+def pubsub_limits(reply: list[bytes]) -> tuple[int, int, int] | None:
+    """``(hard, soft, seconds)`` from ``CONFIG GET client-output-buffer-limit``, or None if it has none."""
+    words = b" ".join(reply[1:]).split()
+    try:
+        at = words.index(b"pubsub")
+        hard, soft, seconds = (int(word) for word in words[at + 1 : at + 4])
+    except ValueError:
+        return None
+    return hard, soft, seconds
+
+
+def too_low(limits: tuple[int, int, int], max_message_size: int) -> bool:
+    """Whether a burst of messages of ``max_message_size`` can pass a nonzero hard or soft limit."""
+    needed = HEADROOM * max_message_size
+    return any(0 < limit < needed for limit in limits[:2])
+
+
+def advice(max_message_size: int) -> str:
+    """What to set, for a log line."""
+    return ADVICE.format(needed=HEADROOM * max_message_size, headroom=HEADROOM)
+
+
+def disconnections(info: bytes) -> int | None:
+    """
+    ``client_output_buffer_limit_disconnections`` from ``INFO stats``; None where Redis
+    does not count them (before 7.2).
+    """
+    for line in info.splitlines():
+        name, _, value = line.partition(b":")
+        if name == b"client_output_buffer_limit_disconnections":
+            return int(value)
+    return None
