@@ -8,6 +8,7 @@ Redis writes, a cut is diagnosed and counted, and a limit too low is warned abou
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 
@@ -142,6 +143,57 @@ def test_redis_count_of_cut_clients_is_read_where_redis_keeps_one() -> None:
 
 
 # A live service, a real redis-server with a low limit, real sockets
+
+
+def drain(ws: RawSocket, size: int, timeout: float) -> threading.Thread:
+    """Read ``size`` bytes from ``ws`` in a thread, as a browser that keeps up would; ``.got`` says how many came."""
+
+    def read() -> None:
+        ws.sock.settimeout(timeout)
+        try:
+            while reader.got < size:
+                data = ws.sock.recv(1 << 20)
+                if not data:
+                    return
+                reader.got += len(data)
+        except OSError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.got = 0  # type: ignore[attr-defined]
+    reader.start()
+    return reader
+
+
+def test_a_burst_handed_on_slower_than_it_arrives_cuts_no_channel(twistd, own_redis: RedisServer) -> None:
+    """
+    A plugin publishes 100 JSON documents of 600 KB at about 150 MB/s under Redis's
+    default limit (32mb 8mb 60). Checking each one takes the service ~25 ms here, so it
+    hands them on at ~25 MB/s: reading only that fast (the old read loop) left Redis
+    holding over 40 MB and it closed the subscriber. Read ahead, every document reaches
+    its member and a client on another channel gets every message published among them.
+    """
+    redis = own_redis.client()
+    redis.config_set("client-output-buffer-limit", "pubsub 32mb 8mb 60")
+    service = start_twistd(twistd, "--redis-url", own_redis.url, datetime_interval=0)
+    member = RawSocket(service.port)
+    member.join_ok("plugin", token("plugin", "member"))
+    other = RawSocket(service.port)
+    other.join_ok("quiet", token("quiet", "other"))
+    document = json.dumps([1] * 200_000).encode()
+    reader = drain(member, 100 * len(document), timeout=60)
+    for n in range(100):
+        redis.publish("to:plugin:chunk", document)
+        if n % 10 == 0:
+            redis.publish("to:quiet:tick", json.dumps({"n": n // 10}))
+        time.sleep(0.004)
+    redis.publish("to:quiet:tick", json.dumps({"n": 10}))
+    ticks = [payload_of(other.until(lambda m: event_of(m) == "tick", timeout=30))["n"] for _ in range(11)]
+    assert ticks == list(range(11))
+    reader.join(60)
+    assert reader.got >= 100 * len(document), f"the member got {reader.got / 1e6:.0f} MB of 60"
+    assert "Redis closed the subscriber" not in service.log()
+    assert metric(service.port, "redis_subscriber_cut_total") == 0
 
 
 def test_a_subscriber_redis_cuts_is_diagnosed_counted_and_resubscribed(twistd, own_redis: RedisServer) -> None:
