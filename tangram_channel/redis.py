@@ -400,8 +400,8 @@ class RedisBridge(MultiService):
         self._disconnections = count
 
     def _not_read(self, failure: Failure) -> None:
-        # CONFIG refused (a managed Redis) or Redis gone: nothing to tell the operator here
-        log.debug("could not read Redis's settings or stats: {why}", why=failure.getErrorMessage())
+        """Redis gone (its outage is logged already) or CONFIG refused (a managed Redis): nothing to tell."""
+        failure.trap(RedisUnavailable, txredisapi.ResponseError)
 
     def _diagnose_subscriber_loss(self) -> None:
         """Ask Redis, if it still answers commands, whether it cut the subscriber for its output buffer."""
