@@ -51,3 +51,18 @@ def disconnections(info: bytes) -> int | None:
         if name == b"client_output_buffer_limit_disconnections":
             return int(value)
     return None
+
+
+def cut_cause(before: int | None, after: int | None, max_message_size: int) -> str:
+    """
+    Why Redis closed a subscriber while it still answers commands, from its count of
+    output-buffer closings before and after (None where it keeps none), with what to set.
+    """
+    if before is None or after is None:
+        return (
+            "it still answers commands, so most likely its client-output-buffer-limit pubsub was exceeded (its "
+            f"log then says 'for overcoming of output buffer limits'); {advice(max_message_size)}"
+        )
+    if after > before:
+        return f"its client-output-buffer-limit pubsub was exceeded; {advice(max_message_size)}"
+    return "not for its output buffer limit, while it still answers commands (a CLIENT KILL, a proxy?)"

@@ -411,27 +411,12 @@ class RedisBridge(MultiService):
     def _report_cut(self, after: int | None, before: int | None) -> None:
         self._disconnections = after
         self.metrics.redis_subscriber_cut.inc()
-        if before is not None and after is not None and after == before:
-            self._errors.emit(
-                "subscriber cut",
-                "Redis closed the subscriber connection while it still answers commands, not for its output "
-                "buffer limit (CLIENT KILL, a proxy?); messages published meanwhile are lost; resubscribing",
-                level=LogLevel.error,
-            )
-            return
-        certain = before is not None and after is not None
         self._errors.emit(
             "subscriber cut",
             "Redis closed the subscriber connection: {cause}; messages published meanwhile are lost on every "
-            "channel; {advice}",
+            "channel; resubscribing",
             level=LogLevel.error,
-            cause=(
-                "its client-output-buffer-limit pubsub was exceeded"
-                if certain
-                else "it still answers commands, so most likely its client-output-buffer-limit pubsub was exceeded "
-                "(its log then says 'for overcoming of output buffer limits')"
-            ),
-            advice=outputlimit.advice(self.max_message_size),
+            cause=outputlimit.cut_cause(before, after, self.max_message_size),
         )
 
     # subscriptions

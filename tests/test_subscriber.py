@@ -142,6 +142,23 @@ def test_redis_count_of_cut_clients_is_read_where_redis_keeps_one() -> None:
     assert outputlimit.disconnections(b"# Stats\r\nevicted_clients:0\r\n") is None
 
 
+@pytest.mark.parametrize(
+    "before, after, cause, advised",
+    [
+        (3, 4, "pubsub was exceeded; set `client-output-buffer-limit pubsub 0 0 0`", True),
+        (None, None, "most likely its client-output-buffer-limit pubsub was exceeded", True),
+        (3, 3, "not for its output buffer limit", False),
+    ],
+)
+def test_a_cut_is_blamed_on_the_limit_only_where_redis_counted_one_or_cannot_say(
+    before: int | None, after: int | None, cause: str, advised: bool
+) -> None:
+    """Redis 7.2+ counts its output-buffer closings: a rise is certain, no rise is another cause."""
+    said = outputlimit.cut_cause(before, after, 2**20)
+    assert cause in said
+    assert ("at least 33554432 bytes" in said) is advised
+
+
 # A live service, a real redis-server with a low limit, real sockets
 
 
