@@ -5,7 +5,8 @@ Redis closes a subscriber whose output buffer passes the hard limit, or stays ov
 soft limit for its seconds (default ``32mb 8mb 60``), and messages on every channel are
 lost until it resubscribes. A plugin burst of large messages is enough. These functions
 read the limit (``CONFIG GET``) and Redis's count of such closings (``INFO stats``,
-Redis 7.2 and later) and say what an operator should set.
+where Redis keeps one: not 7.0, which the tests run) and say what an operator should
+set.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def advice(max_message_size: int) -> str:
 def disconnections(info: bytes) -> int | None:
     """
     ``client_output_buffer_limit_disconnections`` from ``INFO stats``; None where Redis
-    does not count them (before 7.2).
+    does not count them (7.0 and older).
     """
     for line in info.splitlines():
         name, _, value = line.partition(b":")

@@ -136,7 +136,7 @@ def test_a_limit_is_too_low_when_a_nonzero_one_holds_fewer_than_32_messages(
 
 
 def test_redis_count_of_cut_clients_is_read_where_redis_keeps_one() -> None:
-    """Redis 7.2 and later count them in INFO stats; older ones do not (None: cannot tell)."""
+    """Newer Redis versions count them in INFO stats; 7.0 does not (None: cannot tell)."""
     info = b"# Stats\r\nevicted_clients:0\r\nclient_output_buffer_limit_disconnections:3\r\ntotal_reads:9\r\n"
     assert outputlimit.disconnections(info) == 3
     assert outputlimit.disconnections(b"# Stats\r\nevicted_clients:0\r\n") is None
@@ -153,7 +153,7 @@ def test_redis_count_of_cut_clients_is_read_where_redis_keeps_one() -> None:
 def test_a_cut_is_blamed_on_the_limit_only_where_redis_counted_one_or_cannot_say(
     before: int | None, after: int | None, cause: str, advised: bool
 ) -> None:
-    """Redis 7.2+ counts its output-buffer closings: a rise is certain, no rise is another cause."""
+    """Where Redis counts its output-buffer closings, a rise is certain and no rise is another cause."""
     said = outputlimit.cut_cause(before, after, 2**20)
     assert cause in said
     assert ("at least 33554432 bytes" in said) is advised
