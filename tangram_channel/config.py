@@ -74,6 +74,7 @@ class Config:
     max_push_bytes_in_flight: int = 4 * 1024 * 1024
     max_redis_commands_in_flight: int = 10_000
     max_redis_bytes_in_flight: int = 64 * 1024 * 1024
+    max_pending_redis_bytes: int = 64 * 1024 * 1024
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -152,6 +153,7 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "max_push_bytes_in_flight": ("int", 1),
     "max_redis_commands_in_flight": ("int", 1),
     "max_redis_bytes_in_flight": ("int", 1),
+    "max_pending_redis_bytes": ("int", 1),
 }
 _EXPECTED = {
     "str": "a string",

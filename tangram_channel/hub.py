@@ -214,7 +214,7 @@ class Hub:
 
     def deliver(self, messages: list[tuple[str, str, bytes]]) -> None:
         """
-        ``(topic, event, payload)`` messages from one read of Redis, in Redis's order: each
+        ``(topic, event, payload)`` messages from one slice of what Redis sent, in order: each
         encoded once, and each run of messages for one topic written to every member
         together (see ``coalesce``).
         """

@@ -71,6 +71,19 @@ class Metrics:
         self.sockets_waiting_for_redis = Gauge(
             PREFIX + "sockets_waiting_for_redis", "Sockets not read until Redis answers their publishes", registry=r
         )
+        self.redis_pending_bytes = Gauge(
+            PREFIX + "redis_pending_bytes", "Bytes read from the Redis subscriber not yet handed to clients", registry=r
+        )
+        self.redis_subscriber_pauses = Counter(
+            PREFIX + "redis_subscriber_pauses",
+            "Times the Redis subscriber was not read because max_pending_redis_bytes were pending",
+            registry=r,
+        )
+        self.redis_subscriber_cut = Counter(
+            PREFIX + "redis_subscriber_cut",
+            "Times Redis closed the subscriber connection while it still answered commands",
+            registry=r,
+        )
         self.heartbeats = Counter(PREFIX + "heartbeats", "Heartbeats received from clients", registry=r)
         self.http_refusals = Counter(
             PREFIX + "http_refusals",
@@ -95,6 +108,10 @@ class Metrics:
         self.redis_commands_in_flight.set_function(lambda: inflight.commands)
         self.redis_bytes_in_flight.set_function(lambda: inflight.bytes)
         self.sockets_waiting_for_redis.set_function(lambda: inflight.waiting)
+
+    def count_pending(self, pending_bytes: Callable[[], float]) -> None:
+        """Read the bytes waiting between the Redis subscriber and the hub at scrape time."""
+        self.redis_pending_bytes.set_function(pending_bytes)
 
     def count_channels(self, channels: Callable[[], float]) -> None:
         self.channels.set_function(channels)

@@ -22,17 +22,23 @@ from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wra
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import LogLevel, Logger, globalLogPublisher
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from OpenSSL import SSL, crypto
 from zope.interface import implementer
 
+from . import outputlimit
 from .errors import RedisTimeout, RedisUnavailable
 from .logs import ThrottledLog
-from .naming import split_channel, topic_pattern
 from .metrics import Metrics
+from .naming import split_channel, topic_pattern
+from .pending import PendingMessages
 
 log = Logger()
 
+# what the subscriber's socket reads a reactor turn (Twisted reads 64 KiB): as much as
+# Redis has written since, so a turn spent handing a large message on costs no reading
+SUBSCRIBER_READ_SIZE = 4 * 1024 * 1024
 
 
 class RedisURL:
@@ -231,14 +237,9 @@ class _Commands(_ReportsEarlyLoss, txredisapi.RedisProtocol):
 
 class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
     on_message: Callable[[bytes, bytes, bytes], None] = staticmethod(lambda pattern, channel, message: None)
-    on_chunk_end: Callable[[], None] = staticmethod(lambda: None)
 
     def messageReceived(self, pattern: bytes, channel: bytes, message: bytes) -> None:
         self.on_message(pattern, channel, message)
-
-    def dataReceived(self, data: bytes, *args: Any) -> None:
-        super().dataReceived(data, *args)
-        self.on_chunk_end()
 
 
 class RedisBridge(MultiService):
@@ -246,21 +247,34 @@ class RedisBridge(MultiService):
     Publishes for the hub and feeds it what Redis delivers.
 
     ``on_messages([(topic, event, payload), ...])`` gets the messages on watched topics
-    that arrived in one read from the socket, in order, so a burst can be written to
-    each client in one go; ``on_connect()`` runs each time both connections are up, the
-    first time and after every outage, so the owner can restore what Redis lost.
+    in order, about ``pending.SLICE_BYTES`` of them at a time (all that arrived, when
+    less), so a burst can be written to each client in one go, in a later reactor turn
+    than the read that brought them (see ``pending``); ``on_connect()`` runs each time
+    both connections are up, the first time and after every outage, so the owner can
+    restore what Redis lost.
     """
 
     def __init__(
-        self, reactor: IReactorTime, url: RedisURL, metrics: Metrics | None = None, timeout: float = 5.0
+        self,
+        reactor: IReactorTime,
+        url: RedisURL,
+        metrics: Metrics | None = None,
+        timeout: float = 5.0,
+        max_pending_bytes: int = 64 * 1024 * 1024,
+        max_message_size: int = 1024 * 1024,
     ) -> None:
         super().__init__()
         self.url = url
         self.timeout = timeout
+        self.max_message_size = max_message_size
+        self._disconnections: int | None = None  # Redis's count of clients cut for their output buffer
         self._errors = ThrottledLog(log, reactor)
         self.metrics = metrics if metrics is not None else Metrics()
         self.on_messages: Callable[[list[tuple[str, str, bytes]]], None] = lambda messages: None
-        self._arrived: list[tuple[str, str, bytes]] = []
+        self._pending: PendingMessages[tuple[bytes, bytes, bytes]] = PendingMessages(
+            reactor, self._deliver, max_pending_bytes, self.metrics
+        )
+        self.metrics.count_pending(lambda: self._pending.bytes)
         self.on_connect: Callable[[], None] = lambda: None
         self._watched: dict[str, _Watch] = {}
         self._confirming: dict[str, list[defer.Deferred[None]]] = {}
@@ -307,7 +321,11 @@ class RedisBridge(MultiService):
 
     def _subscriber_ready(self, conn: Any) -> None:
         conn.on_message = self._received
-        conn.on_chunk_end = self._chunk_ended
+        transport = conn.transport
+        while isinstance(transport, ProtocolWrapper):  # TLS: its socket reads for it
+            transport = transport.transport
+        transport.bufferSize = SUBSCRIBER_READ_SIZE
+        self._pending.attach(transport)
         self._subscriber = conn
         conn.whenDisconnected().addCallback(self._lost, "_subscriber")
         for topic in self._watched:
@@ -323,15 +341,20 @@ class RedisBridge(MultiService):
             log.info("Redis at {url} is back; restoring subscriptions and presence", url=str(self.url))
         else:
             log.info("connected to Redis at {url}", url=str(self.url))
+        if not self._was_connected:
+            self._check_output_limit()
         self._was_connected = True
         self._reported_down = False
         self._reported_refusal = False
+        self._count_disconnections().addCallbacks(self._remember_disconnections, self._not_read)
         self.on_connect()
 
     def _lost(self, conn: Any, attribute: str) -> None:
         if getattr(self, attribute) is conn:
             setattr(self, attribute, None)
             self.metrics.redis_connected.set(0)
+        if attribute == "_subscriber" and self.running:
+            self._diagnose_subscriber_loss()
         if self.running and not self._reported_down:
             self._reported_down = True
             log.warn("lost the connection to Redis at {url}; reconnecting", url=str(self.url))
@@ -341,6 +364,52 @@ class RedisBridge(MultiService):
         if self.running and not self._reported_refusal:
             self._reported_refusal = True
             log.error("could not connect to Redis at {url}: {why}; retrying", url=str(self.url), why=why)
+
+    # Redis's limit on subscribers (see outputlimit)
+
+    def _check_output_limit(self) -> None:
+        """Warn at start-up when a burst of large messages can make Redis cut the subscriber."""
+        limit = self.execute("CONFIG", "GET", "client-output-buffer-limit")
+        limit.addCallbacks(self._warn_if_too_low, self._not_read)
+
+    def _warn_if_too_low(self, reply: list[bytes]) -> None:
+        limits = outputlimit.pubsub_limits(reply)
+        if limits is None or not outputlimit.too_low(limits, self.max_message_size):
+            return
+        hard, soft, seconds = limits
+        log.warn(
+            "Redis's client-output-buffer-limit pubsub is {hard} {soft} {seconds}: a burst of messages of "
+            "max_message_size ({size} bytes) can pass it, and Redis then closes the subscriber and messages on "
+            "every channel are lost; {advice}",
+            hard=hard, soft=soft, seconds=seconds, size=self.max_message_size,
+            advice=outputlimit.advice(self.max_message_size),
+        )
+
+    def _count_disconnections(self) -> defer.Deferred[int | None]:
+        return self.execute("INFO", "stats").addCallback(outputlimit.disconnections)
+
+    def _remember_disconnections(self, count: int | None) -> None:
+        self._disconnections = count
+
+    def _not_read(self, failure: Failure) -> None:
+        """Redis gone (its outage is logged already) or CONFIG refused (a managed Redis): nothing to tell."""
+        failure.trap(RedisUnavailable, txredisapi.ResponseError)
+
+    def _diagnose_subscriber_loss(self) -> None:
+        """Ask Redis, if it still answers commands, whether it cut the subscriber for its output buffer."""
+        before = self._disconnections
+        self._count_disconnections().addCallbacks(self._report_cut, self._not_read, callbackArgs=(before,))
+
+    def _report_cut(self, after: int | None, before: int | None) -> None:
+        self._disconnections = after
+        self.metrics.redis_subscriber_cut.inc()
+        self._errors.emit(
+            "subscriber cut",
+            "Redis closed the subscriber connection: {cause}; messages published meanwhile are lost on every "
+            "channel; resubscribing",
+            level=LogLevel.error,
+            cause=outputlimit.cut_cause(before, after, self.max_message_size),
+        )
 
     # subscriptions
 
@@ -395,21 +464,21 @@ class RedisBridge(MultiService):
         return d.addErrback(lambda f: defer.fail(RedisUnavailable()))
 
     def _received(self, pattern: bytes, channel: bytes, message: bytes) -> None:
-        split = split_channel(channel)
-        if split is None:
-            return
-        # A topic "a" also matches "to:a:b:event" through its pattern "to:a:*"; only
-        # the pattern of the topic the channel names may deliver it, or members of
-        # "a:b" would get it twice.
-        watch = self._watched.get(split[0])
-        if watch is None or pattern != watch.pattern:
-            return
-        self._arrived.append((split[0], split[1], message))
+        self._pending.add((pattern, channel, message), len(message))
 
-    def _chunk_ended(self) -> None:
-        if self._arrived:
-            arrived, self._arrived = self._arrived, []
-            self.on_messages(arrived)
+    def _deliver(self, received: list[tuple[bytes, bytes, bytes]]) -> None:
+        messages = []
+        for pattern, channel, message in received:
+            split = split_channel(channel)
+            # A topic "a" also matches "to:a:b:event" through its pattern "to:a:*"; only
+            # the pattern of the topic the channel names may deliver it, or members of
+            # "a:b" would get it twice.
+            watch = None if split is None else self._watched.get(split[0])
+            if watch is None or pattern != watch.pattern:
+                continue
+            messages.append((split[0], split[1], message))
+        if messages:
+            self.on_messages(messages)
 
     # commands
 

@@ -256,7 +256,14 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         WorkerPool(reactor, config.workers, arguments, environment).setServiceParent(top)
         return top
     metrics = Metrics()
-    bridge = RedisBridge(reactor, url, metrics=metrics, timeout=config.redis_timeout)
+    bridge = RedisBridge(
+        reactor,
+        url,
+        metrics=metrics,
+        timeout=config.redis_timeout,
+        max_pending_bytes=config.max_pending_redis_bytes,
+        max_message_size=config.max_message_size,
+    )
     bridge.setServiceParent(top)
     tokens = TokenAuthority(
         secret=config.jwt_secret,

@@ -1,0 +1,82 @@
+"""
+What the Redis subscriber has read and the hub has not been handed yet.
+
+Redis closes a subscriber whose output buffer passes ``client-output-buffer-limit
+pubsub``, and every channel then loses messages. So the subscriber's read loop only
+queues what arrives; the hub gets it in slices of about ``slice_bytes``, one slice a
+reactor turn, and between them the reactor reads the socket again: Redis is read as
+fast as it writes, however slow validation and fan-out are. The queue is bounded in
+bytes: past ``max_bytes`` the subscriber is not read until half of it is delivered,
+and Redis holds the rest (and may cut us, which the bridge diagnoses).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+
+from .metrics import Metrics
+
+SLICE_BYTES = 256 * 1024
+
+T = TypeVar("T")
+
+
+class PendingMessages(Generic[T]):
+    """A byte-bounded queue between a socket's read loop and a slow consumer."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        deliver: Callable[[list[T]], None],
+        max_bytes: int,
+        metrics: Metrics,
+        slice_bytes: int = SLICE_BYTES,
+    ) -> None:
+        self._clock = clock
+        self._deliver = deliver
+        self._max_bytes = max_bytes
+        self._slice_bytes = slice_bytes
+        self._metrics = metrics
+        self._queue: deque[tuple[T, int]] = deque()
+        self._call: Any = None
+        self._producer: IPushProducer | None = None
+        self.bytes = 0
+        self.paused = False
+
+    def attach(self, producer: IPushProducer) -> None:
+        """Read from ``producer`` now (a new connection); paused at once while the queue is full."""
+        self._producer = producer
+        if self.paused:
+            producer.pauseProducing()
+
+    def add(self, item: T, size: int) -> None:
+        """Queue ``item`` of ``size`` bytes; called from the read loop, so it only appends."""
+        self._queue.append((item, size))
+        self.bytes += size
+        if self._call is None:
+            self._call = self._clock.callLater(0, self._deliver_slice)
+        if not self.paused and self.bytes > self._max_bytes:
+            self.paused = True
+            self._metrics.redis_subscriber_pauses.inc()
+            if self._producer is not None:
+                self._producer.pauseProducing()
+
+    def _deliver_slice(self) -> None:
+        items: list[T] = []
+        taken = 0
+        while self._queue and taken < self._slice_bytes:
+            item, size = self._queue.popleft()
+            items.append(item)
+            taken += size
+        self.bytes -= taken
+        # set up before handing over, so an error in the consumer cannot stall the queue
+        self._call = self._clock.callLater(0, self._deliver_slice) if self._queue else None
+        if self.paused and self.bytes <= self._max_bytes // 2:
+            self.paused = False
+            if self._producer is not None:
+                self._producer.resumeProducing()
+        self._deliver(items)

@@ -1,0 +1,278 @@
+"""
+A plugin burst must not cut the subscriber (issue 13, point 8): 200 x 1 MB published at
+once passed Redis's ``client-output-buffer-limit pubsub`` and Redis closed the
+subscriber, losing messages on every channel. The subscriber is now read as fast as
+Redis writes, a cut is diagnosed and counted, and a limit too low is warned about.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from tangram_channel import outputlimit
+from tangram_channel.metrics import Metrics
+from tangram_channel.pending import PendingMessages
+
+from .conftest import RedisServer, free_port
+from .live import RawSocket, event_of, payload_of, start_twistd, token
+
+
+def queue(
+    max_bytes: int = 1000, slice_bytes: int = 100, metrics: Metrics | None = None
+) -> tuple[PendingMessages[str], list[list[str]], Clock]:
+    clock, delivered = Clock(), []
+    pending = PendingMessages(clock, delivered.append, max_bytes, metrics or Metrics(), slice_bytes)
+    return pending, delivered, clock
+
+
+def turn(clock: Clock) -> None:
+    """
+    One reactor turn: the calls due when it starts, not those they schedule (Clock.advance
+    would run those too; the reactor reads its sockets first).
+    """
+    due = [call for call in clock.getDelayedCalls() if call.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.called = 1
+        call.func(*call.args, **call.kw)
+
+
+def test_the_read_loop_only_queues_and_each_turn_delivers_one_slice() -> None:
+    """Nothing is handed over while reading; then one slice of about slice_bytes per reactor turn, in order."""
+    pending, delivered, clock = queue(slice_bytes=100)
+    for n in range(5):
+        pending.add(f"m{n}", 60)
+    assert delivered == [] and pending.bytes == 300
+    turn(clock)
+    assert delivered == [["m0", "m1"]] and pending.bytes == 180
+    turn(clock)
+    turn(clock)
+    assert delivered == [["m0", "m1"], ["m2", "m3"], ["m4"]] and pending.bytes == 0
+    turn(clock)
+    assert len(delivered) == 3
+
+
+def test_a_message_larger_than_a_slice_goes_alone() -> None:
+    pending, delivered, clock = queue(slice_bytes=100)
+    pending.add("big", 500)
+    pending.add("small", 10)
+    turn(clock)
+    assert delivered == [["big"]]
+    turn(clock)
+    assert delivered == [["big"], ["small"]]
+
+
+def test_past_max_bytes_the_socket_is_paused_until_half_is_delivered() -> None:
+    """Paused once over max_bytes (counted once), resumed when the queue is at or below half of it."""
+    metrics = Metrics()
+    pending, delivered, clock = queue(max_bytes=1000, slice_bytes=200, metrics=metrics)
+    transport = StringTransport()
+    pending.attach(transport)
+    for _ in range(10):
+        pending.add("m", 100)
+    assert transport.producerState == "producing"
+    pending.add("m", 100)
+    pending.add("m", 100)
+    assert transport.producerState == "paused" and pending.bytes == 1200
+    turn(clock)  # 1000 left
+    turn(clock)  # 800
+    turn(clock)  # 600
+    assert transport.producerState == "paused"
+    turn(clock)  # 400
+    assert transport.producerState == "producing"
+    assert metrics.registry.get_sample_value("tangram_channel_redis_subscriber_pauses_total") == 1
+
+
+def test_a_new_connection_is_paused_while_the_queue_is_still_full() -> None:
+    """The subscriber reconnected while paused: its new socket is not read either, until the queue drains."""
+    pending, delivered, clock = queue(max_bytes=100, slice_bytes=50)
+    pending.add("m", 200)
+    assert pending.paused
+    fresh = StringTransport()
+    pending.attach(fresh)
+    assert fresh.producerState == "paused"
+    turn(clock)
+    assert fresh.producerState == "producing"
+
+
+def test_an_error_in_the_consumer_does_not_stall_the_queue() -> None:
+    clock, delivered = Clock(), []
+
+    def deliver(items: list[str]) -> None:
+        delivered.append(items)
+        if items == ["bad"]:
+            raise ValueError("consumer failed")
+
+    pending = PendingMessages(clock, deliver, 1000, Metrics(), slice_bytes=10)
+    pending.add("bad", 10)
+    pending.add("good", 10)
+    with pytest.raises(ValueError):
+        turn(clock)
+    turn(clock)
+    assert delivered == [["bad"], ["good"]]
+
+
+def test_the_pubsub_limit_is_read_from_config_get() -> None:
+    reply = [b"client-output-buffer-limit", b"normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60"]
+    assert outputlimit.pubsub_limits(reply) == (33554432, 8388608, 60)
+    assert outputlimit.pubsub_limits([b"client-output-buffer-limit", b"normal 0 0 0"]) is None
+
+
+@pytest.mark.parametrize(
+    "limits, too_low",
+    [((0, 0, 0), False), ((32 * 2**20, 8 * 2**20, 60), True), ((32 * 2**20, 0, 0), False), ((2**20, 0, 0), True)],
+)
+def test_a_limit_is_too_low_when_a_nonzero_one_holds_fewer_than_32_messages(
+    limits: tuple[int, int, int], too_low: bool
+) -> None:
+    assert outputlimit.too_low(limits, 2**20) is too_low
+
+
+def test_redis_count_of_cut_clients_is_read_where_redis_keeps_one() -> None:
+    """Newer Redis versions count them in INFO stats; 7.0 does not (None: cannot tell)."""
+    info = b"# Stats\r\nevicted_clients:0\r\nclient_output_buffer_limit_disconnections:3\r\ntotal_reads:9\r\n"
+    assert outputlimit.disconnections(info) == 3
+    assert outputlimit.disconnections(b"# Stats\r\nevicted_clients:0\r\n") is None
+
+
+@pytest.mark.parametrize(
+    "before, after, cause, advised",
+    [
+        (3, 4, "pubsub was exceeded; set `client-output-buffer-limit pubsub 0 0 0`", True),
+        (None, None, "most likely its client-output-buffer-limit pubsub was exceeded", True),
+        (3, 3, "not for its output buffer limit", False),
+    ],
+)
+def test_a_cut_is_blamed_on_the_limit_only_where_redis_counted_one_or_cannot_say(
+    before: int | None, after: int | None, cause: str, advised: bool
+) -> None:
+    """Where Redis counts its output-buffer closings, a rise is certain and no rise is another cause."""
+    said = outputlimit.cut_cause(before, after, 2**20)
+    assert cause in said
+    assert ("at least 33554432 bytes" in said) is advised
+
+
+# A live service, a real redis-server with a low limit, real sockets
+
+
+def drain(ws: RawSocket, size: int, timeout: float) -> threading.Thread:
+    """Read ``size`` bytes from ``ws`` in a thread, as a browser that keeps up would; ``.got`` says how many came."""
+
+    def read() -> None:
+        ws.sock.settimeout(timeout)
+        try:
+            while reader.got < size:
+                data = ws.sock.recv(1 << 20)
+                if not data:
+                    return
+                reader.got += len(data)
+        except OSError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.got = 0  # type: ignore[attr-defined]
+    reader.start()
+    return reader
+
+
+def test_a_burst_handed_on_slower_than_it_arrives_cuts_no_channel(twistd, own_redis: RedisServer) -> None:
+    """
+    A plugin publishes 120 JSON documents of 600 KB at about 75 MB/s under Redis's
+    default limit (32mb 8mb 60). Checking each one takes the service ~25 ms here, so it
+    hands them on at ~25 MB/s: reading only that fast (the old read loop) left Redis
+    holding over 32 MB and it closed the subscriber. Read ahead (within the default
+    max_pending_redis_bytes), every document reaches its member and a client on another
+    channel gets every message published among them.
+    """
+    redis = own_redis.client()
+    redis.config_set("client-output-buffer-limit", "pubsub 32mb 8mb 60")
+    service = start_twistd(twistd, "--redis-url", own_redis.url, datetime_interval=0)
+    member = RawSocket(service.port)
+    member.join_ok("plugin", token("plugin", "member"))
+    other = RawSocket(service.port)
+    other.join_ok("quiet", token("quiet", "other"))
+    document = json.dumps([1] * 200_000).encode()
+    reader = drain(member, 120 * len(document), timeout=60)
+    for n in range(120):
+        redis.publish("to:plugin:chunk", document)
+        if n % 10 == 0:
+            redis.publish("to:quiet:tick", json.dumps({"n": n // 10}))
+        time.sleep(0.008)
+    redis.publish("to:quiet:tick", json.dumps({"n": 12}))
+    ticks = [payload_of(other.until(lambda m: event_of(m) == "tick", timeout=30))["n"] for _ in range(13)]
+    assert ticks == list(range(13))
+    reader.join(60)
+    assert reader.got >= 120 * len(document), f"the member got {reader.got / 1e6:.0f} MB of 72"
+    assert "Redis closed the subscriber" not in service.log()
+    assert metric(service.port, "redis_subscriber_cut_total") == 0
+
+
+def test_a_subscriber_redis_cuts_is_diagnosed_counted_and_resubscribed(twistd, own_redis: RedisServer) -> None:
+    """
+    A message larger than Redis's hard limit makes Redis close the subscriber at once:
+    the log says why and what to set, /metrics counts it, and the service subscribes
+    again and delivers once the limit is raised.
+    """
+    redis = own_redis.client()
+    redis.config_set("client-output-buffer-limit", "pubsub 256kb 0 0")
+    service = start_twistd(twistd, "--redis-url", own_redis.url, datetime_interval=0)
+    member = RawSocket(service.port)
+    member.join_ok("plugin", token("plugin", "member"))
+    redis.publish("to:plugin:chunk", json.dumps({"blob": "x" * 1_000_000}))
+    service.wait_for_log("Redis closed the subscriber connection")
+    assert "client-output-buffer-limit pubsub was exceeded" in service.log()
+    assert "`client-output-buffer-limit pubsub 0 0 0`" in service.log()
+    assert metric(service.port, "redis_subscriber_cut_total") == 1
+    redis.config_set("client-output-buffer-limit", "pubsub 0 0 0")
+    service.wait_for_log("restoring subscriptions")
+    deadline = time.monotonic() + 10
+    while redis.pubsub_numpat() < 1:  # a presence pattern or the topic's, both restored together
+        assert time.monotonic() < deadline, "the service did not subscribe again"
+        time.sleep(0.02)
+    redis.publish("to:plugin:after", json.dumps({"n": 1}))
+    assert payload_of(member.until(lambda m: event_of(m) == "after", timeout=10)) == {"n": 1}
+
+
+@pytest.mark.parametrize(
+    "limit, warned", [("pubsub 32mb 8mb 60", True), ("pubsub 0 0 0", False), ("pubsub 64mb 0 0", False)]
+)
+def test_a_limit_too_low_for_max_message_size_is_warned_about_at_start_up(
+    twistd, own_redis: RedisServer, limit: str, warned: bool
+) -> None:
+    """Redis's default soft limit (8 MB) holds fewer than 32 messages of 1 MiB; 0 (no limit) or 64 MB do."""
+    own_redis.client().config_set("client-output-buffer-limit", limit)
+    service = start_twistd(twistd, "--redis-url", own_redis.url, datetime_interval=0, max_message_size=2**20)
+    # a join waits on Redis commands sent after the start-up check, answered in order
+    RawSocket(service.port).join_ok("room", token("room"))
+    assert ("client-output-buffer-limit pubsub is" in service.log()) == warned
+    if warned:
+        assert "33554432 8388608 60" in service.log() and "at least 33554432 bytes" in service.log()
+
+
+def test_a_redis_that_refuses_config_is_left_unchecked_quietly(twistd, redis_binary: str) -> None:
+    """A managed Redis often disables CONFIG: no warning, no traceback, and the service works."""
+    server = RedisServer(redis_binary, free_port(), extra=("--rename-command", "CONFIG", ""))
+    server.start()
+    try:
+        service = start_twistd(twistd, "--redis-url", server.url, datetime_interval=0)
+        RawSocket(service.port).join_ok("room", token("room"))
+        assert "client-output-buffer-limit" not in service.log()
+        assert "Traceback" not in service.log() and "Unhandled" not in service.log()
+    finally:
+        server.kill()
+
+
+def metric(port: int, name: str) -> float:
+    """One sample of the service's ``/metrics``, by its name without the prefix."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f"tangram_channel_{name} "):
+                return float(line.split()[1])
+    raise KeyError(name)
