@@ -184,7 +184,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
 
     # Outbox, for the session
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message[str | None]) -> None:
         self.send_frame(frames.encode(message, self.vsn), False)
 
     def send_frame(self, frame: bytes, is_binary: bool) -> None:
