@@ -9,6 +9,7 @@ each socket is written in turn.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 from twisted.application.service import Service
@@ -42,7 +43,7 @@ class DirectOutbox(Outbox, Protocol):
         """After a direct write took ``sent`` bytes (None: unknown), queue or drop what must be."""
 
 
-def send_to_each(outboxes: list[Outbox], burst: Burst) -> None:
+def send_to_each(outboxes: Iterable[Outbox], burst: Burst) -> None:
     for outbox in outboxes:
         outbox.send_burst(burst)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 V1 = "1.0.0"
 V2 = "2.0.0"
@@ -98,13 +98,18 @@ def field_problem(name: str, value: str, cap: int) -> str | None:
     return f"{name} is longer than {cap} bytes" if size > cap else None
 
 
+# a message from a client always names its topic; an error reply to a frame whose topic
+# could not be read echoes null (``Message[str | None]``)
+Topic = TypeVar("Topic", bound=str | None, covariant=True)
+
+
 @dataclass(frozen=True)
-class Message:
+class Message(Generic[Topic]):
     """One Phoenix message. ``payload`` is a JSON value, or ``bytes`` for a binary push."""
 
     join_ref: str | None
     ref: str | None
-    topic: str
+    topic: Topic
     event: str
     payload: Any
 
@@ -171,7 +176,7 @@ def _addressed(error: FrameError, fields: dict[str, Any], limits: HeaderLimits) 
     return error
 
 
-def _validated(join_ref: Any, ref: Any, topic: Any, event: Any, payload: Any, limits: HeaderLimits) -> Message:
+def _validated(join_ref: Any, ref: Any, topic: Any, event: Any, payload: Any, limits: HeaderLimits) -> Message[str]:
     """Check the header fields' types and caps; an error keeps those a reply may echo."""
     reason = (
         _ref_problem("join_ref", join_ref, limits.ref)
@@ -185,7 +190,7 @@ def _validated(join_ref: Any, ref: Any, topic: Any, event: Any, payload: Any, li
     raise _addressed(FrameError(reason, header_read=True), fields, limits)
 
 
-def decode_text(data: bytes, vsn: str, limits: HeaderLimits = DEFAULT_LIMITS) -> Message:
+def decode_text(data: bytes, vsn: str, limits: HeaderLimits = DEFAULT_LIMITS) -> Message[str]:
     """Parse a text frame of serializer ``vsn``."""
     try:
         value = loads(data)
@@ -204,10 +209,11 @@ def decode_text(data: bytes, vsn: str, limits: HeaderLimits = DEFAULT_LIMITS) ->
         if isinstance(value, list):
             raise _addressed(error, dict(zip(("join_ref", "ref", "topic"), value)), limits)
         raise error
-    return _validated(*value, limits)
+    join_ref, ref, topic, event, payload = value
+    return _validated(join_ref, ref, topic, event, payload, limits)
 
 
-def decode_binary(data: bytes, limits: HeaderLimits = DEFAULT_LIMITS) -> Message:
+def decode_binary(data: bytes, limits: HeaderLimits = DEFAULT_LIMITS) -> Message[str]:
     """Parse a binary push from a client."""
     if len(data) < 5 or data[0] != _PUSH:
         raise FrameError("binary frame is not a push")
@@ -234,7 +240,7 @@ def decode_binary(data: bytes, limits: HeaderLimits = DEFAULT_LIMITS) -> Message
     return _validated(join_ref or None, ref or None, topic, event, data[start:], limits)
 
 
-def encode(message: Message, vsn: str) -> bytes:
+def encode(message: Message[str | None], vsn: str) -> bytes:
     """A text frame for one client."""
     if vsn == V1:
         return dumps(
@@ -249,7 +255,9 @@ def encode(message: Message, vsn: str) -> bytes:
     return dumps([message.join_ref, message.ref, message.topic, message.event, message.payload])
 
 
-def reply(join_ref: str | None, ref: str | None, topic: str | None, status: str, response: Any) -> Message:
+def reply(
+    join_ref: str | None, ref: str | None, topic: str | None, status: str, response: Any
+) -> Message[str | None]:
     return Message(join_ref, ref, topic, "phx_reply", {"status": status, "response": response})
 
 

@@ -37,7 +37,7 @@ ALWAYS_WATCHED = (SYSTEM_TOPIC, ADMIN_TOPIC)
 class Outbox(DirectOutbox, Protocol):
     """Where a session's frames go: one WebSocket."""
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message[str | None]) -> None:
         """Encode and send a message meant for this socket alone."""
 
     def send_frame(self, frame: bytes, is_binary: bool) -> None:
@@ -156,20 +156,22 @@ class Hub:
 
     # membership
 
-    def join(self, member: Member) -> defer.Deferred[Replica]:
-        """Subscribe (if first here), then record presence; fires with the topic's replica."""
+    def join(self, member: Member) -> defer.Deferred[Replica | None]:
+        """
+        Subscribe (if first here), then record presence; fires with the topic's replica,
+        or None when the member left while Redis answered.
+        """
         self.members.setdefault(member.topic, set()).add(member)
         self.metrics.members.inc()
-        d = self.bus.watch(member.topic)
-        d.addCallback(self._track, member)
-        return d
+        return defer.Deferred.fromCoroutine(self._watch_and_track(member))
 
-    def _track(self, _: None, member: Member) -> defer.Deferred[Replica] | None:
+    async def _watch_and_track(self, member: Member) -> Replica | None:
+        await self.bus.watch(member.topic)
         # A leave or disconnect while Redis confirmed the subscription has already
         # untracked (nothing); tracking now would leave a presence nobody withdraws.
         if not member.active:
             return None
-        return self.presence.track(member.topic, member.key, member.meta)
+        return await self.presence.track(member.topic, member.key, member.meta)
 
     def leave(self, member: Member, was_joined: bool) -> None:
         members = self.members.get(member.topic)

@@ -26,6 +26,7 @@ import signal
 import stat
 import sys
 from datetime import datetime, timezone
+from functools import partial
 from typing import IO, Any
 
 from twisted.application.service import MultiService
@@ -165,7 +166,10 @@ class LoggedService(MultiService):
     def __init__(self, reactor: IReactorThreads, log: tuple[ILogObserver, IO[str]] | None = None) -> None:
         super().__init__()
         self._reactor = reactor
-        self.observer, self._log_file = log if log is not None else (None, None)
+        self.observer: ILogObserver | None = None
+        self._log_file: IO[str] | None = None
+        if log is not None:
+            self.observer, self._log_file = log
         self._previous_handler: Any = None
 
     def setServiceParent(self, parent: Any) -> None:
@@ -176,7 +180,7 @@ class LoggedService(MultiService):
     def startService(self) -> None:
         # as twistd does: only where nothing else handles SIGUSR1 already
         if isinstance(self._log_file, LogFile) and not signal.getsignal(signal.SIGUSR1):
-            self._previous_handler = signal.signal(signal.SIGUSR1, self._rotate)
+            self._previous_handler = signal.signal(signal.SIGUSR1, partial(self._rotate, self._log_file))
         super().startService()
 
     def stopService(self) -> Any:
@@ -185,6 +189,6 @@ class LoggedService(MultiService):
             self._previous_handler = None
         return super().stopService()
 
-    def _rotate(self, signum: int, frame: Any) -> None:
+    def _rotate(self, log_file: LogFile, signum: int, frame: Any) -> None:
         # the handler runs between two bytecodes, maybe in the middle of a write
-        self._reactor.callFromThread(self._log_file.rotate)
+        self._reactor.callFromThread(log_file.rotate)

@@ -154,7 +154,7 @@ class Replica:
         self._state = None
 
     def remove(self, meta: dict[str, Any]) -> None:
-        if self.entries.pop(meta.get("phx_ref"), None) is not None:
+        if self.entries.pop(meta["phx_ref"], None) is not None:
             self._state = None
 
     def apply(self, diff: Any) -> None:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import base64
 import binascii
 import socket
-from typing import Any
+from typing import Any, Protocol, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import tcp
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.logger import Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
@@ -74,16 +74,29 @@ def subprotocol_token(offered: list[str]) -> str | None:
 _WRITE_QUEUE = ("socket", "_tempDataLen", "dataBuffer", "offset", "connected", "disconnecting")
 
 
-def direct_socket(transport: Any) -> socket.socket | None:
+def direct_connection(transport: ITransport | None) -> tcp.Connection | None:
     """
-    The socket of Twisted's plain TCP transport (not TLS), which may be sent to directly
-    while its write queue is empty; None for any other transport, or a Twisted whose
-    transport no longer has the attributes that tell: its sockets are then written the
-    usual way.
+    Twisted's plain TCP transport (not TLS), whose socket may be sent to directly while
+    its write queue is empty; None for any other transport, or a Twisted whose transport
+    no longer has the attributes that tell: its sockets are then written the usual way.
     """
     if isinstance(transport, tcp.Connection) and all(hasattr(transport, name) for name in _WRITE_QUEUE):
-        return transport.socket
+        return transport
     return None
+
+
+class _Connection(Protocol):
+    """What the protocol uses of its transport once open: a TCP or TLS connection."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+
+    def unregisterProducer(self) -> None: ...
 
 
 @implementer(IPushProducer)
@@ -101,7 +114,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
     _frame_over_rate = False
     _message_over_rate = False
     _echo = False
-    _socket: socket.socket | None = None
+    _tcp: tcp.Connection | None = None
     _reading_paused = False
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
@@ -117,10 +130,10 @@ class PhoenixProtocol(WebSocketServerProtocol):
         return chosen
 
     def onOpen(self) -> None:
-        self._socket = direct_socket(self.transport)
+        self._tcp = direct_connection(self.transport)
         # The HTTP channel that served the upgrade is still registered as producer.
-        self.transport.unregisterProducer()
-        self.transport.registerProducer(self, True)
+        self._connection.unregisterProducer()
+        self._connection.registerProducer(self, True)
         self.factory.sockets.add(self)
         if self.factory.idle_timeout > 0:
             self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_out)
@@ -170,7 +183,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
         self.factory.log_limited("rate", "closing a client that sent over its message budget")
         self.close(CLOSE_POLICY, RATE_LIMITED)
         # read no more of the flood: what is already read is all it may cost
-        self.transport.loseConnection()
+        self._connection.loseConnection()
 
     def onPing(self, payload: bytes) -> None:
         self._touch()
@@ -184,7 +197,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
 
     # Outbox, for the session
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message[str | None]) -> None:
         self.send_frame(frames.encode(message, self.vsn), False)
 
     def send_frame(self, frame: bytes, is_binary: bool) -> None:
@@ -245,7 +258,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
         """
         sock = self._direct_socket()
         if sock is None:
-            self.transport.write(frame)
+            self._connection.write(frame)
             return
         try:
             sent = sock.send(frame)
@@ -262,9 +275,9 @@ class PhoenixProtocol(WebSocketServerProtocol):
         """
         if sent is None:
             self.factory.log_limited("lost", "dropping a socket whose write was lost by a failed batch")
-            self.transport.abortConnection()
+            self._connection.abortConnection()
         elif sent != len(frame):
-            self.transport.write(frame[sent:] if sent > 0 else frame)
+            self._connection.write(frame[sent:] if sent > 0 else frame)
 
     def _frame(self, burst: Burst) -> bytes:
         data = burst.prepared.get(self.vsn)
@@ -279,16 +292,23 @@ class PhoenixProtocol(WebSocketServerProtocol):
             )
         return data
 
+    @property
+    def _connection(self) -> _Connection:
+        # Twisted types a transport as ITransport | None; ours, from the HTTP channel that
+        # served the upgrade, is a tcp.Server or a TLSMemoryBIOProtocol, which also take a
+        # producer and can abort (TLS does not declare IConsumer, so no adaptation)
+        return cast(_Connection, self.transport)
+
     def _direct_socket(self) -> socket.socket | None:
-        transport = self.transport
+        transport = self._tcp
         if (
-            self._socket is not None
+            transport is not None
             and not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer)
             and transport.connected
             and not transport.disconnecting
         ):
-            return self._socket
+            return transport.socket
         return None
 
     # limits
@@ -391,8 +411,11 @@ class AutobahnLog:
         return getattr(self._log, name)
 
 
+# Autobahn's factory subclasses Twisted's generic Factory without a type argument, so
+# mypy holds it to the default protocol type, whose factory is a Factory of itself: a
+# protocol typed with its own factory class cannot match (hence the two ignores)
 class PhoenixFactory(WebSocketServerFactory):
-    protocol = PhoenixProtocol
+    protocol = PhoenixProtocol  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -434,8 +457,8 @@ class PhoenixFactory(WebSocketServerFactory):
             openHandshakeTimeout=10,
         )
 
-    def buildProtocol(self, addr: Any) -> PhoenixProtocol:
-        protocol = super().buildProtocol(addr)
+    def buildProtocol(self, addr: IAddress | None) -> PhoenixProtocol:  # type: ignore[override]
+        protocol = cast(PhoenixProtocol, super().buildProtocol(addr))
         protocol.log = self._autobahn_log
         return protocol
 

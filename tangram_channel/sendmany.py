@@ -92,24 +92,25 @@ class SendMany:
         return sent
 
     def _send_chunk(self, fds: Sequence[int], data: bytes) -> list[int | None]:
-        if self._context is None:
+        context = self._context
+        if context is None:
             raise ValueError("this SendMany is closed")
         count = len(fds)
         words = _IOCB_WORDS * count
         iocbs = self._iocbs
         iocbs[2:words:_IOCB_WORDS] = array("Q", [_IOCB_CMD_PWRITE | fd << 32 for fd in fds])
         # the buffer is read inside io_submit, while ``data`` is still referenced here
-        iocbs[3:words:_IOCB_WORDS] = array("Q", [ctypes.cast(data, ctypes.c_void_p).value]) * count
+        iocbs[3:words:_IOCB_WORDS] = array("Q", [_address(data)]) * count
         iocbs[4:words:_IOCB_WORDS] = array("Q", [len(data)]) * count
         # io_submit stops at an iocb it cannot take (a closed descriptor): those after it
         # stay at 0, and their callers write the usual way, which reports the error
-        submitted = self._io_submit(count)
+        submitted = self._io_submit(context, count)
         sent: list[int | None] = [None] * submitted + [0] * (count - submitted)
         reaped = 0
         try:
             while reaped < submitted:
                 # every socket write has completed inside io_submit: this does not wait
-                got = self._io_getevents(submitted - reaped)
+                got = self._io_getevents(context, submitted - reaped)
                 events = self._events
                 for i in range(0, _EVENT_WORDS * got, _EVENT_WORDS):
                     sent[events[i]] = events[i + 2]
@@ -119,11 +120,11 @@ class SendMany:
             log.error("Linux AIO failed ({why}); writing to each socket in turn from now on", why=e.strerror)
         return sent
 
-    def _io_submit(self, count: int) -> int:
+    def _io_submit(self, context: int, count: int) -> int:
         """How many of the first ``count`` iocbs the kernel took (0 if it refused them all)."""
         taken = self._syscall(
             ctypes.c_long(self._submit),
-            ctypes.c_ulong(self._context),
+            ctypes.c_ulong(context),
             ctypes.c_long(count),
             ctypes.c_void_p(self._pointers.buffer_info()[0]),
         )
@@ -134,12 +135,12 @@ class SendMany:
             log.warn("io_submit refused a batch ({why}); writing those sockets the usual way", why=os.strerror(code))
         return max(int(taken), 0)
 
-    def _io_getevents(self, count: int) -> int:
+    def _io_getevents(self, context: int, count: int) -> int:
         """Collect up to ``count`` completions into ``_events``, at least one within a second."""
         while True:
             got = self._syscall(
                 ctypes.c_long(self._getevents),
-                ctypes.c_ulong(self._context),
+                ctypes.c_ulong(context),
                 ctypes.c_long(1),
                 ctypes.c_long(count),
                 ctypes.c_void_p(self._events.buffer_info()[0]),
@@ -158,3 +159,10 @@ class SendMany:
         if self._context is not None:
             self._syscall(ctypes.c_long(self._destroy), ctypes.c_ulong(self._context))
             self._context = None
+
+
+def _address(data: bytes) -> int:
+    """Where the bytes of ``data`` are: ctypes hands C a bytes object's own buffer, uncopied."""
+    address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+    assert address is not None  # only a NULL pointer reads as None
+    return address

@@ -34,9 +34,9 @@ class Session:
         # this socket's publishes Redis has not answered yet, and while they are too many,
         # the messages already read that wait for it (no more are read meanwhile)
         self.inflight = hub.inflight.account(self)
-        self._held: list[Message] | None = None
+        self._held: list[Message[str]] | None = None
 
-    def received(self, message: Message) -> None:
+    def received(self, message: Message[str]) -> None:
         """Act on ``message``; a bug met on the way costs its sender an error reply, not the socket."""
         if self._held is not None:
             self._held.append(message)
@@ -46,7 +46,7 @@ class Session:
         except Exception:
             self._internal_error(Failure(), message)
 
-    def _act_on(self, message: Message) -> None:
+    def _act_on(self, message: Message[str]) -> None:
         if message.event == "heartbeat" and message.topic == HEARTBEAT_TOPIC:
             self.hub.metrics.heartbeats.inc()
             self._reply_ok(message, {})
@@ -93,7 +93,7 @@ class Session:
 
     # events
 
-    def _join(self, message: Message) -> None:
+    def _join(self, message: Message[str]) -> None:
         topic, join_ref = message.topic, message.join_ref
         if join_ref is None:
             self._refuse(None, message, "join_ref required")
@@ -115,11 +115,13 @@ class Session:
         meta = {"phx_ref": agent_id, "online_at": int(self.hub.clock.seconds() * 1000)}
         member = self.joins[topic] = Member(self.outbox, topic, join_ref, grant.id, meta)
         d = self.hub.join(member)
-        d.addCallbacks(self._joined, self._join_failed, (member, message), None, (member, message))
+        d.addCallbacks(
+            self._joined, self._join_failed, callbackArgs=(member, message), errbackArgs=(member, message)
+        )
         d.addErrback(self._completion_failed, member)
 
-    def _joined(self, replica: Replica, member: Member, message: Message) -> None:
-        if self.joins.get(member.topic) is not member:
+    def _joined(self, replica: Replica | None, member: Member, message: Message[str]) -> None:
+        if replica is None or self.joins.get(member.topic) is not member:
             return  # left, rejoined or disconnected while Redis answered
         self.hub.metrics.joins.inc()
         self._reply(member.join_ref, message.ref, member.topic, "ok", {"id": member.agent_id})
@@ -137,7 +139,7 @@ class Session:
         self._publish(message, payload).addErrback(unless_unavailable(self.hub.errors, "publishing a join"))
         self.hub.joined(member)
 
-    def _join_failed(self, failure: Any, member: Member, message: Message) -> None:
+    def _join_failed(self, failure: Any, member: Member, message: Message[str]) -> None:
         if self.joins.get(member.topic) is member:
             self._drop(member, send_close=False, was_joined=False)
             self._refuse(member.join_ref, message, reason(failure))
@@ -152,7 +154,7 @@ class Session:
             "join completion", "completing a join of {topic} failed", failure, LogLevel.error, topic=member.topic
         )
 
-    def _leave(self, message: Message) -> None:
+    def _leave(self, message: Message[str]) -> None:
         member = self.joins.get(message.topic)
         if member is None:
             self._reply_ok(message, {})
@@ -161,7 +163,7 @@ class Session:
         self._drop(member, send_close=True)
         self._publish(message).addErrback(unless_unavailable(self.hub.errors, "publishing a leave"))
 
-    def _push(self, message: Message) -> None:
+    def _push(self, message: Message[str]) -> None:
         self.hub.traffic.received(message.topic)
         d = self._publish(message)
         d.addCallbacks(
@@ -183,7 +185,7 @@ class Session:
             self.outbox.send(Message(member.join_ref, member.join_ref, member.topic, "phx_close", {}))
         self.hub.leave(member, was_joined=was_joined)
 
-    def _publish(self, message: Message, payload: Any = None) -> defer.Deferred[Any]:
+    def _publish(self, message: Message[str], payload: Any = None) -> defer.Deferred[Any]:
         body = message.payload if payload is None else payload
         data = body if isinstance(body, bytes) else frames.dumps(body)
         channel = from_channel(message.topic, message.event)
@@ -195,17 +197,17 @@ class Session:
             self.inflight.answered(size)
             raise
 
-    def _internal_error(self, failure: Failure, message: Message) -> None:
+    def _internal_error(self, failure: Failure, message: Message[str]) -> None:
         self.hub.errors.emit(
             "client message", "handling a client's {event} failed", failure, LogLevel.error, event=message.event
         )
         self._reply(message.join_ref, message.ref, message.topic, "error", {"reason": INTERNAL_ERROR})
 
-    def _refuse(self, join_ref: str | None, message: Message, reason: str) -> None:
+    def _refuse(self, join_ref: str | None, message: Message[str], reason: str) -> None:
         self.hub.metrics.refused(reason)
         self._reply(join_ref, message.ref, message.topic, "error", {"reason": reason})
 
-    def _reply_ok(self, message: Message, response: Any) -> None:
+    def _reply_ok(self, message: Message[str], response: Any) -> None:
         self._reply(message.join_ref, message.ref, message.topic, "ok", response)
 
     def _reply(self, join_ref: str | None, ref: str | None, topic: str | None, status: str, response: Any) -> None:

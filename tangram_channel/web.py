@@ -13,11 +13,14 @@ import hmac
 import io
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -59,7 +62,8 @@ def json_object(request: Request, example: str) -> dict[str, Any]:
     content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise BodyRefused(415, "send the body as Content-Type: application/json")
-    body = request.content.read(MAX_TOKEN_REQUEST + 1)
+    # twisted.web leaves Request.content (and .args) typed by their class default, None
+    body = cast(IO[bytes], request.content).read(MAX_TOKEN_REQUEST + 1)
     if len(body) > MAX_TOKEN_REQUEST:
         raise BodyRefused(413, f"the body must be at most {MAX_TOKEN_REQUEST} bytes")
     try:
@@ -126,14 +130,15 @@ class SocketResource(Resource):
         self, factory: PhoenixFactory, allowed_origins: tuple[str, ...], peers: PeerConnections | None = None
     ) -> None:
         super().__init__()
-        counted = peers is not None and peers.limit
-        self._websocket = WebSocketResource(_CountedUpgrades(factory, peers) if counted else factory)
+        upgrades = factory if peers is None or not peers.limit else _CountedUpgrades(factory, peers)
+        self._websocket = WebSocketResource(upgrades)
         self._allowed_origins = allowed_origins
 
     def render(self, request: Request) -> Any:
         if request.postpath not in ([], [b""], [b"websocket"]):
             return _error(request, 404, "no such resource")
-        vsn = request.args.get(b"vsn", [frames.V2.encode()])[0].decode("utf-8", "replace")
+        args = cast(dict[bytes, list[bytes]], request.args)
+        vsn = args.get(b"vsn", [frames.V2.encode()])[0].decode("utf-8", "replace")
         if vsn not in frames.VERSIONS:
             return _error(request, 400, f"unsupported vsn {vsn[:40]!r}: use 2.0.0 or 1.0.0")
         origin = request.getHeader("origin")
@@ -201,7 +206,7 @@ class CORSRequest(Request):
 
     def gotLength(self, length: int | None) -> None:
         # twisted.web spools a body of unknown or large length to a temporary file
-        self.content = io.BytesIO()
+        self.content = io.BytesIO()  # type: ignore[assignment]  # declared by its default, None
 
     def handleContentChunk(self, data: bytes) -> None:
         room = MAX_TOKEN_REQUEST + 1 - self.body_size
@@ -281,7 +286,7 @@ class GuardedHTTPChannel(HTTPChannel):
         if receiving_body and self.requests[-1].body_too_large:
             self._refuse_body()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_head_deadline()
         if self.peer_host is not None:
             self.site.peers.release(self.peer_host)
@@ -299,8 +304,8 @@ class GuardedHTTPChannel(HTTPChannel):
 
     def _refuse_body(self) -> None:
         self.site.refused("body too large", "refused request bodies over the limit")
-        origin = self.requests[-1].getHeader("origin")
-        cors = cors_headers(self.requestFactory.cors_origins, origin)
+        request = self.requests[-1]
+        cors = cors_headers(request.cors_origins, request.getHeader("origin"))
         self._refuse(413, "Content Too Large", f"the body must be at most {MAX_TOKEN_REQUEST} bytes", cors)
 
     def _refuse(self, code: int, phrase: str, sentence: str, headers: dict[bytes, bytes]) -> None:
@@ -314,6 +319,7 @@ class GuardedHTTPChannel(HTTPChannel):
             b"connection: close",
             *(name + b": " + value for name, value in headers.items()),
         ]
+        assert self.transport is not None  # refusing what a connected client sent
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self.loseConnection()
 
@@ -363,7 +369,9 @@ class QuietSite(Site):
     when its address already has ``peers.limit`` open.
     """
 
-    protocol = GuardedHTTPChannel
+    # twisted.web types Site.protocol and buildProtocol by their default, a wrapper that
+    # negotiates HTTP/2; this site builds its HTTP/1.1 GuardedHTTPChannel itself
+    protocol = GuardedHTTPChannel  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -380,12 +388,12 @@ class QuietSite(Site):
         self._metrics = metrics
         self._refusals = ThrottledLog(log, self.reactor)
 
-    def buildProtocol(self, addr: IAddress) -> GuardedHTTPChannel | None:
+    def buildProtocol(self, addr: IAddress | None) -> GuardedHTTPChannel | None:  # type: ignore[override]
         host = getattr(addr, "host", None) if self.peers.limit else None
         if host is not None and not self.peers.admit(host):
             self.refused("connection cap", f"refused connections past max_connections_per_ip = {self.peers.limit}")
             return None
-        channel = super().buildProtocol(addr)
+        channel = cast(GuardedHTTPChannel, super().buildProtocol(addr))
         channel.peer_host = host
         return channel
 
@@ -394,5 +402,5 @@ class QuietSite(Site):
         self._metrics.http_refusals.labels(reason).inc()
         self._refusals.emit(reason, "{what}", level=LogLevel.info, what=what)
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass

@@ -92,7 +92,9 @@ class ParentWatch(Service):
     def logPrefix(self) -> str:
         return "parent-watch"
 
-    def doRead(self) -> Exception | None:
+    # IReadDescriptor says Failure, but the reactor maps the exception's class to a ready
+    # Failure, and Twisted's own descriptors return one (tcp's main.CONNECTION_DONE)
+    def doRead(self) -> Exception | None:  # type: ignore[override]
         return ConnectionDone() if not os.read(0, 4096) else None
 
     def connectionLost(self, reason: Any) -> None:

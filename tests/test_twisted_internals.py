@@ -3,7 +3,7 @@ The Twisted internals the service relies on, pinned on a real TCP connection so 
 Twisted release that changes them fails here, by name, in the newest and the lowest-versions
 CI runs: ``protocol.py`` sends straight to ``transport.socket`` of a ``tcp.Connection``
 when its write queue (``_tempDataLen``, ``dataBuffer``, ``offset``) is empty (and writes
-the usual way to a transport without them: ``protocol.direct_socket``), and
+the usual way to a transport without them: ``protocol.direct_connection``), and
 ``workers.py`` subclasses ``tcp.Port.createInternetSocket``.
 """
 
@@ -15,7 +15,7 @@ import pytest_twisted
 from twisted.internet import defer, protocol, reactor, tcp
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-from tangram_channel.protocol import direct_socket
+from tangram_channel.protocol import direct_connection
 
 from .waiting import eventually
 
@@ -39,7 +39,7 @@ async def test_tcp_connection_exposes_its_socket_and_write_queue():
         transport = (await accepted).transport
         assert isinstance(transport, tcp.Connection), type(transport).__mro__
         assert isinstance(transport.socket, socket.socket)
-        assert direct_socket(transport) is transport.socket
+        assert direct_connection(transport) is transport
         assert transport.socket.fileno() == transport.fileno()
         assert isinstance(transport._tempDataLen, int)
         assert isinstance(transport.dataBuffer, bytes) and isinstance(transport.offset, int)
