@@ -25,7 +25,7 @@ from twisted.internet.error import ConnectError
 from . import __version__
 from . import config as configuration
 from .errors import RedisUnavailable
-from .redis import RedisURL, connect_once
+from .bus import RedisURL, connect_once
 from .naming import from_pattern, is_admin_topic, to_channel
 from .tokens import TokenAuthority
 

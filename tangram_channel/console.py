@@ -31,7 +31,7 @@ from .history import History, Sample
 from .metrics import PREFIX, Metrics
 from .protocol import CLOSE_POLICY, PhoenixFactory
 from .errors import RedisTimeout, RedisUnavailable
-from .redis import RedisBridge
+from .bus import RedisBridge
 from .naming import ADMIN_TOPIC, to_channel
 from .tokens import Grant, TokenAuthority, TokenRefused
 from .web import BodyRefused, json_object

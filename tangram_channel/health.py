@@ -25,7 +25,7 @@ from .metrics import Metrics
 from .naming import HEALTH_KEY
 from .protocol import PhoenixFactory
 from .errors import REDIS_UNAVAILABLE, RedisUnavailable
-from .redis import RedisBridge
+from .bus import RedisBridge
 
 class RedisProbe(Service):
     """

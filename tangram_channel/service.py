@@ -18,7 +18,7 @@ from .hub import Hub
 from .memory import LARGE_BUFFER, keep_large_buffers_separate
 from .presence import Presence
 from .protocol import CLOSE_RESTART, PhoenixFactory
-from .redis import RedisBridge
+from .bus import RedisBridge
 
 log = Logger()
 

@@ -35,7 +35,7 @@ from .logs import LoggedService, twistd_observer
 from .metrics import Metrics, metrics_resource
 from .presence import Presence
 from .protocol import PhoenixFactory
-from .redis import RedisBridge, RedisURL
+from .bus import RedisBridge, RedisURL
 from .service import ChannelService, ProcessSetup
 from .tokens import TokenAuthority
 from .web import make_site

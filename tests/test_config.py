@@ -13,7 +13,7 @@ from tangram_channel.config import Config, ConfigError
 from tangram_channel.frames import HeaderLimits
 from tangram_channel import tap
 from tangram_channel.config import check, is_loopback_endpoint
-from tangram_channel.redis import RedisURL
+from tangram_channel.bus import RedisURL
 from tangram_channel.tap import Options
 
 TANGRAM_FILE = """

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tangram_channel.redis import RedisURL
+from tangram_channel.bus import RedisURL
 
 from .conftest import RedisServer, free_port
 from .e2e import RedisListener, captured_log, mint
