@@ -9,6 +9,7 @@ subscription each time it comes back, since Redis forgets them with the connecti
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
@@ -21,11 +22,11 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, optionsForClientTLS
-from twisted.logger import LogLevel, Logger, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, Logger, globalLogPublisher
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from OpenSSL import SSL, crypto
-from zope.interface import implementer
+from zope.interface import implementer, provider
 
 from . import outputlimit
 from .errors import RedisTimeout, RedisUnavailable
@@ -57,12 +58,13 @@ class RedisURL:
         if strict not in ("true", "false"):
             raise ValueError(f"redis_url: ssl_verify_strict must be true or false, not {strict!r}")
         self.verify_strict = strict == "true"
+        self.path: str | None = None  # a unix:// URL's socket
+        self.host: str | None = None  # the others' address
+        self.port: int | None = None
         if self.scheme == "unix":
             self.path = parts.path or parts.netloc
-            self.host, self.port = None, None
             db = query.get("db", ["0"])[0]
         else:
-            self.path = None
             self.host = parts.hostname or "127.0.0.1"
             try:
                 self.port = parts.port or 6379
@@ -79,19 +81,23 @@ class RedisURL:
         """Whether a private redis-server could stand in at this address."""
         return self.scheme == "unix" or (self.scheme == "redis" and self.host in ("127.0.0.1", "localhost", "::1"))
 
+    @property
+    def tcp_address(self) -> tuple[str, int]:
+        """Host and port; a ``unix://`` URL has none."""
+        if self.host is None or self.port is None:
+            raise ValueError(f"{self} names a Unix socket, not a TCP address")
+        return self.host, self.port
+
     def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
-        if self.scheme == "unix":
+        if self.path is not None:
             return UNIXClientEndpoint(reactor, self.path, timeout=5)
-        endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=5)
+        host, port = self.tcp_address
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port, timeout=5)
         if self.scheme == "rediss":
-            trust = Certificate.loadPEM(self._authority_pem()) if self.ca_file else None
-            creator = optionsForClientTLS(self.host, trustRoot=trust)
+            trust = Certificate.loadPEM(_read(self.ca_file)) if self.ca_file else None
+            creator = optionsForClientTLS(host, trustRoot=trust)
             endpoint = wrapClientTLS(_StrictX509(creator) if self.verify_strict else creator, endpoint)
         return endpoint
-
-    def _authority_pem(self) -> bytes:
-        with open(self.ca_file, "rb") as f:
-            return f.read()
 
     def explain(self, transport: Any, why: Failure) -> str:
         """Why a connection was lost before it was ready; for a certificate, what is wrong with it."""
@@ -119,9 +125,11 @@ class RedisURL:
         """OpenSSL's reason the server's chain fails verification against the trusted authorities, or None."""
         store = crypto.X509Store()
         if self.ca_file:
-            store.add_cert(crypto.load_certificate(crypto.FILETYPE_PEM, self._authority_pem()))
-        else:
-            store.set_default_paths()
+            store.add_cert(crypto.load_certificate(crypto.FILETYPE_PEM, _read(self.ca_file)))
+        else:  # the system's authorities, as optionsForClientTLS trusts without a trustRoot
+            defaults = ssl.get_default_verify_paths()
+            if defaults.cafile or defaults.capath:
+                store.load_locations(defaults.cafile, defaults.capath)
         if strict:
             store.set_flags(crypto.X509StoreFlags.X509_STRICT)
         try:
@@ -140,6 +148,11 @@ class RedisURL:
         return f"{self.scheme}://{auth}{self.host}:{self.port}/{self.db}"
 
 
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 @implementer(IOpenSSLClientConnectionCreator)
 class _StrictX509:
     """
@@ -153,7 +166,9 @@ class _StrictX509:
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = self._creator.clientConnectionForTLS(tlsProtocol)
-        connection.get_context().get_cert_store().set_flags(crypto.X509StoreFlags.X509_STRICT)
+        store = connection.get_context().get_cert_store()
+        assert store is not None  # OpenSSL gives every context one
+        store.set_flags(crypto.X509StoreFlags.X509_STRICT)
         return connection
 
 
@@ -208,6 +223,7 @@ class _Factory(protocol.Factory):
             log.error("Redis refused the connection: {why}", why=why)
 
 
+@provider(ILogObserver)
 def _warnings_only(event: dict[str, Any]) -> None:
     if event["log_level"] >= LogLevel.warn:
         globalLogPublisher(event)
@@ -219,7 +235,7 @@ class _ReconnectingService(ClientService):
     _log = Logger(observer=_warnings_only)
 
 
-class _ReportsEarlyLoss:
+class _ReportsEarlyLoss(txredisapi.BaseRedisProtocol):
     """
     Reports a connection lost before it was ready, e.g. a TLS certificate that failed
     verification: txredisapi itself says nothing then.
@@ -470,10 +486,12 @@ class RedisBridge(MultiService):
         messages = []
         for pattern, channel, message in received:
             split = split_channel(channel)
+            if split is None:
+                continue
             # A topic "a" also matches "to:a:b:event" through its pattern "to:a:*"; only
             # the pattern of the topic the channel names may deliver it, or members of
             # "a:b" would get it twice.
-            watch = None if split is None else self._watched.get(split[0])
+            watch = self._watched.get(split[0])
             if watch is None or pattern != watch.pattern:
                 continue
             messages.append((split[0], split[1], message))

@@ -100,10 +100,15 @@ async def listen(reactor: Any, args: argparse.Namespace, out: TextIO) -> int:
     await conn.psubscribe([from_pattern(args.pattern)])
     # on stderr, so stdout stays only messages; scripts may wait for this line
     print(f"listening to from:{args.pattern}", file=sys.stderr, flush=True)
-    conn.whenDisconnected().addCallback(lambda _: done.called or done.errback(RedisUnavailable("Redis closed the connection")))
-    # Ctrl-C (or SIGTERM) stops the reactor, which then drops the connection: that is
-    # the normal end of listening, not Redis going away
-    reactor.addSystemEventTrigger("before", "shutdown", lambda: done.called or done.callback(None))
+
+    def end(why: Exception | None) -> None:
+        """The first of Redis closing the connection, or the reactor stopping: Ctrl-C (or
+        SIGTERM) stops it and then drops the connection, the normal end of listening."""
+        if not done.called:
+            done.callback(None) if why is None else done.errback(why)
+
+    conn.whenDisconnected().addCallback(lambda _: end(RedisUnavailable("Redis closed the connection")))
+    reactor.addSystemEventTrigger("before", "shutdown", end, None)
     await done
     conn.transport.loseConnection()
     return 0
@@ -193,5 +198,5 @@ def _react(handler: Any, args: argparse.Namespace, out: TextIO) -> int:
                 reactor.stop()
 
     reactor.callWhenRunning(lambda: defer.ensureDeferred(run()))
-    reactor.run(installSignalHandlers=True)
+    reactor.run()
     return outcome[0] if outcome else 130

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource
 
 from .inflight import InFlight
 
@@ -158,7 +158,7 @@ class ChannelTraffic:
         return counts[0], counts[1]
 
 
-def metrics_resource(metrics: Metrics) -> Resource:
+def metrics_resource(metrics: Metrics) -> IResource:
     """``GET /metrics``: prometheus_client's own Twisted resource on this service's registry."""
     from prometheus_client.twisted import MetricsResource
 

@@ -95,7 +95,8 @@ class Options(usage.Options):
 
     def command_line(self) -> dict[str, Any]:
         """The settings given on the command line, by config key."""
-        given = {key.replace("-", "_"): self[key] for key, *_ in self.optParameters if key != "config"}
+        names = [str(option[0]) for option in self.optParameters if option[0] != "config"]
+        given = {name.replace("-", "_"): self[name] for name in names}
         given["listen"] = self["listen"] or None
         return given
 
@@ -199,6 +200,10 @@ class _Listener(StreamServerEndpointService):
 
     _raiseSynchronously = True
 
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, description: str) -> None:
+        super().__init__(endpoint, factory)
+        self.endpoint_description = description
+
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
@@ -221,10 +226,10 @@ def embedded_redis(reactor: Any, config: configuration.Config, url: RedisURL) ->
     """A private redis-server when allowed, the URL is local and nothing answers there."""
     if config.embedded_redis is False or not url.is_local:
         return None
-    if url.scheme == "unix":
+    if url.path is not None:
         if os.path.exists(url.path):
             return None
-    elif is_listening(url.host, url.port):
+    elif is_listening(*url.tcp_address):
         return None
     binary = find_redis_server()
     if binary is None:
@@ -339,7 +344,5 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         listening_reactor = ReusePortReactor(reactor)
         ParentWatch(reactor).setServiceParent(top)
     for description in config.endpoints:
-        listener = _Listener(server_endpoint(listening_reactor, description), site)
-        listener.endpoint_description = description
-        listener.setServiceParent(top)
+        _Listener(server_endpoint(listening_reactor, description), site, description).setServiceParent(top)
     return top

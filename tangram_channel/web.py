@@ -22,7 +22,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http import HTTPChannel
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from . import frames
@@ -332,7 +332,7 @@ def make_site(
     cors_origins: tuple[str, ...] = ("*",),
     allowed_origins: tuple[str, ...] = ("*",),
     conformance_echo: bool = False,
-    routes: Mapping[bytes, Resource] | None = None,
+    routes: Mapping[bytes, IResource] | None = None,
     reactor: Any = None,
     request_head_timeout: float = 10.0,
     http_idle_timeout: float = 60.0,

@@ -328,3 +328,11 @@ def test_config_option_names_the_file(isolated: Path, flag: str) -> None:
 def test_unknown_option_is_a_usage_error(isolated: Path) -> None:
     with pytest.raises(usage.UsageError):
         parse("--no-such-option")
+
+
+def test_a_unix_redis_url_has_a_path_and_no_tcp_address() -> None:
+    url = RedisURL("unix:///run/redis/redis.sock?db=2")
+    assert (url.path, url.host, url.port, url.db) == ("/run/redis/redis.sock", None, None, 2)
+    with pytest.raises(ValueError, match="Unix socket"):
+        url.tcp_address
+    assert RedisURL("redis://cache:6380/1").tcp_address == ("cache", 6380)

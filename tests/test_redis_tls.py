@@ -133,8 +133,10 @@ def started_redis():
         server.kill()
 
 
-def rediss_url(server: RedisServer, ca: Path, password: str = "pw", query: str = "") -> str:
-    return f"rediss://alice:{password}@localhost:{server.port}/0?ssl_ca_certs={ca}{query}"
+def rediss_url(server: RedisServer, ca: Path | None, password: str = "pw", query: str = "") -> str:
+    """The URL of ``server``, trusting ``ca`` (None: the system's authorities)."""
+    trusted = f"ssl_ca_certs={ca}" if ca is not None else ""
+    return f"rediss://alice:{password}@localhost:{server.port}/0?{trusted}{query}"
 
 
 @pytest_twisted.ensureDeferred
@@ -162,6 +164,7 @@ REFUSALS = {
     # case: (server certificate, trust root, password, what the one log line says)
     "certificate for another host": ("wrong", "authority", "pw", "localhost"),
     "untrusted CA": ("right", "stranger", "pw", "certificate verify failed"),
+    "a private CA, the system's trusted": ("right", None, "pw", "certificate verify failed"),
     "wrong password": ("right", "authority", "nope", "WRONGPASS"),
 }
 
@@ -174,7 +177,9 @@ async def test_rediss_refuses_and_says_why_once(start_service, redis_binary, pki
     started_redis.append(redis)
     with captured_log() as log:
         service = await start_service(
-            redis_url=rediss_url(redis, pki[trust].path, password), wait_for_redis=False, datetime_interval=0
+            redis_url=rediss_url(redis, pki[trust].path if trust else None, password),
+            wait_for_redis=False,
+            datetime_interval=0,
         )
         await sleep(3)  # several reconnection attempts
         assert not service.bridge.connected
