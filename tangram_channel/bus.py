@@ -29,7 +29,7 @@ from OpenSSL import SSL, crypto
 from zope.interface import implementer, provider
 
 from . import outputlimit
-from .errors import RedisTimeout, RedisUnavailable
+from .errors import RedisTimeout, RedisUnavailable, unless_unavailable
 from .logs import ThrottledLog
 from .metrics import Metrics
 from .naming import split_channel, topic_pattern
@@ -472,7 +472,8 @@ class RedisBridge(MultiService):
             return
         del self._watched[topic]
         if self._subscriber is not None:
-            self._subscriber.punsubscribe([watch.pattern]).addErrback(lambda f: None)
+            d = self._subscriber.punsubscribe([watch.pattern]).addErrback(_unavailable_on_connection_error)
+            d.addErrback(unless_unavailable(self._errors, "unsubscribing"))
 
     def _psubscribe(self, topic: str) -> defer.Deferred[None]:
         d = self._subscriber.psubscribe([self._watched[topic].pattern])

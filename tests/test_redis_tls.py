@@ -23,7 +23,7 @@ from tangram_channel.bus import RedisURL
 
 from .conftest import RedisServer, free_port
 from .e2e import RedisListener, captured_log, mint
-from .waiting import eventually, sleep
+from .waiting import eventually
 from .wsclient import connect
 
 
@@ -100,10 +100,14 @@ class Authority:
 
 
 def tls_redis(binary: str, authority: Authority, certificate: tuple[Path, Path]) -> RedisServer:
-    """A redis-server on a TLS port only, with ACL user alice (password pw)."""
+    """
+    A redis-server on a TLS port only, with ACL user alice (password pw), logging each
+    connection it accepts (before any TLS handshake) to ``<certificate>.log``: ``attempts``.
+    """
     port = free_port()
     cert, key = certificate
     server = RedisServer(binary, port, extra=(
+        "--loglevel", "verbose", "--logfile", str(cert.with_suffix(f".{port}.log")),
         # after the plain --port the class passes: the last one counts, so no plain port
         "--port", "0", "--tls-port", str(port),
         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(authority.path),
@@ -112,6 +116,12 @@ def tls_redis(binary: str, authority: Authority, certificate: tuple[Path, Path])
     ))
     server.start()
     return server
+
+
+def attempts(server: RedisServer) -> int:
+    """How many connections ``tls_redis`` server has accepted so far: the service's attempts."""
+    log = next(arg for arg in server.extra if arg.endswith(".log"))
+    return Path(log).read_text().count(" Accepted ")
 
 
 @pytest.fixture
@@ -181,7 +191,7 @@ async def test_rediss_refuses_and_says_why_once(start_service, redis_binary, pki
             wait_for_redis=False,
             datetime_interval=0,
         )
-        await sleep(3)  # several reconnection attempts
+        await eventually(lambda: attempts(redis) >= 4, what="four connection attempts")
         assert not service.bridge.connected
         await eventually(lambda: [line for line in log if why in line], what=f"a log line saying {why!r}")
         complaints = [line for line in log if why in line]
@@ -205,7 +215,8 @@ async def test_rediss_strict_by_default_says_what_the_certificate_lacks_and_how_
                                       datetime_interval=0)
         await eventually(lambda: [line for line in log if "ssl_verify_strict=false" in line],
                          what="a log line naming ssl_verify_strict=false")
-        await sleep(1)  # more reconnection attempts, which must not repeat it
+        tried = attempts(redis)
+        await eventually(lambda: attempts(redis) >= tried + 2, what="two more connection attempts")
         complaints = [line for line in log if "ssl_verify_strict=false" in line]
         assert len(complaints) == 1, complaints
         assert "key identifier" in complaints[0].lower(), complaints
