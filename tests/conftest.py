@@ -64,7 +64,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        # configured as docs/deploy.rst says (no pub/sub output limit); tests that need
+        # Redis's default limits set them
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--client-output-buffer-limit", "pubsub 0 0 0"]
         self.process = subprocess.Popen(
             [*args, *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

@@ -26,9 +26,10 @@ ATTACK_SECONDS = 30
 RSS_GROWTH_BOUND_MIB = 160
 
 
-def _siege(*args: str, **options) -> subprocess.Popen:
+def _siege(*args: str, niceness: int = 0, **options) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.siege", *args], cwd=ROOT, stdout=subprocess.PIPE, text=True, **options
+        ["nice", "-n", str(niceness), sys.executable, "-m", "tests.siege", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, **options,
     )
 
 
@@ -41,7 +42,10 @@ def test_500_clients_keep_their_broadcasts_while_hostile_sockets_attack(twistd, 
     try:
         assert clients.stdout.readline().strip() == "ready"
         settled = rss_kib(pid)
-        attack = _siege("attack", "--port", str(service.port), "--duration", str(ATTACK_SECONDS))
+        # Real attackers run on machines of their own: on the test's two cores they run
+        # below the service's priority, so the latency bound measures the service and not
+        # the scheduler's share for the attack. They still must send (asserted below).
+        attack = _siege("attack", "--port", str(service.port), "--duration", str(ATTACK_SECONDS), niceness=10)
         clients.stdin.write("go\n")
         clients.stdin.flush()
         peak = settled
