@@ -91,8 +91,10 @@ class Fanout(Service):
             if len(group) == 1:
                 group[0].write_now(data)  # one socket: one plain send is the cheaper call
                 continue
+            size = len(data)
             for outbox, sent in zip(group, sender.send(fds, data)):
-                outbox.wrote_directly(data, sent)
+                if sent != size:  # the usual case costs no call per member
+                    outbox.wrote_directly(data, sent)
         if sender.broken:
             self.sender = None
             sender.close()
