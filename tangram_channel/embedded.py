@@ -44,8 +44,13 @@ def is_listening(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def server_arguments(binary: str, host: str | None, port: int | None, unix_path: str | None) -> list[str]:
-    """The command line of a private, diskless redis-server."""
+    """
+    The command line of a private, diskless redis-server, without the output limit on
+    subscribers that a plugin's burst could pass (docs/deploy.rst, *Redis's limit on
+    subscribers*): it serves this process alone.
+    """
     args = [binary, "--save", "", "--appendonly", "no", "--daemonize", "no"]
+    args += ["--client-output-buffer-limit", "pubsub 0 0 0"]
     if unix_path is not None:
         args += ["--port", "0", "--unixsocket", unix_path, "--unixsocketperm", "700"]
     else:
