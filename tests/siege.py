@@ -2,7 +2,7 @@
 The two sides of the budget test, each run as its own process so that neither steals
 the other's interpreter (``python -m tests.siege clients|attack ...``).
 
-``clients``: N well-behaved Phoenix clients (the ``websockets`` library) join one
+``clients``: N well-behaved Phoenix clients (raw sockets, see ``_Client``) join one
 channel and heartbeat as phoenix.js does, while a plugin publishes stamped broadcasts
 to it through Redis; each client notes every broadcast's latency. Prints ``ready``
 once all are joined, waits for a line on stdin, publishes for the given time, then
@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from .live import CONTINUATION, PING, TEXT, frame, token, upgrade_request
+from .live import CLOSE, CONTINUATION, PING, PONG, TEXT, FrameParser, frame, token, upgrade_request
 
 TOPIC = "siege"
 
@@ -32,39 +32,71 @@ TOPIC = "siege"
 # the well-behaved side
 
 
-async def _client(port: int, index: int, latencies: list[float], joined: asyncio.Event, stats: dict[str, Any]):
-    import websockets
+class _Client(asyncio.Protocol):
+    """
+    One well-behaved client on a raw socket, joining and heartbeating as phoenix.js does.
+    Not the ``websockets`` library: 500 of them in one process spent tens of ms reading
+    each broadcast's 500 frames, and the latencies measured that, not the service.
+    """
 
-    url = f"ws://127.0.0.1:{port}/websocket?vsn=2.0.0"
-    async with websockets.connect(url, max_size=None, ping_interval=None, close_timeout=1) as ws:
-        await ws.send(json.dumps(["1", "1", TOPIC, "phx_join", {"token": token(TOPIC, f"good{index}")}]))
-        ref = 1
+    def __init__(self, index: int, latencies: list[float], joined: asyncio.Event, stats: dict[str, Any]) -> None:
+        self.index = index
+        self.latencies = latencies
+        self.joined = joined
+        self.stats = stats
+        self.parser = FrameParser()
+        self.head: bytes | None = b""  # the HTTP response head until the upgrade, then None
+        self.close_code: int | str | None = None
+        self.transport: Any = None
 
-        async def heartbeat() -> None:
-            nonlocal ref
-            while True:
-                await asyncio.sleep(5)
-                ref += 1
-                await ws.send(json.dumps([None, str(ref), "phoenix", "heartbeat", {}]))
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.transport.write(upgrade_request("/websocket?vsn=2.0.0"))
 
-        beating = asyncio.ensure_future(heartbeat())
-        try:
-            async for raw in ws:
-                now = time.time()
-                join_ref, _, topic, event, payload = json.loads(raw)
-                if event == "phx_reply" and join_ref == "1" and payload["status"] == "ok":
-                    stats["joined"] += 1
-                    if stats["joined"] == stats["clients"]:
-                        joined.set()
-                elif event == "tick":
-                    latencies.append(now - payload["t"])
-                    stats["ticks"][index] += 1
-        except websockets.ConnectionClosed as closed:
-            stats["closed"].append((index, closed.rcvd.code if closed.rcvd else None))
-        finally:
-            beating.cancel()
-    if not stats["stopping"]:
-        stats["closed"].append((index, "ended"))
+    def send(self, message: list[Any]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame(TEXT, json.dumps(message).encode()))
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        if self.head is not None:
+            self.head += data
+            if b"\r\n\r\n" not in self.head:
+                return
+            head, _, data = self.head.partition(b"\r\n\r\n")
+            self.head = None
+            if not head.startswith(b"HTTP/1.1 101"):
+                self.close_code = head.split(b"\r\n", 1)[0].decode()
+                return
+            self.send(["1", "1", TOPIC, "phx_join", {"token": token(TOPIC, f"good{self.index}")}])
+        for _, opcode, payload in self.parser.feed(data):
+            if opcode == PING:
+                self.transport.write(frame(PONG, payload))
+            elif opcode == CLOSE:
+                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+            elif opcode == TEXT:
+                join_ref, _, _, event, body = json.loads(payload)
+                if event == "tick":
+                    self.latencies.append(now - body["t"])
+                    self.stats["ticks"][self.index] += 1
+                elif event == "phx_reply" and join_ref == "1" and body["status"] == "ok":
+                    self.stats["joined"] += 1
+                    if self.stats["joined"] == self.stats["clients"]:
+                        self.joined.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.stats["stopping"]:
+            self.stats["closed"].append((self.index, self.close_code or "ended"))
+
+
+async def _heartbeats(clients: list[_Client]) -> None:
+    """Every 5 s, as phoenix.js does (well within the idle timeout)."""
+    ref = 1
+    while True:
+        await asyncio.sleep(5)
+        ref += 1
+        for client in clients:
+            client.send([None, str(ref), "phoenix", "heartbeat", {}])
 
 
 async def _publish(redis_port: int, rate: float, duration: float) -> int:
@@ -88,11 +120,16 @@ async def _clients(args: argparse.Namespace) -> dict[str, Any]:
     joined = asyncio.Event()
     stats: dict[str, Any] = {"clients": args.clients, "joined": 0, "ticks": [0] * args.clients, "closed": [],
                              "stopping": False}
-    tasks = []
+    loop = asyncio.get_running_loop()
+    clients = []
     for index in range(args.clients):
-        tasks.append(asyncio.ensure_future(_client(args.port, index, latencies, joined, stats)))
+        _, client = await loop.create_connection(
+            lambda index=index: _Client(index, latencies, joined, stats), "127.0.0.1", args.port
+        )
+        clients.append(client)
         if index % 50 == 49:
             await asyncio.sleep(0.05)  # as browsers arrive, not all in one instant
+    beating = asyncio.ensure_future(_heartbeats(clients))
     await asyncio.wait_for(joined.wait(), 60)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -101,9 +138,10 @@ async def _clients(args: argparse.Namespace) -> dict[str, Any]:
     while min(stats["ticks"]) < published and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     stats["stopping"] = True
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    beating.cancel()
+    for client in clients:
+        if client.transport is not None:
+            client.transport.close()
     latencies.sort()
     return {
         "published": published,
