@@ -38,10 +38,10 @@ def start_node(twistd, redis):
         "--embedded-redis", "false", "--datetime-interval", "0",
         port=port, env={"TANGRAM_CHANNEL_NODE_TIMEOUT": str(NODE_TIMEOUT)},
     )
+    proc.wait_for_log("connected to Redis")  # it listens first: a join before this is refused
     return proc, f"ws://127.0.0.1:{port}/websocket"
 
 
-@pytest_twisted.ensureDeferred
 async def beats(redis, count: int) -> None:
     """Until every node in the node zset has beaten ``count`` more times (each beat moves its score)."""
     seen = {node: [score] for node, score in redis.zrange(NODES_KEY, 0, -1, withscores=True)}
@@ -55,6 +55,7 @@ async def beats(redis, count: int) -> None:
     await eventually(beaten, timeout=4 * NODE_TIMEOUT, what=f"{count} heartbeats of every node", interval=0.05)
 
 
+@pytest_twisted.ensureDeferred
 async def test_two_processes_share_presence_broadcasts_and_reap_a_killed_one(twistd, flushed_redis):
     """
     A client on each process sees the other join, leave and rejoin; a broadcast
