@@ -20,7 +20,12 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import ILogObserver, LogLevel, Logger, globalLogPublisher
 from twisted.protocols.policies import ProtocolWrapper
@@ -300,7 +305,14 @@ class RedisBridge(MultiService):
         self._reported_down = False
         self._reported_refusal = False
         self._clock = reactor
-        self._unanswered: set[defer.Deferred[Any]] = set()
+        # Commands not yet answered, and their deadlines, oldest first: all share one
+        # timeout, so deadlines come in order and one timer, armed for the oldest,
+        # serves them all (a timer per command cost a heap entry and a cancel each).
+        self._deadlines: dict[defer.Deferred[Any], float] = {}
+        self._deadline_timer: IDelayedCall | None = None
+        self._expiring = False
+        self._unanswered = 0  # until Redis answers, timed out or not
+        self._all_answered: list[defer.Deferred[None]] = []
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0)
         _ReconnectingService(
             url.endpoint(reactor), _Factory(_Commands, url, self._commands_ready, self._refused), retryPolicy=retry
@@ -530,31 +542,42 @@ class RedisBridge(MultiService):
         cancelled one would hand the next command this one's reply.
         """
         result: defer.Deferred[Any] = defer.Deferred()
-        timer = self._clock.callLater(self.timeout, self._timed_out, result)
-        done: defer.Deferred[None] = defer.Deferred()
-        self._unanswered.add(done)
-        answer.addBoth(self._answered, result, timer, done, answered)
+        self._deadlines[result] = self._clock.seconds() + self.timeout
+        if self._deadline_timer is None and not self._expiring:
+            self._deadline_timer = self._clock.callLater(self.timeout, self._expire)
+        self._unanswered += 1
+        answer.addBoth(self._answered, result, answered)
         return result
 
-    def _answered(
-        self,
-        outcome: Any,
-        result: defer.Deferred[Any],
-        timer: Any,
-        done: defer.Deferred[None],
-        answered: Callable[[], None] | None,
-    ) -> None:
-        self._unanswered.discard(done)
-        done.callback(None)
-        if timer.active():
-            timer.cancel()
-        if not result.called:
+    def _answered(self, outcome: Any, result: defer.Deferred[Any], answered: Callable[[], None] | None) -> None:
+        self._unanswered -= 1
+        if not self._unanswered:
+            waiting, self._all_answered = self._all_answered, []
+            for each in waiting:
+                each.callback(None)
+        if self._deadlines.pop(result, None) is not None:  # else the caller was told of a timeout
             if isinstance(outcome, Failure):
                 result.errback(outcome)
             else:
                 result.callback(outcome)
         if answered is not None:  # after the caller heard: what this lets through comes after
             answered()
+
+    def _expire(self) -> None:
+        """Fail the commands past their deadline with RedisTimeout, then wait for the next one's."""
+        self._deadline_timer = None
+        self._expiring = True  # what the errbacks send is timed from the timer armed below
+        try:
+            now = self._clock.seconds()
+            while self._deadlines:
+                result, deadline = next(iter(self._deadlines.items()))
+                if deadline > now:
+                    self._deadline_timer = self._clock.callLater(deadline - now, self._expire)
+                    return
+                del self._deadlines[result]
+                self._timed_out(result)
+        finally:
+            self._expiring = False
 
     def _timed_out(self, result: defer.Deferred[Any]) -> None:
         self.metrics.redis_timeouts.inc()
@@ -575,7 +598,11 @@ class RedisBridge(MultiService):
         unread is reset, and Redis then drops the commands it has not run yet.
         """
         self._reported_down = True
-        answered = defer.DeferredList(list(self._unanswered))
+        answered: defer.Deferred[None] = defer.Deferred()
+        if self._unanswered:
+            self._all_answered.append(answered)
+        else:
+            answered.callback(None)
         answered.addTimeout(3, self._clock, onTimeoutCancel=lambda result, timeout: None)
         return answered.addCallback(lambda _: super(RedisBridge, self).stopService())
 
