@@ -69,6 +69,7 @@ class Config:
     max_connections_per_ip: int = 0
     message_rate: float = 200.0
     message_burst: int = 1000
+    max_receive_rate: int = 1024 * 1024
     redis_timeout: float = 5.0
     max_pushes_in_flight: int = 100
     max_push_bytes_in_flight: int = 4 * 1024 * 1024
@@ -148,6 +149,7 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "max_connections_per_ip": ("int", 0),
     "message_rate": ("float", 0),
     "message_burst": ("int", 1),
+    "max_receive_rate": ("int", 0),
     "redis_timeout": ("float", 0.01),
     "max_pushes_in_flight": ("int", 1),
     "max_push_bytes_in_flight": ("int", 1),

@@ -98,6 +98,11 @@ class Metrics:
             PREFIX + "rate_clients_closed", "Sockets closed with 1008 for sending over message_rate", registry=r
         )
         self.pongs_skipped = Counter(PREFIX + "pongs_skipped", "Pings over message_rate left unanswered", registry=r)
+        self.receive_throttled = Counter(
+            PREFIX + "receive_throttled",
+            "Times a socket was not read for a moment for sending over max_receive_rate",
+            registry=r,
+        )
 
     def count_sockets(self, sockets: Callable[[], float]) -> None:
         """Read the open-socket count at scrape time rather than tracking it."""

@@ -6,7 +6,9 @@ owns the per-socket concerns the session and hub must not know about: the serial
 version chosen at the upgrade, the token offered at the upgrade (``userToken`` or the
 Phoenix 1.8 ``base64url.bearer.phx.<token>`` subprotocol), the idle timer, the bound
 on bytes held for a client that does not read (every write counts: frames, pongs,
-replies, close frames, join backlogs), and the budget of frames a client may send.
+replies, close frames, join backlogs), the budget of frames a client may send, and the
+budget of bytes it may send a second (past it the socket is not read for a moment, so a
+client streaming megabytes costs the reactor its share and no more).
 The sockets offer a fast write path for the hub's ``Fanout``, which writes a broadcast
 to all of a channel's sockets together.
 
@@ -26,8 +28,10 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import tcp
+from twisted.internet.protocol import connectionDone
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
@@ -115,7 +119,9 @@ class PhoenixProtocol(WebSocketServerProtocol):
     _message_over_rate = False
     _echo = False
     _tcp: tcp.Connection | None = None
-    _reading_paused = False
+    _intake: TokenBucket | None = None  # bytes read a second
+    _intake_wait: IDelayedCall | None = None
+    _read_holds: frozenset[str] = frozenset()  # why the socket is not read: "redis", "intake"
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         # web.SocketResource already refused bad versions and origins with HTTP errors
@@ -139,8 +145,26 @@ class PhoenixProtocol(WebSocketServerProtocol):
             self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_out)
         if not self._echo:  # the Autobahn testsuite's cases send floods of fragments on purpose
             self._rate = TokenBucket(self.factory.clock, self.factory.message_rate, self.factory.message_burst)
+            rate = self.factory.max_receive_rate
+            if rate > 0:
+                self._intake = TokenBucket(self.factory.clock, rate, rate)
             self.session = Session(self.factory.hub, self, self._socket_token)
         self._socket_token = None
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if self._intake is None or "intake" in self._read_holds:
+            return
+        wait = self._intake.charge(len(data))
+        if wait > 0:
+            self.factory.metrics.receive_throttled.inc()
+            self._hold_reading("intake")
+            self._intake_wait = self.factory.clock.callLater(wait, self._release_reading, "intake")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._intake_wait is not None and self._intake_wait.active():
+            self._intake_wait.cancel()
+        super().connectionLost(reason)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self._touch()
@@ -207,8 +231,16 @@ class PhoenixProtocol(WebSocketServerProtocol):
             self.sendPreparedMessage(PreparedMessage(frame, is_binary, applyMask=False, doNotCompress=True))
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
-        """Everything Autobahn writes (replies, pongs, close frames) counts toward the send budget."""
-        if self._closing_full or self._count(len(data)):
+        """
+        Everything Autobahn writes (replies, pongs, close frames) counts toward the send
+        budget. Once open, a plain write takes the direct path (``write_now``) rather
+        than Autobahn's, which queues it for a later reactor turn.
+        """
+        if not (self._closing_full or self._count(len(data))):
+            return
+        if self.state == self.STATE_OPEN and not sync and chopsize is None and not self.send_queue:
+            self.write_now(data)
+        else:
             super().sendData(data, sync, chopsize)
 
     def send_burst(self, burst: Burst) -> None:
@@ -318,7 +350,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
             self._idle.reset(self.factory.idle_timeout)
 
     def _idle_out(self) -> None:
-        if self._reading_paused:
+        if self._read_holds:
             # silent because we stopped reading it, not because the client went away
             self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_out)
             return
@@ -326,12 +358,23 @@ class PhoenixProtocol(WebSocketServerProtocol):
 
     def pause_reading(self) -> None:
         """Stop reading the client (its publishes wait on Redis); TCP then slows it down."""
-        self._reading_paused = True
-        self._reading_side().pauseProducing()
+        self._hold_reading("redis")
 
     def resume_reading(self) -> None:
-        self._reading_paused = False
-        self._reading_side().resumeProducing()
+        self._release_reading("redis")
+
+    def _hold_reading(self, why: str) -> None:
+        if not self._read_holds:
+            self._reading_side().pauseProducing()
+        self._read_holds |= {why}
+
+    def _release_reading(self, why: str) -> None:
+        """Read again once nothing else holds the socket: Redis and the byte budget pause it independently."""
+        if why not in self._read_holds:
+            return
+        self._read_holds -= {why}
+        if not self._read_holds:
+            self._reading_side().resumeProducing()
 
     def _reading_side(self) -> Any:
         """The connection that reads from the network: under TLS, the one below it."""
@@ -429,6 +472,7 @@ class PhoenixFactory(WebSocketServerFactory):
         header_limits: HeaderLimits = DEFAULT_LIMITS,
         message_rate: float = 0.0,
         message_burst: int = 1,
+        max_receive_rate: int = 0,
     ) -> None:
         super().__init__()
         self.hub = hub
@@ -439,6 +483,7 @@ class PhoenixFactory(WebSocketServerFactory):
         self.max_send_buffer = max_send_buffer
         self.message_rate = message_rate
         self.message_burst = message_burst
+        self.max_receive_rate = max_receive_rate
         self.sockets: set[PhoenixProtocol] = set()
         self.metrics.count_sockets(lambda: len(self.sockets))
         self._errors = ThrottledLog(log, clock)

@@ -1,8 +1,8 @@
 """
 Rates and log lines a client cannot push past a bound.
 
-``TokenBucket`` is the budget of one socket (messages, pings) or one process: ``rate``
-a second, with bursts up to ``burst``. ``LogThrottle`` lets each kind of error through
+``TokenBucket`` is the budget of one socket (messages, pings, bytes read) or one process:
+``rate`` a second, with bursts up to ``burst``. ``LogThrottle`` lets each kind of error through
 to the log at most once an interval and counts the rest, so a client that provokes an
 error in a loop costs one log line a minute, not one per attempt.
 
@@ -30,13 +30,27 @@ class TokenBucket:
         """Spend ``cost`` if the bucket holds it; False (and nothing spent) if not."""
         if self.rate <= 0:
             return True
-        now = self._clock.seconds()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
+        self._refill()
         if self._tokens < cost:
             return False
         self._tokens -= cost
         return True
+
+    def charge(self, cost: float) -> float:
+        """
+        Spend ``cost`` even past what the bucket holds (it was already spent: bytes read);
+        the seconds until the debt is paid back, 0 if there is none.
+        """
+        if self.rate <= 0:
+            return 0.0
+        self._refill()
+        self._tokens -= cost
+        return -self._tokens / self.rate if self._tokens < 0 else 0.0
+
+    def _refill(self) -> None:
+        now = self._clock.seconds()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
 
 
 class LogThrottle:

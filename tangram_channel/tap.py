@@ -312,6 +312,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         metrics=metrics,
         message_rate=config.message_rate,
         message_burst=config.message_burst,
+        max_receive_rate=config.max_receive_rate,
         header_limits=config.header_limits,
     )
     ChannelService(hub=hub, presence=presence, bridge=bridge, factory=factory).setServiceParent(top)

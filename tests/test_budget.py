@@ -1,12 +1,16 @@
 """
 Budgets of one socket on a live ``twistd`` service and a real Redis (issue 13, points 1,
 2 and 16): every byte held for a client counts toward ``max_send_buffer`` (pongs and
-join backlogs too), ``max_message_size`` never limits what the service sends, and frames
-past ``message_rate`` are answered with errors, then 1008.
+join backlogs too), ``max_message_size`` never limits what the service sends, frames
+past ``message_rate`` are answered with errors, then 1008, and bytes past
+``max_receive_rate`` wait in TCP.
 """
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 import urllib.request
 
 from .live import (
@@ -158,3 +162,39 @@ def test_pings_over_the_budget_go_unanswered_then_close_with_1008(twistd, flushe
     assert pongs == [b"%d" % n for n in range(len(pongs))]
     assert metric(service.port, "pongs_skipped_total") >= 40 - 11 - 10
     assert metric(service.port, "rate_clients_closed_total") == 1
+
+
+def test_a_socket_sending_past_max_receive_rate_is_read_at_that_rate_and_kept(twistd, flushed_redis):
+    """
+    Bytes a second, not only frames: a client streaming big pushes is read at
+    ``max_receive_rate`` (TCP holds the rest back), loses nothing, and stays connected,
+    while its neighbour is served at once.
+    """
+    rate, size, count = 100_000, 10_000, 60
+    service = service_with(twistd, flushed_redis, max_receive_rate=rate)
+    plugin = flushed_redis.client().pubsub()
+    plugin.psubscribe("from:room:blob")
+    while plugin.get_message(timeout=1) is None:  # the subscription is confirmed
+        pass
+    streamer, neighbour = RawSocket(service.port, timeout=20), RawSocket(service.port)
+    streamer.join_ok("room", token("room", "streamer"))
+    pushes = b"".join(
+        frame(TEXT, json.dumps(["1", str(n), "room", "blob", {"pad": "x" * size}]).encode()) for n in range(count)
+    )
+    start = time.monotonic()
+    threading.Thread(target=streamer.sock.sendall, args=(pushes,), daemon=True).start()
+    arrivals: list[float] = []
+    while len(arrivals) < count:
+        assert time.monotonic() - start < 20, f"{len(arrivals)} of {count} pushes reached Redis"
+        message = plugin.get_message(timeout=0.5)
+        if message is not None and message["type"] == "pmessage":
+            arrivals.append(time.monotonic() - start)
+        if len(arrivals) == 10:
+            assert_served(neighbour)  # while the streamer is held back
+    # one second's worth and a burst of as much, plus one read (64 KiB) past the budget
+    first_second = sum(1 for at in arrivals if at <= 1.0)
+    assert first_second <= (2 * rate + 65536) / size, arrivals
+    assert arrivals[-1] >= (count * size - 2 * rate - 65536) / rate, arrivals
+    assert metric(service.port, "receive_throttled_total") >= 1
+    replies = [streamer.reply(str(n), timeout=10) for n in range(count)]
+    assert [reply_status(reply) for reply in replies] == ["ok"] * count

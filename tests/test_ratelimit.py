@@ -41,3 +41,14 @@ def test_log_throttle_lets_one_line_per_kind_per_interval_and_counts_the_rest() 
     clock.advance(0.1)
     assert throttle.allow("frame") == 3  # the three dropped since the last line
     assert throttle.allow("frame") is None
+
+
+def test_charge_spends_past_the_bucket_and_says_how_long_the_debt_lasts() -> None:
+    clock = Clock()
+    bucket = TokenBucket(clock, rate=100, burst=100)
+    assert bucket.charge(60) == 0.0
+    assert bucket.charge(90) == 0.5  # 50 in debt at 100 a second
+    clock.advance(0.5)
+    assert bucket.charge(0) == 0.0
+    assert bucket.take(1) is False  # paid back, nothing more yet
+    assert TokenBucket(clock, rate=0, burst=0).charge(10**9) == 0.0
