@@ -2,10 +2,15 @@
 Real parts for the tests: a private ``redis-server`` on a free port (never the
 machine's shared one on 6379), services started in this process or as ``twistd``
 subprocesses, and a small WebSocket client.
+
+``tests/run.sh`` runs the suite on several pytest-xdist workers (most tests wait on
+sockets and processes, not on the CPU); a test marked ``alone`` measures latency and
+runs while no other test does.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -93,6 +98,26 @@ class RedisServer:
         import redis
 
         return redis.Redis(host="127.0.0.1", port=self.port, **options)
+
+
+@pytest.fixture(autouse=True)
+def machine_share(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """
+    Under pytest-xdist, every test holds a shared lock on the run's lock file and an
+    ``alone`` test an exclusive one, so a measurement never shares the machine with
+    another test. A plain run is one test at a time anyway.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    alone = request.node.get_closest_marker("alone") is not None
+    # each worker's base temporary directory is a child of the run's
+    with open(tmp_path_factory.getbasetemp().parent / "machine.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

@@ -40,4 +40,5 @@ if [ -f tests/js/package-lock.json ]; then
 fi
 
 echo "tests/run.sh: $("$venv/bin/python" --version) in $venv${constraints[*]:+ with ${constraints[1]}}"
-exec "$venv/bin/python" -m pytest "$@"
+# four workers on two cores: most tests wait on sockets and processes (see tests/conftest.py)
+exec "$venv/bin/python" -m pytest -n "${TEST_WORKERS:-4}" "$@"

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 
+import pytest
 import redis
 
 from benchmarks.harness import LoadClient
@@ -57,6 +58,7 @@ def _all_delivered(clients: LoadClient, published: int, limit: float = 10.0) -> 
     return stats
 
 
+@pytest.mark.alone
 def test_500_clients_keep_their_broadcasts_while_hostile_sockets_attack(twistd, flushed_redis) -> None:
     service = start_twistd(twistd, "--redis-url", flushed_redis.url)
     pid = service.process.pid

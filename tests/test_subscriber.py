@@ -182,6 +182,7 @@ def drain(ws: RawSocket, size: int, timeout: float) -> threading.Thread:
     return reader
 
 
+@pytest.mark.alone  # its speed against Redis's limit is the point
 def test_a_burst_handed_on_slower_than_it_arrives_cuts_no_channel(twistd, own_redis: RedisServer) -> None:
     """
     A plugin publishes 120 JSON documents of 600 KB at about 75 MB/s under Redis's

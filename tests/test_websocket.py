@@ -608,7 +608,9 @@ async def test_redis_url_unix_socket(start_service, redis_binary, tmp_path):
         service = await start_service(redis_url=f"unix://{path}", datetime_interval=0)
         client = await joined_client(service, "room")
         redis = server.client()
-        assert len([c for c in redis.client_list() if str(path) in c["laddr"]]) == 2
+        # Redis cuts a long socket path short in CLIENT LIST (as under pytest-xdist's tmp_path)
+        on_socket = [c for c in redis.client_list() if c["laddr"].startswith("/") and str(path).startswith(c["laddr"])]
+        assert len(on_socket) == 2
         assert redis.publish("to:room:x", "{}") == 1
         assert fields(await next_broadcast(client))[3] == "x"
     finally:
