@@ -105,9 +105,13 @@ class Config:
         for key in ("jwt_secret", "admin_key"):
             if values[key] is not None:
                 values[key] = "********"
-        # redis://user:password@host: the password is a secret too
-        values["redis_url"] = re.sub(r"^([a-z]+://[^/@:]*:)[^/]*@", r"\1********@", self.redis_url)
+        values["redis_url"] = mask_url(self.redis_url)
         return values
+
+
+def mask_url(url: str) -> str:
+    """``redis://user:password@host`` with the password hidden: it is a secret too."""
+    return re.sub(r"^([a-z+]+://[^/@:]*:)[^/]*@", r"\1********@", url)
 
 
 # How each key is checked and parsed: (kind, minimum). Kinds: str, optional str,
