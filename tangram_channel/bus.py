@@ -35,6 +35,7 @@ from .logs import ThrottledLog
 from .metrics import Metrics
 from .naming import split_channel, topic_pattern
 from .pending import PendingMessages
+from .replicas import ReplicaWait
 from . import sentinel
 from .sentinel import Address, PrimaryEndpoint, Rotation, Sentinels, parse_master, parse_sentinels, show
 
@@ -321,6 +322,7 @@ class RedisBridge(MultiService):
         timeout: float = 5.0,
         max_pending_bytes: int = 64 * 1024 * 1024,
         max_message_size: int = 1024 * 1024,
+        wait_replicas: int = 0,
     ) -> None:
         super().__init__()
         self.url = url
@@ -344,6 +346,8 @@ class RedisBridge(MultiService):
         self._reported_refusal = False
         self._clock = reactor
         self._unanswered: set[defer.Deferred[Any]] = set()
+        # WAIT's own timeout is shorter than ours, so that Redis says how many replicas confirmed
+        self._replica_wait = ReplicaWait(reactor, self.execute, wait_replicas, timeout / 2) if wait_replicas else None
         self.address: str | None = None  # the server both connections are on, and what ROLE called it
         self.role = "unknown"
         self.failovers: list[dict[str, Any]] = []  # the primary's moves Sentinel announced, oldest first
@@ -470,6 +474,9 @@ class RedisBridge(MultiService):
         self.metrics.redis_connected.set(1)
         self.metrics.redis_server.clear()
         self.metrics.redis_server.labels(address, self.role).set(1)
+        if self.url.master_name is not None and self.address not in (None, address):
+            assert self.address is not None
+            self._failed_over(self.address, address)
         if self._was_connected:
             self.metrics.redis_reconnects.inc()
             moved = "" if address == self.address else f", now on {address} (was {self.address})"
@@ -499,15 +506,24 @@ class RedisBridge(MultiService):
         if switch is None:
             return
         old, new = (sentinel.show(address) for address in switch)
-        self.failovers.append({"from": old, "to": new, "at": self._clock.seconds()})
-        self.metrics.redis_failovers.inc()
-        log.warn("Sentinel: the primary of {name!r} moved from {old} to {new}; following it",
-                 name=self.url.master_name, old=old, new=new)
+        self._failed_over(old, new)
         for attribute, service in self._connections.items():
             conn = getattr(self, attribute)
             if self.running and (conn is None or _peer(conn) != new):
                 # at once, not after the backoff: the old address is dead or demoted
                 service.stopService().addCallback(self._restart, service)
+
+    def _failed_over(self, old: str, new: str) -> None:
+        """
+        Count and log a move of the primary once: heard from the sentinel, or seen on
+        reconnecting (the watched sentinel may tell later, or not at all if it was down).
+        """
+        if self.failovers and (self.failovers[-1]["from"], self.failovers[-1]["to"]) == (old, new):
+            return
+        self.failovers.append({"from": old, "to": new, "at": round(self._clock.seconds(), 3)})
+        self.metrics.redis_failovers.inc()
+        log.warn("Sentinel: the primary of {name!r} moved from {old} to {new}", name=self.url.master_name, old=old,
+                 new=new)
 
     def _restart(self, stopped: None, service: ClientService) -> None:
         if self.running:
@@ -714,7 +730,23 @@ class RedisBridge(MultiService):
     def publish(
         self, channel: bytes, payload: bytes, answered: Callable[[], None] | None = None
     ) -> defer.Deferred[Any]:
-        return self.execute("PUBLISH", channel, payload, answered=answered)
+        """
+        ``PUBLISH``; with ``wait_replicas``, answered once that many replicas have it too
+        (``answered`` still runs when Redis answered the ``PUBLISH``).
+        """
+        published = self.execute("PUBLISH", channel, payload, answered=answered)
+        if self._replica_wait is None or self._commands is None:
+            return published
+        replicated = self._replica_wait.after_publish()
+
+        def confirmed(receivers: Any) -> defer.Deferred[Any]:
+            return replicated.addCallback(lambda _: receivers)
+
+        def failed(failure: Failure) -> Failure:
+            replicated.addErrback(lambda _: None)
+            return failure
+
+        return published.addCallbacks(confirmed, failed)
 
     def stopService(self) -> defer.Deferred[None]:
         """

@@ -70,6 +70,7 @@ class Config:
     message_rate: float = 200.0
     message_burst: int = 1000
     redis_timeout: float = 5.0
+    redis_wait_replicas: int = 0
     max_pushes_in_flight: int = 100
     max_push_bytes_in_flight: int = 4 * 1024 * 1024
     max_redis_commands_in_flight: int = 10_000
@@ -153,6 +154,7 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "message_rate": ("float", 0),
     "message_burst": ("int", 1),
     "redis_timeout": ("float", 0.01),
+    "redis_wait_replicas": ("int", 0),
     "max_pushes_in_flight": ("int", 1),
     "max_push_bytes_in_flight": ("int", 1),
     "max_redis_commands_in_flight": ("int", 1),

@@ -57,7 +57,8 @@ class Metrics:
             registry=r,
         )
         self.redis_failovers = Counter(
-            PREFIX + "redis_failovers", "Moves of the primary Sentinel announced (+switch-master) and this node followed",
+            PREFIX + "redis_failovers",
+            "Moves of the primary this node followed (announced by Sentinel's +switch-master, or found on reconnecting)",
             registry=r,
         )
         self.redis_reconnects = Counter(

@@ -47,8 +47,10 @@ class SentinelSet:
                 f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
                 f"logfile {self.directory / f'sentinel-{port}.log'}\n"
                 f"sentinel monitor {MASTER} 127.0.0.1 {self.primary.port} 2\n"
-                f"sentinel down-after-milliseconds {MASTER} 1000\n"
-                f"sentinel failover-timeout {MASTER} 5000\n"
+                # above the sentinels' PING period (1 s), or a sentinel that has just
+                # switched may take the new primary for down before its first PING
+                f"sentinel down-after-milliseconds {MASTER} 2000\n"
+                f"sentinel failover-timeout {MASTER} 10000\n"
                 f"sentinel parallel-syncs {MASTER} 2\n"
             )
             self._sentinels.append(subprocess.Popen([self.binary, str(conf), "--sentinel"],

@@ -17,7 +17,7 @@ import pytest
 
 from .conftest import free_port
 from .presence_view import truth
-from .live import RawSocket, event_of, payload_of, reply_status, start_twistd, token
+from .live import RawSocket, event_of, payload_of, reply_reason, reply_status, start_twistd, token
 from .sentinels import MASTER, Recorder, SentinelSet
 from .waiting import wait_until
 
@@ -71,9 +71,13 @@ def test_a_failover_under_two_processes_restores_broadcasts_presence_and_pushes(
     SIGKILL of the primary: within 10 s of the sentinels' promotion every client joined
     before gets broadcasts on its old socket, presence is whole on both processes,
     pushes are acknowledged, and each push acknowledged before the kill reached the new
-    primary (a plugin subscribed there saw it).
+    primary (a plugin subscribed there saw it): with ``redis_wait_replicas = 1`` a push is
+    answered once a replica has it, and Sentinel promotes the most advanced replica.
     """
-    nodes = [start_twistd(twistd, "--redis-url", sentinel_set.url(), datetime_interval=0) for _ in range(2)]
+    nodes = [
+        start_twistd(twistd, "--redis-url", sentinel_set.url(), datetime_interval=0, redis_wait_replicas=1)
+        for _ in range(2)
+    ]
     for node in nodes:
         node.wait_for_log(f"127.0.0.1:{sentinel_set.primary.port}, master")
         code, body = health(node.port)
@@ -155,3 +159,14 @@ def test_a_sentinel_url_without_a_primary_is_named_with_its_password_masked(twis
     code, body = health(port)
     assert code == 503 and body["redis"]["connected"] is False
     assert proc.stop(signal.SIGTERM) == 0
+
+
+def test_with_no_replica_to_confirm_a_push_is_answered_not_replicated(twistd, own_redis):
+    """redis_wait_replicas = 1 on a Redis without replicas: the push ran, but the client is told it is not safe."""
+    node = start_twistd(twistd, "--redis-url", own_redis.url, datetime_interval=0, redis_wait_replicas=1,
+                        redis_timeout=0.4)
+    client = RawSocket(node.port)
+    join_ref, _ = client.join_ok(TOPIC, token(TOPIC, "alone"))
+    reply = client.reply(client.push(TOPIC, "msg", {"marker": "unconfirmed"}, join_ref))
+    assert (reply_status(reply), reply_reason(reply)) == ("error", "redis not replicated")
+    assert "Traceback" not in node.log()
