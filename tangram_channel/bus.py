@@ -761,7 +761,13 @@ class RedisBridge(MultiService):
 
 
 async def connect_once(reactor: Any, url: RedisURL, subscriber: bool = False) -> Any:
-    """One txredisapi connection, authenticated and ready, for short-lived tools."""
+    """
+    One txredisapi connection, authenticated and ready, for short-lived tools; with a
+    Sentinel URL, to the primary the sentinels name (NoPrimary if none does).
+    """
+    if url.master_name is not None:
+        sentinels = Sentinels(reactor, url.sentinels, url.master_name, lambda a: connect_once(reactor, url.sentinel(a)))
+        url = url.at(await sentinels.primary())
     ready: defer.Deferred[Any] = defer.Deferred()
     factory = _Factory(_Subscriber if subscriber else _Commands, url, ready.callback)
     await url.endpoint(reactor).connect(factory)

@@ -144,7 +144,7 @@ class Sentinels:
             self.addresses.remove(address)
             self.addresses.insert(0, address)
             return primary
-        raise NoPrimary("; ".join(problems))
+        raise NoPrimary(f"no sentinel named a primary for {self.name!r} ({'; '.join(problems)})")
 
     async def _ask(self, address: Address) -> Address | None:
         conn = await self._connect(address)
@@ -189,7 +189,7 @@ class PrimaryEndpoint:
 
     def _not_found(self, failure: Any) -> Any:
         failure.trap(NoPrimary)
-        self._on_failure(f"no sentinel named a primary for {self._sentinels.name!r} ({failure.getErrorMessage()})")
+        self._on_failure(failure.getErrorMessage())
         return failure
 
 

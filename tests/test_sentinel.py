@@ -7,7 +7,10 @@ primary SIGKILLed under them.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import free_port
+from .conftest import ROOT, free_port
 from .presence_view import truth
 from .live import RawSocket, event_of, payload_of, reply_reason, reply_status, start_twistd, token
 from .sentinels import MASTER, Recorder, SentinelSet
@@ -33,6 +36,12 @@ def sentinel_set(redis_binary, tmp_path):
         yield deployment
     finally:
         deployment.stop()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``tangram-channel ARGS`` (``python -m tangram_channel``), with this tree on the path."""
+    return subprocess.run([sys.executable, "-m", "tangram_channel", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def health(port: int) -> tuple[int, dict[str, Any]]:
@@ -142,6 +151,10 @@ def test_a_failover_under_two_processes_restores_broadcasts_presence_and_pushes(
     for recorder in recorders.values():
         recorder.close()
 
+    # the command-line tool finds the new primary through the sentinels too
+    published = cli("publish", "--redis-url", sentinel_set.url(), TOPIC, "cli", "{}")
+    assert published.returncode == 0 and "(2 service connections received it)" in published.stdout, published
+
 
 def test_a_sentinel_url_without_a_primary_is_named_with_its_password_masked(twistd, tmp_path):
     """No sentinel answers: one error line naming the URL (password hidden), no traceback; 503."""
@@ -159,6 +172,12 @@ def test_a_sentinel_url_without_a_primary_is_named_with_its_password_masked(twis
     code, body = health(port)
     assert code == 503 and body["redis"]["connected"] is False
     assert proc.stop(signal.SIGTERM) == 0
+
+    refused = cli("publish", "--redis-url", url, TOPIC, "event", "{}")
+    assert refused.returncode == 1 and refused.stdout == "", refused
+    assert refused.stderr.startswith("tangram-channel: Redis at redis+sentinel://tangram:***@no-such-sentinel.invalid")
+    assert "no sentinel named a primary for 'mymaster'" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert "hunter2" not in refused.stderr
 
 
 def test_with_no_replica_to_confirm_a_push_is_answered_not_replicated(twistd, own_redis):
