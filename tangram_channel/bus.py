@@ -301,6 +301,14 @@ class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
     def messageReceived(self, pattern: bytes, channel: bytes, message: bytes) -> None:
         self.on_message(pattern, channel, message)
 
+    def replyReceived(self, reply: Any) -> None:
+        # txredisapi's subscriber keeps the last three items of any other reply, which
+        # would cut a replica's ROLE answer (asked before subscribing) to its last three
+        if sentinel.is_role_reply(reply):
+            self.replyQueue.put(reply)
+        else:
+            super().replyReceived(reply)
+
 
 class RedisBridge(MultiService):
     """

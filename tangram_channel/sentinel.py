@@ -77,11 +77,16 @@ def parse_master(path: str) -> tuple[str, int]:
     return unquote(parts[0]), db
 
 
+ROLES = (b"master", b"slave", b"sentinel")
+
+
+def is_role_reply(reply: Any) -> bool:
+    return isinstance(reply, list) and bool(reply) and reply[0] in ROLES
+
+
 def role_of(reply: Any) -> str:
     """The role a ``ROLE`` reply names (``master``, ``slave``, ``sentinel``), or ``unknown``."""
-    if isinstance(reply, list) and reply and isinstance(reply[0], bytes):
-        return reply[0].decode("ascii", "replace")
-    return "unknown"
+    return reply[0].decode() if is_role_reply(reply) else "unknown"
 
 
 def switched(message: bytes, name: str) -> tuple[Address, Address] | None:

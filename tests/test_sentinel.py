@@ -14,15 +14,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+import pytest_twisted
 
-from .conftest import ROOT, free_port
-from .presence_view import truth
+from .conftest import ROOT, RedisServer, free_port
+from .e2e import captured_log
+from .fake_sentinel import FakeSentinel
+from .presence_view import Tab, join_as, truth
 from .live import RawSocket, event_of, payload_of, reply_reason, reply_status, start_twistd, token
 from .sentinels import MASTER, Recorder, SentinelSet
-from .waiting import wait_until
+from .waiting import eventually, wait_until
 
 TOPIC = "room"
 RECOVERY = 10.0  # seconds from the sentinels' promotion, as the issue asks
@@ -189,3 +194,77 @@ def test_with_no_replica_to_confirm_a_push_is_answered_not_replicated(twistd, ow
     reply = client.reply(client.push(TOPIC, "msg", {"marker": "unconfirmed"}, join_ref))
     assert (reply_status(reply), reply_reason(reply)) == ("error", "redis not replicated")
     assert "Traceback" not in node.log()
+
+
+@contextmanager
+def steered_sentinel(primary: RedisServer) -> Iterator[tuple[FakeSentinel, str]]:
+    """A ``FakeSentinel`` naming ``primary``, listening on loopback, and the URL that names it."""
+    from twisted.internet import reactor
+
+    sentinel = FakeSentinel(("127.0.0.1", primary.port))
+    port = reactor.listenTCP(0, sentinel, interface="127.0.0.1")
+    try:
+        yield sentinel, f"redis+sentinel://127.0.0.1:{port.getHost().port}/{MASTER}"
+    finally:
+        port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_replica_the_sentinels_name_is_left_until_they_name_the_primary(
+    start_service, own_redis, redis_binary
+):
+    """ROLE says slave: neither connection is used, the log says why; named the primary, the node connects."""
+    replica = RedisServer(redis_binary, free_port(), ("--replicaof", "127.0.0.1", str(own_redis.port)))
+    replica.start()
+    try:
+        with steered_sentinel(replica) as (sentinel, url), captured_log() as lines:
+            service = await start_service(redis_url=url, wait_for_redis=False, datetime_interval=0)
+            refusal = f"127.0.0.1:{replica.port}, named by the sentinels as the primary of 'mymaster', answers ROLE " \
+                      "with 'slave'"
+            await eventually(lambda: sentinel.asked >= 4, what="the sentinel asked again after each refusal")
+            assert any(refusal in line for line in lines), lines
+            assert not service.bridge.connected and service.bridge.address is None
+            sentinel.primary = ("127.0.0.1", own_redis.port)
+            await eventually(lambda: service.bridge.connected, what="the node on the primary")
+            assert (service.bridge.address, service.bridge.role) == (f"127.0.0.1:{own_redis.port}", "master")
+    finally:
+        replica.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_switch_master_moves_both_connections_off_a_primary_that_still_answers(
+    start_service, own_redis, redis_binary
+):
+    """
+    The sentinels announce a new primary while the old one is alive (a manual failover,
+    a partition): the node leaves the old one at once, and a member joined before gets
+    broadcasts published on the new one, with its presence there.
+    """
+    second = RedisServer(redis_binary, free_port())
+    second.start()
+    try:
+        with steered_sentinel(own_redis) as (sentinel, url):
+            service = await start_service(redis_url=url, datetime_interval=0)
+            assert service.bridge.address == f"127.0.0.1:{own_redis.port}"
+            tab = await Tab.open(service.ws_url, TOPIC)
+            await join_as(service, tab, "stayer")
+            await eventually(lambda: sentinel.subscribers, what="the node's subscription to +switch-master")
+            old = own_redis.client()
+            ours = len(old.client_list()) - 1  # all but this one
+
+            sentinel.switch(MASTER, ("127.0.0.1", second.port))
+            await eventually(lambda: service.bridge.connected and service.bridge.address.endswith(f":{second.port}"),
+                             what="the node on the new primary")
+            await eventually(lambda: len(old.client_list()) == 1, what="no connection of the node left on the old")
+            assert ours == 2
+            assert [(f["from"], f["to"]) for f in service.bridge.failovers] == [
+                (f"127.0.0.1:{own_redis.port}", f"127.0.0.1:{second.port}")
+            ]
+            new = second.client()
+            await eventually(lambda: "stayer" in truth(new, TOPIC), what="presence written on the new primary")
+            new.publish(f"to:{TOPIC}:news", '{"on":"second"}')
+            frame = await tab.until(lambda f: f[3] == "news")
+            assert frame[4] == {"on": "second"}
+            await tab.close()
+    finally:
+        second.kill()
