@@ -5,6 +5,7 @@ One connection subscribes (``PSUBSCRIBE to:<topic>:*`` for each topic with membe
 here) and feeds every message to the hub; the other runs commands (``PUBLISH``, the
 presence scripts). Both reconnect on their own; the subscriber re-issues every
 subscription each time it comes back, since Redis forgets them with the connection.
+Under Sentinel both go wherever the sentinels say the primary is (see ``sentinel``).
 """
 
 from __future__ import annotations
@@ -36,12 +37,15 @@ from .metrics import Metrics
 from .naming import split_channel, topic_pattern
 from .pending import PendingMessages
 from .replicas import ReplicaWait
-from . import sentinel
-from .sentinel import Address, PrimaryEndpoint, Rotation, Sentinels, parse_master, parse_sentinels, show
+from .sentinel import (
+    SWITCH_CHANNEL, Address, PrimaryEndpoint, Rotation, Sentinels, is_role_reply, parse_master, parse_sentinels,
+    role_of, show, switched,
+)
 
 log = Logger()
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+FAILOVERS_KEPT = 10  # the last failovers, for /healthz; all are counted in /metrics
 
 # what the subscriber's socket reads a reactor turn (Twisted reads 64 KiB): as much as
 # Redis has written since, so a turn spent handing a large message on costs no reading
@@ -304,7 +308,7 @@ class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
     def replyReceived(self, reply: Any) -> None:
         # txredisapi's subscriber keeps the last three items of any other reply, which
         # would cut a replica's ROLE answer (asked before subscribing) to its last three
-        if sentinel.is_role_reply(reply):
+        if is_role_reply(reply):
             self.replyQueue.put(reply)
         else:
             super().replyReceived(reply)
@@ -358,7 +362,7 @@ class RedisBridge(MultiService):
         self._replica_wait = ReplicaWait(reactor, self.execute, wait_replicas, timeout / 2) if wait_replicas else None
         self.address: str | None = None  # the server both connections are on, and what ROLE called it
         self.role = "unknown"
-        self.failovers: list[dict[str, Any]] = []  # the primary's moves Sentinel announced, oldest first
+        self.failovers: list[dict[str, Any]] = []  # the last moves of the primary followed (Sentinel), oldest first
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0)
         endpoint = self._endpoint(reactor, url, retry)
         self._connections = {
@@ -429,7 +433,7 @@ class RedisBridge(MultiService):
         return check
 
     def _role_answered(self, reply: Any, conn: Any, ready: Callable[[Any], None], commands: bool) -> None:
-        role = sentinel.role_of(reply)
+        role = role_of(reply)
         if self.url.master_name is not None and role != "master":
             self._errors.emit(
                 "not primary",
@@ -447,8 +451,11 @@ class RedisBridge(MultiService):
         """A managed Redis may refuse ROLE; a Sentinel setup's server must answer it."""
         if self.url.master_name is None and failure.check(txredisapi.ResponseError):
             self._role_answered(None, conn, ready, commands)
-        else:
-            conn.transport.loseConnection()
+            return
+        if not failure.check(RedisUnavailable) or failure.check(RedisTimeout):  # a lost connection tells itself
+            self._errors.emit("no role", "{address} did not answer ROLE: {why}; leaving it", address=_peer(conn),
+                              why=failure.getErrorMessage())
+        conn.transport.loseConnection()
 
     def _commands_ready(self, conn: Any) -> None:
         self._commands = conn
@@ -506,14 +513,14 @@ class RedisBridge(MultiService):
 
     def _watch_failovers(self, conn: Any) -> None:
         conn.on_message = self._announced
-        conn.subscribe([sentinel.SWITCH_CHANNEL]).addErrback(lambda failure: None)  # lost: the next one subscribes
+        conn.subscribe([SWITCH_CHANNEL]).addErrback(lambda failure: None)  # lost: the next one subscribes
 
     def _announced(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
         assert self.url.master_name is not None
-        switch = sentinel.switched(message, self.url.master_name) if channel == sentinel.SWITCH_CHANNEL else None
+        switch = switched(message, self.url.master_name) if channel == SWITCH_CHANNEL else None
         if switch is None:
             return
-        old, new = (sentinel.show(address) for address in switch)
+        old, new = (show(address) for address in switch)
         self._failed_over(old, new)
         for attribute, service in self._connections.items():
             conn = getattr(self, attribute)
@@ -529,6 +536,7 @@ class RedisBridge(MultiService):
         if self.failovers and (self.failovers[-1]["from"], self.failovers[-1]["to"]) == (old, new):
             return
         self.failovers.append({"from": old, "to": new, "at": round(self._clock.seconds(), 3)})
+        del self.failovers[:-FAILOVERS_KEPT]
         self.metrics.redis_failovers.inc()
         log.warn("Sentinel: the primary of {name!r} moved from {old} to {new}", name=self.url.master_name, old=old,
                  new=new)
@@ -786,7 +794,7 @@ def _peer(conn: Any) -> str:
     """``host:port`` of the server a connection is on (a Unix socket's path)."""
     peer = conn.transport.getPeer()
     if hasattr(peer, "port"):
-        return sentinel.show((peer.host, peer.port))
+        return show((peer.host, peer.port))
     return str(getattr(peer, "name", peer))
 
 

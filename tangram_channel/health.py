@@ -114,7 +114,7 @@ class HealthResource(Resource):
                 # the server last connected to, its role by ROLE, and (Sentinel) the failovers followed
                 "address": self._bridge.address,
                 "role": self._bridge.role,
-                "failovers": self._bridge.failovers[-10:],
+                "failovers": self._bridge.failovers,
             },
             "subscriptions": len(self._bridge.watched_topics),
             "sockets": len(self._factory.sockets),
