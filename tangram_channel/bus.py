@@ -75,6 +75,10 @@ class RedisURL:
         if strict not in ("true", "false"):
             raise ValueError(f"redis_url: ssl_verify_strict must be true or false, not {strict!r}")
         self.verify_strict = strict == "true"
+        sentinel_auth = query.get("sentinel_auth", ["false"])[0]
+        if sentinel_auth not in ("true", "false"):
+            raise ValueError(f"redis_url: sentinel_auth must be true or false, not {sentinel_auth!r}")
+        self.sentinel_auth = sentinel_auth == "true"  # the sentinels want the servers' credentials too
         self.path: str | None = None  # a unix:// URL's socket
         self.host: str | None = None  # the others' address
         self.port: int | None = None
@@ -114,9 +118,10 @@ class RedisURL:
         return copy
 
     def sentinel(self, address: Address) -> RedisURL:
-        """One of the sentinels: TLS as the URL says, no credentials (those are the servers')."""
+        """One of the sentinels: TLS as the URL says, the credentials only with ``sentinel_auth=true``."""
         copy = self.at(address)
-        copy.username = copy.password = None
+        if not self.sentinel_auth:
+            copy.username = copy.password = None
         copy.db = 0
         return copy
 

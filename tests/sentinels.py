@@ -42,20 +42,7 @@ class SentinelSet:
             wait_until(lambda: replica.client().info("replication").get("master_link_status") == "up",
                        20, "a replica in sync")
         for port in self.sentinel_ports:
-            conf = self.directory / f"sentinel-{port}.conf"  # sentinel rewrites its file: one each
-            conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
-                f"logfile {self.directory / f'sentinel-{port}.log'}\n"
-                f"sentinel monitor {MASTER} 127.0.0.1 {self.primary.port} 2\n"
-                # above the sentinels' PING period (1 s), or a sentinel that has just
-                # switched may take the new primary for down before its first PING
-                f"sentinel down-after-milliseconds {MASTER} 2000\n"
-                f"sentinel failover-timeout {MASTER} 10000\n"
-                f"sentinel parallel-syncs {MASTER} 2\n"
-            )
-            self._sentinels.append(subprocess.Popen([self.binary, str(conf), "--sentinel"],
-                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            wait_for_port(port)
+            self._sentinels.append(start_sentinel(self.binary, self.directory, port, self.primary.port))
         # a failover needs a majority of sentinels that know each other (by hello
         # messages, every 2 s) and the replicas
         wait_until(self._acquainted, 30, "three sentinels that know each other and both replicas")
@@ -86,6 +73,27 @@ class SentinelSet:
             process.wait()
         for server in self.servers:
             server.kill()
+
+
+def start_sentinel(
+    binary: str, directory: Path, port: int, primary_port: int, extra: str = ""
+) -> subprocess.Popen[bytes]:
+    """One sentinel watching the primary on ``primary_port`` (quorum 2), listening on ``port``."""
+    conf = directory / f"sentinel-{port}.conf"  # sentinel rewrites its file: one each
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+        f"logfile {directory / f'sentinel-{port}.log'}\n"
+        f"sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n"
+        # above the sentinels' PING period (1 s), or a sentinel that has just switched
+        # may take the new primary for down before its first PING
+        f"sentinel down-after-milliseconds {MASTER} 2000\n"
+        f"sentinel failover-timeout {MASTER} 10000\n"
+        f"sentinel parallel-syncs {MASTER} 2\n{extra}"
+    )
+    process = subprocess.Popen([binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    return process
 
 
 class Recorder:

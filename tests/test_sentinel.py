@@ -26,7 +26,7 @@ from .e2e import captured_log
 from .fake_sentinel import FakeSentinel
 from .presence_view import Tab, join_as, truth
 from .live import RawSocket, event_of, payload_of, reply_reason, reply_status, start_twistd, token
-from .sentinels import MASTER, Recorder, SentinelSet
+from .sentinels import MASTER, Recorder, SentinelSet, start_sentinel
 from .waiting import eventually, wait_until
 
 TOPIC = "room"
@@ -268,3 +268,25 @@ async def test_switch_master_moves_both_connections_off_a_primary_that_still_ans
             await tab.close()
     finally:
         second.kill()
+
+
+def test_sentinels_with_the_servers_password_are_asked_with_it_when_the_url_says(twistd, redis_binary, tmp_path):
+    """?sentinel_auth=true: the URL's password opens the sentinels too; without it they refuse, and the log says so."""
+    primary = RedisServer(redis_binary, free_port(), ("--requirepass", "s3cret"))
+    primary.start()
+    port = free_port()
+    sentinel = start_sentinel(redis_binary, tmp_path, port, primary.port,
+                              "requirepass s3cret\nsentinel auth-pass mymaster s3cret\n")
+    try:
+        url = f"redis+sentinel://:s3cret@127.0.0.1:{port}/{MASTER}"
+        shared = start_twistd(twistd, "--redis-url", url + "?sentinel_auth=true", datetime_interval=0)
+        assert f"127.0.0.1:{primary.port}, master" in shared.log()
+        refused = twistd("--redis-url", url, env={"TANGRAM_CHANNEL_JWT_SECRET": "x" * 40,
+                                                   "TANGRAM_CHANNEL_EMBEDDED_REDIS": "false",
+                                                   "TANGRAM_CHANNEL_PORT": str(free_port())})
+        refused.wait_for_log("no sentinel named a primary")
+        assert "NOAUTH" in refused.log() and "s3cret" not in refused.log() + shared.log()
+    finally:
+        sentinel.kill()
+        sentinel.wait()
+        primary.kill()

@@ -41,6 +41,10 @@ def test_the_servers_and_sentinels_of_a_sentinel_url_keep_what_each_needs() -> N
     sentinel = url.sentinel(("s1", 26379))
     assert (sentinel.scheme, sentinel.host, sentinel.password, sentinel.db) == ("rediss", "s1", None, 0)
     assert RedisURL("redis+sentinel://s1/m").at(("h", 1)).scheme == "redis"
+    shared = RedisURL("redis+sentinel://app:secret@s1/m?sentinel_auth=true").sentinel(("s1", 26379))
+    assert (shared.username, shared.password) == ("app", "secret")
+    with pytest.raises(ValueError, match="sentinel_auth must be true or false"):
+        RedisURL("redis+sentinel://s1/m?sentinel_auth=yes")
 
 
 @pytest.mark.parametrize(
