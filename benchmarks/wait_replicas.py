@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tangram_channel.embedded import find_redis_server  # noqa: E402
 from tests.conftest import RedisServer, Twistd, free_port  # noqa: E402
 from tests.live import SECRET, RawSocket, reply_status, token  # noqa: E402
+from tests.sentinels import replica_of  # noqa: E402
 from tests.waiting import wait_until  # noqa: E402
 
 PUSHES = 2000
@@ -55,11 +56,11 @@ def main() -> None:
     assert binary, "no redis-server"
     primary = RedisServer(binary, free_port())
     primary.start()
-    replica = RedisServer(binary, free_port(), ("--replicaof", "127.0.0.1", str(primary.port)))
+    logs = Path(tempfile.mkdtemp(prefix="wait-replicas-"))
+    replica = replica_of(binary, primary, logs)
     replica.start()
     try:
         wait_until(lambda: primary.client().info("replication").get("connected_slaves") == 1, 20, "the replica")
-        logs = Path(tempfile.mkdtemp(prefix="wait-replicas-"))
         for wait in (0, 1, 0, 1):
             print(measure(primary, wait, logs), flush=True)
     finally:

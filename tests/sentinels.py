@@ -22,7 +22,7 @@ class SentinelSet:
         self.directory = directory
         self.primary = RedisServer(binary, free_port())
         self.replicas = [
-            RedisServer(binary, free_port(), ("--replicaof", "127.0.0.1", str(self.primary.port))) for _ in range(2)
+            replica_of(binary, self.primary, directory) for _ in range(2)
         ]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self._sentinels: list[subprocess.Popen[bytes]] = []
@@ -73,6 +73,13 @@ class SentinelSet:
             process.wait()
         for server in self.servers:
             server.kill()
+
+
+def replica_of(binary: str, primary: RedisServer, directory: Path) -> RedisServer:
+    """A replica (not started) of ``primary``; it writes the copy it loads in ``directory``, not the cwd."""
+    port = free_port()
+    return RedisServer(binary, port, ("--replicaof", "127.0.0.1", str(primary.port), "--dir", str(directory),
+                                      "--dbfilename", f"replica-{port}.rdb"))
 
 
 def start_sentinel(

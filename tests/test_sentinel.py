@@ -26,7 +26,7 @@ from .e2e import captured_log
 from .fake_sentinel import FakeSentinel
 from .presence_view import Tab, join_as, truth
 from .live import RawSocket, event_of, payload_of, reply_reason, reply_status, start_twistd, token
-from .sentinels import MASTER, Recorder, SentinelSet, start_sentinel
+from .sentinels import MASTER, Recorder, SentinelSet, replica_of, start_sentinel
 from .waiting import eventually, wait_until
 
 TOPIC = "room"
@@ -211,10 +211,10 @@ def steered_sentinel(primary: RedisServer) -> Iterator[tuple[FakeSentinel, str]]
 
 @pytest_twisted.ensureDeferred
 async def test_a_replica_the_sentinels_name_is_left_until_they_name_the_primary(
-    start_service, own_redis, redis_binary
+    start_service, own_redis, redis_binary, tmp_path
 ):
     """ROLE says slave: neither connection is used, the log says why; named the primary, the node connects."""
-    replica = RedisServer(redis_binary, free_port(), ("--replicaof", "127.0.0.1", str(own_redis.port)))
+    replica = replica_of(redis_binary, own_redis, tmp_path)
     replica.start()
     try:
         with steered_sentinel(replica) as (sentinel, url), captured_log() as lines:
