@@ -27,6 +27,7 @@ from .fake_sentinel import FakeSentinel
 from .presence_view import Tab, join_as, truth
 from .live import RawSocket, event_of, payload_of, reply_reason, reply_status, start_twistd, token
 from .sentinels import MASTER, Recorder, SentinelSet, replica_of, start_sentinel
+from .test_redis_tls import Authority, tls_redis
 from .waiting import eventually, wait_until
 
 TOPIC = "room"
@@ -286,6 +287,27 @@ def test_sentinels_with_the_servers_password_are_asked_with_it_when_the_url_says
                                                    "TANGRAM_CHANNEL_PORT": str(free_port())})
         refused.wait_for_log("no sentinel named a primary")
         assert "NOAUTH" in refused.log() and "s3cret" not in refused.log() + shared.log()
+    finally:
+        sentinel.kill()
+        sentinel.wait()
+        primary.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_sentinel_speaks_tls_to_the_sentinel_and_to_the_primary(start_service, redis_binary, tmp_path):
+    """rediss+sentinel://: the sentinel and the primary it names listen on TLS ports only, verified by the URL's CA."""
+    authority = Authority(tmp_path, "test-ca")
+    cert, key = authority.issue("sentinel-tls", ["localhost"], ["127.0.0.1"])
+    primary = tls_redis(redis_binary, authority, (cert, key))
+    port = free_port()
+    tls = (f"port 0\ntls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\n"
+           f"tls-ca-cert-file {authority.path}\ntls-auth-clients no\ntls-replication yes\n")
+    sentinel = start_sentinel(redis_binary, tmp_path, port, primary.port, tls)
+    try:
+        url = f"rediss+sentinel://alice:pw@127.0.0.1:{port}/{MASTER}?ssl_ca_certs={authority.path}"
+        service = await start_service(redis_url=url, datetime_interval=0)
+        assert (service.bridge.address, service.bridge.role) == (f"127.0.0.1:{primary.port}", "master")
+        assert str(service.bridge.url) == f"rediss+sentinel://alice:***@127.0.0.1:{port}/{MASTER}/0"
     finally:
         sentinel.kill()
         sentinel.wait()
