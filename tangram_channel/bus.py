@@ -791,8 +791,12 @@ async def connect_once(reactor: Any, url: RedisURL, subscriber: bool = False) ->
         url = url.at(await sentinels.primary())
     ready: defer.Deferred[Any] = defer.Deferred()
     factory = _Factory(_Subscriber if subscriber else _Commands, url, ready.callback)
-    await url.endpoint(reactor).connect(factory)
-    return await ready
+    conn: Any = await url.endpoint(reactor).connect(factory)
+    try:
+        return await ready
+    except defer.CancelledError:  # given up (a sentinel that takes no AUTH answer): not left open
+        conn.transport.loseConnection()
+        raise
 
 
 def _peer(conn: Any) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import protocol
 
 from .conftest import ROOT, RedisServer, free_port
 from .e2e import captured_log
@@ -312,3 +313,35 @@ async def test_rediss_sentinel_speaks_tls_to_the_sentinel_and_to_the_primary(sta
         sentinel.kill()
         sentinel.wait()
         primary.kill()
+
+
+class _Silent(protocol.Protocol):
+    """Accepts and never answers, as a frozen sentinel would; counts what is open."""
+
+    factory: Any
+
+    def connectionMade(self) -> None:
+        self.factory.accepted += 1
+        self.factory.open += 1
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.open -= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sentinel_that_never_answers_is_given_up_each_attempt_without_leaving_a_connection(start_service):
+    """Its AUTH unanswered within redis_timeout, each attempt's connection is closed, not left open."""
+    from twisted.internet import reactor
+
+    silent = protocol.Factory.forProtocol(_Silent)
+    silent.accepted = silent.open = 0
+    port = reactor.listenTCP(0, silent, interface="127.0.0.1")
+    try:
+        url = f"redis+sentinel://:pw@127.0.0.1:{port.getHost().port}/{MASTER}?sentinel_auth=true"
+        with captured_log() as lines:
+            await start_service(redis_url=url, wait_for_redis=False, redis_timeout=0.3, datetime_interval=0)
+            await eventually(lambda: silent.accepted >= 6, what="several attempts")
+            assert silent.open <= 3  # the attempts under way: the two connections' and the watch's
+            assert any("no answer within 0.3 s" in line for line in lines), lines
+    finally:
+        port.stopListening()
