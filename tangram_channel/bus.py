@@ -5,6 +5,7 @@ One connection subscribes (``PSUBSCRIBE to:<topic>:*`` for each topic with membe
 here) and feeds every message to the hub; the other runs commands (``PUBLISH``, the
 presence scripts). Both reconnect on their own; the subscriber re-issues every
 subscription each time it comes back, since Redis forgets them with the connection.
+Under Sentinel both go wherever the sentinels say the primary is (see ``sentinel``).
 """
 
 from __future__ import annotations
@@ -34,13 +35,22 @@ from OpenSSL import SSL, crypto
 from zope.interface import implementer, provider
 
 from . import outputlimit
+from .config import mask_url
 from .errors import RedisTimeout, RedisUnavailable, unless_unavailable
 from .logs import ThrottledLog
 from .metrics import Metrics
 from .naming import split_channel, topic_pattern
 from .pending import PendingMessages
+from .replicas import ReplicaWait
+from .sentinel import (
+    SWITCH_CHANNEL, Address, PrimaryEndpoint, Rotation, Sentinels, is_role_reply, parse_master, parse_sentinels,
+    role_of, show, switched,
+)
 
 log = Logger()
+
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+FAILOVERS_KEPT = 10  # the last failovers, for /healthz; all are counted in /metrics
 
 # what the subscriber's socket reads a reactor turn (Twisted reads 64 KiB): as much as
 # Redis has written since, so a turn spent handing a large message on costs no reading
@@ -48,12 +58,19 @@ SUBSCRIBER_READ_SIZE = 4 * 1024 * 1024
 
 
 class RedisURL:
-    """A parsed ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    """
+    A parsed ``redis://``, ``rediss://``, ``unix://`` or Sentinel URL
+    (``redis+sentinel://host1:26379,host2:26379/<master-name>[/db]``, ``rediss+sentinel://``
+    for TLS to the sentinels and the servers they name).
+    """
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, not {url!r}")
+        if parts.scheme not in SCHEMES:
+            raise ValueError(
+                "redis_url must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://, "
+                f"not {mask_url(url)!r}"
+            )
         self.scheme = parts.scheme
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password is not None else None
@@ -63,12 +80,25 @@ class RedisURL:
         if strict not in ("true", "false"):
             raise ValueError(f"redis_url: ssl_verify_strict must be true or false, not {strict!r}")
         self.verify_strict = strict == "true"
+        sentinel_auth = query.get("sentinel_auth", ["false"])[0]
+        if sentinel_auth not in ("true", "false"):
+            raise ValueError(f"redis_url: sentinel_auth must be true or false, not {sentinel_auth!r}")
+        self.sentinel_auth = sentinel_auth == "true"  # the sentinels want the servers' credentials too
         self.path: str | None = None  # a unix:// URL's socket
         self.host: str | None = None  # the others' address
         self.port: int | None = None
+        self.sentinels: list[Address] = []  # a Sentinel URL's sentinels, and the name they know the primary by
+        self.master_name: str | None = None
         if self.scheme == "unix":
             self.path = parts.path or parts.netloc
             db = query.get("db", ["0"])[0]
+        elif self.scheme.endswith("+sentinel"):
+            try:
+                self.sentinels = parse_sentinels(parts.netloc.rpartition("@")[2])
+                self.master_name, self.db = parse_master(parts.path)
+            except ValueError as e:
+                raise ValueError(f"redis_url {mask_url(url)!r}: {e}") from None
+            return
         else:
             self.host = parts.hostname or "127.0.0.1"
             try:
@@ -82,15 +112,35 @@ class RedisURL:
             raise ValueError(f"redis_url has an invalid database number: {url!r}") from None
 
     @property
+    def tls(self) -> bool:
+        return self.scheme.startswith("rediss")
+
+    def at(self, address: Address) -> RedisURL:
+        """The server a Sentinel URL's sentinels named, with this URL's credentials, database and TLS."""
+        copy = RedisURL("rediss://" if self.tls else "redis://")
+        copy.__dict__.update(self.__dict__, scheme=copy.scheme, sentinels=[], master_name=None)
+        copy.host, copy.port = address
+        return copy
+
+    def sentinel(self, address: Address) -> RedisURL:
+        """One of the sentinels: TLS as the URL says, the credentials only with ``sentinel_auth=true``."""
+        copy = self.at(address)
+        if not self.sentinel_auth:
+            copy.username = copy.password = None
+        copy.db = 0
+        return copy
+
+    @property
     def is_local(self) -> bool:
         """Whether a private redis-server could stand in at this address."""
         return self.scheme == "unix" or (self.scheme == "redis" and self.host in ("127.0.0.1", "localhost", "::1"))
 
     @property
     def tcp_address(self) -> tuple[str, int]:
-        """Host and port; a ``unix://`` URL has none."""
+        """Host and port; a ``unix://`` or Sentinel URL has none."""
         if self.host is None or self.port is None:
-            raise ValueError(f"{self} names a Unix socket, not a TCP address")
+            what = "sentinels" if self.sentinels else "a Unix socket"
+            raise ValueError(f"{self} names {what}, not a TCP address")
         return self.host, self.port
 
     def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
@@ -98,7 +148,7 @@ class RedisURL:
             return UNIXClientEndpoint(reactor, self.path, timeout=5)
         host, port = self.tcp_address
         endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port, timeout=5)
-        if self.scheme == "rediss":
+        if self.tls:
             trust = Certificate.loadPEM(_read(self.ca_file)) if self.ca_file else None
             creator = optionsForClientTLS(host, trustRoot=trust)
             endpoint = wrapClientTLS(_StrictX509(creator) if self.verify_strict else creator, endpoint)
@@ -107,7 +157,7 @@ class RedisURL:
     def explain(self, transport: Any, why: Failure) -> str:
         """Why a connection was lost before it was ready; for a certificate, what is wrong with it."""
         message = why.getErrorMessage()
-        if self.scheme != "rediss" or "certificate verify failed" not in message:
+        if not self.tls or "certificate verify failed" not in message:
             return message
         chain = transport.getHandle().get_peer_cert_chain()
         try:
@@ -150,6 +200,9 @@ class RedisURL:
             auth = f"{self.username or ''}:***@"
         if self.scheme == "unix":
             return f"unix://{self.path}"
+        if self.sentinels:
+            hosts = ",".join(show(address) for address in self.sentinels)
+            return f"{self.scheme}://{auth}{hosts}/{self.master_name}/{self.db}"
         return f"{self.scheme}://{auth}{self.host}:{self.port}/{self.db}"
 
 
@@ -262,6 +315,14 @@ class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
     def messageReceived(self, pattern: bytes, channel: bytes, message: bytes) -> None:
         self.on_message(pattern, channel, message)
 
+    def replyReceived(self, reply: Any) -> None:
+        # txredisapi's subscriber keeps the last three items of any other reply, which
+        # would cut a replica's ROLE answer (asked before subscribing) to its last three
+        if is_role_reply(reply):
+            self.replyQueue.put(reply)
+        else:
+            super().replyReceived(reply)
+
 
 class RedisBridge(MultiService):
     """
@@ -283,6 +344,7 @@ class RedisBridge(MultiService):
         timeout: float = 5.0,
         max_pending_bytes: int = 64 * 1024 * 1024,
         max_message_size: int = 1024 * 1024,
+        wait_replicas: int = 0,
     ) -> None:
         super().__init__()
         self.url = url
@@ -313,13 +375,41 @@ class RedisBridge(MultiService):
         self._expiring = False
         self._unanswered = 0  # until Redis answers, timed out or not
         self._all_answered: list[defer.Deferred[None]] = []
+        # WAIT's own timeout is shorter than ours, so that Redis says how many replicas confirmed
+        self._replica_wait = ReplicaWait(reactor, self.execute, wait_replicas, timeout / 2) if wait_replicas else None
+        self.address: str | None = None  # the server both connections are on, and what ROLE called it
+        self.role = "unknown"
+        self.failovers: list[dict[str, Any]] = []  # the last moves of the primary followed (Sentinel), oldest first
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0)
-        _ReconnectingService(
-            url.endpoint(reactor), _Factory(_Commands, url, self._commands_ready, self._refused), retryPolicy=retry
-        ).setServiceParent(self)
-        _ReconnectingService(
-            url.endpoint(reactor), _Factory(_Subscriber, url, self._subscriber_ready, self._refused), retryPolicy=retry
-        ).setServiceParent(self)
+        endpoint = self._endpoint(reactor, url, retry)
+        self._connections = {
+            "_commands": _ReconnectingService(
+                endpoint, _Factory(_Commands, url, self._checked(self._commands_ready, True), self._refused),
+                retryPolicy=retry,
+            ),
+            "_subscriber": _ReconnectingService(
+                endpoint, _Factory(_Subscriber, url, self._checked(self._subscriber_ready, False), self._refused),
+                retryPolicy=retry,
+            ),
+        }
+        for service in self._connections.values():
+            service.setServiceParent(self)
+
+    def _endpoint(self, reactor: Any, url: RedisURL, retry: Callable[[int], float]) -> IStreamClientEndpoint:
+        """
+        Where both connections go: the URL's server, or the primary the sentinels name
+        on each attempt, while a third connection listens to one sentinel for failovers.
+        """
+        if url.master_name is None:
+            return url.endpoint(reactor)
+        sentinels = Sentinels(
+            reactor, url.sentinels, url.master_name, lambda address: connect_once(reactor, url.sentinel(address)),
+            timeout=self.timeout,
+        )
+        watch = Rotation([url.sentinel(address).endpoint(reactor) for address in url.sentinels])
+        announcements = _Factory(_Subscriber, url.sentinel(url.sentinels[0]), self._watch_failovers, self._refused)
+        _ReconnectingService(watch, announcements, retryPolicy=retry).setServiceParent(self)
+        return PrimaryEndpoint(sentinels, lambda address: url.at(address).endpoint(reactor), self._refused)
 
     def deliver_to(
         self, on_messages: Callable[[list[tuple[str, str, bytes]]], None], on_connect: Callable[[], None]
@@ -342,6 +432,48 @@ class RedisBridge(MultiService):
 
     # connection state
 
+    def _checked(self, ready: Callable[[Any], None], commands: bool) -> Callable[[Any], None]:
+        """
+        ``ready`` for a connection once ``ROLE`` has answered: the commands connection's
+        role is shown in /healthz, and a server the sentinels named that is not the
+        primary is left. The subscriber of a plain URL needs no asking.
+        """
+
+        def check(conn: Any) -> None:
+            if self.url.master_name is None and not commands:
+                ready(conn)
+                return
+            asked = self._within_timeout(conn.role().addErrback(_unavailable_on_connection_error))
+            arguments = (conn, ready, commands)
+            asked.addCallbacks(self._role_answered, self._role_unknown, callbackArgs=arguments, errbackArgs=arguments)
+
+        return check
+
+    def _role_answered(self, reply: Any, conn: Any, ready: Callable[[Any], None], commands: bool) -> None:
+        role = role_of(reply)
+        if self.url.master_name is not None and role != "master":
+            self._errors.emit(
+                "not primary",
+                "{address}, named by the sentinels as the primary of {name!r}, answers ROLE with {role!r}; "
+                "asking the sentinels again",
+                address=_peer(conn), name=self.url.master_name, role=role,
+            )
+            conn.transport.loseConnection()
+            return
+        if commands:
+            self.role = role
+        ready(conn)
+
+    def _role_unknown(self, failure: Failure, conn: Any, ready: Callable[[Any], None], commands: bool) -> None:
+        """A managed Redis may refuse ROLE; a Sentinel setup's server must answer it."""
+        if self.url.master_name is None and failure.check(txredisapi.ResponseError):
+            self._role_answered(None, conn, ready, commands)
+            return
+        if not failure.check(RedisUnavailable) or failure.check(RedisTimeout):  # a lost connection tells itself
+            self._errors.emit("no role", "{address} did not answer ROLE: {why}; leaving it", address=_peer(conn),
+                              why=failure.getErrorMessage())
+        conn.transport.loseConnection()
+
     def _commands_ready(self, conn: Any) -> None:
         self._commands = conn
         conn.whenDisconnected().addCallback(self._lost, "_commands")
@@ -363,12 +495,29 @@ class RedisBridge(MultiService):
     def _maybe_up(self) -> None:
         if not self.connected:
             return
+        address = _peer(self._commands)
+        if self.url.master_name is not None and address != _peer(self._subscriber):
+            # the sentinels named two primaries, one attempt each, during a failover
+            log.warn("the Redis connections went to {one} and {other}; connecting both again", one=address,
+                     other=_peer(self._subscriber))
+            self._commands.transport.loseConnection()
+            self._subscriber.transport.loseConnection()
+            return
         self.metrics.redis_connected.set(1)
+        self.metrics.redis_server.clear()
+        self.metrics.redis_server.labels(address, self.role).set(1)
+        if self.url.master_name is not None and self.address not in (None, address):
+            assert self.address is not None
+            self._failed_over(self.address, address)
         if self._was_connected:
             self.metrics.redis_reconnects.inc()
-            log.info("Redis at {url} is back; restoring subscriptions and presence", url=str(self.url))
+            moved = "" if address == self.address else f", now on {address} (was {self.address})"
+            log.info("Redis at {url} is back{moved}; restoring subscriptions and presence", url=str(self.url),
+                     moved=moved)
         else:
-            log.info("connected to Redis at {url}", url=str(self.url))
+            log.info("connected to Redis at {url}: {address}, {role}", url=str(self.url), address=address,
+                     role=self.role)
+        self.address = address
         if not self._was_connected:
             self._check_output_limit()
         self._was_connected = True
@@ -376,6 +525,42 @@ class RedisBridge(MultiService):
         self._reported_refusal = False
         self._count_disconnections().addCallbacks(self._remember_disconnections, self._not_read)
         self.on_connect()
+
+    # failovers (Sentinel URLs)
+
+    def _watch_failovers(self, conn: Any) -> None:
+        conn.on_message = self._announced
+        conn.subscribe([SWITCH_CHANNEL]).addErrback(lambda failure: None)  # lost: the next one subscribes
+
+    def _announced(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
+        assert self.url.master_name is not None
+        switch = switched(message, self.url.master_name) if channel == SWITCH_CHANNEL else None
+        if switch is None:
+            return
+        old, new = (show(address) for address in switch)
+        self._failed_over(old, new)
+        for attribute, service in self._connections.items():
+            conn = getattr(self, attribute)
+            if self.running and (conn is None or _peer(conn) != new):
+                # at once, not after the backoff: the old address is dead or demoted
+                service.stopService().addCallback(self._restart, service)
+
+    def _failed_over(self, old: str, new: str) -> None:
+        """
+        Count and log a move of the primary once: heard from the sentinel, or seen on
+        reconnecting (the watched sentinel may tell later, or not at all if it was down).
+        """
+        if self.failovers and (self.failovers[-1]["from"], self.failovers[-1]["to"]) == (old, new):
+            return
+        self.failovers.append({"from": old, "to": new, "at": round(self._clock.seconds(), 3)})
+        del self.failovers[:-FAILOVERS_KEPT]
+        self.metrics.redis_failovers.inc()
+        log.warn("Sentinel: the primary of {name!r} moved from {old} to {new}", name=self.url.master_name, old=old,
+                 new=new)
+
+    def _restart(self, stopped: None, service: ClientService) -> None:
+        if self.running:
+            service.startService()
 
     def _lost(self, conn: Any, attribute: str) -> None:
         if getattr(self, attribute) is conn:
@@ -589,7 +774,23 @@ class RedisBridge(MultiService):
     def publish(
         self, channel: bytes, payload: bytes, answered: Callable[[], None] | None = None
     ) -> defer.Deferred[Any]:
-        return self.execute("PUBLISH", channel, payload, answered=answered)
+        """
+        ``PUBLISH``; with ``wait_replicas``, answered once that many replicas have it too
+        (``answered`` still runs when Redis answered the ``PUBLISH``).
+        """
+        published = self.execute("PUBLISH", channel, payload, answered=answered)
+        if self._replica_wait is None or self._commands is None:
+            return published
+        replicated = self._replica_wait.after_publish()
+
+        def confirmed(receivers: Any) -> defer.Deferred[Any]:
+            return replicated.addCallback(lambda _: receivers)
+
+        def failed(failure: Failure) -> Failure:
+            replicated.addErrback(lambda _: None)
+            return failure
+
+        return published.addCallbacks(confirmed, failed)
 
     def stopService(self) -> defer.Deferred[None]:
         """
@@ -608,11 +809,29 @@ class RedisBridge(MultiService):
 
 
 async def connect_once(reactor: Any, url: RedisURL, subscriber: bool = False) -> Any:
-    """One txredisapi connection, authenticated and ready, for short-lived tools."""
+    """
+    One txredisapi connection, authenticated and ready, for short-lived tools; with a
+    Sentinel URL, to the primary the sentinels name (NoPrimary if none does).
+    """
+    if url.master_name is not None:
+        sentinels = Sentinels(reactor, url.sentinels, url.master_name, lambda a: connect_once(reactor, url.sentinel(a)))
+        url = url.at(await sentinels.primary())
     ready: defer.Deferred[Any] = defer.Deferred()
     factory = _Factory(_Subscriber if subscriber else _Commands, url, ready.callback)
-    await url.endpoint(reactor).connect(factory)
-    return await ready
+    conn: Any = await url.endpoint(reactor).connect(factory)
+    try:
+        return await ready
+    except defer.CancelledError:  # given up (a sentinel that takes no AUTH answer): not left open
+        conn.transport.loseConnection()
+        raise
+
+
+def _peer(conn: Any) -> str:
+    """``host:port`` of the server a connection is on (a Unix socket's path)."""
+    peer = conn.transport.getPeer()
+    if hasattr(peer, "port"):
+        return show((peer.host, peer.port))
+    return str(getattr(peer, "name", peer))
 
 
 def _unavailable_on_connection_error(failure: Any) -> Any:

@@ -26,6 +26,7 @@ from . import __version__
 from . import config as configuration
 from .errors import RedisUnavailable
 from .bus import RedisURL, connect_once
+from .sentinel import NoPrimary
 from .naming import from_pattern, is_admin_topic, to_channel
 from .tokens import TokenAuthority
 
@@ -190,7 +191,7 @@ def _react(handler: Any, args: argparse.Namespace, out: TextIO) -> int:
     async def run() -> None:
         try:
             outcome.append(await handler(reactor, args, out))
-        except (ConnectError, RedisUnavailable, txredisapi.RedisError, OSError) as e:
+        except (ConnectError, RedisUnavailable, NoPrimary, txredisapi.RedisError, OSError) as e:
             print(f"tangram-channel: Redis at {_redis_url(args)}: {e}", file=sys.stderr)
             outcome.append(1)
         finally:

@@ -71,6 +71,7 @@ class Config:
     message_burst: int = 1000
     max_receive_rate: int = 1024 * 1024
     redis_timeout: float = 5.0
+    redis_wait_replicas: int = 0
     max_pushes_in_flight: int = 100
     max_push_bytes_in_flight: int = 4 * 1024 * 1024
     max_redis_commands_in_flight: int = 10_000
@@ -106,9 +107,13 @@ class Config:
         for key in ("jwt_secret", "admin_key"):
             if values[key] is not None:
                 values[key] = "********"
-        # redis://user:password@host: the password is a secret too
-        values["redis_url"] = re.sub(r"^([a-z]+://[^/@:]*:)[^/]*@", r"\1********@", self.redis_url)
+        values["redis_url"] = mask_url(self.redis_url)
         return values
+
+
+def mask_url(url: str) -> str:
+    """``redis://user:password@host`` with the password hidden: it is a secret too."""
+    return re.sub(r"^([a-z+]+://[^/@:]*:)[^/]*@", r"\1********@", url)
 
 
 # How each key is checked and parsed: (kind, minimum). Kinds: str, optional str,
@@ -151,6 +156,7 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "message_burst": ("int", 1),
     "max_receive_rate": ("int", 0),
     "redis_timeout": ("float", 0.01),
+    "redis_wait_replicas": ("int", 0),
     "max_pushes_in_flight": ("int", 1),
     "max_push_bytes_in_flight": ("int", 1),
     "max_redis_commands_in_flight": ("int", 1),

@@ -20,6 +20,7 @@ from .logs import ThrottledLog
 # the reasons of error replies
 REDIS_UNAVAILABLE = "redis unavailable"
 REDIS_TIMEOUT = "redis timeout"
+REDIS_NOT_REPLICATED = "redis not replicated"
 INTERNAL_ERROR = "internal error"
 
 
@@ -37,10 +38,19 @@ class RedisTimeout(RedisUnavailable):
         super().__init__(REDIS_TIMEOUT)
 
 
+class NotReplicated(RedisUnavailable):
+    """Redis ran the publish, but not enough replicas confirmed it in time (``redis_wait_replicas``)."""
+
+    def __init__(self) -> None:
+        super().__init__(REDIS_NOT_REPLICATED)
+
+
 def reason(failure: Failure) -> str:
     """What a client is told of ``failure``: never its details, which may name internals."""
     if failure.check(RedisTimeout):
         return REDIS_TIMEOUT
+    if failure.check(NotReplicated):
+        return REDIS_NOT_REPLICATED
     if failure.check(RedisUnavailable):
         return REDIS_UNAVAILABLE
     return INTERNAL_ERROR

@@ -107,7 +107,15 @@ class HealthResource(Resource):
         problem = self._probe.problem()
         return {
             "status": problem or "ok",
-            "redis": {"connected": self._bridge.connected, "healthy": problem is None, "url": str(self._bridge.url)},
+            "redis": {
+                "connected": self._bridge.connected,
+                "healthy": problem is None,
+                "url": str(self._bridge.url),
+                # the server last connected to, its role by ROLE, and (Sentinel) the failovers followed
+                "address": self._bridge.address,
+                "role": self._bridge.role,
+                "failovers": self._bridge.failovers,
+            },
             "subscriptions": len(self._bridge.watched_topics),
             "sockets": len(self._factory.sockets),
             "uptime_seconds": round(self._clock.seconds() - self._started, 3),

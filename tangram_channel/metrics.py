@@ -50,6 +50,17 @@ class Metrics:
         self.redis_healthy = Gauge(
             PREFIX + "redis_healthy", "1 while Redis answers the health probe's writes in time", registry=r
         )
+        self.redis_server = Gauge(
+            PREFIX + "redis_server",
+            "1 for the Redis server this node is on (host:port) and the role it answered ROLE with",
+            ["address", "role"],
+            registry=r,
+        )
+        self.redis_failovers = Counter(
+            PREFIX + "redis_failovers",
+            "Moves of the primary this node followed (announced by Sentinel's +switch-master, or found on reconnecting)",
+            registry=r,
+        )
         self.redis_reconnects = Counter(
             PREFIX + "redis_reconnects", "Times Redis came back after an outage", registry=r
         )

@@ -57,7 +57,10 @@ class Options(usage.Options):
         ["config", "c", None, "Tangram config file (default: ./tangram.toml if it exists)."],
         ["host", None, None, "Address to listen on (default 127.0.0.1)."],
         ["port", "p", None, "Port to listen on (default 2347)."],
-        ["redis-url", None, None, "redis://[user:pass@]host:port/db, rediss://... or unix://path."],
+        [
+            "redis-url", None, None,
+            "redis://[user:pass@]host:port/db, rediss://..., unix://path or redis+sentinel://h1:26379,h2/master-name.",
+        ],
         ["jwt-secret", None, None, "HS256 key for join tokens (prefer TANGRAM_CHANNEL_JWT_SECRET)."],
         ["admin-key", None, None, "Bearer key that allows minting admin tokens over HTTP."],
         ["embedded-redis", None, None, '"auto", "true" or "false".'],
@@ -268,6 +271,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         timeout=config.redis_timeout,
         max_pending_bytes=config.max_pending_redis_bytes,
         max_message_size=config.max_message_size,
+        wait_replicas=config.redis_wait_replicas,
     )
     bridge.setServiceParent(top)
     tokens = TokenAuthority(
