@@ -99,13 +99,19 @@ class RedisListener:
         self._pubsub.close()
 
 
-class RedisMonitor:
-    """Everything Redis executes (``MONITOR``), read by a thread into ``self.seen``."""
+class RedisStream:
+    """
+    One raw connection to Redis that sends ``command`` (waiting for ``confirmed`` in the
+    answer, if given) and is then read by a thread into ``seen`` until it ends: what
+    arrived is kept even when a failover closes it.
+    """
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, command: bytes, confirmed: bytes | None = None) -> None:
         self.seen = bytearray()
         self._socket = socket.create_connection(("127.0.0.1", port))
-        self._socket.sendall(b"MONITOR\r\n")
+        self._socket.sendall(command)
+        while confirmed is not None and confirmed not in self.seen:
+            self.seen += self._socket.recv(65536)
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -119,15 +125,22 @@ class RedisMonitor:
                 return
             self.seen += chunk
 
+    def close(self) -> None:
+        self._socket.close()
+        self._thread.join(timeout=2)
+
+
+class RedisMonitor(RedisStream):
+    """Everything Redis executes (``MONITOR``), read by a thread into ``self.seen``."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port, b"MONITOR\r\n")
+
     async def sync(self, client: Any) -> None:
         """Wait until every command Redis ran before this call has reached ``seen``."""
         marker = f"monitor-sync-{time.monotonic_ns()}"
         client.echo(marker)
         await eventually(lambda: marker.encode() in self.seen, what="MONITOR to catch up")
-
-    def close(self) -> None:
-        self._socket.close()
-        self._thread.join(timeout=2)
 
 
 @contextmanager

@@ -5,12 +5,11 @@ replicas and three sentinels, with short timeouts so that a failover takes secon
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import threading
 from pathlib import Path
 
 from .conftest import RedisServer, free_port, wait_for_port
+from .e2e import RedisStream
 from .waiting import wait_until
 
 MASTER = "mymaster"
@@ -103,31 +102,11 @@ def start_sentinel(
     return process
 
 
-class Recorder:
+class Recorder(RedisStream):
     """
-    A plugin-side ``PSUBSCRIBE`` on one server, read by a thread into ``seen`` until the
-    connection ends: what was published there, kept even when a failover closes it.
+    A plugin-side ``PSUBSCRIBE`` on one server, confirmed before anything is published:
+    what was published there, kept even when a failover closes it.
     """
 
     def __init__(self, port: int, pattern: str = "from:*") -> None:
-        self.seen = bytearray()
-        self._socket = socket.create_connection(("127.0.0.1", port))
-        self._socket.sendall(f"PSUBSCRIBE {pattern}\r\n".encode())
-        while b"psubscribe" not in self.seen:  # confirmed before anything is published
-            self.seen += self._socket.recv(65536)
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while True:
-            try:
-                chunk = self._socket.recv(65536)
-            except OSError:
-                return
-            if not chunk:
-                return
-            self.seen += chunk
-
-    def close(self) -> None:
-        self._socket.close()
-        self._thread.join(timeout=2)
+        super().__init__(port, f"PSUBSCRIBE {pattern}\r\n".encode(), confirmed=b"psubscribe")
