@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import select
 import socket
 import time
 
@@ -68,10 +69,11 @@ def publish(sock: socket.socket, channels: int, rate: float, duration: float, si
 
 def read_replies(sock: socket.socket, block: bool) -> int:
     """Integer replies read now (one line each); waits up to a second for some when ``block``."""
-    sock.settimeout(1.0 if block else 0.0)
+    if block and not select.select([sock], [], [], 1.0)[0]:
+        return 0
     try:
-        data = sock.recv(1 << 20)
-    except (BlockingIOError, socket.timeout):
+        data = sock.recv(1 << 20, socket.MSG_DONTWAIT)  # the socket stays blocking for sendall
+    except BlockingIOError:
         return 0
     if not data:
         raise ConnectionError("Redis closed the publisher's connection")
