@@ -12,6 +12,8 @@
  *   -b S   heartbeat interval (default 30, as phoenix.js)
  *   -e EV  broadcast event whose payload carries "t": publish time in us since the epoch (tick)
  *   -p TOPIC -n K  track presence of TOPIC; keys "c<index>" set bits; "full" when K are held
+ *   -J     a socket counts toward -c until its joins are answered, not only its handshake,
+ *          so -c paces the join storm too
  *   -s PREFIX  each socket's ticks must come on topic PREFIX"c<index>" (its own streaming
  *          channel); those on any other topic are counted as misrouted
  *
@@ -57,7 +59,7 @@ static int nconns, epfd;
 static const char *host; static int port;
 static int concurrency = 100, hard_limit = 300, hb_interval = 30;
 static const char *tick_event = "tick", *presence_topic = NULL, *own_prefix = NULL;
-static int presence_want = 0;
+static int presence_want = 0, pace_joins = 0;
 static double t0;
 static volatile sig_atomic_t stop_flag = 0;
 
@@ -93,7 +95,8 @@ static void set_events(conn_t *c, uint32_t ev) {
 
 static void conn_close(conn_t *c, int by_server) {
     if (c->state == S_CLOSED) return;
-    if (c->state == S_CONNECTING || c->state == S_HANDSHAKE) in_flight--;
+    if (c->state == S_CONNECTING || c->state == S_HANDSHAKE || (pace_joins && c->state == S_OPEN && c->joins_ok < c->ntopics))
+        in_flight--;
     if (by_server && c->state == S_OPEN) closed_by_server++;
     if (by_server && c->state == S_HANDSHAKE) handshake_errors++;  /* closed before its 101 */
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
@@ -307,8 +310,9 @@ static void on_text(conn_t *c, const char *p, size_t n) {
         if (st && e - st >= 4 && memcmp(st, "\"ok\"", 4) == 0) ok = 1;
         if (*ref == '"' && ref[1] == 'j') {
             if (ok) {
-                if (++c->joins_ok == c->ntopics && ++joined_conns == nconns) {
-                    t_joined = mono() - t0; printf("JOINED %.3f\n", t_joined); fflush(stdout);
+                if (++c->joins_ok == c->ntopics) {
+                    if (pace_joins) { in_flight--; start_next(); }
+                    if (++joined_conns == nconns) { t_joined = mono() - t0; printf("JOINED %.3f\n", t_joined); fflush(stdout); }
                 }
             } else {
                 if (join_errors++ == 0) snprintf(first_join_error, sizeof first_join_error, "%.*s", (int)(e - payload > 200 ? 200 : e - payload), payload);
@@ -353,7 +357,8 @@ static void on_readable(conn_t *c) {
             conn_close(c, 0); start_next(); return;
         }
         off = end + 4 - c->rbuf;
-        c->state = S_OPEN; in_flight--; connected++;
+        c->state = S_OPEN; connected++;
+        if (!pace_joins) in_flight--;
         if (connected == nconns) { t_connected = mono() - t0; printf("CONNECTED %.3f\n", t_connected); fflush(stdout); }
         c->next_hb = mono() + hb_interval;
         send_joins(c);
@@ -429,17 +434,19 @@ static void print_stats(const char *tag) {
 static void on_signal(int s) { (void)s; stop_flag = 1; }
 
 int main(int argc, char **argv) {
-    if (argc < 4) { fprintf(stderr, "usage: %s HOST PORT SPEC_FILE [-c N] [-m S] [-b S] [-e EV] [-p TOPIC -n K] [-s PREFIX]\n", argv[0]); return 2; }
+    if (argc < 4) { fprintf(stderr, "usage: %s HOST PORT SPEC_FILE [-c N] [-m S] [-b S] [-e EV] [-p TOPIC -n K] [-s PREFIX] [-J]\n", argv[0]); return 2; }
     host = argv[1]; port = atoi(argv[2]);
     const char *spec = argv[3];
-    for (int i = 4; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "-c")) concurrency = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-m")) hard_limit = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-b")) hb_interval = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-e")) tick_event = argv[i + 1];
-        else if (!strcmp(argv[i], "-p")) presence_topic = argv[i + 1];
-        else if (!strcmp(argv[i], "-n")) presence_want = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-s")) own_prefix = argv[i + 1];
+    for (int i = 4; i < argc; i += 2) {
+        const char *v = i + 1 < argc ? argv[i + 1] : "";
+        if (!strcmp(argv[i], "-c")) concurrency = atoi(v);
+        else if (!strcmp(argv[i], "-m")) hard_limit = atoi(v);
+        else if (!strcmp(argv[i], "-b")) hb_interval = atoi(v);
+        else if (!strcmp(argv[i], "-e")) tick_event = v;
+        else if (!strcmp(argv[i], "-p")) presence_topic = v;
+        else if (!strcmp(argv[i], "-n")) presence_want = atoi(v);
+        else if (!strcmp(argv[i], "-s")) own_prefix = v;
+        else if (!strcmp(argv[i], "-J")) { pace_joins = 1; i--; }
         else { fprintf(stderr, "unknown option %s\n", argv[i]); return 2; }
     }
     struct rlimit rl; getrlimit(RLIMIT_NOFILE, &rl); rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl);
