@@ -2,9 +2,10 @@
 The two Redis connections of a process, kept alive across outages.
 
 One connection subscribes (``PSUBSCRIBE to:<topic>:*`` for each topic with members
-here) and feeds every message to the hub; the other runs commands (``PUBLISH``, the
-presence scripts). Both reconnect on their own; the subscriber re-issues every
-subscription each time it comes back, since Redis forgets them with the connection.
+here, or ``to:*`` once there are many, see ``WATCH_ALL_ABOVE``) and feeds every message
+to the hub; the other runs commands (``PUBLISH``, the presence scripts). Both reconnect
+on their own; the subscriber re-issues every subscription each time it comes back,
+since Redis forgets them with the connection.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from . import outputlimit
 from .errors import RedisTimeout, RedisUnavailable, unless_unavailable
 from .logs import ThrottledLog
 from .metrics import Metrics
-from .naming import split_channel, topic_pattern
+from .naming import ALL_TOPICS_PATTERN, split_channel, topic_pattern
 from .pending import PendingMessages
 
 log = Logger()
@@ -40,6 +41,14 @@ log = Logger()
 # what the subscriber's socket reads a reactor turn (Twisted reads 64 KiB): as much as
 # Redis has written since, so a turn spent handing a large message on costs no reading
 SUBSCRIBER_READ_SIZE = 4 * 1024 * 1024
+
+# Redis matches every PUBLISH against every pattern of every subscriber: with a pattern
+# per topic, 1,000 topics cost Redis about 100 us per PUBLISH (W5: it saturated at
+# 10,000 msg/s, below what the service can write). Past this many watched topics the
+# subscriber holds the one pattern ``to:*`` instead and drops what no member here wants;
+# the cost moves to reading messages for topics without members here, which only other
+# processes sharing the Redis have. It stays so until the subscriber reconnects.
+WATCH_ALL_ABOVE = 64
 
 
 class RedisURL:
@@ -178,6 +187,7 @@ class _Watch:
 
     pattern: bytes
     count: int = 0
+    subscribed: bool = False  # whether its own pattern is subscribed on this connection
 
 
 class _Factory(protocol.Factory):
@@ -294,6 +304,10 @@ class RedisBridge(MultiService):
         self.on_connect: Callable[[], None] = lambda: None
         self._watched: dict[str, _Watch] = {}
         self._confirming: dict[str, list[defer.Deferred[None]]] = {}
+        # ``to:*`` on this connection: asked for, confirmed, and the joins waiting for it
+        self._all_asked = False
+        self._all_confirmed = False
+        self._all_waiters: list[defer.Deferred[None]] = []
         self._commands: Any = None
         self._subscriber: Any = None
         self._was_connected = False
@@ -344,8 +358,14 @@ class RedisBridge(MultiService):
         self._pending.attach(transport)
         self._subscriber = conn
         conn.whenDisconnected().addCallback(self._lost, "_subscriber")
-        for topic in self._watched:
-            self._psubscribe(topic)
+        self._all_asked = self._all_confirmed = False
+        for watch in self._watched.values():
+            watch.subscribed = False
+        if len(self._watched) > WATCH_ALL_ABOVE:
+            self._watch_all()
+        else:
+            for topic in self._watched:
+                self._psubscribe(topic)
         self._maybe_up()
 
     def _maybe_up(self) -> None:
@@ -450,8 +470,45 @@ class RedisBridge(MultiService):
         if self._subscriber is None:
             # restored by _subscriber_ready when Redis is back
             return defer.fail(RedisUnavailable())
+        if not self._all_asked and len(self._watched) > WATCH_ALL_ABOVE:
+            self._watch_all()
+        if self._all_asked:
+            if self._all_confirmed:
+                return defer.succeed(None)
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._all_waiters.append(waiter)
+            return self._within_timeout(waiter)
         waiters = self._confirming[topic] = []
         return self._within_timeout(self._psubscribe(topic)).addBoth(self._confirmed, topic, waiters)
+
+    def _watch_all(self) -> None:
+        """Subscribe ``to:*``; once Redis confirms, drop the topics' own patterns."""
+        log.info(
+            "watching more than {limit} topics: subscribing to:* instead of a pattern per topic", limit=WATCH_ALL_ABOVE
+        )
+        self._all_asked = True
+        d = self._subscriber.psubscribe([ALL_TOPICS_PATTERN])
+        d.addCallbacks(self._all_subscribed, self._all_refused, callbackArgs=(self._subscriber,))
+
+    def _all_subscribed(self, ack: Any, conn: Any) -> None:
+        # Runs as Redis's confirmation is read, in order with the messages: every message
+        # after it comes through to:* too, and ``_received`` now keeps only that copy.
+        if conn is not self._subscriber:
+            return
+        self._all_confirmed = True
+        for watch in self._watched.values():
+            if watch.subscribed:
+                watch.subscribed = False
+                self._punsubscribe(watch.pattern)
+        waiters, self._all_waiters = self._all_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _all_refused(self, failure: Failure) -> None:
+        """The connection went (``_subscriber_ready`` starts over) or Redis refused: the waiting joins fail."""
+        waiters, self._all_waiters = self._all_waiters, []
+        for waiter in waiters:
+            waiter.errback(RedisUnavailable())
 
     def _confirmed(self, result: Any, topic: str, waiters: list[defer.Deferred[None]]) -> Any:
         if self._confirming.get(topic) is waiters:
@@ -471,16 +528,24 @@ class RedisBridge(MultiService):
             watch.count -= 1
             return
         del self._watched[topic]
+        if watch.subscribed:
+            self._punsubscribe(watch.pattern)
+
+    def _punsubscribe(self, pattern: bytes) -> None:
         if self._subscriber is not None:
-            d = self._subscriber.punsubscribe([watch.pattern]).addErrback(_unavailable_on_connection_error)
+            d = self._subscriber.punsubscribe([pattern]).addErrback(_unavailable_on_connection_error)
             d.addErrback(unless_unavailable(self._errors, "unsubscribing"))
 
     def _psubscribe(self, topic: str) -> defer.Deferred[None]:
-        d = self._subscriber.psubscribe([self._watched[topic].pattern])
+        watch = self._watched[topic]
+        watch.subscribed = True
+        d = self._subscriber.psubscribe([watch.pattern])
         d.addCallback(lambda ack: None)
         return d.addErrback(lambda f: defer.fail(RedisUnavailable()))
 
     def _received(self, pattern: bytes, channel: bytes, message: bytes) -> None:
+        if (pattern == ALL_TOPICS_PATTERN) is not self._all_confirmed:
+            return  # the other copy of a message, while a topic's pattern and to:* overlap
         self._pending.add((pattern, channel, message), len(message))
 
     def _deliver(self, received: list[tuple[bytes, bytes, bytes]]) -> None:
@@ -493,7 +558,7 @@ class RedisBridge(MultiService):
             # the pattern of the topic the channel names may deliver it, or members of
             # "a:b" would get it twice.
             watch = self._watched.get(split[0])
-            if watch is None or pattern != watch.pattern:
+            if watch is None or (pattern != watch.pattern and pattern != ALL_TOPICS_PATTERN):
                 continue
             messages.append((split[0], split[1], message))
         if messages:
