@@ -218,8 +218,16 @@ class Hub:
         """
         ``(topic, event, payload)`` messages from one slice of what Redis sent, in order: each
         encoded once, and each run of messages for one topic written to every member
-        together (see ``coalesce``).
+        together (see ``coalesce``); the writes to channels of one member go out in one
+        system call at the end (see ``fanout``).
         """
+        self.fanout.hold_lone_writes()
+        try:
+            self._deliver(messages)
+        finally:
+            self.fanout.flush()
+
+    def _deliver(self, messages: list[tuple[str, str, bytes]]) -> None:
         run: list[Broadcast] = []
         for topic, event, payload in messages:
             if event == "presence_diff":
