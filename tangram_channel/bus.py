@@ -263,6 +263,7 @@ class _Commands(_ReportsEarlyLoss, txredisapi.RedisProtocol):
 
 class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
     on_message: Callable[[bytes, bytes, bytes], None] = staticmethod(lambda pattern, channel, message: None)
+    on_read_over: Callable[[], None] = staticmethod(lambda: None)
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
         """
@@ -273,7 +274,9 @@ class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
         """
         reader = getattr(self, "_reader", None)
         if reader is None:  # txredisapi without hiredis: its own parser
-            return super().dataReceived(data, unpause)
+            super().dataReceived(data, unpause)
+            self.on_read_over()
+            return
         if data:
             reader.feed(data)
         on_message = self.on_message
@@ -284,6 +287,7 @@ class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
             else:
                 self._other_reply(reply)
             reply = reader.gets()
+        self.on_read_over()
 
     def _other_reply(self, reply: Any) -> None:
         """What ``HiredisProtocol.dataReceived`` does with one reply."""
@@ -382,6 +386,7 @@ class RedisBridge(MultiService):
 
     def _subscriber_ready(self, conn: Any) -> None:
         conn.on_message = self._received
+        conn.on_read_over = self._pending.read_over
         transport = conn.transport
         while isinstance(transport, ProtocolWrapper):  # TLS: its socket reads for it
             transport = transport.transport
