@@ -309,8 +309,9 @@ class RedisBridge(MultiService):
 
     ``on_messages([(topic, event, payload), ...])`` gets the messages on watched topics
     in order, about ``pending.SLICE_BYTES`` of them at a time (all that arrived, when
-    less), so a burst can be written to each client in one go, in a later reactor turn
-    than the read that brought them (see ``pending``); ``on_connect()`` runs each time
+    less), so a burst can be written to each client in one go, the first slice in the
+    reactor turn of the read that brought it and the rest a turn each (see ``pending``);
+    ``on_connect()`` runs each time
     both connections are up, the first time and after every outage, so the owner can
     restore what Redis lost.
     """
