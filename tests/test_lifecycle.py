@@ -140,6 +140,32 @@ async def test_past_many_topics_one_pattern_serves_them_all_once(start_service, 
         await tab.close()
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_that_held_to_all_topics_holds_it_again_after_reconnecting(
+    start_service, flushed_redis, monkeypatch
+):
+    """Redis drops the subscriber: it comes back on to:* alone, and messages still reach each member once."""
+    monkeypatch.setattr(bus, "WATCH_ALL_ABOVE", 3)
+    redis = flushed_redis.client()
+    service = await start_service(datetime_interval=0)
+    tabs = []
+    for topic in ("a", "b"):
+        tabs.append(await Tab.open(service.ws_url, topic))
+        await tabs[-1].join(service.hub.tokens.mint(topic, "u")[1])
+    await eventually(lambda: redis.execute_command("PUBSUB", "NUMPAT") == 1, what="to:* alone")
+    first = service.bridge._subscriber
+    redis.client_kill_filter(_type="pubsub")
+    await eventually(lambda: service.bridge._subscriber not in (None, first), what="a new subscriber")
+    await eventually(lambda: redis.execute_command("PUBSUB", "NUMPAT") == 1, what="to:* again")
+    for tab in tabs:
+        redis.publish(f"to:{tab.topic}:m", "{}")
+        redis.publish(f"to:{tab.topic}:end", "{}")
+        await tab.until(lambda f: f[3] == "end")
+        assert [f[2] for f in tab.frames if f[3] == "m"] == [tab.topic]
+    for tab in tabs:
+        await tab.close()
+
+
 def leftovers(service) -> dict:
     """
     What the service shows of channels other than system/admin: members, presence
