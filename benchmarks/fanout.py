@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 
 import redis
@@ -45,93 +43,20 @@ def publish(client: redis.Redis, channel: str, rate: float, duration: float, siz
     return total, time.monotonic() - start
 
 
-def drain(client: h.LoadClient, expected: int, quiet: float = 2.0, limit: float = 20.0) -> tuple[dict, float]:
-    """Poll until every delivery arrived or none arrived for ``quiet`` s; returns last stats, when."""
-    deadline = time.monotonic() + limit
-    stats = client.stats()
-    last_change = time.monotonic()
-    while stats["ticks"] < expected and time.monotonic() < deadline and time.monotonic() - last_change < quiet:
-        time.sleep(0.1)
-        new = client.stats()
-        if new["ticks"] != stats["ticks"]:
-            last_change = time.monotonic()
-        stats = new
-    return stats, last_change
-
-
 def run(target: str, args: argparse.Namespace) -> dict:
-    with h.served(target, args.workers) as stage:
-        server = stage.server
-        base = server.usage()
-        sockets = []
-        for i in range(args.clients):
-            cid = f"c{i}"
-            tok = h.token(cid, args.channel)
-            sockets.append((f"/websocket?vsn=2.0.0&userToken={tok}", [(args.channel, tok)]))
-        client = h.LoadClient(stage.port, sockets, ["-c", str(args.concurrency), "-m", str(args.max_seconds)],
-                              f"fanout-{target}")
-        stage.stop_later(client.kill)
-        joined = client.wait_event("JOINED", args.join_timeout)
-        if joined is None:
-            stats = client.stats()
-            raise RuntimeError(f"{target}: not all joined within {args.join_timeout} s: {stats}")
-        time.sleep(args.settle)
-        settled = server.usage()
-        publisher = redis.Redis.from_url(stage.redis_url)
-        before_server, before_client, before_redis = server.usage(), h.usage(client.pid), stage.redis.usage()
-        sampler = h.Sampler(server.pid, rss_limit_mb=args.rss_limit_mb)
-        stage.stop_later(sampler.stop)
-        machine_before = h.machine_busy()
-        profiler = h.start_profiler(server.pid, args.duration, args.py_spy) if args.py_spy and target == "ours" else None
-        published, publish_s = publish(publisher, args.channel, args.rate, args.duration, args.payload_bytes)
-        publish_end = time.monotonic()
-        expected = published * args.clients
-        stats, last_delivery = drain(client, expected)
-        after_server, after_client, after_redis = server.usage(), h.usage(client.pid), stage.redis.usage()
-        samples = sampler.stop()
-        machine = h.busy_cores(machine_before, h.machine_busy())
-        result = client.finish()
-        if profiler is not None:
-            profiler.wait(timeout=60)
-    cpu = after_server - before_server
-    redis_cpu = after_redis - before_redis
-    delivered = result["ticks"]
-    window = publish_s + max(0.0, last_delivery - publish_end)
-    return {
-        "target": target,
-        "clients": args.clients,
-        "rate": args.rate,
-        "duration_s": args.duration,
-        "payload_bytes": len(payload(0, args.payload_bytes)),
-        "published": published,
-        "expected_deliveries": expected,
-        "delivered": delivered,
-        "delivery_ratio": delivered / expected if expected else None,
-        "deliveries_per_s": delivered / window if window else None,
-        "clients_dropped": result["closed_by_server"],
-        "min_per_client": result["ticks_min_per_conn"],
-        "latency_ms": {k: result.get("latency_us", {}).get(k, 0) / 1000 for k in ("p50", "p90", "p99", "max")},
-        "join_storm_s": joined,
-        "server_cpu_s": cpu.cpu_s,
-        "server_cpu_us_per_delivery": 1e6 * cpu.cpu_s / delivered if delivered else None,
-        "server_sys_us_per_delivery": 1e6 * cpu.sys_s / delivered if delivered else None,
-        # not part of W1's figure: what its private Redis spent meanwhile, so that no
-        # work moved into Redis goes unseen
-        "redis_cpu_us_per_delivery": 1e6 * redis_cpu.cpu_s / delivered if delivered else None,
-        "server_cpu_share": cpu.cpu_s / window if window else None,
-        "server_peak_cpu_share": samples["peak_cpu_share"],
-        "server_cpu_share_timeline": samples["cpu_share_timeline"],
-        "server_peak_rss_kb": samples["peak_rss_kb"],
-        "server_rss_idle_kb": base.rss_kb,
-        "server_rss_joined_kb": settled.rss_kb,
-        "server_rss_end_kb": after_server.rss_kb,
-        "rss_per_client_kb": (settled.rss_kb - base.rss_kb) / args.clients,
-        "client_cpu_s": (after_client - before_client).cpu_s,
-        "client_cpu_share": (after_client - before_client).cpu_s / window if window else None,
-        "machine_cores": os.cpu_count(),
-        "machine_busy_cores": machine,
-        "client": result,
-    }
+    sockets = []
+    for i in range(args.clients):
+        tok = h.token(f"c{i}", args.channel)
+        sockets.append((f"/websocket?vsn=2.0.0&userToken={tok}", [(args.channel, tok)]))
+
+    def publish_all(stage: h.Stage) -> tuple[int, float, dict]:
+        published, seconds = publish(redis.Redis.from_url(stage.redis_url), args.channel, args.rate, args.duration,
+                                     args.payload_bytes)
+        return published, seconds, {}
+
+    result = h.measure_deliveries(target, args, sockets, publish_all, args.clients, f"fanout-{target}")
+    return {"target": target, "clients": args.clients, "rate": args.rate, "duration_s": args.duration,
+            "payload_bytes": len(payload(0, args.payload_bytes)), **result}
 
 
 def summary(r: dict) -> str:
@@ -174,55 +99,6 @@ def passes(r: dict, p99_ms: float) -> bool:
     return "error" not in r and r["delivery_ratio"] == 1.0 and r["clients_dropped"] == 0 and r["latency_ms"]["p99"] <= p99_ms
 
 
-def find_max(target: str, args: argparse.Namespace) -> dict:
-    """
-    The highest publish rate (for --clients) that still passes: rates grow x1.5 from --rate
-    until one fails (or shrink /1.5 until one passes, when --rate already fails), then a
-    few bisection steps. Every step is a fresh server and Redis.
-    """
-    tried: list[dict] = []
-
-    def attempt(rate: float) -> bool:
-        step = argparse.Namespace(**{**vars(args), "rate": round(rate)})
-        try:
-            r = run(target, step)
-        except Exception as e:
-            r = {"target": target, "rate": step.rate, "error": str(e)}
-        ok = passes(r, args.p99_ms)
-        tried.append({"rate": step.rate, "passed": ok, "delivery_ratio": r.get("delivery_ratio"),
-                      "deliveries_per_s": r.get("deliveries_per_s"), "p99_ms": r.get("latency_ms", {}).get("p99"),
-                      "server_cpu_us_per_delivery": r.get("server_cpu_us_per_delivery"), "error": r.get("error")})
-        if not args.json_only:
-            t = tried[-1]
-            print(f"  {target}: {step.rate} msg/s x {args.clients}: {'pass' if ok else 'FAIL'} "
-                  f"(delivered {t['delivery_ratio']}, p99 {t['p99_ms']} ms)", file=sys.stderr)
-        return ok
-
-    low, high, rate = None, None, args.rate
-    for _ in range(args.max_steps):
-        if attempt(rate):
-            low = rate
-            if high is not None:
-                break
-            rate *= 1.5
-        else:
-            high = rate
-            if low is not None:
-                break
-            rate /= 1.5  # the starting rate already fails: look below it
-    if low is not None and high is not None:
-        for _ in range(args.bisect_steps):
-            mid = (low + high) / 2
-            if attempt(mid):
-                low = mid
-            else:
-                high = mid
-    best = max((t for t in tried if t["passed"]), key=lambda t: t["deliveries_per_s"], default=None)
-    return {"target": target, "clients": args.clients, "p99_ms_bar": args.p99_ms,
-            "best_rate": best and best["rate"], "best_deliveries_per_s": best and best["deliveries_per_s"],
-            "first_failing_rate": high and round(high), "tried": tried}
-
-
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = h.argument_parser(__doc__, "while publishing")
     p.add_argument("--clients", "-n", type=int, default=100)
@@ -233,11 +109,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=100, help="client handshakes in flight")
     p.add_argument("--settle", type=float, default=1.0, help="seconds between all joined and publishing")
     p.add_argument("--join-timeout", type=float, default=120)
-    p.add_argument("--find-max", action="store_true",
-                   help="search the highest rate with 100%% delivered, none dropped and p99 <= --p99-ms (W4)")
-    p.add_argument("--p99-ms", type=float, default=100)
-    p.add_argument("--max-steps", type=int, default=8, help="growth steps of --find-max")
-    p.add_argument("--bisect-steps", type=int, default=3, help="bisection steps of --find-max")
+    h.find_max_options(p)
     return p.parse_args(argv)
 
 
@@ -245,21 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     h.prepare()
     if args.find_max:
-        found = {t: find_max(t, args) for t in h.targets(args.target)}
-        report = {"benchmark": "fanout-max", "results": found}
-        if len(found) == 2:
-            report["ours_over_reference"] = h.ratio(found["ours"]["best_deliveries_per_s"],
-                                                    found["reference"]["best_deliveries_per_s"])
-        print(json.dumps(report, indent=2))
-        if not args.json_only:
-            print()
-            for r in found.values():
-                best = "none passed" if r["best_rate"] is None else (
-                    f"{r['best_rate']} msg/s = {r['best_deliveries_per_s']:.0f} deliveries/s")
-                print(f"{r['target']:>9}: {r['clients']} clients, highest passing (100%, none dropped, "
-                      f"p99 <= {r['p99_ms_bar']:g} ms): {best}; first failing {r['first_failing_rate']} msg/s")
-            if report.get("ours_over_reference") is not None:
-                print(f"ours/reference highest deliveries/s: {report['ours_over_reference']:.2f}x")
+        h.report_max("fanout-max", args, run, passes)
         return
     h.run_and_report("fanout", args, run, compare, summary, describe)
 

@@ -12,6 +12,10 @@
  *   -b S   heartbeat interval (default 30, as phoenix.js)
  *   -e EV  broadcast event whose payload carries "t": publish time in us since the epoch (tick)
  *   -p TOPIC -n K  track presence of TOPIC; keys "c<index>" set bits; "full" when K are held
+ *   -J     a socket counts toward -c until its joins are answered, not only its handshake,
+ *          so -c paces the join storm too
+ *   -s PREFIX  each socket's ticks must come on topic PREFIX"c<index>" (its own streaming
+ *          channel); those on any other topic are counted as misrouted
  *
  * stdout, one line each: "CONNECTED <s>", "JOINED <s>", "PRESENCE <s>" (seconds since start,
  * when every socket reached that state), "STATS <json>" after a "stats" line on stdin, and
@@ -54,8 +58,8 @@ static conn_t *conns;
 static int nconns, epfd;
 static const char *host; static int port;
 static int concurrency = 100, hard_limit = 300, hb_interval = 30;
-static const char *tick_event = "tick", *presence_topic = NULL;
-static int presence_want = 0;
+static const char *tick_event = "tick", *presence_topic = NULL, *own_prefix = NULL;
+static int presence_want = 0, pace_joins = 0;
 static double t0;
 static volatile sig_atomic_t stop_flag = 0;
 
@@ -63,7 +67,7 @@ static volatile sig_atomic_t stop_flag = 0;
 static long connected, connect_errors, handshake_errors, closed_by_server, joined_conns, join_errors,
     full_conns, in_flight, next_to_start;
 static uint64_t frames_in, bytes_in, frames_out, bytes_out, ticks_total, binary_in, other_in,
-    presence_state_in, presence_diff_in, replies_in, hb_replies;
+    presence_state_in, presence_diff_in, replies_in, hb_replies, misrouted;
 static double t_connected = -1, t_joined = -1, t_presence = -1;
 static uint32_t *lat; static size_t nlat, latcap; static const size_t LATMAX = 50u * 1000 * 1000;
 static uint64_t lat_dropped, lat_max_us;
@@ -91,7 +95,8 @@ static void set_events(conn_t *c, uint32_t ev) {
 
 static void conn_close(conn_t *c, int by_server) {
     if (c->state == S_CLOSED) return;
-    if (c->state == S_CONNECTING || c->state == S_HANDSHAKE) in_flight--;
+    if (c->state == S_CONNECTING || c->state == S_HANDSHAKE || (pace_joins && c->state == S_OPEN && c->joins_ok < c->ntopics))
+        in_flight--;
     if (by_server && c->state == S_OPEN) closed_by_server++;
     if (by_server && c->state == S_HANDSHAKE) handshake_errors++;  /* closed before its 101 */
     epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
@@ -280,6 +285,11 @@ static void on_text(conn_t *c, const char *p, size_t n) {
 #define EV_IS(s) (evl == strlen(s) && memcmp(evs, s, evl) == 0)
     if (EV_IS(tick_event)) {
         ticks_total++; c->ticks++;
+        if (own_prefix) {
+            char own[128];
+            int ol = snprintf(own, sizeof own, "%sc%d", own_prefix, c->index);
+            if ((size_t)ol != tpl || memcmp(tps, own, tpl) != 0) misrouted++;
+        }
         const char *t = find_key(payload, e, "t");
         if (t) {
             int64_t v = 0;
@@ -300,8 +310,9 @@ static void on_text(conn_t *c, const char *p, size_t n) {
         if (st && e - st >= 4 && memcmp(st, "\"ok\"", 4) == 0) ok = 1;
         if (*ref == '"' && ref[1] == 'j') {
             if (ok) {
-                if (++c->joins_ok == c->ntopics && ++joined_conns == nconns) {
-                    t_joined = mono() - t0; printf("JOINED %.3f\n", t_joined); fflush(stdout);
+                if (++c->joins_ok == c->ntopics) {
+                    if (pace_joins) { in_flight--; start_next(); }
+                    if (++joined_conns == nconns) { t_joined = mono() - t0; printf("JOINED %.3f\n", t_joined); fflush(stdout); }
                 }
             } else {
                 if (join_errors++ == 0) snprintf(first_join_error, sizeof first_join_error, "%.*s", (int)(e - payload > 200 ? 200 : e - payload), payload);
@@ -346,7 +357,8 @@ static void on_readable(conn_t *c) {
             conn_close(c, 0); start_next(); return;
         }
         off = end + 4 - c->rbuf;
-        c->state = S_OPEN; in_flight--; connected++;
+        c->state = S_OPEN; connected++;
+        if (!pace_joins) in_flight--;
         if (connected == nconns) { t_connected = mono() - t0; printf("CONNECTED %.3f\n", t_connected); fflush(stdout); }
         c->next_hb = mono() + hb_interval;
         send_joins(c);
@@ -400,12 +412,12 @@ static void print_stats(const char *tag) {
     putchar('"');
     printf(",\"full_presence_conns\":%ld,\"frames_in\":%llu,\"bytes_in\":%llu,\"frames_out\":%llu,\"bytes_out\":%llu,"
            "\"replies_in\":%llu,\"heartbeat_replies\":%llu,\"presence_state_in\":%llu,\"presence_diff_in\":%llu,"
-           "\"binary_in\":%llu,\"other_in\":%llu,\"ticks\":%llu,\"ticks_min_per_conn\":%llu,\"ticks_max_per_conn\":%llu,"
+           "\"binary_in\":%llu,\"other_in\":%llu,\"misrouted\":%llu,\"ticks\":%llu,\"ticks_min_per_conn\":%llu,\"ticks_max_per_conn\":%llu,"
            "\"t_connected\":%.3f,\"t_joined\":%.3f,\"t_presence\":%.3f,\"cpu_user_s\":%.3f,\"cpu_sys_s\":%.3f,\"maxrss_kb\":%ld",
            full_conns, (unsigned long long)frames_in, (unsigned long long)bytes_in, (unsigned long long)frames_out,
            (unsigned long long)bytes_out, (unsigned long long)replies_in, (unsigned long long)hb_replies,
            (unsigned long long)presence_state_in, (unsigned long long)presence_diff_in, (unsigned long long)binary_in,
-           (unsigned long long)other_in, (unsigned long long)ticks_total, (unsigned long long)(nconns ? tmin : 0),
+           (unsigned long long)other_in, (unsigned long long)misrouted, (unsigned long long)ticks_total, (unsigned long long)(nconns ? tmin : 0),
            (unsigned long long)tmax, t_connected, t_joined, t_presence, ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6,
            ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6, ru.ru_maxrss);
     if (strcmp(tag, "RESULT") == 0 && nlat) {
@@ -422,16 +434,19 @@ static void print_stats(const char *tag) {
 static void on_signal(int s) { (void)s; stop_flag = 1; }
 
 int main(int argc, char **argv) {
-    if (argc < 4) { fprintf(stderr, "usage: %s HOST PORT SPEC_FILE [-c N] [-m S] [-b S] [-e EV] [-p TOPIC -n K]\n", argv[0]); return 2; }
+    if (argc < 4) { fprintf(stderr, "usage: %s HOST PORT SPEC_FILE [-c N] [-m S] [-b S] [-e EV] [-p TOPIC -n K] [-s PREFIX] [-J]\n", argv[0]); return 2; }
     host = argv[1]; port = atoi(argv[2]);
     const char *spec = argv[3];
-    for (int i = 4; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "-c")) concurrency = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-m")) hard_limit = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-b")) hb_interval = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "-e")) tick_event = argv[i + 1];
-        else if (!strcmp(argv[i], "-p")) presence_topic = argv[i + 1];
-        else if (!strcmp(argv[i], "-n")) presence_want = atoi(argv[i + 1]);
+    for (int i = 4; i < argc; i += 2) {
+        const char *v = i + 1 < argc ? argv[i + 1] : "";
+        if (!strcmp(argv[i], "-c")) concurrency = atoi(v);
+        else if (!strcmp(argv[i], "-m")) hard_limit = atoi(v);
+        else if (!strcmp(argv[i], "-b")) hb_interval = atoi(v);
+        else if (!strcmp(argv[i], "-e")) tick_event = v;
+        else if (!strcmp(argv[i], "-p")) presence_topic = v;
+        else if (!strcmp(argv[i], "-n")) presence_want = atoi(v);
+        else if (!strcmp(argv[i], "-s")) own_prefix = v;
+        else if (!strcmp(argv[i], "-J")) { pace_joins = 1; i--; }
         else { fprintf(stderr, "unknown option %s\n", argv[i]); return 2; }
     }
     struct rlimit rl; getrlimit(RLIMIT_NOFILE, &rl); rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl);

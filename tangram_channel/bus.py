@@ -2,10 +2,11 @@
 The two Redis connections of a process, kept alive across outages.
 
 One connection subscribes (``PSUBSCRIBE to:<topic>:*`` for each topic with members
-here) and feeds every message to the hub; the other runs commands (``PUBLISH``, the
-presence scripts). Both reconnect on their own; the subscriber re-issues every
-subscription each time it comes back, since Redis forgets them with the connection.
-Under Sentinel both go wherever the sentinels say the primary is (see ``sentinel``).
+here, or ``to:*`` once there are many, see ``WATCH_ALL_ABOVE``) and feeds every message
+to the hub; the other runs commands (``PUBLISH``, the presence scripts). Both reconnect
+on their own; the subscriber re-issues every subscription each time it comes back,
+since Redis forgets them with the connection. Under Sentinel both go wherever the
+sentinels say the primary is (see ``sentinel``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .config import mask_url
 from .errors import RedisTimeout, RedisUnavailable, unless_unavailable
 from .logs import ThrottledLog
 from .metrics import Metrics
-from .naming import split_channel, topic_pattern
+from .naming import ALL_TOPICS_PATTERN, split_channel, topic_pattern
 from .pending import PendingMessages
 from .replicas import ReplicaWait
 from .sentinel import (
@@ -55,6 +56,14 @@ FAILOVERS_KEPT = 10  # the last failovers, for /healthz; all are counted in /met
 # what the subscriber's socket reads a reactor turn (Twisted reads 64 KiB): as much as
 # Redis has written since, so a turn spent handing a large message on costs no reading
 SUBSCRIBER_READ_SIZE = 4 * 1024 * 1024
+
+# Redis matches every PUBLISH against every pattern of every subscriber: with a pattern
+# per topic, 1,000 topics cost Redis about 100 us per PUBLISH (W5: it saturated at
+# 10,000 msg/s, below what the service can write). Past this many watched topics the
+# subscriber holds the one pattern ``to:*`` instead and drops what no member here wants;
+# the cost moves to reading messages for topics without members here, which only other
+# processes sharing the Redis have. It stays so until the subscriber reconnects.
+WATCH_ALL_ABOVE = 64
 
 
 class RedisURL:
@@ -236,6 +245,7 @@ class _Watch:
 
     pattern: bytes
     count: int = 0
+    subscribed: bool = False  # whether its own pattern is subscribed on this connection
 
 
 class _Factory(protocol.Factory):
@@ -311,6 +321,41 @@ class _Commands(_ReportsEarlyLoss, txredisapi.RedisProtocol):
 
 class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
     on_message: Callable[[bytes, bytes, bytes], None] = staticmethod(lambda pattern, channel, message: None)
+    on_read_over: Callable[[], None] = staticmethod(lambda: None)
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        """
+        Hand each ``pmessage`` read to ``on_message`` straight from hiredis's reader, and
+        every other reply to txredisapi as usual. Its path converts each reply element
+        (nothing to convert here: no charset, no numbers) and tests it for transactions
+        and subscription replies, several calls per message that W5's profile showed.
+        """
+        reader = getattr(self, "_reader", None)
+        if reader is None:  # txredisapi without hiredis: its own parser
+            super().dataReceived(data, unpause)
+            self.on_read_over()
+            return
+        if data:
+            reader.feed(data)
+        on_message = self.on_message
+        reply = reader.gets()
+        while reply is not False:
+            if type(reply) is list and len(reply) == 4 and reply[0] == b"pmessage":
+                on_message(reply[1], reply[2], reply[3])
+            else:
+                self._other_reply(reply)
+            reply = reader.gets()
+        self.on_read_over()
+
+    def _other_reply(self, reply: Any) -> None:
+        """What ``HiredisProtocol.dataReceived`` does with one reply."""
+        if isinstance(reply, (str, bytes, list)):
+            reply = self.tryConvertData(reply)
+        if reply == "QUEUED":
+            self.transactions += 1
+        else:
+            reply = self.handleTransactionData(reply)
+        self.replyReceived(reply)
 
     def messageReceived(self, pattern: bytes, channel: bytes, message: bytes) -> None:
         self.on_message(pattern, channel, message)
@@ -330,8 +375,9 @@ class RedisBridge(MultiService):
 
     ``on_messages([(topic, event, payload), ...])`` gets the messages on watched topics
     in order, about ``pending.SLICE_BYTES`` of them at a time (all that arrived, when
-    less), so a burst can be written to each client in one go, in a later reactor turn
-    than the read that brought them (see ``pending``); ``on_connect()`` runs each time
+    less), so a burst can be written to each client in one go, the first slice in the
+    reactor turn of the read that brought it and the rest a turn each (see ``pending``);
+    ``on_connect()`` runs each time
     both connections are up, the first time and after every outage, so the owner can
     restore what Redis lost.
     """
@@ -361,6 +407,10 @@ class RedisBridge(MultiService):
         self.on_connect: Callable[[], None] = lambda: None
         self._watched: dict[str, _Watch] = {}
         self._confirming: dict[str, list[defer.Deferred[None]]] = {}
+        # ``to:*`` on this connection: asked for, confirmed, and the joins waiting for it
+        self._all_asked = False
+        self._all_confirmed = False
+        self._all_waiters: list[defer.Deferred[None]] = []
         self._commands: Any = None
         self._subscriber: Any = None
         self._was_connected = False
@@ -481,6 +531,7 @@ class RedisBridge(MultiService):
 
     def _subscriber_ready(self, conn: Any) -> None:
         conn.on_message = self._received
+        conn.on_read_over = self._pending.read_over
         transport = conn.transport
         while isinstance(transport, ProtocolWrapper):  # TLS: its socket reads for it
             transport = transport.transport
@@ -488,8 +539,14 @@ class RedisBridge(MultiService):
         self._pending.attach(transport)
         self._subscriber = conn
         conn.whenDisconnected().addCallback(self._lost, "_subscriber")
-        for topic in self._watched:
-            self._psubscribe(topic)
+        self._all_asked = self._all_confirmed = False
+        for watch in self._watched.values():
+            watch.subscribed = False
+        if len(self._watched) > WATCH_ALL_ABOVE:
+            self._watch_all()
+        else:
+            for topic in self._watched:
+                self._psubscribe(topic)
         self._maybe_up()
 
     def _maybe_up(self) -> None:
@@ -647,8 +704,45 @@ class RedisBridge(MultiService):
         if self._subscriber is None:
             # restored by _subscriber_ready when Redis is back
             return defer.fail(RedisUnavailable())
+        if not self._all_asked and len(self._watched) > WATCH_ALL_ABOVE:
+            self._watch_all()
+        if self._all_asked:
+            if self._all_confirmed:
+                return defer.succeed(None)
+            waiter: defer.Deferred[None] = defer.Deferred()
+            self._all_waiters.append(waiter)
+            return self._within_timeout(waiter)
         waiters = self._confirming[topic] = []
         return self._within_timeout(self._psubscribe(topic)).addBoth(self._confirmed, topic, waiters)
+
+    def _watch_all(self) -> None:
+        """Subscribe ``to:*``; once Redis confirms, drop the topics' own patterns."""
+        log.info(
+            "watching more than {limit} topics: subscribing to:* instead of a pattern per topic", limit=WATCH_ALL_ABOVE
+        )
+        self._all_asked = True
+        d = self._subscriber.psubscribe([ALL_TOPICS_PATTERN])
+        d.addCallbacks(self._all_subscribed, self._all_refused, callbackArgs=(self._subscriber,))
+
+    def _all_subscribed(self, ack: Any, conn: Any) -> None:
+        # Runs as Redis's confirmation is read, in order with the messages: every message
+        # after it comes through to:* too, and ``_received`` now keeps only that copy.
+        if conn is not self._subscriber:
+            return
+        self._all_confirmed = True
+        for watch in self._watched.values():
+            if watch.subscribed:
+                watch.subscribed = False
+                self._punsubscribe(watch.pattern)
+        waiters, self._all_waiters = self._all_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _all_refused(self, failure: Failure) -> None:
+        """The connection went (``_subscriber_ready`` starts over) or Redis refused: the waiting joins fail."""
+        waiters, self._all_waiters = self._all_waiters, []
+        for waiter in waiters:
+            waiter.errback(RedisUnavailable())
 
     def _confirmed(self, result: Any, topic: str, waiters: list[defer.Deferred[None]]) -> Any:
         if self._confirming.get(topic) is waiters:
@@ -668,16 +762,24 @@ class RedisBridge(MultiService):
             watch.count -= 1
             return
         del self._watched[topic]
+        if watch.subscribed:
+            self._punsubscribe(watch.pattern)
+
+    def _punsubscribe(self, pattern: bytes) -> None:
         if self._subscriber is not None:
-            d = self._subscriber.punsubscribe([watch.pattern]).addErrback(_unavailable_on_connection_error)
+            d = self._subscriber.punsubscribe([pattern]).addErrback(_unavailable_on_connection_error)
             d.addErrback(unless_unavailable(self._errors, "unsubscribing"))
 
     def _psubscribe(self, topic: str) -> defer.Deferred[None]:
-        d = self._subscriber.psubscribe([self._watched[topic].pattern])
+        watch = self._watched[topic]
+        watch.subscribed = True
+        d = self._subscriber.psubscribe([watch.pattern])
         d.addCallback(lambda ack: None)
         return d.addErrback(lambda f: defer.fail(RedisUnavailable()))
 
     def _received(self, pattern: bytes, channel: bytes, message: bytes) -> None:
+        if (pattern == ALL_TOPICS_PATTERN) is not self._all_confirmed:
+            return  # the other copy of a message, while a topic's pattern and to:* overlap
         self._pending.add((pattern, channel, message), len(message))
 
     def _deliver(self, received: list[tuple[bytes, bytes, bytes]]) -> None:
@@ -690,7 +792,7 @@ class RedisBridge(MultiService):
             # the pattern of the topic the channel names may deliver it, or members of
             # "a:b" would get it twice.
             watch = self._watched.get(split[0])
-            if watch is None or pattern != watch.pattern:
+            if watch is None or (pattern != watch.pattern and pattern != ALL_TOPICS_PATTERN):
                 continue
             messages.append((split[0], split[1], message))
         if messages:

@@ -5,6 +5,12 @@ Sockets that can take the bytes at once (plain TCP, nothing queued) are written
 together, one ``io_submit`` per serializer (``sendmany``); the rest the usual way.
 Without Linux AIO, or with ``batched_writes`` off, or once a context broke in use,
 each socket is written in turn.
+
+Between ``hold_lone_writes`` and ``flush``, a burst to a channel of one member waits,
+and all that waited go out in one ``io_submit``, a buffer each: Tangram's streaming
+channels have one member each, and a read from Redis holds many of their messages.
+Anything else written meanwhile flushes them first, so every socket gets its frames in
+order.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ class Fanout(Service):
     def __init__(self, batched: bool = False) -> None:
         self.batched = batched
         self.sender: SendMany | None = None
+        self._held: list[tuple[DirectOutbox, int, bytes]] | None = None  # lone writes waiting for ``flush``
+        self._held_fds: dict[int, None] = {}
 
     def startService(self) -> None:
         super().startService()
@@ -62,12 +70,65 @@ class Fanout(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        self.flush()
         sender, self.sender = self.sender, None
         if sender is not None:
             sender.close()
 
+    def hold_lone_writes(self) -> None:
+        """From now until ``flush``, bursts to a single socket wait to go out together."""
+        if self.sender is not None:
+            self._held = []
+
+    def flush(self) -> None:
+        """Write the bursts held since ``hold_lone_writes``, one ``io_submit`` for all, and stop holding."""
+        self._write_held()
+        self._held = None
+
+    def _write_held(self) -> None:
+        held, sender = self._held, self.sender
+        if not held or sender is None:
+            return
+        self._held, self._held_fds = [], {}
+        if len(held) == 1:
+            outbox, _, data = held[0]
+            outbox.write_now(data)
+            return
+        datas = [data for _, _, data in held]
+        for (outbox, _, data), sent in zip(held, sender.send_each([fd for _, fd, _ in held], datas)):
+            if sent != len(data):
+                outbox.wrote_directly(data, sent)
+        self._check_sender(sender)
+
+    def _hold(self, outbox: DirectOutbox, burst: Burst) -> None:
+        data = outbox.framed(burst)
+        if data is None:
+            return
+        fd = outbox.direct_fd()
+        if fd is None:  # something queued: behind it, the usual way
+            outbox.write_now(data)
+            return
+        if fd in self._held_fds:  # its earlier frame must go first
+            self._write_held()
+        if self._held is None:  # that broke the AIO context
+            outbox.write_now(data)
+            return
+        self._held_fds[fd] = None
+        self._held.append((outbox, fd, data))
+
+    def _check_sender(self, sender: SendMany) -> None:
+        if sender.broken:
+            self.sender = None
+            sender.close()
+            self._held = None
+
     def send(self, outboxes: list[DirectOutbox], burst: Burst) -> None:
         """Write ``burst`` to every socket in ``outboxes``."""
+        if self._held is not None:
+            if len(outboxes) == 1:
+                self._hold(outboxes[0], burst)
+                return
+            self._write_held()
         sender = self.sender
         if sender is None:
             send_to_each(outboxes, burst)
@@ -95,6 +156,4 @@ class Fanout(Service):
             for outbox, sent in zip(group, sender.send(fds, data)):
                 if sent != size:  # the usual case costs no call per member
                     outbox.wrote_directly(data, sent)
-        if sender.broken:
-            self.sender = None
-            sender.close()
+        self._check_sender(sender)

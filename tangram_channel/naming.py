@@ -57,6 +57,9 @@ def topic_pattern(topic: str) -> bytes:
     return b"to:" + _GLOB.sub(rb"\\\1", topic.encode("utf-8")) + b":*"
 
 
+ALL_TOPICS_PATTERN = b"to:*"  # what a process watching many topics subscribes instead (see bus)
+
+
 def split_channel(channel: bytes) -> tuple[str, str] | None:
     """``to:<topic>:<event>`` split at the last colon, or None if it is not one."""
     if not channel.startswith(b"to:"):

@@ -8,6 +8,10 @@ reactor turn, and between them the reactor reads the socket again: Redis is read
 fast as it writes, however slow validation and fan-out are. The queue is bounded in
 bytes: past ``max_bytes`` the subscriber is not read until half of it is delivered,
 and Redis holds the rest (and may cut us, which the bridge diagnoses).
+
+When a read is over (``read_over``) its first slice is handed on in the same reactor
+turn rather than the next: with messages that trickle in one per read, as on many
+quiet channels, that saves a reactor turn per message.
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.logger import Logger
 
 from .metrics import Metrics
 
 SLICE_BYTES = 256 * 1024
+
+log = Logger()
 
 T = TypeVar("T")
 
@@ -43,6 +50,7 @@ class PendingMessages(Generic[T]):
         self._metrics = metrics
         self._queue: deque[tuple[T, int]] = deque()
         self._call: Any = None
+        self._call_for_read = False  # whether ``_call`` was set up by this read's first message
         self._producer: IPushProducer | None = None
         self.bytes = 0
         self.paused = False
@@ -59,11 +67,25 @@ class PendingMessages(Generic[T]):
         self.bytes += size
         if self._call is None:
             self._call = self._clock.callLater(0, self._deliver_slice)
+            self._call_for_read = True
         if not self.paused and self.bytes > self._max_bytes:
             self.paused = True
             self._metrics.redis_subscriber_pauses.inc()
             if self._producer is not None:
                 self._producer.pauseProducing()
+
+    def read_over(self) -> None:
+        """The socket's read is parsed: hand its first slice on now (the rest, a turn each, as before)."""
+        call = self._call
+        if call is None or not self._call_for_read:
+            return  # nothing new, or a slice already due next turn: that turn's own
+        call.cancel()
+        self._call = None
+        try:
+            self._deliver_slice()
+        except Exception:
+            # as the reactor would for its call: logged, and the read loop goes on
+            log.failure("handing on messages from Redis")
 
     def _deliver_slice(self) -> None:
         items: list[T] = []
@@ -75,6 +97,7 @@ class PendingMessages(Generic[T]):
         self.bytes -= taken
         # set up before handing over, so an error in the consumer cannot stall the queue
         self._call = self._clock.callLater(0, self._deliver_slice) if self._queue else None
+        self._call_for_read = False
         if self.paused and self.bytes <= self._max_bytes // 2:
             self.paused = False
             if self._producer is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import socket
+import struct
 from typing import Any, Protocol, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -101,6 +102,21 @@ class _Connection(Protocol):
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
 
     def unregisterProducer(self) -> None: ...
+
+
+def server_frame(payload: bytes, is_binary: bool) -> bytes:
+    """
+    One unmasked, uncompressed WebSocket frame, as autobahn's ``PreparedMessage`` builds
+    it (RFC 6455 5.2), without its object per frame: a broadcast is framed once, but
+    once per message.
+    """
+    opcode = 0x82 if is_binary else 0x81
+    size = len(payload)
+    if size < 126:
+        return bytes((opcode, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", opcode, 126, size) + payload
+    return struct.pack("!BBQ", opcode, 127, size) + payload
 
 
 @implementer(IPushProducer)
@@ -317,10 +333,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
             # WebSocket framing, done once per burst and serializer (server frames are
             # unmasked, so every member gets the same bytes)
             data = burst.prepared[self.vsn] = b"".join(
-                PreparedMessage(
-                    broadcast.frame(self.vsn), not broadcast.is_text, applyMask=False, doNotCompress=True
-                ).payloadHybi
-                for broadcast in burst.broadcasts
+                server_frame(broadcast.frame(self.vsn), not broadcast.is_text) for broadcast in burst.broadcasts
             )
         return data
 

@@ -1,5 +1,5 @@
 """
-One frame to many sockets in one system call.
+One frame to many sockets, or a frame each to many, in one system call.
 
 A broadcast writes the same bytes to every member's socket. Sent one ``send()`` at a
 time, each call also wakes the reading process, which on a busy machine then runs
@@ -85,13 +85,21 @@ class SendMany:
         each took: all, some, 0 if it was not tried, ``-errno`` (``-EAGAIN`` when full),
         or None if it is not known (the context broke with the write submitted).
         """
+        return self._send(fds, array("Q", [_address(data)]) * len(fds), array("Q", [len(data)]) * len(fds))
+
+    def send_each(self, fds: Sequence[int], datas: Sequence[bytes]) -> list[int | None]:
+        """Write ``datas[i]`` to ``fds[i]``, each socket once at most; returns as ``send`` does."""
+        return self._send(fds, array("Q", map(_address, datas)), array("Q", map(len, datas)))
+
+    def _send(self, fds: Sequence[int], addresses: array[int], sizes: array[int]) -> list[int | None]:
         sent: list[int | None] = []
         for start in range(0, len(fds), self.capacity):
-            chunk = fds[start : start + self.capacity]
-            sent += [0] * len(chunk) if self.broken else self._send_chunk(chunk, data)
+            end = start + self.capacity
+            chunk = fds[start:end]
+            sent += [0] * len(chunk) if self.broken else self._send_chunk(chunk, addresses[start:end], sizes[start:end])
         return sent
 
-    def _send_chunk(self, fds: Sequence[int], data: bytes) -> list[int | None]:
+    def _send_chunk(self, fds: Sequence[int], addresses: array[int], sizes: array[int]) -> list[int | None]:
         context = self._context
         if context is None:
             raise ValueError("this SendMany is closed")
@@ -99,9 +107,9 @@ class SendMany:
         words = _IOCB_WORDS * count
         iocbs = self._iocbs
         iocbs[2:words:_IOCB_WORDS] = array("Q", [_IOCB_CMD_PWRITE | fd << 32 for fd in fds])
-        # the buffer is read inside io_submit, while ``data`` is still referenced here
-        iocbs[3:words:_IOCB_WORDS] = array("Q", [_address(data)]) * count
-        iocbs[4:words:_IOCB_WORDS] = array("Q", [len(data)]) * count
+        # the buffers are read inside io_submit, while the caller still references them
+        iocbs[3:words:_IOCB_WORDS] = addresses
+        iocbs[4:words:_IOCB_WORDS] = sizes
         # io_submit stops at an iocb it cannot take (a closed descriptor): those after it
         # stay at 0, and their callers write the usual way, which reports the error
         submitted = self._io_submit(context, count)

@@ -344,3 +344,11 @@ json_values = st.recursive(
 @given(json_values)
 def test_dumps_then_loads_is_the_identity(value: object) -> None:
     assert frames.loads(frames.dumps(value)) == value
+
+
+@pytest.mark.parametrize("topic", ["streaming-c1", "a\"b", "a\\b", "é", "tab\there", "del\x7f", "~ !#[]{}"])
+def test_a_spliced_broadcast_is_the_json_of_its_header_around_the_payload(topic: str) -> None:
+    """The shortcut for plain names and the encoder for the rest give the same bytes."""
+    framed = frames.splice(None, topic, "ev", b'{"a":1}', frames.V2)
+    assert framed == frames.dumps([None, None, topic, "ev"])[:-1] + b',{"a":1}]'
+    assert json.loads(framed) == [None, None, topic, "ev", {"a": 1}]

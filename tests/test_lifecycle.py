@@ -6,10 +6,13 @@ thousand join/leave cycles leave no subscription, timer, entry or Redis key behi
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest_twisted
 from twisted.internet import defer, reactor
+
+from tangram_channel import bus
 
 from .presence_view import Tab
 from .waiting import eventually
@@ -104,6 +107,63 @@ async def test_channel_is_unsubscribed_when_its_last_member_leaves(start_service
     await second.close()
     await eventually(lambda: "room" not in service.bridge.watched_topics and patterns() == BASE_PATTERNS)
     await first.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_past_many_topics_one_pattern_serves_them_all_once(start_service, flushed_redis, monkeypatch):
+    """
+    Past WATCH_ALL_ABOVE watched topics the subscriber holds to:* instead of a pattern per
+    topic (Redis matches every PUBLISH against every pattern): each member still gets each
+    of its messages once, a topic inside another's name included, and nothing else.
+    """
+    monkeypatch.setattr(bus, "WATCH_ALL_ABOVE", 3)
+    redis = flushed_redis.client()
+    service = await start_service(datetime_interval=0)
+
+    def patterns() -> int:
+        return redis.execute_command("PUBSUB", "NUMPAT")
+
+    await eventually(lambda: patterns() == BASE_PATTERNS)
+    tabs = {}
+    for topic in ("a", "a:b"):  # the fourth watched topic: the join waits for to:*
+        tabs[topic] = await Tab.open(service.ws_url, topic)
+        await tabs[topic].join(service.hub.tokens.mint(topic, "u")[1])
+    await eventually(lambda: patterns() == 1, what="to:* alone")
+    for n in range(3):
+        for channel in ("to:a:m", "to:a:b:m", "to:elsewhere:m"):
+            redis.publish(channel, json.dumps({"n": n}))
+    for topic, tab in tabs.items():
+        redis.publish(f"to:{topic}:end", "{}")
+        await tab.until(lambda f: f[3] == "end")
+        assert [(f[2], f[4]) for f in tab.frames if f[3] == "m"] == [(topic, {"n": n}) for n in range(3)]
+    for tab in tabs.values():
+        await tab.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_subscriber_that_held_to_all_topics_holds_it_again_after_reconnecting(
+    start_service, flushed_redis, monkeypatch
+):
+    """Redis drops the subscriber: it comes back on to:* alone, and messages still reach each member once."""
+    monkeypatch.setattr(bus, "WATCH_ALL_ABOVE", 3)
+    redis = flushed_redis.client()
+    service = await start_service(datetime_interval=0)
+    tabs = []
+    for topic in ("a", "b"):
+        tabs.append(await Tab.open(service.ws_url, topic))
+        await tabs[-1].join(service.hub.tokens.mint(topic, "u")[1])
+    await eventually(lambda: redis.execute_command("PUBSUB", "NUMPAT") == 1, what="to:* alone")
+    first = service.bridge._subscriber
+    redis.client_kill_filter(_type="pubsub")
+    await eventually(lambda: service.bridge._subscriber not in (None, first), what="a new subscriber")
+    await eventually(lambda: redis.execute_command("PUBSUB", "NUMPAT") == 1, what="to:* again")
+    for tab in tabs:
+        redis.publish(f"to:{tab.topic}:m", "{}")
+        redis.publish(f"to:{tab.topic}:end", "{}")
+        await tab.until(lambda f: f[3] == "end")
+        assert [f[2] for f in tab.frames if f[3] == "m"] == [tab.topic]
+    for tab in tabs:
+        await tab.close()
 
 
 def leftovers(service) -> dict:

@@ -6,10 +6,11 @@ import base64
 from typing import Any
 
 import pytest
+from autobahn.websocket.protocol import PreparedMessage
 
 from tangram_channel import protocol
 from tangram_channel.frames import FrameError
-from tangram_channel.protocol import PhoenixFactory, subprotocol_token
+from tangram_channel.protocol import PhoenixFactory, server_frame, subprotocol_token
 
 from .fakes import World, offered, rejected_frames
 
@@ -46,3 +47,12 @@ def test_bad_frames_are_counted_and_logged_at_most_once_a_minute(monkeypatch: py
     factory.frame_rejected(FrameError("invalid JSON"))
     assert rejected_frames(factory.metrics) == 6
     assert len(events) == 2
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536])
+@pytest.mark.parametrize("is_binary", [False, True])
+def test_a_broadcast_is_framed_as_autobahn_frames_it(size: int, is_binary: bool) -> None:
+    """Each length encoding of RFC 6455 (7 bits, 16, 64) and both opcodes, byte for byte."""
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    expected = PreparedMessage(payload, is_binary, applyMask=False, doNotCompress=True).payloadHybi
+    assert server_frame(payload, is_binary) == expected

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tangram_channel.fanout import Fanout
+from tangram_channel.frames import Broadcast, Burst
 from tangram_channel.sendmany import SendMany
 
 from .e2e import captured_log
@@ -147,3 +149,75 @@ def test_a_context_that_fails_while_in_use_reports_its_writes_unknown_and_is_not
     assert sender.broken
     assert len([line for line in lines if "Linux AIO failed (io_getevents: Invalid argument)" in line]) == 1
     assert [read_all(theirs) for _, theirs in pairs] == [b"frame"] * 4 + [b""] * 2
+
+
+def test_send_each_writes_each_socket_its_own_buffer(sender):
+    """Six sockets, a buffer each, capacity four: every socket gets its own bytes, counted at its place."""
+    pairs = socket_pairs(6)
+    datas = [b"frame-%d" % n * (n + 1) for n in range(6)]
+    sent = sender.send_each([ours.fileno() for ours, _ in pairs], datas)
+    assert sent == [len(data) for data in datas]
+    assert [read_all(theirs) for _, theirs in pairs] == datas
+
+
+class LoneSocket:
+    """A ``DirectOutbox`` on a real socket whose bursts are one frame of bytes; counts its plain writes."""
+
+    vsn = "2.0.0"
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.plain_writes = 0
+
+    def framed(self, burst: Burst) -> bytes:
+        return burst.prepared.setdefault(self.vsn, b"".join(b.payload for b in burst.broadcasts))
+
+    def direct_fd(self) -> int:
+        return self.sock.fileno()
+
+    def write_now(self, frame: bytes) -> None:
+        self.plain_writes += 1
+        self.sock.send(frame)
+
+    def wrote_directly(self, frame: bytes, sent: int | None) -> None:
+        assert sent == len(frame)
+
+    def send_burst(self, burst: Burst) -> None:
+        self.write_now(self.framed(burst))
+
+
+def burst(data: bytes) -> Burst:
+    return Burst([Broadcast("t", "e", data, True)])
+
+
+def test_held_lone_writes_go_out_together_and_each_socket_in_order(monkeypatch):
+    """
+    Between hold_lone_writes and flush, bursts to one socket wait and leave in one
+    io_submit; a second burst for a socket already waiting, or a burst to several,
+    first writes what waited, so every socket reads its frames in order.
+    """
+    fanout = Fanout(batched=True)
+    fanout.startService()
+    assert fanout.sender is not None
+    calls = []
+    send_each = fanout.sender.send_each
+    monkeypatch.setattr(fanout.sender, "send_each", lambda fds, datas: calls.append(len(fds)) or send_each(fds, datas))
+    pairs = socket_pairs(3)
+    a, b, c = (LoneSocket(ours) for ours, _ in pairs)
+    try:
+        fanout.hold_lone_writes()
+        fanout.send([a], burst(b"a1"))
+        fanout.send([b], burst(b"b1"))
+        assert calls == [] and [read_all(theirs) for _, theirs in pairs] == [b"", b"", b""]
+        fanout.send([a], burst(b"a2"))  # a's first must go first
+        assert calls == [2]
+        fanout.send([c], burst(b"c1"))
+        fanout.send([b, c], burst(b"all"))  # several: what waited goes first
+        fanout.send([c], burst(b"c2"))
+        fanout.flush()
+        fanout.send([c], burst(b"c3"))  # not held any more: at once
+        assert calls == [2, 2]
+        assert [read_all(theirs) for _, theirs in pairs] == [b"a1a2", b"b1all", b"c1allc2c3"]
+        assert (a.plain_writes, b.plain_writes, c.plain_writes) == (0, 0, 2)  # c2 alone at flush, c3 after
+    finally:
+        fanout.stopService()

@@ -21,6 +21,7 @@ from tangram_channel.metrics import Metrics
 from tangram_channel.pending import PendingMessages
 
 from .conftest import RedisServer, free_port
+from .e2e import captured_log
 from .live import RawSocket, event_of, payload_of, start_twistd, token
 
 
@@ -115,6 +116,39 @@ def test_an_error_in_the_consumer_does_not_stall_the_queue() -> None:
     pending.add("good", 10)
     with pytest.raises(ValueError):
         turn(clock)
+    turn(clock)
+    assert delivered == [["bad"], ["good"]]
+
+
+def test_when_a_read_is_over_its_first_slice_goes_in_the_same_turn() -> None:
+    """read_over hands the first slice on at once, without waiting for a turn; the rest a turn each, as before."""
+    pending, delivered, clock = queue(slice_bytes=100)
+    for n in range(3):
+        pending.add(f"m{n}", 60)
+    pending.read_over()
+    assert delivered == [["m0", "m1"]] and pending.bytes == 60
+    pending.read_over()  # nothing to hand on before the next turn: it waits for it
+    assert delivered == [["m0", "m1"]]
+    turn(clock)
+    assert delivered == [["m0", "m1"], ["m2"]] and clock.getDelayedCalls() == []
+    pending.read_over()  # an empty read
+    assert len(delivered) == 2
+
+
+def test_an_error_in_the_consumer_when_a_read_is_over_is_logged_and_the_queue_goes_on() -> None:
+    clock, delivered = Clock(), []
+
+    def deliver(items: list[str]) -> None:
+        delivered.append(items)
+        if items == ["bad"]:
+            raise ValueError("consumer failed")
+
+    pending = PendingMessages(clock, deliver, 1000, Metrics(), slice_bytes=10)
+    pending.add("bad", 10)
+    pending.add("good", 10)
+    with captured_log() as lines:
+        pending.read_over()
+    assert any("handing on messages from Redis" in line and "consumer failed" in line for line in lines)
     turn(clock)
     assert delivered == [["bad"], ["good"]]
 
