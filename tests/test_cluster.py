@@ -201,3 +201,45 @@ def test_a_plain_redis_server_is_not_a_cluster(twistd, own_redis: RedisServer):
     proc.wait_for_log("cluster support disabled")
     assert "Traceback" not in proc.log()
     assert health(port)[0] == 503
+
+
+def test_the_command_connection_follows_the_presence_slot_when_it_is_resharded(twistd, cluster):
+    """
+    An operator moves the presence slot to another primary (IMPORTING, MIGRATING, MIGRATE,
+    SETSLOT NODE): the first command after it is answered MOVED, the node reconnects to
+    the named primary, and joins, presence and broadcasts carry on there.
+    """
+    source = cluster.presence_primary()
+    target = next(node for node in cluster.nodes if node is not source and node.client().info(
+        "replication")["role"] == "master")
+    node = start_twistd(twistd, "--redis-url", cluster.url(), datetime_interval=0)
+    first = RawSocket(node.port)
+    first.join_ok(TOPIC, token(TOPIC, "first"))
+
+    src, dst = source.client(), target.client()
+    slot = src.execute_command("CLUSTER", "KEYSLOT", "{tangram-channel}")
+    src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+    assert keys  # the presence of "first", the node list...
+    src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+    for each in (dst, src):  # the others learn it over the bus
+        each.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+    moved_at = time.monotonic()
+
+    def joins() -> bool:
+        client = RawSocket(node.port)
+        ref = client.join(TOPIC, token(TOPIC, "second"))
+        return client.reply(ref)[4]["status"] == "ok"
+
+    wait_until(joins, RECOVERY, "a join answered on the slot's new primary")
+    print(f"\njoins answered again {time.monotonic() - moved_at:.2f}s after the slot moved")
+    wait_until(lambda: {"first", "second"} <= set(truth(dst, TOPIC)), RECOVERY, "presence on the new primary")
+    assert broadcast_reaches(dst, first, 1) or broadcast_reaches(dst, first, 2)
+    _, body = health(node.port)
+    assert body["redis"]["address"] == f"127.0.0.1:{target.port}", body
+    log = node.log()
+    assert f"Redis Cluster moved the presence slot to 127.0.0.1:{target.port}; following it" in log, log
+    assert f"the primary of the presence slot moved from 127.0.0.1:{source.port} to 127.0.0.1:{target.port}" in log
+    assert "Traceback" not in log, log
