@@ -7,10 +7,12 @@ that a failover takes seconds. Each node keeps its files in its own directory.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+from contextlib import ExitStack
 from pathlib import Path
 
-from .conftest import RedisServer, free_port
+from .conftest import RedisServer
 from .waiting import wait_until
 
 PRESENCE_TAG = "{tangram-channel}"  # naming.KEY_PREFIX's hash tag
@@ -19,15 +21,15 @@ PRESENCE_TAG = "{tangram-channel}"  # naming.KEY_PREFIX's hash tag
 class ClusterSet:
     def __init__(self, binary: str, directory: Path) -> None:
         self.nodes = []
-        for _ in range(6):
-            port = free_port()
+        ports = distinct_ports(12)  # a client port and a bus port each
+        for port, bus in zip(ports[:6], ports[6:]):
             home = directory / f"node-{port}"
             home.mkdir()
             self.nodes.append(RedisServer(binary, port, (
                 "--cluster-enabled", "yes", "--cluster-config-file", str(home / "nodes.conf"),
                 "--cluster-node-timeout", "1000", "--dir", str(home),
                 # the bus port by default is port + 10000, past 65535 for a high free port
-                "--cluster-port", str(free_port()),
+                "--cluster-port", str(bus),
             )))
         self.cli = shutil.which("redis-cli") or str(Path(binary).with_name("redis-cli"))
 
@@ -90,3 +92,14 @@ class ClusterSet:
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+def distinct_ports(n: int) -> list[int]:
+    """``n`` free loopback ports, all different (each held while the next is picked)."""
+    with ExitStack() as held:
+        ports = []
+        for _ in range(n):
+            s = held.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+        return ports

@@ -14,7 +14,7 @@ import pytest
 
 from .clusters import ClusterSet
 from .conftest import RedisServer, free_port
-from .live import RawSocket, start_twistd, token
+from .live import RawSocket, reply_reason, start_twistd, token
 from .presence_view import truth
 from .sentinels import Recorder
 from .test_sentinel import TOPIC, broadcast_reaches, cli, health, metric, push_ok
@@ -206,8 +206,9 @@ def test_a_plain_redis_server_is_not_a_cluster(twistd, own_redis: RedisServer):
 def test_the_command_connection_follows_the_presence_slot_when_it_is_resharded(twistd, cluster):
     """
     An operator moves the presence slot to another primary (IMPORTING, MIGRATING, MIGRATE,
-    SETSLOT NODE): the first command after it is answered MOVED, the node reconnects to
-    the named primary, and joins, presence and broadcasts carry on there.
+    SETSLOT NODE): midway a join is refused (ASK is not followed), after it the first
+    command is answered MOVED, the node reconnects to the named primary, and joins,
+    presence and broadcasts carry on there.
     """
     source = cluster.presence_primary()
     target = next(node for node in cluster.nodes if node is not source and node.client().info(
@@ -224,6 +225,11 @@ def test_the_command_connection_follows_the_presence_slot_when_it_is_resharded(t
     keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
     assert keys  # the presence of "first", the node list...
     src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+    # mid-migration the source answers ASK: the join is refused as with Redis away, and
+    # the node stays on the source, which still owns the slot
+    midway = RawSocket(node.port)
+    assert reply_reason(midway.reply(midway.join(TOPIC, token(TOPIC, "midway")))) == "redis unavailable"
+    assert health(node.port)[1]["redis"]["address"] == f"127.0.0.1:{source.port}"
     for each in (dst, src):  # the others learn it over the bus
         each.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
     moved_at = time.monotonic()
