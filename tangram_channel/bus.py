@@ -46,7 +46,7 @@ from .naming import split_channel, topic_pattern
 from .pending import PendingMessages
 from .replicas import ReplicaWait
 from .sentinel import (
-    SWITCH_CHANNEL, Address, PrimaryEndpoint, Rotation, Sentinels, is_role_reply, parse_master, parse_sentinels,
+    SWITCH_CHANNEL, Address, PrimaryEndpoint, Rotation, Sentinels, is_role_reply, parse_addresses, parse_master,
     role_of, show, switched,
 )
 
@@ -100,14 +100,14 @@ class RedisURL:
             db = query.get("db", ["0"])[0]
         elif self.scheme.endswith("+sentinel"):
             try:
-                self.sentinels = parse_sentinels(parts.netloc.rpartition("@")[2])
+                self.sentinels = parse_addresses(parts.netloc.rpartition("@")[2])
                 self.master_name, self.db = parse_master(parts.path)
             except ValueError as e:
                 raise ValueError(f"redis_url {mask_url(url)!r}: {e}") from None
             return
         elif self.scheme.endswith("+cluster"):
             try:
-                self.cluster_nodes = parse_sentinels(parts.netloc.rpartition("@")[2], CLUSTER_PORT, "cluster node")
+                self.cluster_nodes = parse_addresses(parts.netloc.rpartition("@")[2], CLUSTER_PORT, "cluster node")
             except ValueError as e:
                 raise ValueError(f"redis_url {mask_url(url)!r}: {e}") from None
             if parts.path.strip("/") not in ("", "0"):

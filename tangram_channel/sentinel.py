@@ -35,7 +35,7 @@ class NoPrimary(Exception):
     """No sentinel named a primary: each one's reason, in the message."""
 
 
-def parse_sentinels(netloc: str, default_port: int = DEFAULT_PORT, what: str = "sentinel") -> list[Address]:
+def parse_addresses(netloc: str, default_port: int = DEFAULT_PORT, what: str = "sentinel") -> list[Address]:
     """``host1:26379,[::1]:26380,host3`` (credentials already removed) as addresses (of sentinels or cluster nodes)."""
     addresses = []
     for item in netloc.split(","):
