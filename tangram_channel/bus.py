@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService, TimerService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
@@ -54,6 +54,9 @@ log = Logger()
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 FAILOVERS_KEPT = 10  # the last failovers, for /healthz; all are counted in /metrics
+# how often a cluster's nodes are asked who holds the presence slot: a primary that hangs
+# (or is cut off) rather than dies closes no connection, and answers no MOVED until it is back
+CLUSTER_CHECK_INTERVAL = 1.0
 
 # what the subscriber's socket reads a reactor turn (Twisted reads 64 KiB): as much as
 # Redis has written since, so a turn spent handing a large message on costs no reading
@@ -412,6 +415,8 @@ class RedisBridge(MultiService):
         # the last moves of the primary followed (Sentinel, Cluster), oldest first
         self.failovers: list[dict[str, Any]] = []
         self._cluster: ClusterNodes | None = None
+        self._slot_primary: PrimaryEndpoint | None = None  # a cluster's commands endpoint
+        self._named_elsewhere: Address | None = None  # the other primary the last check heard of
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0)
         commands, subscriber = self._endpoints(reactor, url, retry)
         self._connections = {
@@ -444,7 +449,11 @@ class RedisBridge(MultiService):
             def at(address: Address) -> IStreamClientEndpoint:
                 return url.at(address).endpoint(reactor)
 
-            return PrimaryEndpoint(self._cluster, at, self._refused), Rotation(self._cluster.addresses, at)
+            self._slot_primary = PrimaryEndpoint(self._cluster, at, self._refused)
+            check = TimerService(CLUSTER_CHECK_INTERVAL, self._check_slot_owner)
+            check.clock = reactor
+            check.setServiceParent(self)
+            return self._slot_primary, Rotation(self._cluster.addresses, at)
         if url.master_name is None:
             return url.endpoint(reactor), url.endpoint(reactor)
         sentinels = Sentinels(
@@ -594,6 +603,32 @@ class RedisBridge(MultiService):
             if self.running and (conn is None or _peer(conn) != new):
                 # at once, not after the backoff: the old address is dead or demoted
                 service.stopService().addCallback(self._restart, service)
+
+    def _check_slot_owner(self) -> defer.Deferred[None] | None:
+        """Ask the cluster who holds the presence slot; leave a primary it no longer names."""
+        if self._commands is None or self._cluster is None:  # not connected: each attempt asks anyway
+            return None
+        return self._cluster.primary().addCallbacks(self._slot_owner, lambda failure: None)
+
+    def _slot_owner(self, owner: Address) -> None:
+        """
+        Leave when two checks in a row name the same other primary: one answer may come
+        from a node that has not yet heard of a failover the connection already followed.
+        """
+        # compared with the address connected to, not the peer's: the cluster may name hosts
+        assert self._slot_primary is not None
+        connected = self._slot_primary.address
+        named_before, self._named_elsewhere = self._named_elsewhere, None
+        if self._commands is None or not self.running or connected in (None, owner):
+            return
+        if named_before != owner:
+            self._named_elsewhere = owner
+            return
+        assert connected is not None
+        log.warn("Redis Cluster names {new} the primary of the presence slot; leaving {old}", new=show(owner),
+                 old=show(connected))
+        service = self._connections["_commands"]
+        service.stopService().addCallback(self._restart, service)
 
     @property
     def _primary_of(self) -> str:

@@ -200,11 +200,16 @@ class PrimaryEndpoint:
         self._sentinels = sentinels
         self._endpoint_at = endpoint_at
         self._on_failure = on_failure
+        self.address: Address | None = None  # where the last attempt went: the connection's, once up
 
     def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:
         d = self._sentinels.primary()
         d.addErrback(self._not_found)
-        return d.addCallback(lambda address: self._endpoint_at(address).connect(protocolFactory))
+        return d.addCallback(self._connect, protocolFactory)
+
+    def _connect(self, address: Address, protocolFactory: Any) -> defer.Deferred[Any]:
+        self.address = address
+        return self._endpoint_at(address).connect(protocolFactory)
 
     def _not_found(self, failure: Any) -> Any:
         failure.trap(NoPrimary)

@@ -65,8 +65,8 @@ class ClusterSet:
         """The primary holding the presence slot, as a live node sees it."""
         return self.server_at(self._owner_port())
 
-    def _owner_port(self) -> int:
-        client = self.alive[0].client()
+    def _owner_port(self, asking: RedisServer | None = None) -> int:
+        client = (asking or self.alive[0]).client()
         slot = client.execute_command("CLUSTER", "KEYSLOT", PRESENCE_TAG)
         for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
             if start <= slot <= end:
@@ -81,10 +81,10 @@ class ClusterSet:
     def server_at(self, port: int) -> RedisServer:
         return next(node for node in self.nodes if node.port == port)
 
-    def promoted(self, old: RedisServer) -> RedisServer | None:
-        """The node that now holds the presence slot, once it is not ``old``."""
+    def promoted(self, old: RedisServer, asking: RedisServer | None = None) -> RedisServer | None:
+        """The node that now holds the presence slot (as ``asking`` sees it), once it is not ``old``."""
         try:
-            port = self._owner_port()
+            port = self._owner_port(asking)
         except Exception:
             return None
         return None if port == old.port else self.server_at(port)

@@ -45,13 +45,14 @@ def joined(nodes: list[Any]) -> dict[str, tuple[RawSocket, str]]:
     return clients
 
 
-def recovered(nodes: list[Any], clients: dict[str, tuple[RawSocket, str]], redis: Any, since: float) -> float:
+def recovered(nodes: list[Any], clients: dict[str, tuple[RawSocket, str]], primary: RedisServer, since: float) -> float:
     """
     Within RECOVERY seconds of ``since``: every client gets a broadcast published on
-    ``redis`` on its old socket, the presence slot's primary (``redis``) holds every
-    member, each process serves all of them to a newcomer, and pushes are acknowledged.
-    The seconds it took.
+    the presence slot's ``primary`` on its old socket, ``primary`` holds every member,
+    each process is on it and serves all of them to a newcomer, and pushes are
+    acknowledged. The seconds it took.
     """
+    redis = primary.client()
     n = 0
     for name, (client, _) in clients.items():
         while not broadcast_reaches(redis, client, n):
@@ -63,8 +64,9 @@ def recovered(nodes: list[Any], clients: dict[str, tuple[RawSocket, str]], redis
                "every member's presence on the presence slot's primary")
     for i, node in enumerate(nodes):
         # the keys were replicated: the process may still be finding the new primary
-        wait_until(lambda: health(node.port)[0] == 200, max(0.1, since + RECOVERY - time.monotonic()),
-                   "the process connected again")
+        on_primary = (200, f"127.0.0.1:{primary.port}")
+        wait_until(lambda: (lambda answer: (answer[0], answer[1]["redis"]["address"]))(health(node.port)) == on_primary,
+                   max(0.1, since + RECOVERY - time.monotonic()), "the process on the presence slot's primary")
         _, state = RawSocket(node.port).join_ok(TOPIC, token(TOPIC, f"late{i}"))
         assert everyone <= set(state), state
     for name, (client, join_ref) in clients.items():
@@ -106,7 +108,7 @@ def test_killing_the_presence_slots_primary_restores_broadcasts_presence_and_pus
     primary.kill()  # SIGKILL
     promoted = wait_until(lambda: cluster.promoted(primary), 30, "a replica promoted for the presence slot")
     since = time.monotonic()
-    took = recovered(nodes, clients, promoted.client(), since)
+    took = recovered(nodes, clients, promoted, since)
     print(f"\nbroadcasts, presence and pushes back {took:.2f}s after the promotion")
 
     seen = recorders[promoted.port].seen
@@ -157,7 +159,7 @@ def test_killing_the_node_a_subscriber_is_on_moves_the_subscriber(twistd, cluste
     wait_until(lambda: any(node.client().info("replication")["role"] == "master" for node in replicas), 30,
                "the dead node's replica promoted")
     since = time.monotonic()
-    took = recovered(nodes, clients, presence.client(), since)
+    took = recovered(nodes, clients, presence, since)
     print(f"\nbroadcasts, presence and pushes back {took:.2f}s after the promotion")
     for node in nodes:
         _, body = health(node.port)
@@ -249,3 +251,26 @@ def test_the_command_connection_follows_the_presence_slot_when_it_is_resharded(t
     assert f"Redis Cluster moved the presence slot to 127.0.0.1:{target.port}; following it" in log, log
     assert f"the primary of the presence slot moved from 127.0.0.1:{source.port} to 127.0.0.1:{target.port}" in log
     assert "Traceback" not in log, log
+
+
+def test_a_presence_slot_primary_that_hangs_is_left_once_the_cluster_promotes_its_replica(twistd, cluster):
+    """
+    SIGSTOP of the presence slot's primary closes no connection: the node hears of the
+    promotion by asking the cluster each second, and within 10 s of it joins, presence
+    and broadcasts work on the promoted node; the frozen one is never waited for.
+    """
+    primary = cluster.presence_primary()
+    node = start_twistd(twistd, "--redis-url", cluster.url(), datetime_interval=0, redis_timeout=2)
+    clients = joined([node])
+    with primary.frozen():
+        alive = [each for each in cluster.alive if each is not primary]
+        promoted = wait_until(lambda: cluster.promoted(primary, asking=alive[0]), 30, "the replica promoted")
+        since = time.monotonic()
+        took = recovered([node], clients, promoted, since)
+        print(f"\nbroadcasts, presence and pushes back {took:.2f}s after the promotion")
+        _, body = health(node.port)
+        assert body["redis"]["address"] == f"127.0.0.1:{promoted.port}", body
+        log = node.log()
+        assert f"Redis Cluster names 127.0.0.1:{promoted.port} the primary of the presence slot; leaving " \
+               f"127.0.0.1:{primary.port}" in log, log
+        assert "Traceback" not in log, log
