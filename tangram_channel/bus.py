@@ -6,7 +6,8 @@ here, or ``to:*`` once there are many, see ``WATCH_ALL_ABOVE``) and feeds every 
 to the hub; the other runs commands (``PUBLISH``, the presence scripts). Both reconnect
 on their own; the subscriber re-issues every subscription each time it comes back,
 since Redis forgets them with the connection. Under Sentinel both go wherever the
-sentinels say the primary is (see ``sentinel``).
+sentinels say the primary is (see ``sentinel``); in a Redis Cluster the commands go to
+the primary of the presence slot and the subscriber to any node (see ``cluster``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import txredisapi
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService, TimerService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
@@ -36,6 +37,7 @@ from OpenSSL import SSL, crypto
 from zope.interface import implementer, provider
 
 from . import outputlimit
+from .cluster import DEFAULT_PORT as CLUSTER_PORT, ClusterNodes, redirection
 from .config import mask_url
 from .errors import RedisTimeout, RedisUnavailable, unless_unavailable
 from .logs import ThrottledLog
@@ -44,14 +46,17 @@ from .naming import ALL_TOPICS_PATTERN, split_channel, topic_pattern
 from .pending import PendingMessages
 from .replicas import ReplicaWait
 from .sentinel import (
-    SWITCH_CHANNEL, Address, PrimaryEndpoint, Rotation, Sentinels, is_role_reply, parse_master, parse_sentinels,
+    SWITCH_CHANNEL, Address, PrimaryEndpoint, Rotation, Sentinels, is_role_reply, parse_addresses, parse_master,
     role_of, show, switched,
 )
 
 log = Logger()
 
-SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 FAILOVERS_KEPT = 10  # the last failovers, for /healthz; all are counted in /metrics
+# how often a cluster's nodes are asked who holds the presence slot: a primary that hangs
+# (or is cut off) rather than dies closes no connection, and answers no MOVED until it is back
+CLUSTER_CHECK_INTERVAL = 1.0
 
 # what the subscriber's socket reads a reactor turn (Twisted reads 64 KiB): as much as
 # Redis has written since, so a turn spent handing a large message on costs no reading
@@ -70,14 +75,16 @@ class RedisURL:
     """
     A parsed ``redis://``, ``rediss://``, ``unix://`` or Sentinel URL
     (``redis+sentinel://host1:26379,host2:26379/<master-name>[/db]``, ``rediss+sentinel://``
-    for TLS to the sentinels and the servers they name).
+    for TLS to the sentinels and the servers they name), or a Redis Cluster's seed nodes
+    (``redis+cluster://host1:7000,host2:7001``, ``rediss+cluster://`` for TLS).
     """
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in SCHEMES:
             raise ValueError(
-                "redis_url must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://, "
+                "redis_url must start with redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://, "
+                "redis+cluster:// or rediss+cluster://, "
                 f"not {mask_url(url)!r}"
             )
         self.scheme = parts.scheme
@@ -98,15 +105,25 @@ class RedisURL:
         self.port: int | None = None
         self.sentinels: list[Address] = []  # a Sentinel URL's sentinels, and the name they know the primary by
         self.master_name: str | None = None
+        self.cluster_nodes: list[Address] = []  # a Cluster URL's seed nodes
         if self.scheme == "unix":
             self.path = parts.path or parts.netloc
             db = query.get("db", ["0"])[0]
         elif self.scheme.endswith("+sentinel"):
             try:
-                self.sentinels = parse_sentinels(parts.netloc.rpartition("@")[2])
+                self.sentinels = parse_addresses(parts.netloc.rpartition("@")[2])
                 self.master_name, self.db = parse_master(parts.path)
             except ValueError as e:
                 raise ValueError(f"redis_url {mask_url(url)!r}: {e}") from None
+            return
+        elif self.scheme.endswith("+cluster"):
+            try:
+                self.cluster_nodes = parse_addresses(parts.netloc.rpartition("@")[2], CLUSTER_PORT, "cluster node")
+            except ValueError as e:
+                raise ValueError(f"redis_url {mask_url(url)!r}: {e}") from None
+            if parts.path.strip("/") not in ("", "0"):
+                raise ValueError(f"redis_url {mask_url(url)!r}: a Redis Cluster has database 0 only")
+            self.db = 0
             return
         else:
             self.host = parts.hostname or "127.0.0.1"
@@ -127,7 +144,7 @@ class RedisURL:
     def at(self, address: Address) -> RedisURL:
         """The server a Sentinel URL's sentinels named, with this URL's credentials, database and TLS."""
         copy = RedisURL("rediss://" if self.tls else "redis://")
-        copy.__dict__.update(self.__dict__, scheme=copy.scheme, sentinels=[], master_name=None)
+        copy.__dict__.update(self.__dict__, scheme=copy.scheme, sentinels=[], master_name=None, cluster_nodes=[])
         copy.host, copy.port = address
         return copy
 
@@ -140,6 +157,11 @@ class RedisURL:
         return copy
 
     @property
+    def follows_primary(self) -> bool:
+        """Whether the URL names no server but a way to find the primary (Sentinel, Cluster)."""
+        return bool(self.sentinels or self.cluster_nodes)
+
+    @property
     def is_local(self) -> bool:
         """Whether a private redis-server could stand in at this address."""
         return self.scheme == "unix" or (self.scheme == "redis" and self.host in ("127.0.0.1", "localhost", "::1"))
@@ -148,7 +170,7 @@ class RedisURL:
     def tcp_address(self) -> tuple[str, int]:
         """Host and port; a ``unix://`` or Sentinel URL has none."""
         if self.host is None or self.port is None:
-            what = "sentinels" if self.sentinels else "a Unix socket"
+            what = "sentinels" if self.sentinels else "cluster nodes" if self.cluster_nodes else "a Unix socket"
             raise ValueError(f"{self} names {what}, not a TCP address")
         return self.host, self.port
 
@@ -212,6 +234,8 @@ class RedisURL:
         if self.sentinels:
             hosts = ",".join(show(address) for address in self.sentinels)
             return f"{self.scheme}://{auth}{hosts}/{self.master_name}/{self.db}"
+        if self.cluster_nodes:
+            return f"{self.scheme}://{auth}{','.join(show(address) for address in self.cluster_nodes)}"
         return f"{self.scheme}://{auth}{self.host}:{self.port}/{self.db}"
 
 
@@ -426,40 +450,70 @@ class RedisBridge(MultiService):
         self._unanswered = 0  # until Redis answers, timed out or not
         self._all_answered: list[defer.Deferred[None]] = []
         # WAIT's own timeout is shorter than ours, so that Redis says how many replicas confirmed
+        if wait_replicas and url.cluster_nodes:
+            # a cluster sends PUBLISH to the other nodes over its bus, not down the
+            # replication stream: WAIT would confirm nothing about a push
+            log.warn("redis_wait_replicas = {n} has no effect on a Redis Cluster: PUBLISH reaches the other nodes "
+                     "over the cluster bus, not through replication; pushes are answered once a node took them",
+                     n=wait_replicas)
+            wait_replicas = 0
         self._replica_wait = ReplicaWait(reactor, self.execute, wait_replicas, timeout / 2) if wait_replicas else None
-        self.address: str | None = None  # the server both connections are on, and what ROLE called it
+        self.address: str | None = None  # the server the commands go to, and what ROLE called it
         self.role = "unknown"
-        self.failovers: list[dict[str, Any]] = []  # the last moves of the primary followed (Sentinel), oldest first
+        self.subscriber_address: str | None = None  # the subscriber's server (another node, in a cluster)
+        # the last moves of the primary followed (Sentinel, Cluster), oldest first
+        self.failovers: list[dict[str, Any]] = []
+        self._cluster: ClusterNodes | None = None
+        self._slot_primary: PrimaryEndpoint | None = None  # a cluster's commands endpoint
+        self._named_elsewhere: Address | None = None  # the other primary the last check heard of
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0)
-        endpoint = self._endpoint(reactor, url, retry)
+        commands, subscriber = self._endpoints(reactor, url, retry)
         self._connections = {
             "_commands": _ReconnectingService(
-                endpoint, _Factory(_Commands, url, self._checked(self._commands_ready, True), self._refused),
+                commands, _Factory(_Commands, url, self._checked(self._commands_ready, True), self._refused),
                 retryPolicy=retry,
             ),
             "_subscriber": _ReconnectingService(
-                endpoint, _Factory(_Subscriber, url, self._checked(self._subscriber_ready, False), self._refused),
+                subscriber, _Factory(_Subscriber, url, self._checked(self._subscriber_ready, False), self._refused),
                 retryPolicy=retry,
             ),
         }
         for service in self._connections.values():
             service.setServiceParent(self)
 
-    def _endpoint(self, reactor: Any, url: RedisURL, retry: Callable[[int], float]) -> IStreamClientEndpoint:
+    def _endpoints(
+        self, reactor: Any, url: RedisURL, retry: Callable[[int], float]
+    ) -> tuple[IStreamClientEndpoint, IStreamClientEndpoint]:
         """
-        Where both connections go: the URL's server, or the primary the sentinels name
-        on each attempt, while a third connection listens to one sentinel for failovers.
+        Where the commands and the subscriber go: the URL's server; or the primary the
+        sentinels name on each attempt, while a third connection listens to one sentinel
+        for failovers; or in a cluster the primary of the presence slot, and any node.
         """
+        if url.cluster_nodes:
+            self._cluster = ClusterNodes(
+                reactor, url.cluster_nodes, lambda address: connect_once(reactor, url.at(address)),
+                timeout=self.timeout,
+            )
+
+            def at(address: Address) -> IStreamClientEndpoint:
+                return url.at(address).endpoint(reactor)
+
+            self._slot_primary = PrimaryEndpoint(self._cluster, at, self._refused)
+            check = TimerService(CLUSTER_CHECK_INTERVAL, self._check_slot_owner)
+            check.clock = reactor
+            check.setServiceParent(self)
+            return self._slot_primary, Rotation(self._cluster.addresses, at)
         if url.master_name is None:
-            return url.endpoint(reactor)
+            return url.endpoint(reactor), url.endpoint(reactor)
         sentinels = Sentinels(
             reactor, url.sentinels, url.master_name, lambda address: connect_once(reactor, url.sentinel(address)),
             timeout=self.timeout,
         )
-        watch = Rotation([url.sentinel(address).endpoint(reactor) for address in url.sentinels])
+        watch = Rotation(url.sentinels, lambda address: url.sentinel(address).endpoint(reactor))
         announcements = _Factory(_Subscriber, url.sentinel(url.sentinels[0]), self._watch_failovers, self._refused)
         _ReconnectingService(watch, announcements, retryPolicy=retry).setServiceParent(self)
-        return PrimaryEndpoint(sentinels, lambda address: url.at(address).endpoint(reactor), self._refused)
+        primary = PrimaryEndpoint(sentinels, lambda address: url.at(address).endpoint(reactor), self._refused)
+        return primary, primary
 
     def deliver_to(
         self, on_messages: Callable[[list[tuple[str, str, bytes]]], None], on_connect: Callable[[], None]
@@ -501,12 +555,12 @@ class RedisBridge(MultiService):
 
     def _role_answered(self, reply: Any, conn: Any, ready: Callable[[Any], None], commands: bool) -> None:
         role = role_of(reply)
-        if self.url.master_name is not None and role != "master":
+        if self.url.follows_primary and role != "master":
+            who = "the cluster" if self.url.cluster_nodes else "the sentinels"
             self._errors.emit(
                 "not primary",
-                "{address}, named by the sentinels as the primary of {name!r}, answers ROLE with {role!r}; "
-                "asking the sentinels again",
-                address=_peer(conn), name=self.url.master_name, role=role,
+                "{address}, named by {who} as the primary of {what}, answers ROLE with {role!r}; asking {who} again",
+                address=_peer(conn), who=who, what=self._primary_of, role=role,
             )
             conn.transport.loseConnection()
             return
@@ -516,7 +570,7 @@ class RedisBridge(MultiService):
 
     def _role_unknown(self, failure: Failure, conn: Any, ready: Callable[[Any], None], commands: bool) -> None:
         """A managed Redis may refuse ROLE; a Sentinel setup's server must answer it."""
-        if self.url.master_name is None and failure.check(txredisapi.ResponseError):
+        if not self.url.follows_primary and failure.check(txredisapi.ResponseError):
             self._role_answered(None, conn, ready, commands)
             return
         if not failure.check(RedisUnavailable) or failure.check(RedisTimeout):  # a lost connection tells itself
@@ -563,9 +617,13 @@ class RedisBridge(MultiService):
         self.metrics.redis_connected.set(1)
         self.metrics.redis_server.clear()
         self.metrics.redis_server.labels(address, self.role).set(1)
-        if self.url.master_name is not None and self.address not in (None, address):
+        if self.url.follows_primary and self.address not in (None, address):
             assert self.address is not None
             self._failed_over(self.address, address)
+        subscriber = _peer(self._subscriber)
+        if self.url.cluster_nodes and self.subscriber_address not in (None, subscriber):
+            log.warn("the subscriber moved from {old} to {new}", old=self.subscriber_address, new=subscriber)
+        self.subscriber_address = subscriber
         if self._was_connected:
             self.metrics.redis_reconnects.inc()
             moved = "" if address == self.address else f", now on {address} (was {self.address})"
@@ -602,6 +660,37 @@ class RedisBridge(MultiService):
                 # at once, not after the backoff: the old address is dead or demoted
                 service.stopService().addCallback(self._restart, service)
 
+    def _check_slot_owner(self) -> defer.Deferred[None] | None:
+        """Ask the cluster who holds the presence slot; leave a primary it no longer names."""
+        if self._commands is None or self._cluster is None:  # not connected: each attempt asks anyway
+            return None
+        return self._cluster.primary().addCallbacks(self._slot_owner, lambda failure: None)
+
+    def _slot_owner(self, owner: Address) -> None:
+        """
+        Leave when two checks in a row name the same other primary: one answer may come
+        from a node that has not yet heard of a failover the connection already followed.
+        """
+        # compared with the address connected to, not the peer's: the cluster may name hosts
+        assert self._slot_primary is not None
+        connected = self._slot_primary.address
+        named_before, self._named_elsewhere = self._named_elsewhere, None
+        if self._commands is None or not self.running or connected in (None, owner):
+            return
+        if named_before != owner:
+            self._named_elsewhere = owner
+            return
+        assert connected is not None
+        log.warn("Redis Cluster names {new} the primary of the presence slot; leaving {old}", new=show(owner),
+                 old=show(connected))
+        service = self._connections["_commands"]
+        service.stopService().addCallback(self._restart, service)
+
+    @property
+    def _primary_of(self) -> str:
+        """What the primary followed is the primary of."""
+        return "the presence slot" if self.url.cluster_nodes else repr(self.url.master_name)
+
     def _failed_over(self, old: str, new: str) -> None:
         """
         Count and log a move of the primary once: heard from the sentinel, or seen on
@@ -612,8 +701,8 @@ class RedisBridge(MultiService):
         self.failovers.append({"from": old, "to": new, "at": round(self._clock.seconds(), 3)})
         del self.failovers[:-FAILOVERS_KEPT]
         self.metrics.redis_failovers.inc()
-        log.warn("Sentinel: the primary of {name!r} moved from {old} to {new}", name=self.url.master_name, old=old,
-                 new=new)
+        log.warn("{how}: the primary of {what} moved from {old} to {new}",
+                 how="Redis Cluster" if self.url.cluster_nodes else "Sentinel", what=self._primary_of, old=old, new=new)
 
     def _restart(self, stopped: None, service: ClientService) -> None:
         if self.running:
@@ -623,7 +712,8 @@ class RedisBridge(MultiService):
         if getattr(self, attribute) is conn:
             setattr(self, attribute, None)
             self.metrics.redis_connected.set(0)
-        if attribute == "_subscriber" and self.running:
+        if attribute == "_subscriber" and self.running and not self.url.cluster_nodes:
+            # (in a cluster the commands go to another node, whose counts say nothing of the subscriber's)
             self._diagnose_subscriber_loss()
         if self.running and not self._reported_down:
             self._reported_down = True
@@ -818,7 +908,28 @@ class RedisBridge(MultiService):
             if answered is not None:
                 answered()
             return defer.fail(RedisUnavailable())
+        if self._cluster is not None:
+            d.addErrback(self._redirected, conn)
         return self._within_timeout(d.addErrback(_unavailable_on_connection_error), answered)
+
+    def _redirected(self, failure: Failure, conn: Any) -> Failure:
+        """
+        ``MOVED``: the presence slot has another primary (a failover, a resharding) and
+        the command connection goes there, by asking the node named first. ``ASK``: the
+        slot is being migrated; the command fails as with Redis away, to be tried again.
+        """
+        failure.trap(txredisapi.ResponseError)
+        to = redirection(failure.getErrorMessage())
+        if to is None:
+            return failure
+        kind, address = to
+        assert self._cluster is not None
+        if kind == "MOVED" and conn is self._commands:
+            self._cluster.to_front(address)
+            self._errors.emit("moved", "Redis Cluster moved the presence slot to {address}; following it",
+                              address=show(address))
+            conn.transport.loseConnection()
+        return Failure(RedisUnavailable())
 
     def _within_timeout(
         self, answer: defer.Deferred[Any], answered: Callable[[], None] | None = None
@@ -913,11 +1024,14 @@ class RedisBridge(MultiService):
 async def connect_once(reactor: Any, url: RedisURL, subscriber: bool = False) -> Any:
     """
     One txredisapi connection, authenticated and ready, for short-lived tools; with a
-    Sentinel URL, to the primary the sentinels name (NoPrimary if none does).
+    Sentinel URL, to the primary the sentinels name (NoPrimary if none does); with a
+    Cluster URL, to the primary of the presence slot.
     """
     if url.master_name is not None:
         sentinels = Sentinels(reactor, url.sentinels, url.master_name, lambda a: connect_once(reactor, url.sentinel(a)))
         url = url.at(await sentinels.primary())
+    elif url.cluster_nodes:
+        url = url.at(await ClusterNodes(reactor, url.cluster_nodes, lambda a: connect_once(reactor, url.at(a))).primary())
     ready: defer.Deferred[Any] = defer.Deferred()
     factory = _Factory(_Subscriber if subscriber else _Commands, url, ready.callback)
     conn: Any = await url.endpoint(reactor).connect(factory)

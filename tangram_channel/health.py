@@ -111,9 +111,11 @@ class HealthResource(Resource):
                 "connected": self._bridge.connected,
                 "healthy": problem is None,
                 "url": str(self._bridge.url),
-                # the server last connected to, its role by ROLE, and (Sentinel) the failovers followed
+                # the server the commands last went to, its role by ROLE, the subscriber's
+                # server (another node in a cluster), and (Sentinel, Cluster) the failovers followed
                 "address": self._bridge.address,
                 "role": self._bridge.role,
+                "subscriber": self._bridge.subscriber_address,
                 "failovers": self._bridge.failovers,
             },
             "subscriptions": len(self._bridge.watched_topics),

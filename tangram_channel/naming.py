@@ -4,8 +4,11 @@ Every name this service uses in Redis, in one place.
 Pub/sub channels are Tangram's: plugins publish ``to:<topic>:<event>`` for the members
 of a topic and read what browsers push on ``from:<topic>:<event>``; a channel is split
 at its last colon, so topics may hold colons and events may not. Keys this service
-stores start with ``tangram-channel:``: each topic's presence hash, each node's set of
+stores start with ``{tangram-channel}:``: each topic's presence hash, each node's set of
 topics, the set of channels with members, the node zset, and the health probe's key.
+The braces are a Redis Cluster hash tag: every key hashes to one slot, so each
+presence script (which touches several keys, some named inside the script) runs on
+the one primary that holds them all; plain Redis ignores them.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ SYSTEM_TOPIC = "system"  # the datetime broadcasts
 ADMIN_TOPIC = "admin"  # channel and agent events, for operators
 HEARTBEAT_TOPIC = "phoenix"  # phoenix.js's heartbeats: never joined
 
-KEY_PREFIX = "tangram-channel:"
+KEY_PREFIX = "{tangram-channel}:"
 CHANNELS_KEY = KEY_PREFIX + "channels"
 NODES_KEY = KEY_PREFIX + "nodes"
 HEALTH_KEY = KEY_PREFIX + "health"

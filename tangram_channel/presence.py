@@ -1,7 +1,7 @@
 """
 Presence: who is in each channel, the same from every process sharing one Redis.
 
-Redis holds the truth: a hash per topic (``tangram-channel:presence:<topic>``) maps
+Redis holds the truth: a hash per topic (``{tangram-channel}:presence:<topic>``) maps
 each join's ``phx_ref`` to ``<node>\\n<json [key, meta]>``, so the processes that
 survive a crashed one can find and withdraw its entries. Every process announces its
 joins and leaves as ``presence_diff`` messages on ``to:<topic>:presence_diff`` (as

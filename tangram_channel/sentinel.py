@@ -35,30 +35,30 @@ class NoPrimary(Exception):
     """No sentinel named a primary: each one's reason, in the message."""
 
 
-def parse_sentinels(netloc: str) -> list[Address]:
-    """``host1:26379,[::1]:26380,host3`` (credentials already removed) as addresses."""
+def parse_addresses(netloc: str, default_port: int = DEFAULT_PORT, what: str = "sentinel") -> list[Address]:
+    """``host1:26379,[::1]:26380,host3`` (credentials already removed) as addresses (of sentinels or cluster nodes)."""
     addresses = []
     for item in netloc.split(","):
         item = item.strip()
         if not item:
-            raise ValueError("an empty sentinel address")
+            raise ValueError(f"an empty {what} address")
         if item.startswith("["):  # [IPv6]:port
             host, _, rest = item[1:].partition("]")
             port = rest[1:] if rest.startswith(":") else ""
             if rest and not rest.startswith(":"):
-                raise ValueError(f"a bad sentinel address {item!r}")
+                raise ValueError(f"a bad {what} address {item!r}")
         elif item.count(":") == 1:
             host, port = item.split(":")
         else:
             host, port = item, ""
         if not host:
-            raise ValueError(f"a sentinel address without a host: {item!r}")
+            raise ValueError(f"a {what} address without a host: {item!r}")
         try:
-            number = int(port) if port else DEFAULT_PORT
+            number = int(port) if port else default_port
         except ValueError:
-            raise ValueError(f"a sentinel address with an invalid port: {item!r}") from None
+            raise ValueError(f"a {what} address with an invalid port: {item!r}") from None
         if not 0 < number < 65536:
-            raise ValueError(f"a sentinel address with an invalid port: {item!r}")
+            raise ValueError(f"a {what} address with an invalid port: {item!r}")
         addresses.append((unquote(host), number))
     return addresses
 
@@ -144,12 +144,26 @@ class Sentinels:
                 problems.append(f"{show(address)}: {_reason(e)}")
                 continue
             if primary is None:
-                problems.append(f"{show(address)}: does not know master {self.name!r}")
+                problems.append(f"{show(address)}: {self.unknown}")
                 continue
-            self.addresses.remove(address)
-            self.addresses.insert(0, address)
+            self.to_front(address)
             return primary
-        raise NoPrimary(f"no sentinel named a primary for {self.name!r} ({'; '.join(problems)})")
+        raise NoPrimary(f"{self.nobody} ({'; '.join(problems)})")
+
+    @property
+    def unknown(self) -> str:
+        """Why an answer named no primary."""
+        return f"does not know master {self.name!r}"
+
+    @property
+    def nobody(self) -> str:
+        return f"no sentinel named a primary for {self.name!r}"
+
+    def to_front(self, address: Address) -> None:
+        """Ask ``address`` first next time: it answered, or (Redis Cluster) a redirection named it."""
+        if address in self.addresses:
+            self.addresses.remove(address)
+        self.addresses.insert(0, address)
 
     async def _ask(self, address: Address) -> Address | None:
         conn = await self._connect(address)
@@ -186,11 +200,16 @@ class PrimaryEndpoint:
         self._sentinels = sentinels
         self._endpoint_at = endpoint_at
         self._on_failure = on_failure
+        self.address: Address | None = None  # where the last attempt went: the connection's, once up
 
     def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:
         d = self._sentinels.primary()
         d.addErrback(self._not_found)
-        return d.addCallback(lambda address: self._endpoint_at(address).connect(protocolFactory))
+        return d.addCallback(self._connect, protocolFactory)
+
+    def _connect(self, address: Address, protocolFactory: Any) -> defer.Deferred[Any]:
+        self.address = address
+        return self._endpoint_at(address).connect(protocolFactory)
 
     def _not_found(self, failure: Any) -> Any:
         failure.trap(NoPrimary)
@@ -200,13 +219,18 @@ class PrimaryEndpoint:
 
 @implementer(IStreamClientEndpoint)
 class Rotation:
-    """Each connection attempt to the next of several endpoints: one sentinel down, ask the next."""
+    """
+    Each connection attempt to the next of several addresses: one sentinel (or cluster
+    node) down, try the next. ``addresses`` is read at each attempt, so a list that
+    grows (the nodes a cluster names) is followed.
+    """
 
-    def __init__(self, endpoints: list[IStreamClientEndpoint]) -> None:
-        self._endpoints = endpoints
+    def __init__(self, addresses: list[Address], endpoint_at: Callable[[Address], IStreamClientEndpoint]) -> None:
+        self._addresses = addresses
+        self._endpoint_at = endpoint_at
         self._next = 0
 
     def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:
-        endpoint = self._endpoints[self._next % len(self._endpoints)]
+        address = self._addresses[self._next % len(self._addresses)]
         self._next += 1
-        return endpoint.connect(protocolFactory)
+        return self._endpoint_at(address).connect(protocolFactory)

@@ -59,7 +59,8 @@ class Options(usage.Options):
         ["port", "p", None, "Port to listen on (default 2347)."],
         [
             "redis-url", None, None,
-            "redis://[user:pass@]host:port/db, rediss://..., unix://path or redis+sentinel://h1:26379,h2/master-name.",
+            "redis://[user:pass@]host:port/db, rediss://..., unix://path, redis+sentinel://h1:26379,h2/master-name "
+            "or redis+cluster://h1:7000,h2:7001.",
         ],
         ["jwt-secret", None, None, "HS256 key for join tokens (prefer TANGRAM_CHANNEL_JWT_SECRET)."],
         ["admin-key", None, None, "Bearer key that allows minting admin tokens over HTTP."],

@@ -96,7 +96,7 @@ def test_tokens_never_reach_the_log_or_redis(twistd, flushed_redis):
     commands = bytes(monitor.seen)
     stored = _everything_stored(flushed_redis.client())
     log = service.log()
-    assert b"PUBLISH" in commands and b"tangram-channel:presence:room" in stored  # the reads saw something
+    assert b"PUBLISH" in commands and b"{tangram-channel}:presence:room" in stored  # the reads saw something
     for t in tokens:
         signature = t.rsplit(".", 1)[1]
         assert signature.encode() not in commands

@@ -198,5 +198,5 @@ async def test_thousand_join_leave_cycles_leak_nothing(start_service, flushed_re
     await eventually(lambda: leftovers(service) == empty)
     await eventually(lambda: len(reactor.getDelayedCalls()) <= timers)
     assert redis.execute_command("PUBSUB", "NUMPAT") == BASE_PATTERNS
-    assert set(redis.keys("*")) - {b"tangram-channel:health"} == {b"tangram-channel:nodes"}  # health: the probe's
+    assert set(redis.keys("*")) - {b"{tangram-channel}:health"} == {b"{tangram-channel}:nodes"}  # health: the probe's
     assert empty["watched"] == ["admin", "system"]

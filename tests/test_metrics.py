@@ -115,7 +115,8 @@ async def test_health_is_503_while_redis_is_down_and_metrics_count_the_reconnect
     assert body["status"] == "ok"
     assert body["redis"] == {
         "connected": True, "healthy": True, "url": f"redis://127.0.0.1:{own_redis.port}/0",
-        "address": f"127.0.0.1:{own_redis.port}", "role": "master", "failovers": [],
+        "address": f"127.0.0.1:{own_redis.port}", "role": "master", "subscriber": f"127.0.0.1:{own_redis.port}",
+        "failovers": [],
     }
     assert body["subscriptions"] == 2  # system and admin, always
     assert body["sockets"] == 0 and body["uptime_seconds"] >= 0 and body["version"]

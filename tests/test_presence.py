@@ -188,7 +188,7 @@ async def test_presence_is_written_again_when_redis_comes_back_empty(start_servi
     own_redis.start()
     await eventually(lambda: service.bridge.connected)
     await eventually(lambda: truth(own_redis.client()) == {"alice": [alice.agent_id]})
-    assert own_redis.client().zscore("tangram-channel:nodes", service.channel.presence.node) is not None
+    assert own_redis.client().zscore("{tangram-channel}:nodes", service.channel.presence.node) is not None
     bob = await joined(service, "bob")
     expected = {"alice": [alice.agent_id], "bob": [bob.agent_id]}
     assert refs(bob.view.state) == expected

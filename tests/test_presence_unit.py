@@ -458,7 +458,7 @@ def test_a_stop_redis_refuses_keeps_the_node_so_survivors_reap_its_entries(refus
 
 def test_a_topic_empty_of_local_members_leaves_the_node_set_with_its_last_leave(node: Node) -> None:
     """So the stop's check (and a reaper) see only topics where this node still has entries."""
-    node_set = "tangram-channel:node:node-a"
+    node_set = "{tangram-channel}:node:node-a"
     node.track("room", "alice", "a1")
     node.track("lobby", "bob", "b1")
     node.clock.advance(WINDOW)
@@ -569,4 +569,4 @@ def test_a_topic_whose_last_join_here_was_refused_is_forgotten_once_redis_takes_
     refusing.redis.refusing = False
     refusing.clock.pump([WINDOW] * int(2 * MAX_RETRY / WINDOW))
     assert refusing.presence.replicas == {}
-    assert refusing.redis.server.smembers("tangram-channel:node:node-a") == set()
+    assert refusing.redis.server.smembers("{tangram-channel}:node:node-a") == set()

@@ -35,6 +35,6 @@ def test_an_error_of_the_script_itself_is_not_sent_again():
     script = Script("list")
     errors: list[str] = []
     for _ in range(2):
-        script.run(redis, [b"channels"], [b"tangram-channel:"]).addErrback(lambda f: errors.append(str(f.value)))
+        script.run(redis, [b"channels"], [b"{tangram-channel}:"]).addErrback(lambda f: errors.append(str(f.value)))
     assert len(errors) == 2 and all("WRONGTYPE" in error for error in errors), errors
     assert [command[0] for command in redis.commands] == ["EVALSHA", "EVAL", "EVALSHA"]

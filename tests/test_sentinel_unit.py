@@ -17,7 +17,7 @@ from tangram_channel.bus import RedisURL
 from tangram_channel.config import Config, mask_url
 from tangram_channel.errors import NotReplicated, RedisUnavailable, reason
 from tangram_channel.replicas import ReplicaWait
-from tangram_channel.sentinel import NoPrimary, Sentinels, parse_master, parse_sentinels, role_of, switched
+from tangram_channel.sentinel import NoPrimary, Sentinels, parse_addresses, parse_master, role_of, switched
 
 
 def test_a_sentinel_url_names_its_sentinels_master_database_and_credentials() -> None:
@@ -77,11 +77,11 @@ def test_shown_settings_hide_a_sentinel_urls_password() -> None:
 
 
 def test_sentinel_addresses_and_master_path_parse_alone() -> None:
-    assert parse_sentinels("a,b:1") == [("a", 26379), ("b", 1)]
-    assert parse_sentinels("[fe80::1]") == [("fe80::1", 26379)]
+    assert parse_addresses("a,b:1") == [("a", 26379), ("b", 1)]
+    assert parse_addresses("[fe80::1]") == [("fe80::1", 26379)]
     assert parse_master("/m") == ("m", 0) and parse_master("/m/5") == ("m", 5)
     with pytest.raises(ValueError):
-        parse_sentinels("[::1]x")
+        parse_addresses("[::1]x")
 
 
 def test_role_replies_name_the_role() -> None:

@@ -64,7 +64,7 @@ def test_workers_share_the_port_restart_and_stop_together(twistd, flushed_redis)
         client = RawSocket(proc.port)
         client.join_ok("room", token("room", f"user{n}"))
         clients.append(client)
-    entries = redis.hgetall("tangram-channel:presence:room")
+    entries = redis.hgetall("{tangram-channel}:presence:room")
     nodes = {node_of(value) for value in entries.values()}
     assert len(entries) == 12
     assert len(nodes) == 2, "the kernel spread the sockets over both workers"
@@ -74,7 +74,7 @@ def test_workers_share_the_port_restart_and_stop_together(twistd, flushed_redis)
     _, state = newcomer.join_ok("room", token("room", "newcomer"))
     assert set(state) == {f"user{n}" for n in range(12)} | {"newcomer"}
     newcomer.close()
-    wait_until(lambda: len(redis.hgetall("tangram-channel:presence:room")) == 12, what="newcomer withdrawn")
+    wait_until(lambda: len(redis.hgetall("{tangram-channel}:presence:room")) == 12, what="newcomer withdrawn")
 
     victim = sorted(workers)[0]
     os.kill(victim, signal.SIGKILL)
@@ -84,7 +84,7 @@ def test_workers_share_the_port_restart_and_stop_together(twistd, flushed_redis)
     # the survivor withdraws the dead node's presences
     survivors = wait_until(
         lambda: (lambda e: e if len({node_of(v) for v in e.values()}) == 1 else None)(
-            redis.hgetall("tangram-channel:presence:room")
+            redis.hgetall("{tangram-channel}:presence:room")
         ),
         what="dead node's presences withdrawn",
     )
@@ -93,7 +93,7 @@ def test_workers_share_the_port_restart_and_stop_together(twistd, flushed_redis)
     all_workers = worker_pids(proc.process.pid)
     assert proc.stop() == 0
     assert len(all_workers) == 2 and all(process_gone(pid) for pid in all_workers)  # the parent waited for them
-    assert redis.hgetall("tangram-channel:presence:room") == {}
+    assert redis.hgetall("{tangram-channel}:presence:room") == {}
     for client in clients:
         client.close()
 
@@ -111,7 +111,7 @@ def test_workers_stop_when_the_parent_is_killed(twistd, flushed_redis):
     wait_until(lambda: all(process_gone(pid) for pid in workers), what="the workers gone")
     # they shut down cleanly (their log went to the dead parent): presence withdrawn,
     # the socket closed with 1012
-    assert flushed_redis.client().hgetall("tangram-channel:presence:room") == {}
+    assert flushed_redis.client().hgetall("{tangram-channel}:presence:room") == {}
     assert client.close_code() == 1012
     client.close()
 
