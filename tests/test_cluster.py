@@ -6,7 +6,6 @@ them: the primary of the presence slot, or the node a subscriber is on.
 
 from __future__ import annotations
 
-import signal
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ from .conftest import RedisServer, free_port
 from .live import RawSocket, reply_reason, start_twistd, token
 from .presence_view import truth
 from .sentinels import Recorder
-from .test_sentinel import TOPIC, broadcast_reaches, cli, health, metric, push_ok
+from .test_sentinel import TOPIC, assert_unreachable_url_is_named_masked, broadcast_reaches, cli, health, metric, push_ok
 from .waiting import wait_until
 
 RECOVERY = 10.0  # seconds from the promotion (or the kill), as the issue asks
@@ -172,26 +171,14 @@ def test_killing_the_node_a_subscriber_is_on_moves_the_subscriber(twistd, cluste
 
 def test_a_cluster_url_without_a_node_is_named_with_its_password_masked(twistd):
     """No node answers: one error line naming the URL (password hidden), no traceback; 503; the CLI says one line."""
-    port = free_port()
     dead = free_port()
-    url = f"redis+cluster://tangram:hunter2@no-such-node.invalid:7000,127.0.0.1:{dead}"
-    proc = twistd("--redis-url", url, "--listen", f"tcp:{port}:interface=127.0.0.1", "--embedded-redis", "false",
-                  port=port, env={"TANGRAM_CHANNEL_JWT_SECRET": "x" * 40})
-    proc.wait_for_log("no Redis Cluster node named the primary")
-    log = proc.log()
-    line = next(line for line in log.splitlines() if "no Redis Cluster node named the primary" in line)
-    assert f"redis+cluster://tangram:***@no-such-node.invalid:7000,127.0.0.1:{dead}" in line, line
-    assert "no-such-node.invalid:7000: " in line and f"127.0.0.1:{dead}: " in line, line
-    assert "hunter2" not in log and "Traceback" not in log, log
-    code, body = health(port)
-    assert code == 503 and body["redis"]["connected"] is False
-    assert proc.stop(signal.SIGTERM) == 0
-
-    refused = cli("publish", "--redis-url", url, TOPIC, "event", "{}")
-    assert refused.returncode == 1 and refused.stdout == "", refused
-    assert refused.stderr.startswith("tangram-channel: Redis at redis+cluster://tangram:***@no-such-node.invalid")
-    assert "no Redis Cluster node named the primary" in refused.stderr and len(refused.stderr.splitlines()) == 1
-    assert "hunter2" not in refused.stderr
+    assert_unreachable_url_is_named_masked(
+        twistd,
+        f"redis+cluster://tangram:hunter2@no-such-node.invalid:7000,127.0.0.1:{dead}",
+        f"redis+cluster://tangram:***@no-such-node.invalid:7000,127.0.0.1:{dead}",
+        "no Redis Cluster node named the primary",
+        "no Redis Cluster node named the primary",
+    )
 
 
 def test_a_plain_redis_server_is_not_a_cluster(twistd, own_redis: RedisServer):

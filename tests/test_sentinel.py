@@ -163,18 +163,20 @@ def test_a_failover_under_two_processes_restores_broadcasts_presence_and_pushes(
     assert published.returncode == 0 and "(2 service connections received it)" in published.stdout, published
 
 
-def test_a_sentinel_url_without_a_primary_is_named_with_its_password_masked(twistd, tmp_path):
-    """No sentinel answers: one error line naming the URL (password hidden), no traceback; 503."""
+def assert_unreachable_url_is_named_masked(twistd, url: str, shown: str, problem: str, cli_problem: str) -> None:
+    """
+    Nothing at ``url`` answers: the service logs one line naming it as ``shown`` (password
+    masked) with each address's reason, no traceback, and answers 503; the CLI says one line.
+    """
     port = free_port()
-    dead = free_port()
-    url = f"redis+sentinel://tangram:hunter2@no-such-sentinel.invalid:26379,127.0.0.1:{dead}/{MASTER}"
     proc = twistd("--redis-url", url, "--listen", f"tcp:{port}:interface=127.0.0.1", "--embedded-redis", "false",
                   port=port, env={"TANGRAM_CHANNEL_JWT_SECRET": "x" * 40})
-    proc.wait_for_log("no sentinel named a primary")
+    proc.wait_for_log(problem)
     log = proc.log()
-    line = next(line for line in log.splitlines() if "no sentinel named a primary" in line)
-    assert f"redis+sentinel://tangram:***@no-such-sentinel.invalid:26379,127.0.0.1:{dead}/{MASTER}/0" in line
-    assert "no-such-sentinel.invalid:26379: " in line and f"127.0.0.1:{dead}: " in line, line
+    line = next(line for line in log.splitlines() if problem in line)
+    assert shown in line, line
+    for address in shown.split("@", 1)[1].split("/", 1)[0].split(","):
+        assert f"{address}: " in line, line
     assert "hunter2" not in log and "Traceback" not in log, log
     code, body = health(port)
     assert code == 503 and body["redis"]["connected"] is False
@@ -182,9 +184,21 @@ def test_a_sentinel_url_without_a_primary_is_named_with_its_password_masked(twis
 
     refused = cli("publish", "--redis-url", url, TOPIC, "event", "{}")
     assert refused.returncode == 1 and refused.stdout == "", refused
-    assert refused.stderr.startswith("tangram-channel: Redis at redis+sentinel://tangram:***@no-such-sentinel.invalid")
-    assert "no sentinel named a primary for 'mymaster'" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert refused.stderr.startswith(f"tangram-channel: Redis at {shown.split(',', 1)[0]}")
+    assert cli_problem in refused.stderr and len(refused.stderr.splitlines()) == 1
     assert "hunter2" not in refused.stderr
+
+
+def test_a_sentinel_url_without_a_primary_is_named_with_its_password_masked(twistd):
+    """No sentinel answers: one error line naming the URL (password hidden), no traceback; 503."""
+    dead = free_port()
+    assert_unreachable_url_is_named_masked(
+        twistd,
+        f"redis+sentinel://tangram:hunter2@no-such-sentinel.invalid:26379,127.0.0.1:{dead}/{MASTER}",
+        f"redis+sentinel://tangram:***@no-such-sentinel.invalid:26379,127.0.0.1:{dead}/{MASTER}/0",
+        "no sentinel named a primary",
+        "no sentinel named a primary for 'mymaster'",
+    )
 
 
 def test_with_no_replica_to_confirm_a_push_is_answered_not_replicated(twistd, own_redis):

@@ -103,7 +103,8 @@ def test_a_new_connection_is_paused_while_the_queue_is_still_full() -> None:
     assert fresh.producerState == "producing"
 
 
-def test_an_error_in_the_consumer_does_not_stall_the_queue() -> None:
+def queue_with_a_bad_message() -> tuple[PendingMessages[str], list[list[str]], Clock]:
+    """A queue holding "bad", whose delivery raises, then "good"."""
     clock, delivered = Clock(), []
 
     def deliver(items: list[str]) -> None:
@@ -114,6 +115,11 @@ def test_an_error_in_the_consumer_does_not_stall_the_queue() -> None:
     pending = PendingMessages(clock, deliver, 1000, Metrics(), slice_bytes=10)
     pending.add("bad", 10)
     pending.add("good", 10)
+    return pending, delivered, clock
+
+
+def test_an_error_in_the_consumer_does_not_stall_the_queue() -> None:
+    pending, delivered, clock = queue_with_a_bad_message()
     with pytest.raises(ValueError):
         turn(clock)
     turn(clock)
@@ -136,16 +142,7 @@ def test_when_a_read_is_over_its_first_slice_goes_in_the_same_turn() -> None:
 
 
 def test_an_error_in_the_consumer_when_a_read_is_over_is_logged_and_the_queue_goes_on() -> None:
-    clock, delivered = Clock(), []
-
-    def deliver(items: list[str]) -> None:
-        delivered.append(items)
-        if items == ["bad"]:
-            raise ValueError("consumer failed")
-
-    pending = PendingMessages(clock, deliver, 1000, Metrics(), slice_bytes=10)
-    pending.add("bad", 10)
-    pending.add("good", 10)
+    pending, delivered, clock = queue_with_a_bad_message()
     with captured_log() as lines:
         pending.read_over()
     assert any("handing on messages from Redis" in line and "consumer failed" in line for line in lines)
