@@ -16,7 +16,16 @@ from .conftest import RedisServer, free_port
 from .live import RawSocket, reply_reason, start_twistd, token
 from .presence_view import truth
 from .sentinels import Recorder
-from .test_sentinel import TOPIC, assert_unreachable_url_is_named_masked, broadcast_reaches, cli, health, metric, push_ok
+from .test_sentinel import (
+    TOPIC,
+    assert_unreachable_url_is_named_masked,
+    broadcast_reaches,
+    cli,
+    health,
+    metric,
+    newcomers_presence,
+    push_ok,
+)
 from .waiting import wait_until
 
 RECOVERY = 10.0  # seconds from the promotion (or the kill), as the issue asks
@@ -66,7 +75,8 @@ def recovered(nodes: list[Any], clients: dict[str, tuple[RawSocket, str]], prima
         on_primary = (200, f"127.0.0.1:{primary.port}")
         wait_until(lambda: (lambda answer: (answer[0], answer[1]["redis"]["address"]))(health(node.port)) == on_primary,
                    max(0.1, since + RECOVERY - time.monotonic()), "the process on the presence slot's primary")
-        _, state = RawSocket(node.port).join_ok(TOPIC, token(TOPIC, f"late{i}"))
+        state = wait_until(lambda: newcomers_presence(node.port, f"late{i}"),
+                           max(0.1, since + RECOVERY - time.monotonic()), "a newcomer's join")
         assert everyone <= set(state), state
     for name, (client, join_ref) in clients.items():
         assert push_ok(client, join_ref, f"after-{name}")
