@@ -34,8 +34,13 @@ def text_of(element_id: str) -> str:
 
 
 async def log_in(browser: Browser, token: str) -> None:
-    """Type the token into the page's form and press Connect, as an operator does."""
-    await browser.wait_for("document.getElementById('token') !== null", what="the login form")
+    """Type the token into the page's form and press Connect, as an operator does.
+
+    The form is parsed before the script that handles it, and through a proxy the page can
+    arrive in two reads: a click before the script has run is lost, so wait for the parse."""
+    await browser.wait_for(
+        "document.getElementById('token') !== null && document.readyState !== 'loading'", what="the form and its script"
+    )
     await browser.evaluate(
         f"document.getElementById('token').value = {json.dumps(token)}; document.getElementById('connect').click()"
     )
