@@ -37,7 +37,7 @@ from OpenSSL import SSL, crypto
 from zope.interface import implementer, provider
 
 from . import outputlimit
-from .cluster import DEFAULT_PORT as CLUSTER_PORT, ClusterNodes, redirection
+from .cluster import DEFAULT_PORT as CLUSTER_PORT, ClusterNodes, Redirected, redirection
 from .config import mask_url
 from .errors import RedisTimeout, RedisUnavailable, unless_unavailable
 from .logs import ThrottledLog
@@ -465,6 +465,8 @@ class RedisBridge(MultiService):
         self.failovers: list[dict[str, Any]] = []
         self._cluster: ClusterNodes | None = None
         self._slot_primary: PrimaryEndpoint | None = None  # a cluster's commands endpoint
+        self._redirected: Redirected | None = None  # where a cluster's redirections send commands
+        self._moved_to: Address | None = None  # the primary a MOVED named, until the commands reconnect
         self._named_elsewhere: Address | None = None  # the other primary the last check heard of
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0)
         commands, subscriber = self._endpoints(reactor, url, retry)
@@ -490,10 +492,12 @@ class RedisBridge(MultiService):
         for failovers; or in a cluster the primary of the presence slot, and any node.
         """
         if url.cluster_nodes:
-            self._cluster = ClusterNodes(
-                reactor, url.cluster_nodes, lambda address: connect_once(reactor, url.at(address)),
-                timeout=self.timeout,
-            )
+
+            def connect(address: Address) -> Any:
+                return connect_once(reactor, url.at(address))
+
+            self._cluster = ClusterNodes(reactor, url.cluster_nodes, connect, timeout=self.timeout)
+            self._redirected = Redirected(reactor, connect, self._send_again, self.timeout)
 
             def at(address: Address) -> IStreamClientEndpoint:
                 return url.at(address).endpoint(reactor)
@@ -580,6 +584,7 @@ class RedisBridge(MultiService):
 
     def _commands_ready(self, conn: Any) -> None:
         self._commands = conn
+        self._moved_to = None
         conn.whenDisconnected().addCallback(self._lost, "_commands")
         self._maybe_up()
 
@@ -904,32 +909,44 @@ class RedisBridge(MultiService):
                 d = conn.execute_command(*command)
             except txredisapi.ConnectionError:
                 pass
+        if d is None and self._moved_to is not None and self._redirected is not None:
+            # reconnecting to the primary a MOVED named: meanwhile the commands go to it directly
+            d = self._redirected.send(self._moved_to, command)
         if d is None:
             if answered is not None:
                 answered()
             return defer.fail(RedisUnavailable())
-        if self._cluster is not None:
-            d.addErrback(self._redirected, conn)
+        if self._redirected is not None:
+            d.addErrback(self._moved, conn, command)
         return self._within_timeout(d.addErrback(_unavailable_on_connection_error), answered)
 
-    def _redirected(self, failure: Failure, conn: Any) -> Failure:
+    def _moved(self, failure: Failure, conn: Any, command: tuple[Any, ...]) -> Any:
         """
-        ``MOVED``: the presence slot has another primary (a failover, a resharding) and
-        the command connection goes there, by asking the node named first. ``ASK``: the
-        slot is being migrated; the command fails as with Redis away, to be tried again.
+        A cluster's redirection, followed (see ``cluster.Redirected``); on ``MOVED`` the
+        presence slot has another primary (a failover, a resharding), and the command
+        connection goes there too, by asking the node named first.
         """
         failure.trap(txredisapi.ResponseError)
         to = redirection(failure.getErrorMessage())
         if to is None:
             return failure
         kind, address = to
-        assert self._cluster is not None
+        assert self._cluster is not None and self._redirected is not None
         if kind == "MOVED" and conn is self._commands:
+            assert address is not None
             self._cluster.to_front(address)
+            self._moved_to = address
             self._errors.emit("moved", "Redis Cluster moved the presence slot to {address}; following it",
                               address=show(address))
             conn.transport.loseConnection()
-        return Failure(RedisUnavailable())
+        return self._redirected.follow(kind, address, command, 0, self._clock.seconds() + self.timeout)
+
+    def _send_again(self, *command: Any) -> defer.Deferred[Any]:
+        """A command on the command connection again, its answer not yet timed (its first sending's is)."""
+        conn = self._commands
+        if conn is None:
+            return defer.fail(RedisUnavailable())
+        return defer.maybeDeferred(conn.execute_command, *command)
 
     def _within_timeout(
         self, answer: defer.Deferred[Any], answered: Callable[[], None] | None = None
@@ -1018,7 +1035,12 @@ class RedisBridge(MultiService):
         else:
             answered.callback(None)
         answered.addTimeout(3, self._clock, onTimeoutCancel=lambda result, timeout: None)
-        return answered.addCallback(lambda _: super(RedisBridge, self).stopService())
+        return answered.addCallback(self._stop_connections)
+
+    def _stop_connections(self, _: None) -> defer.Deferred[None]:
+        if self._redirected is not None:
+            self._redirected.close()
+        return super().stopService()
 
 
 async def connect_once(reactor: Any, url: RedisURL, subscriber: bool = False) -> Any:

@@ -11,9 +11,13 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from txredisapi import ResponseError
 
 from tangram_channel.bus import RedisURL
-from tangram_channel.cluster import ClusterNodes, nodes_of, owner, redirection
+from tangram_channel.cluster import (
+    MAX_REDIRECTIONS, REDIRECTED_IDLE, TRYAGAIN_FIRST_WAIT, ClusterNodes, Redirected, nodes_of, owner, redirection,
+)
+from tangram_channel.errors import RedisUnavailable
 from tangram_channel.naming import CHANNELS_KEY, HEALTH_KEY, NODES_KEY, KEY_PREFIX, node_key, presence_key
 from tangram_channel.sentinel import NoPrimary
 
@@ -75,6 +79,7 @@ def test_redirections_name_their_kind_and_node() -> None:
     assert redirection("ASK 3999 [::1]:6381") == ("ASK", ("::1", 6381))
     assert redirection("ERR unknown command") is None
     assert redirection("MOVED 3999 nowhere") is None
+    assert redirection("TRYAGAIN Multiple keys request during rehashing of slot") == ("TRYAGAIN", None)
 
 
 class FakeNode:
@@ -120,3 +125,119 @@ def test_nodes_are_asked_in_turn_and_every_node_named_is_asked_later() -> None:
     message = failure.getErrorMessage()
     assert message.startswith("no Redis Cluster node named the primary of the presence slot")
     assert "s1:1: Connection was refused" in message and "s2:2: no primary serves the presence slot" in message
+
+
+class ScriptedNode:
+    """A node's command connection that answers each command from ``answers`` in turn, and records them."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.sent: list[tuple[Any, ...]] = []
+        self.transport = self
+        self.closed = False
+
+    def loseConnection(self) -> None:
+        self.closed = True
+
+    def execute_command(self, *command: Any) -> defer.Deferred[Any]:
+        self.sent.append(command)
+        if command == ("ASKING",):
+            return defer.succeed("OK")
+        answer = self.answers.pop(0)
+        return defer.fail(answer) if isinstance(answer, Exception) else defer.succeed(answer)
+
+
+def redirected(nodes: dict[tuple[str, int], ScriptedNode], primary: ScriptedNode, clock: Clock) -> Redirected:
+    opened: list[tuple[str, int]] = []
+
+    def connect(address: tuple[str, int]) -> defer.Deferred[Any]:
+        opened.append(address)
+        return defer.succeed(nodes[address])
+
+    following = Redirected(clock, connect, primary.execute_command, timeout=5)
+    following.opened = opened  # type: ignore[attr-defined]
+    return following
+
+
+def outcome(d: Any) -> Any:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    (result,) = results
+    return result
+
+
+def test_ask_sends_the_command_after_asking_to_the_node_named_on_one_connection() -> None:
+    clock = Clock()
+    target = ScriptedNode("first", "second")
+    following = redirected({("n2", 7001): target}, ScriptedNode(), clock)
+    assert outcome(following.follow("ASK", ("n2", 7001), ("EVALSHA", "x", 1, "k"), 0, 5)) == "first"
+    assert outcome(following.follow("ASK", ("n2", 7001), ("GET", "k"), 0, 5)) == "second"
+    assert target.sent == [("ASKING",), ("EVALSHA", "x", 1, "k"), ("ASKING",), ("GET", "k")]
+    assert following.opened == [("n2", 7001)]  # type: ignore[attr-defined]
+    clock.advance(REDIRECTED_IDLE)  # unused that long: closed
+    assert target.closed
+
+
+def test_moved_sends_the_command_to_the_new_primary_without_asking() -> None:
+    target = ScriptedNode(7)
+    following = redirected({("n3", 7002): target}, ScriptedNode(), Clock())
+    assert outcome(following.follow("MOVED", ("n3", 7002), ("PUBLISH", "c", "m"), 0, 5)) == 7
+    assert target.sent == [("PUBLISH", "c", "m")]
+
+
+def test_another_node_named_replaces_the_connection() -> None:
+    first, second = ScriptedNode("a"), ScriptedNode("b")
+    following = redirected({("n1", 1): first, ("n2", 2): second}, ScriptedNode(), Clock())
+    outcome(following.follow("ASK", ("n1", 1), ("GET", "k"), 0, 5))
+    assert outcome(following.follow("ASK", ("n2", 2), ("GET", "k"), 0, 5)) == "b"
+    assert first.closed and not second.closed
+
+
+def test_tryagain_waits_and_resends_on_the_command_connection_until_it_is_answered() -> None:
+    clock = Clock()
+    rehashing = ResponseError("TRYAGAIN Multiple keys request during rehashing of slot")
+    primary = ScriptedNode(rehashing, rehashing, "done")
+    following = redirected({}, primary, clock)
+    answer: list[Any] = []
+    following.follow("TRYAGAIN", None, ("EVALSHA", "x", 2, "a", "b"), 0, 5).addBoth(answer.append)
+    assert answer == [] and primary.sent == []
+    clock.advance(TRYAGAIN_FIRST_WAIT)
+    assert primary.sent == [("EVALSHA", "x", 2, "a", "b")] and answer == []
+    clock.advance(TRYAGAIN_FIRST_WAIT * 2)  # the wait doubles
+    assert len(primary.sent) == 2 and answer == []
+    clock.advance(TRYAGAIN_FIRST_WAIT * 4)
+    assert answer == ["done"]
+
+
+def test_a_command_redirected_in_circles_fails_as_with_redis_away() -> None:
+    clock = Clock()
+    ask_back = [ResponseError("ASK 1 n2:2")] * (MAX_REDIRECTIONS + 1)
+    following = redirected({("n2", 2): ScriptedNode(*ask_back)}, ScriptedNode(), clock)
+    failure = outcome(following.follow("ASK", ("n2", 2), ("GET", "k"), 0, 5))
+    assert failure.check(RedisUnavailable)
+
+
+def test_a_command_is_not_followed_past_its_deadline() -> None:
+    clock = Clock()
+    rehashing = ResponseError("TRYAGAIN Multiple keys request during rehashing of slot")
+    following = redirected({}, ScriptedNode(*[rehashing] * 100), clock)
+    answer: list[Any] = []
+    following.follow("TRYAGAIN", None, ("GET", "k"), 0, give_up_at=1.0).addBoth(answer.append)
+    clock.pump([0.1] * 20)
+    (failure,) = answer
+    assert failure.check(RedisUnavailable)
+    assert clock.getDelayedCalls() == []
+
+
+def test_closing_fails_the_commands_waiting_for_the_connection() -> None:
+    pending: defer.Deferred[Any] = defer.Deferred()
+    following = Redirected(Clock(), lambda address: pending, ScriptedNode().execute_command, timeout=5)
+    answer: list[Any] = []
+    following.follow("ASK", ("n2", 2), ("GET", "k"), 0, 5).addBoth(answer.append)
+    assert answer == []
+    following.close()
+    (failure,) = answer
+    assert failure.check(RedisUnavailable)
+    late = ScriptedNode()
+    pending.callback(late)  # connected after all: closed at once
+    assert late.closed
