@@ -57,6 +57,8 @@ FAILOVERS_KEPT = 10  # the last failovers, for /healthz; all are counted in /met
 # how often a cluster's nodes are asked who holds the presence slot: a primary that hangs
 # (or is cut off) rather than dies closes no connection, and answers no MOVED until it is back
 CLUSTER_CHECK_INTERVAL = 1.0
+# PING's answer on a subscriber connection, subscribed (RESP2) or not yet
+PONGS = ([b"pong", b""], ["pong", ""], b"PONG", "PONG")
 
 # what the subscriber's socket reads a reactor turn (Twisted reads 64 KiB): as much as
 # Redis has written since, so a turn spent handing a large message on costs no reading
@@ -346,6 +348,11 @@ class _Commands(_ReportsEarlyLoss, txredisapi.RedisProtocol):
 class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
     on_message: Callable[[bytes, bytes, bytes], None] = staticmethod(lambda pattern, channel, message: None)
     on_read_over: Callable[[], None] = staticmethod(lambda: None)
+    reads = 0  # how many times the socket was read: a count that stands still says Redis is silent
+
+    def probe(self) -> None:
+        """A ``PING`` whose answer nobody waits for: any read after it says the server is there."""
+        self.transport.write(b"PING\r\n")
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
         """
@@ -354,6 +361,7 @@ class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
         (nothing to convert here: no charset, no numbers) and tests it for transactions
         and subscription replies, several calls per message that W5's profile showed.
         """
+        self.reads += 1
         reader = getattr(self, "_reader", None)
         if reader is None:  # txredisapi without hiredis: its own parser
             super().dataReceived(data, unpause)
@@ -389,6 +397,8 @@ class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
         # would cut a replica's ROLE answer (asked before subscribing) to its last three
         if is_role_reply(reply):
             self.replyQueue.put(reply)
+        elif reply in PONGS:  # a probe's answer (subscribed or not): no command waits for it
+            return
         else:
             super().replyReceived(reply)
 
@@ -468,6 +478,8 @@ class RedisBridge(MultiService):
         self._redirected: Redirected | None = None  # where a cluster's redirections send commands
         self._moved_to: Address | None = None  # the primary a MOVED named, until the commands reconnect
         self._named_elsewhere: Address | None = None  # the other primary the last check heard of
+        self._subscriber_reads = 0  # the subscriber's reads at the last check
+        self._silent_since: float | None = None  # when the subscriber was last found silent, and probed
         retry = backoffPolicy(initialDelay=0.1, maxDelay=2.0)
         commands, subscriber = self._endpoints(reactor, url, retry)
         self._connections = {
@@ -503,9 +515,10 @@ class RedisBridge(MultiService):
                 return url.at(address).endpoint(reactor)
 
             self._slot_primary = PrimaryEndpoint(self._cluster, at, self._refused)
-            check = TimerService(CLUSTER_CHECK_INTERVAL, self._check_slot_owner)
-            check.clock = reactor
-            check.setServiceParent(self)
+            for each_second in (self._check_slot_owner, self._check_subscriber):
+                check = TimerService(CLUSTER_CHECK_INTERVAL, each_second)
+                check.clock = reactor
+                check.setServiceParent(self)
             return self._slot_primary, Rotation(self._cluster.addresses, at)
         if url.master_name is None:
             return url.endpoint(reactor), url.endpoint(reactor)
@@ -670,6 +683,29 @@ class RedisBridge(MultiService):
         if self._commands is None or self._cluster is None:  # not connected: each attempt asks anyway
             return None
         return self._cluster.primary().addCallbacks(self._slot_owner, lambda failure: None)
+
+    def _check_subscriber(self) -> None:
+        """
+        Leave a subscriber's node that has said nothing for ``timeout`` seconds since a
+        probe. In a cluster the subscriber may sit on another node than the commands:
+        one that hangs or is cut off closes nothing and answers no command, and without
+        this its broadcasts would stop for good. A subscriber whose reading is paused
+        (the queue of messages to deliver is full) is not judged.
+        """
+        conn = self._subscriber
+        if conn is None or self._pending.paused or conn.reads != self._subscriber_reads:
+            self._subscriber_reads = conn.reads if conn is not None else 0
+            self._silent_since = None
+            return
+        now = self._clock.seconds()
+        if self._silent_since is None:
+            self._silent_since = now
+            conn.probe()
+        elif now - self._silent_since >= self.timeout:
+            log.warn("the subscriber's Redis at {address} gave no answer within {timeout} s; leaving it",
+                     address=_peer(conn), timeout=self.timeout)
+            self._silent_since = None
+            conn.transport.abortConnection()
 
     def _slot_owner(self, owner: Address) -> None:
         """

@@ -220,17 +220,18 @@ class PrimaryEndpoint:
 @implementer(IStreamClientEndpoint)
 class Rotation:
     """
-    Each connection attempt to the next of several addresses: one sentinel (or cluster
-    node) down, try the next. ``addresses`` is read at each attempt, so a list that
-    grows (the nodes a cluster names) is followed.
+    Each connection attempt to the address after the one tried last: one sentinel (or
+    cluster node) down, try the next. ``addresses`` is read at each attempt, so a list
+    that grows or is reordered (the nodes a cluster names, the one that answered moved to
+    the front) is followed, and the node just left is not the next one tried.
     """
 
     def __init__(self, addresses: list[Address], endpoint_at: Callable[[Address], IStreamClientEndpoint]) -> None:
         self._addresses = addresses
         self._endpoint_at = endpoint_at
-        self._next = 0
+        self._last: Address | None = None
 
     def connect(self, protocolFactory: Any) -> defer.Deferred[Any]:
-        address = self._addresses[self._next % len(self._addresses)]
-        self._next += 1
+        after = self._addresses.index(self._last) + 1 if self._last in self._addresses else 0
+        self._last = address = self._addresses[after % len(self._addresses)]
         return self._endpoint_at(address).connect(protocolFactory)

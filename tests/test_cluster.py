@@ -179,6 +179,38 @@ def test_killing_the_node_a_subscriber_is_on_moves_the_subscriber(twistd, cluste
         assert "Traceback" not in log, log
 
 
+def test_a_subscriber_whose_node_hangs_moves_to_another_node(twistd, cluster):
+    """
+    SIGSTOP of the replica the subscriber is on closes nothing and starts no failover:
+    the node hears nothing after a probe, leaves it within redis_timeout (default
+    settings), and broadcasts reach the old sockets again within 10 s, while the frozen
+    node is still frozen.
+    """
+    presence = cluster.presence_primary()
+    frozen = next(node for node in cluster.nodes if node.client().info("replication")["role"] == "slave")
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in [
+        frozen, *(node for node in cluster.nodes if node is not frozen)])
+    node = start_twistd(twistd, "--redis-url", url, datetime_interval=0)
+    assert health(node.port)[1]["redis"]["subscriber"] == f"127.0.0.1:{frozen.port}"
+    clients = joined([node])
+    redis = presence.client()
+    with frozen.frozen():
+        since = time.monotonic()
+        n = 0
+        for name, (client, _) in clients.items():
+            while not broadcast_reaches(redis, client, n):
+                assert time.monotonic() - since < RECOVERY, f"{name} got no broadcast"
+                n += 1
+            n += 1
+        print(f"\nbroadcasts back {time.monotonic() - since:.2f}s after the subscriber's node froze")
+        subscriber = health(node.port)[1]["redis"]["subscriber"]
+        assert subscriber not in (None, f"127.0.0.1:{frozen.port}")
+    log = node.log()
+    assert f"the subscriber's Redis at 127.0.0.1:{frozen.port} gave no answer within 5.0 s; leaving it" in log, log
+    assert f"the subscriber moved from 127.0.0.1:{frozen.port} to {subscriber}" in log, log
+    assert "Traceback" not in log, log
+
+
 def test_a_cluster_url_without_a_node_is_named_with_its_password_masked(twistd):
     """No node answers: one error line naming the URL (password hidden), no traceback; 503; the CLI says one line."""
     dead = free_port()

@@ -17,7 +17,7 @@ from tangram_channel.bus import RedisURL
 from tangram_channel.config import Config, mask_url
 from tangram_channel.errors import NotReplicated, RedisUnavailable, reason
 from tangram_channel.replicas import ReplicaWait
-from tangram_channel.sentinel import NoPrimary, Sentinels, parse_addresses, parse_master, role_of, switched
+from tangram_channel.sentinel import NoPrimary, Rotation, Sentinels, parse_addresses, parse_master, role_of, switched
 
 
 def test_a_sentinel_url_names_its_sentinels_master_database_and_credentials() -> None:
@@ -208,3 +208,26 @@ def test_a_wait_redis_could_not_answer_fails_its_publishes_as_unavailable() -> N
     failures: list[Any] = []
     d.addErrback(failures.append)
     assert reason(failures[0]) == "redis unavailable"
+
+
+def test_a_rotation_tries_the_address_after_the_one_it_left_even_when_the_list_is_reordered() -> None:
+    addresses = [("a", 1), ("b", 2), ("c", 3)]
+    tried: list[tuple[str, int]] = []
+
+    class Endpoint:
+        def __init__(self, address: tuple[str, int]) -> None:
+            self.address = address
+
+        def connect(self, factory: Any) -> defer.Deferred[Any]:
+            tried.append(self.address)
+            return defer.succeed(None)
+
+    rotation = Rotation(addresses, Endpoint)  # type: ignore[arg-type]
+    rotation.connect(None)
+    rotation.connect(None)
+    addresses.insert(0, addresses.pop(2))  # "c" answered a cluster query: moved to the front
+    rotation.connect(None)  # after "b", now last: the front one, not "b" once more
+    addresses.append(("d", 4))  # a node the cluster named
+    rotation.connect(None)
+    rotation.connect(None)
+    assert tried == [("a", 1), ("b", 2), ("c", 3), ("a", 1), ("b", 2)]
