@@ -18,13 +18,16 @@ from .presence_view import truth
 from .sentinels import Recorder
 from .test_sentinel import (
     TOPIC,
+    acknowledged_pushes,
     assert_unreachable_url_is_named_masked,
     broadcast_reaches,
     cli,
     health,
+    joined,
     metric,
     newcomers_presence,
     push_ok,
+    two_processes_on,
 )
 from .waiting import wait_until
 
@@ -39,18 +42,6 @@ def cluster(redis_binary, tmp_path):
         yield deployment
     finally:
         deployment.stop()
-
-
-def joined(nodes: list[Any]) -> dict[str, tuple[RawSocket, str]]:
-    """Two clients joined on each service process, by name."""
-    clients = {}
-    for i, node in enumerate(nodes):
-        for j in range(2):
-            client = RawSocket(node.port)
-            name = f"n{i}c{j}"
-            join_ref, _ = client.join_ok(TOPIC, token(TOPIC, name))
-            clients[name] = (client, join_ref)
-    return clients
 
 
 def recovered(nodes: list[Any], clients: dict[str, tuple[RawSocket, str]], primary: RedisServer, since: float) -> float:
@@ -95,24 +86,11 @@ def test_killing_the_presence_slots_primary_restores_broadcasts_presence_and_pus
     is set and said to have no effect: the bus, not replication, carries a PUBLISH.
     """
     primary = cluster.presence_primary()
-    nodes = [
-        start_twistd(twistd, "--redis-url", cluster.url(), datetime_interval=0, redis_wait_replicas=1)
-        for _ in range(2)
-    ]
-    for node in nodes:
-        node.wait_for_log(f"127.0.0.1:{primary.port}, master")
-        code, body = health(node.port)
-        assert code == 200 and body["redis"]["address"] == f"127.0.0.1:{primary.port}", body
-        assert body["redis"]["role"] == "master" and body["redis"]["failovers"] == []
+    nodes = two_processes_on(twistd, cluster.url(), primary)
     clients = joined(nodes)
     recorders = {replica.port: Recorder(replica.port) for replica in cluster.replicas_of(primary)}
     assert recorders
-    acknowledged = []
-    for name, (client, join_ref) in clients.items():
-        for k in range(10):
-            marker = f"before-{name}-{k}"
-            assert push_ok(client, join_ref, marker)
-            acknowledged.append(marker)
+    acknowledged = acknowledged_pushes(clients)
 
     primary.kill()  # SIGKILL
     promoted = wait_until(lambda: cluster.promoted(primary), 30, "a replica promoted for the presence slot")

@@ -82,6 +82,40 @@ def broadcast_reaches(redis: Any, client: RawSocket, n: int) -> bool:
     return True
 
 
+def two_processes_on(twistd: Any, url: str, primary: RedisServer) -> list[Any]:
+    """Two service processes on ``url`` with ``redis_wait_replicas = 1``, each checked to be on ``primary``."""
+    nodes = [start_twistd(twistd, "--redis-url", url, datetime_interval=0, redis_wait_replicas=1) for _ in range(2)]
+    for node in nodes:
+        node.wait_for_log(f"127.0.0.1:{primary.port}, master")
+        code, body = health(node.port)
+        assert code == 200 and body["redis"]["address"] == f"127.0.0.1:{primary.port}", body
+        assert body["redis"]["role"] == "master" and body["redis"]["failovers"] == []
+    return nodes
+
+
+def joined(nodes: list[Any]) -> dict[str, tuple[RawSocket, str]]:
+    """Two clients joined on each service process, by name."""
+    clients = {}
+    for i, node in enumerate(nodes):
+        for j in range(2):
+            client = RawSocket(node.port)
+            name = f"n{i}c{j}"
+            join_ref, _ = client.join_ok(TOPIC, token(TOPIC, name))
+            clients[name] = (client, join_ref)
+    return clients
+
+
+def acknowledged_pushes(clients: dict[str, tuple[RawSocket, str]]) -> list[str]:
+    """Ten pushes from each client, each answered ok: their markers."""
+    acknowledged = []
+    for name, (client, join_ref) in clients.items():
+        for k in range(10):
+            marker = f"before-{name}-{k}"
+            assert push_ok(client, join_ref, marker)
+            acknowledged.append(marker)
+    return acknowledged
+
+
 def newcomers_presence(port: int, name: str) -> dict[str, Any] | None:
     """
     The presence a newcomer joining now is shown; None if its join is refused, as it is
@@ -106,30 +140,11 @@ def test_a_failover_under_two_processes_restores_broadcasts_presence_and_pushes(
     primary (a plugin subscribed there saw it): with ``redis_wait_replicas = 1`` a push is
     answered once a replica has it, and Sentinel promotes the most advanced replica.
     """
-    nodes = [
-        start_twistd(twistd, "--redis-url", sentinel_set.url(), datetime_interval=0, redis_wait_replicas=1)
-        for _ in range(2)
-    ]
-    for node in nodes:
-        node.wait_for_log(f"127.0.0.1:{sentinel_set.primary.port}, master")
-        code, body = health(node.port)
-        assert code == 200 and body["redis"]["address"] == f"127.0.0.1:{sentinel_set.primary.port}", body
-        assert body["redis"]["role"] == "master" and body["redis"]["failovers"] == []
-    clients = {}
-    for i, node in enumerate(nodes):
-        for j in range(2):
-            client = RawSocket(node.port)
-            name = f"n{i}c{j}"
-            join_ref, _ = client.join_ok(TOPIC, token(TOPIC, name))
-            clients[name] = (client, join_ref)
+    nodes = two_processes_on(twistd, sentinel_set.url(), sentinel_set.primary)
+    clients = joined(nodes)
     # plugins subscribed on each replica: one of them becomes the primary
     recorders = {replica.port: Recorder(replica.port) for replica in sentinel_set.replicas}
-    acknowledged = []
-    for name, (client, join_ref) in clients.items():
-        for k in range(10):
-            marker = f"before-{name}-{k}"
-            assert push_ok(client, join_ref, marker)
-            acknowledged.append(marker)
+    acknowledged = acknowledged_pushes(clients)
 
     sentinel_set.primary.kill()  # SIGKILL
     old_port = sentinel_set.primary.port
