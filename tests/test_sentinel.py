@@ -82,6 +82,16 @@ def broadcast_reaches(redis: Any, client: RawSocket, n: int) -> bool:
     return True
 
 
+def broadcasts_back(redis: Any, clients: dict[str, tuple[RawSocket, str]], since: float) -> None:
+    """Numbered broadcasts published on ``redis`` until each client got one, within RECOVERY seconds of ``since``."""
+    n = 0
+    for name, (client, _) in clients.items():
+        while not broadcast_reaches(redis, client, n):
+            assert time.monotonic() - since < RECOVERY, f"{name} got no broadcast"
+            n += 1
+        n += 1
+
+
 def two_processes_on(twistd: Any, url: str, primary: RedisServer) -> list[Any]:
     """Two service processes on ``url`` with ``redis_wait_replicas = 1``, each checked to be on ``primary``."""
     nodes = [start_twistd(twistd, "--redis-url", url, datetime_interval=0, redis_wait_replicas=1) for _ in range(2)]
@@ -153,12 +163,7 @@ def test_a_failover_under_two_processes_restores_broadcasts_presence_and_pushes(
     new_primary = sentinel_set.server_at(sentinel_set.primary_port())
     redis = new_primary.client()
 
-    n = 0
-    for name, (client, _) in clients.items():
-        while not broadcast_reaches(redis, client, n):
-            assert time.monotonic() - promoted_at < RECOVERY, f"{name} got no broadcast"
-            n += 1
-        n += 1
+    broadcasts_back(redis, clients, promoted_at)
     everyone = set(clients)
     wait_until(lambda: set(truth(redis, TOPIC)) >= everyone,
                RECOVERY, "every member's presence on the new primary")
