@@ -38,6 +38,7 @@ from .protocol import PhoenixFactory
 from .bus import RedisBridge, RedisURL
 from .service import ChannelService, ProcessSetup
 from .tokens import TokenAuthority
+from .longpoll import LongPolls
 from .web import make_site
 from .workers import ParentWatch, ReusePortReactor, WorkerPool
 
@@ -344,6 +345,12 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         http_idle_timeout=config.http_idle_timeout,
         max_connections_per_ip=config.max_connections_per_ip,
         metrics=metrics,
+        longpolls=LongPolls(
+            poll_timeout=config.longpoll_poll_timeout,
+            session_timeout=config.longpoll_session_timeout,
+            max_per_ip=config.max_connections_per_ip,
+            metrics=metrics,
+        ),
     )
     listening_reactor = reactor
     if options["worker"]:

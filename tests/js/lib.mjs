@@ -16,6 +16,14 @@ export async function loadPhoenix(version = process.env.PHOENIX_VERSION) {
   return import(`phoenix${version}`);
 }
 
+/**
+ * The transport TRANSPORT names: "longpoll" is phoenix.js's own LongPoll (fetch under Node);
+ * anything else, the ws package's WebSocket.
+ */
+export function transportOf(phoenix) {
+  return process.env.TRANSPORT === "longpoll" ? phoenix.LongPoll : WebSocket;
+}
+
 /** The service's base URL (http://host:port), from SERVICE_URL. */
 export function serviceUrl() {
   const url = process.env.SERVICE_URL;
