@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from .conftest import JWT_SECRET
+from .e2e import forge_token
 from .jsdriver import PHOENIX_VERSIONS, channel_service  # noqa: F401
 
 pytestmark = pytest.mark.parametrize("phoenix", PHOENIX_VERSIONS)
@@ -29,4 +31,58 @@ def test_join_broadcast_and_pushes_with_acks(channel_service, phoenix):
     assert json.loads(listener.next("from:radar:custom_event")) == {"request_id": "r-1", "nested": {"a": [1, 2]}}
     assert driver.expect("pushed-binary")["status"] == "ok"
     assert listener.next("from:radar:arrow-batch") == bytes([0, 1, 2, 254, 255])
+    driver.finish()
+
+
+def test_presence_converges_across_long_poll_clients_and_tabs(channel_service, phoenix):
+    """
+    Presence over long polls: two clients agree, two tabs of one id are one key with two
+    metas, leaves shrink it. A long-poll client that disconnects says nothing: its
+    presence goes when its session expires, here after 2 s without a poll.
+    """
+    service = channel_service(longpoll_poll_timeout=0.5, longpoll_session_timeout=2)
+    driver = service.driver("phoenix_node.mjs", "presence", PHOENIX_VERSION=phoenix, TOPIC="room", TRANSPORT="longpoll")
+    converged = driver.expect("converged")
+    assert converged["alice"] == converged["bob"] == {"alice": 1, "bob": 2}
+    one_left = driver.expect("one-tab-left")
+    assert one_left["alice"] == one_left["bob"] == {"alice": 1, "bob": 1}
+    assert driver.expect("bob-gone")["alice"] == {"alice": 1}
+    events = driver.expect("events")["alice"]
+    assert [e for e in events if e[0] == "leave"] == [["leave", "bob", 1, 1], ["leave", "bob", 0, 1]]
+    driver.finish()
+
+
+def test_refused_joins_reach_a_long_poll_client_as_errors(channel_service, phoenix):
+    """A token for another channel gets "error" with a reason; the session stays up and a valid join follows."""
+    service = channel_service()
+    expired_token = forge_token(JWT_SECRET, "radar", "late", expires_in=-3600)
+    driver = service.driver(
+        "phoenix_node.mjs", "refused", PHOENIX_VERSION=phoenix, EXPIRED_TOKEN=expired_token, TRANSPORT="longpoll"
+    )
+    assert driver.expect("expired")["response"] == {"reason": "token expired"}
+    assert driver.expect("other-channel")["response"] == {"reason": "unauthorized"}
+    valid = driver.expect("valid")
+    assert valid["reply"]["status"] == "ok"
+    assert valid["connected"] is True
+    driver.finish()
+
+
+def test_long_poll_client_reconnects_and_rejoins_after_a_service_restart(channel_service, phoenix):
+    """After a restart the session is gone (410): phoenix.js opens a new one, rejoins, gets presence_state and broadcasts."""
+    service = channel_service()
+    driver = service.driver("phoenix_node.mjs", "restart", PHOENIX_VERSION=phoenix, TRANSPORT="longpoll")
+    assert driver.expect("join") == {"step": "join", "count": 1, "status": "ok"}
+    assert driver.expect("presence_state")["count"] == 1
+    redis = service.redis.client()
+    assert redis.publish("to:radar:news", '{"n": 1}') == 1
+    assert driver.expect("broadcast") == {"step": "broadcast", "count": 1, "payload": {"n": 1}}
+
+    service.restart()
+    driver.expect("close")
+    assert driver.expect("join") == {"step": "join", "count": 2, "status": "ok"}
+    state = driver.expect("presence_state")
+    assert state["count"] == 2 and len(state["keys"]) == 1
+    assert redis.publish("to:radar:news", '{"n": 2}') == 1
+    assert driver.expect("broadcast") == {"step": "broadcast", "count": 2, "payload": {"n": 2}}
+    driver.send("done")
     driver.finish()
