@@ -284,14 +284,12 @@ class LongPollConnection:
             body = envelope(204, self.token, [])
         else:
             body = envelope(status)
-        request.write(_json(request, body))
-        request.finish()
+        _finish(request, body)
 
     def _answer_post(self, status: int) -> None:
         request, self._post = self._post, None
         if request is not None:
-            request.write(_json(request, envelope(status)))
-            request.finish()
+            _finish(request, envelope(status))
 
     def _poll_ended(self, _: object, request: Request) -> None:
         if self._poll is request:  # the client went away while it waited
@@ -313,6 +311,13 @@ class LongPollConnection:
 
 def _text_size(burst: Burst, vsn: str) -> int:
     return sum(len(b.frame(vsn)) for b in burst.broadcasts if b.is_text)
+
+
+def _finish(request: Request, body: bytes) -> None:
+    """Answer a request that waited, with a length (not chunked), as a returned body would be."""
+    request.setHeader(b"content-length", b"%d" % len(body))
+    request.write(_json(request, body))
+    request.finish()
 
 
 def _json(request: Request, body: bytes) -> bytes:
