@@ -22,7 +22,8 @@ not read is closed), a POST spends the same message and byte budgets as frames r
 from a socket, and a session no poll came for in ``longpoll_session_timeout`` ends.
 Binary broadcasts cannot ride in the JSON envelope and are not sent to these clients.
 
-A session lives in the process that opened it; its token names it and nothing else.
+A session lives in the process that opened it; under ``workers = N`` its token also
+names that worker, and the others forward its requests there (``pollroute.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from . import frames
 from .frames import Burst, FrameError, Message
 from .metrics import Metrics
+from .pollroute import Forwarder, SessionRoutes, finish_json, json_body
 from .protocol import CLOSE_POLICY, RATE_GRACE, RATE_LIMITED, PhoenixFactory
 from .ratelimit import TokenBucket
 from .session import Session
@@ -131,7 +133,7 @@ class LongPollConnection:
         """A POST: its frames go to the session; answered once they are handled (after Redis, if it lags)."""
         if self._post is not None:
             request.setResponseCode(429)
-            return _json(request, envelope(429))
+            return json_body(request, envelope(429))
         body = cast(IO[bytes], request.content).read()
         content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         try:
@@ -139,7 +141,7 @@ class LongPollConnection:
         except FrameError as e:
             self.factory.frame_rejected(e)
             request.setResponseCode(400)
-            return _json(request, b'{"status":400,"error":%s}' % json.dumps(e.reason).encode("ascii"))
+            return json_body(request, b'{"status":400,"error":%s}' % json.dumps(e.reason).encode("ascii"))
         self._post = request
         request.notifyFinish().addBoth(self._post_ended, request)
         wait = self._intake.charge(len(body))
@@ -284,12 +286,12 @@ class LongPollConnection:
             body = envelope(204, self.token, [])
         else:
             body = envelope(status)
-        _finish(request, body)
+        finish_json(request, body)
 
     def _answer_post(self, status: int) -> None:
         request, self._post = self._post, None
         if request is not None:
-            _finish(request, envelope(status))
+            finish_json(request, envelope(status))
 
     def _poll_ended(self, _: object, request: Request) -> None:
         if self._poll is request:  # the client went away while it waited
@@ -313,20 +315,6 @@ def _text_size(burst: Burst, vsn: str) -> int:
     return sum(len(b.frame(vsn)) for b in burst.broadcasts if b.is_text)
 
 
-def _finish(request: Request, body: bytes) -> None:
-    """Answer a request that waited, with a length (not chunked), as a returned body would be."""
-    request.setHeader(b"content-length", b"%d" % len(body))
-    request.write(_json(request, body))
-    request.finish()
-
-
-def _json(request: Request, body: bytes) -> bytes:
-    request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    # the token rides in the URL: no cache may keep or share an answer
-    request.setHeader(b"cache-control", b"no-store")
-    return body
-
-
 class LongPolls:
     """
     This process's long-poll sessions by token, and the bounds on opening them: at
@@ -334,7 +322,10 @@ class LongPolls:
     ``max_connections_per_ip``.
     """
 
-    def __init__(self, *, poll_timeout: float, session_timeout: float, max_per_ip: int, metrics: Metrics) -> None:
+    def __init__(
+        self, *, poll_timeout: float, session_timeout: float, max_per_ip: int, metrics: Metrics, routes: SessionRoutes
+    ) -> None:
+        self.routes = routes
         self.poll_timeout = poll_timeout
         self.session_timeout = session_timeout
         self.max_per_ip = max_per_ip
@@ -349,7 +340,7 @@ class LongPolls:
             if self._per_ip.get(counted, 0) >= self.max_per_ip:
                 return None
             self._per_ip[counted] = self._per_ip.get(counted, 0) + 1
-        token = secrets.token_urlsafe(18)
+        token = self.routes.token(secrets.token_urlsafe(18))
         connection = LongPollConnection(
             factory=factory, polls=self, token=token, vsn=vsn, socket_token=socket_token, host=counted
         )
@@ -376,37 +367,48 @@ class LongPollResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, *, factory: PhoenixFactory, polls: LongPolls, allowed_origins: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        *,
+        factory: PhoenixFactory,
+        polls: LongPolls,
+        allowed_origins: tuple[str, ...],
+        forwarder: Forwarder | None = None,
+    ) -> None:
         super().__init__()
         self._factory = factory
         self._polls = polls
         self._allowed_origins = allowed_origins
+        self._forwarder = forwarder  # to the worker holding a session (``pollroute``), if there are others
 
     def render(self, request: Request) -> Any:
         if request.postpath not in ([], [b""]):
             request.setResponseCode(404)
-            return _json(request, b'{"error":"no such resource"}')
+            return json_body(request, b'{"error":"no such resource"}')
         if request.method not in (b"GET", b"POST"):
             request.setResponseCode(405)
             request.setHeader(b"allow", b"GET, POST, OPTIONS")
-            return _json(request, b'{"error":"use GET to poll and POST to send"}')
+            return json_body(request, b'{"error":"use GET to poll and POST to send"}')
         args = cast(dict[bytes, list[bytes]], request.args)
         vsn = args.get(b"vsn", [frames.V2.encode()])[0].decode("utf-8", "replace")
         if vsn not in frames.VERSIONS:
             request.setResponseCode(400)
-            return _json(request, b'{"status":400,"error":"unsupported vsn: use 2.0.0 or 1.0.0"}')
+            return json_body(request, b'{"status":400,"error":"unsupported vsn: use 2.0.0 or 1.0.0"}')
         origin = request.getHeader("origin")
         if "*" not in self._allowed_origins and origin not in self._allowed_origins:
             request.setResponseCode(403)  # phoenix.js gives up on a 403, as it should
-            return _json(request, b'{"status":403,"error":"this Origin may not open a socket here"}')
+            return json_body(request, b'{"status":403,"error":"this Origin may not open a socket here"}')
         token = args.get(b"token", [None])[0] or (request.getHeader("x-phoenix-longpoll-token") or "").encode()
         if not token:
             if request.method == b"POST":
-                return _json(request, envelope(410))
+                return json_body(request, envelope(410))
             return self._open(request, vsn, args)
         connection = self._polls.find(token.decode("utf-8", "replace"))
         if connection is None:
-            return _json(request, envelope(410))
+            owner = self._polls.routes.elsewhere(token.decode("utf-8", "replace"))
+            if owner is not None and self._forwarder is not None:
+                return self._forwarder.forward(request, owner, cast(IO[bytes], request.content).read())
+            return json_body(request, envelope(410))
         if request.method == b"POST":
             return connection.post(request)
         return connection.poll(request)
@@ -422,5 +424,5 @@ class LongPollResource(Resource):
             self._factory.log_limited("longpoll cap", f"refused long-poll sessions past {self._polls.max_per_ip} an address")
             # status 500: phoenix.js retries later, as after a refused connection
             request.setResponseCode(429)
-            return _json(request, b'{"status":500,"error":"too many long-poll sessions from this address"}')
-        return _json(request, envelope(410, connection.token, []))
+            return json_body(request, b'{"status":500,"error":"too many long-poll sessions from this address"}')
+        return json_body(request, envelope(410, connection.token, []))

@@ -39,7 +39,8 @@ from .bus import RedisBridge, RedisURL
 from .service import ChannelService, ProcessSetup
 from .tokens import TokenAuthority
 from .longpoll import LongPolls
-from .web import make_site
+from .pollroute import Forwarder, PrivateRoute, SessionRoutes
+from .web import make_route_site, make_site
 from .workers import ParentWatch, ReusePortReactor, WorkerPool
 
 log = Logger()
@@ -332,6 +333,20 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         b"healthz": HealthResource(bridge, probe, factory, reactor, config.public_url),
         b"admin": AdminPage(console_endpoints(tokens, view, history, bridge, factory)),
     }
+    session_routes = SessionRoutes(config.jwt_secret.encode("utf-8"))
+    longpolls = LongPolls(
+        poll_timeout=config.longpoll_poll_timeout,
+        session_timeout=config.longpoll_session_timeout,
+        max_per_ip=config.max_connections_per_ip,
+        metrics=metrics,
+        routes=session_routes,
+    )
+    forwarder = None
+    if options["worker"]:
+        # a poll is held for its timeout, a POST waits on Redis for at most its own
+        forwarder = Forwarder(reactor, config.longpoll_poll_timeout + config.redis_timeout)
+        route_site = make_route_site(factory=factory, longpolls=longpolls, reactor=reactor, metrics=metrics)
+        PrivateRoute(reactor, session_routes, route_site).setServiceParent(top)
     site = make_site(
         factory=factory,
         tokens=tokens,
@@ -345,12 +360,8 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         http_idle_timeout=config.http_idle_timeout,
         max_connections_per_ip=config.max_connections_per_ip,
         metrics=metrics,
-        longpolls=LongPolls(
-            poll_timeout=config.longpoll_poll_timeout,
-            session_timeout=config.longpoll_session_timeout,
-            max_per_ip=config.max_connections_per_ip,
-            metrics=metrics,
-        ),
+        longpolls=longpolls,
+        forwarder=forwarder,
     )
     listening_reactor = reactor
     if options["worker"]:

@@ -31,6 +31,7 @@ from twisted.web.server import Request, Site
 from . import frames
 from .metrics import Metrics
 from .longpoll import LongPollResource, LongPolls
+from .pollroute import Forwarder
 from .protocol import CONFORMANCE_PATH, PhoenixFactory
 from .naming import is_admin_topic
 from .tokens import TokenAuthority
@@ -383,6 +384,7 @@ def make_site(
     max_connections_per_ip: int = 0,
     metrics: Metrics | None = None,
     longpolls: LongPolls | None = None,
+    forwarder: Forwarder | None = None,
 ) -> Site:
     """
     The Site; ``routes`` adds top-level resources (``/metrics``, ``/healthz``, ``/admin``);
@@ -392,7 +394,9 @@ def make_site(
     socket = SocketResource(factory, allowed_origins, peers)
     longpoll: Resource = NotFound()
     if longpolls is not None:
-        longpoll = LongPollResource(factory=factory, polls=longpolls, allowed_origins=allowed_origins)
+        longpoll = LongPollResource(
+            factory=factory, polls=longpolls, allowed_origins=allowed_origins, forwarder=forwarder
+        )
     root = Root()
     if conformance_echo:
         root.putChild(CONFORMANCE_PATH.strip("/").encode(), socket)
@@ -409,6 +413,22 @@ def make_site(
     site = QuietSite(
         root, requestFactory=request_class, reactor=reactor, timeout=http_idle_timeout, peers=peers,
         request_head_timeout=request_head_timeout, metrics=metrics or Metrics(),
+        longpoll_body=factory.max_message_size,
+    )
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
+
+
+def make_route_site(*, factory: PhoenixFactory, longpolls: LongPolls, reactor: Any, metrics: Metrics) -> Site:
+    """
+    A worker's private site (``pollroute.PrivateRoute``): ``/longpoll`` alone, for the
+    requests other workers forward, which they checked (Origin, vsn) before forwarding.
+    """
+    root = Root()
+    root.putChild(b"longpoll", LongPollResource(factory=factory, polls=longpolls, allowed_origins=("*",)))
+    site = QuietSite(
+        root, reactor=reactor, peers=PeerConnections(0), request_head_timeout=10.0, metrics=metrics,
         longpoll_body=factory.max_message_size,
     )
     site.displayTracebacks = False

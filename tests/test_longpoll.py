@@ -19,6 +19,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from tangram_channel import frames
 from tangram_channel.frames import FrameError
 from tangram_channel.longpoll import MAX_BATCH, LongPollResource, LongPolls, envelope, split_batch
+from tangram_channel.pollroute import SessionRoutes
 from tangram_channel.protocol import RATE_GRACE, PhoenixFactory
 
 from .fakes import World, rejected_frames
@@ -34,7 +35,8 @@ class Service:
         self.world = World()
         self.factory = PhoenixFactory(hub=self.world.hub, clock=self.world.clock, **factory)
         self.polls = LongPolls(
-            poll_timeout=POLL, session_timeout=EXPIRY, max_per_ip=max_per_ip, metrics=self.factory.metrics
+            poll_timeout=POLL, session_timeout=EXPIRY, max_per_ip=max_per_ip, metrics=self.factory.metrics,
+            routes=SessionRoutes(b"secret"),
         )
         self.resource = LongPollResource(factory=self.factory, polls=self.polls, allowed_origins=allowed_origins)
 
@@ -272,3 +274,20 @@ def test_sessions_count_as_sockets_and_close_all_ends_them():
     service.factory.close_all(1012, "service restart")
     assert body(poll) == {"status": 410}
     assert service.factory.sockets == set() and service.polls.sessions == {}
+
+
+def test_session_tokens_name_their_worker_signed():
+    """Under workers = N a token names its worker's private port; a forged or foreign one names none."""
+    single = SessionRoutes(b"secret")
+    assert single.token("abc") == "abc" and single.elsewhere("abc") is None
+    owner, other = SessionRoutes(b"secret"), SessionRoutes(b"secret")
+    owner.port, other.port = 5000, 6000
+    token = owner.token("abc")
+    assert token.startswith("5000.abc.")
+    assert other.elsewhere(token) == 5000
+    assert owner.elsewhere(token) is None  # its own: looked up here
+    assert other.elsewhere(token.replace("5000", "6379", 1)) is None  # the port is signed
+    stranger = SessionRoutes(b"another secret")
+    stranger.port = 6000
+    assert stranger.elsewhere(token) is None
+    assert other.elsewhere("x.y.z") is None and other.elsewhere("") is None

@@ -31,6 +31,7 @@ def test_join_broadcast_and_pushes_with_acks(channel_service, phoenix):
     assert json.loads(listener.next("from:radar:custom_event")) == {"request_id": "r-1", "nested": {"a": [1, 2]}}
     assert driver.expect("pushed-binary")["status"] == "ok"
     assert listener.next("from:radar:arrow-batch") == bytes([0, 1, 2, 254, 255])
+    assert driver.expect("opens")["count"] == 1
     driver.finish()
 
 
@@ -85,4 +86,25 @@ def test_long_poll_client_reconnects_and_rejoins_after_a_service_restart(channel
     assert redis.publish("to:radar:news", '{"n": 2}') == 1
     assert driver.expect("broadcast") == {"step": "broadcast", "count": 2, "payload": {"n": 2}}
     driver.send("done")
+    driver.finish()
+
+
+def test_long_poll_client_on_two_workers(channel_service, phoenix):
+    """
+    ``workers = 2``: phoenix.js's polls and POSTs go out on whatever connections its fetch
+    pool has, which the kernel spreads over both workers; the session's worker serves them all.
+    """
+    service = channel_service(workers=2)
+    listener = service.listener("from:radar:*")
+    driver = service.driver("phoenix_node.mjs", "pushes", PHOENIX_VERSION=phoenix, TRANSPORT="longpoll")
+    joined = driver.expect("joined")
+    assert joined["longpoll"] is True and joined["reply"]["status"] == "ok"
+    driver.expect("ready")
+    # the worker that holds no member gets it too (presence and broadcasts go through Redis)
+    assert service.redis.client().publish("to:radar:json-event", '{"n": 1}') >= 1
+    assert driver.expect("json")["payload"] == {"n": 1}
+    assert driver.expect("pushed")["status"] == "ok"
+    assert json.loads(listener.next("from:radar:custom_event")) == {"request_id": "r-1", "nested": {"a": [1, 2]}}
+    assert driver.expect("pushed-binary")["status"] == "ok"
+    assert driver.expect("opens")["count"] == 1  # no request met a worker that did not know the session
     driver.finish()

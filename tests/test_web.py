@@ -14,6 +14,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from tangram_channel.protocol import PhoenixFactory
 from tangram_channel.longpoll import LongPolls
+from tangram_channel.pollroute import SessionRoutes
 from tangram_channel.web import MAX_TOKEN_REQUEST, SocketResource, make_site
 
 from .fakes import World, claims_of
@@ -42,7 +43,9 @@ def client(
         admin_key=admin_key,
         cors_origins=cors_origins,
         allowed_origins=allowed_origins,
-        longpolls=LongPolls(poll_timeout=10, session_timeout=20, max_per_ip=0, metrics=factory.metrics),
+        longpolls=LongPolls(
+            poll_timeout=10, session_timeout=20, max_per_ip=0, metrics=factory.metrics, routes=SessionRoutes(b"s")
+        ),
     )
     stub = StubTreq(site.resource)
     # StubTreq serves the resource through a plain Site of its own; give it our request class.

@@ -53,6 +53,8 @@ const scenarios = {
    */
   async pushes() {
     const { socket, id } = await connectAs();
+    let opens = 1;  // a session lost (410) shows as another open
+    socket.onOpen(() => opens++);
     const { channel, reply } = await joinTopic(socket, id);
     report("joined", { id, reply, longpoll: socket.conn instanceof phoenix.LongPoll });
     const json = next(channel, "json-event");
@@ -61,6 +63,7 @@ const scenarios = {
     report("pushed", await push(channel, "custom_event", { request_id: "r-1", nested: { a: [1, 2] } }));
     const raw = new Uint8Array([0, 1, 2, 254, 255]).buffer;
     report("pushed-binary", await push(channel, "arrow-batch", raw));
+    report("opens", { count: opens });
     socket.disconnect();
   },
 
