@@ -69,6 +69,7 @@ class Config:
     max_connections_per_ip: int = 0
     longpoll_poll_timeout: float = 10.0
     longpoll_session_timeout: float = 20.0
+    longpoll_route_host: str | None = None
     message_rate: float = 200.0
     message_burst: int = 1000
     max_receive_rate: int = 1024 * 1024
@@ -156,6 +157,7 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "max_connections_per_ip": ("int", 0),
     "longpoll_poll_timeout": ("float", 0.01),
     "longpoll_session_timeout": ("float", 0.01),
+    "longpoll_route_host": ("optstr", None),
     "message_rate": ("float", 0),
     "message_burst": ("int", 1),
     "max_receive_rate": ("int", 0),

@@ -22,8 +22,9 @@ not read is closed), a POST spends the same message and byte budgets as frames r
 from a socket, and a session no poll came for in ``longpoll_session_timeout`` ends.
 Binary broadcasts cannot ride in the JSON envelope and are not sent to these clients.
 
-A session lives in the process that opened it; under ``workers = N`` its token also
-names that worker, and the others forward its requests there (``pollroute.py``).
+A session lives in the process that opened it; under ``workers = N`` (or with
+``longpoll_route_host``) its token also names that process, and the others forward its
+requests there (``pollroute.py``).
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
 """
-Long-poll sessions across ``workers = N``: a session lives in the worker that opened it,
-but the kernel hands each new connection to any worker, so a poll or a POST may land on
-another one. Each worker also listens on a private loopback port that serves only the
-long-poll path; a session's token names that port, signed with the service's secret
-(HMAC-SHA256, so a forged token cannot make a worker connect to any other local port),
-and a worker that gets a request for another's session forwards it there and relays
-the answer. Phoenix routes such requests through its PubSub; a loopback hop is the
-same idea for processes on one host.
+Long-poll sessions across processes: a session lives in the process that opened it, but
+under ``workers = N`` the kernel hands each new connection to any worker, and a load
+balancer without sticky sessions sends each request to any node, so a poll or a POST
+may land on another process. Each process then also listens on a route port that serves
+only the long-poll path (loopback, or ``longpoll_route_host``, an address the other
+nodes reach); a session's token names that address, signed with the service's secret
+(HMAC-SHA256, so a forged token cannot make a process connect anywhere else), and a
+process that gets a request for another's session forwards it there and relays the
+answer. Phoenix routes such requests through its PubSub; an HTTP hop is the same idea.
 """
 
 from __future__ import annotations
@@ -32,26 +33,34 @@ _MAC_BYTES = 16
 
 
 class SessionRoutes:
-    """Session tokens that name this worker's private port, and the port a token names."""
+    """Session tokens that name this process's route address, and the address a token names."""
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
-        self.port: int | None = None  # until the private port listens: tokens name no route
+        self.address: tuple[str, int] | None = None  # until the route port listens: tokens name none
 
     def token(self, session_id: str) -> str:
-        if self.port is None:
+        if self.address is None:
             return session_id
-        route = f"{self.port}.{session_id}"
+        host, port = self.address
+        name = base64.urlsafe_b64encode(f"{host}:{port}".encode("utf-8")).decode("ascii").rstrip("=")
+        route = f"{name}.{session_id}"
         return f"{route}.{self._mac(route)}"
 
-    def elsewhere(self, token: str) -> int | None:
-        """The private port of the worker holding the session of ``token``, if that is another worker's."""
+    def elsewhere(self, token: str) -> tuple[str, int] | None:
+        """The route address of the process holding the session of ``token``, if that is another process."""
         route, _, mac = token.rpartition(".")
-        port, _, _ = route.partition(".")
-        if not port.isdigit() or not hmac.compare_digest(mac, self._mac(route)):
+        name, _, _ = route.partition(".")
+        if not name or not hmac.compare_digest(mac, self._mac(route)):
             return None
-        owner = int(port)
-        return owner if owner != self.port and 0 < owner < 65536 else None
+        try:
+            host, _, port = base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode("utf-8").rpartition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not port.isdigit():
+            return None
+        owner = (host, int(port))
+        return owner if owner != self.address else None
 
     def _mac(self, route: str) -> str:
         digest = hmac.new(self._secret, route.encode("utf-8"), hashlib.sha256).digest()[:_MAC_BYTES]
@@ -66,7 +75,7 @@ class Forwarder:
         self._agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True))
         self._timeout = timeout
 
-    def forward(self, request: Request, port: int, body: bytes) -> Any:
+    def forward(self, request: Request, owner: tuple[str, int], body: bytes) -> Any:
         query = request.uri.partition(b"?")[2]
         headers = Headers()
         for name in (b"content-type", b"x-phoenix-longpoll-token"):
@@ -74,7 +83,7 @@ class Forwarder:
             if value is not None:
                 headers.setRawHeaders(name, [value])
         producer = FileBodyProducer(io.BytesIO(body)) if request.method == b"POST" else None
-        url = b"http://127.0.0.1:%d/longpoll?%s" % (port, query)
+        url = b"http://%s:%d/longpoll?%s" % (owner[0].encode("idna"), owner[1], query)
         d = self._agent.request(request.method, url, headers, producer)
         d.addCallback(lambda response: readBody(response).addCallback(lambda data: (response, data)))
         d.addTimeout(self._timeout, self._reactor)
@@ -115,19 +124,20 @@ def finish_json(request: Request, body: bytes) -> None:
     request.finish()
 
 
-class PrivateRoute(Service):
-    """This worker's private loopback port, serving ``site`` (the long-poll path alone); its number goes in tokens."""
+class RoutePort(Service):
+    """This process's route port on ``host``, serving ``site`` (the long-poll path alone); its address goes in tokens."""
 
-    def __init__(self, reactor: Any, routes: SessionRoutes, site: Site) -> None:
+    def __init__(self, reactor: Any, routes: SessionRoutes, site: Site, host: str) -> None:
         self._reactor = reactor
         self._routes = routes
         self._site = site
+        self._host = host
         self._port: IListeningPort | None = None
 
     def startService(self) -> None:
         super().startService()
-        self._port = self._reactor.listenTCP(0, self._site, interface="127.0.0.1")
-        self._routes.port = cast(IPv4Address, self._port.getHost()).port
+        self._port = self._reactor.listenTCP(0, self._site, interface=self._host)
+        self._routes.address = (self._host, cast(IPv4Address, self._port.getHost()).port)
 
     def stopService(self) -> Any:
         super().stopService()

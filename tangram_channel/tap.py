@@ -39,7 +39,7 @@ from .bus import RedisBridge, RedisURL
 from .service import ChannelService, ProcessSetup
 from .tokens import TokenAuthority
 from .longpoll import LongPolls
-from .pollroute import Forwarder, PrivateRoute, SessionRoutes
+from .pollroute import Forwarder, RoutePort, SessionRoutes
 from .web import make_route_site, make_site
 from .workers import ParentWatch, ReusePortReactor, WorkerPool
 
@@ -342,11 +342,12 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         routes=session_routes,
     )
     forwarder = None
-    if options["worker"]:
+    if options["worker"] or config.longpoll_route_host is not None:
         # a poll is held for its timeout, a POST waits on Redis for at most its own
         forwarder = Forwarder(reactor, config.longpoll_poll_timeout + config.redis_timeout)
         route_site = make_route_site(factory=factory, longpolls=longpolls, reactor=reactor, metrics=metrics)
-        PrivateRoute(reactor, session_routes, route_site).setServiceParent(top)
+        route_host = config.longpoll_route_host or "127.0.0.1"
+        RoutePort(reactor, session_routes, route_site, route_host).setServiceParent(top)
     site = make_site(
         factory=factory,
         tokens=tokens,

@@ -422,8 +422,8 @@ def make_site(
 
 def make_route_site(*, factory: PhoenixFactory, longpolls: LongPolls, reactor: Any, metrics: Metrics) -> Site:
     """
-    A worker's private site (``pollroute.PrivateRoute``): ``/longpoll`` alone, for the
-    requests other workers forward, which they checked (Origin, vsn) before forwarding.
+    A process's route site (``pollroute.RoutePort``): ``/longpoll`` alone, for the
+    requests other processes forward, which they checked (Origin, vsn) before forwarding.
     """
     root = Root()
     root.putChild(b"longpoll", LongPollResource(factory=factory, polls=longpolls, allowed_origins=("*",)))

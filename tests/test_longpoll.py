@@ -276,18 +276,19 @@ def test_sessions_count_as_sockets_and_close_all_ends_them():
     assert service.factory.sockets == set() and service.polls.sessions == {}
 
 
-def test_session_tokens_name_their_worker_signed():
-    """Under workers = N a token names its worker's private port; a forged or foreign one names none."""
+def test_session_tokens_name_their_process_signed():
+    """With a route a token names its process's route address; a forged or foreign one names none."""
     single = SessionRoutes(b"secret")
     assert single.token("abc") == "abc" and single.elsewhere("abc") is None
     owner, other = SessionRoutes(b"secret"), SessionRoutes(b"secret")
-    owner.port, other.port = 5000, 6000
+    owner.address, other.address = ("10.0.0.5", 5000), ("10.0.0.6", 5000)
     token = owner.token("abc")
-    assert token.startswith("5000.abc.")
-    assert other.elsewhere(token) == 5000
+    assert other.elsewhere(token) == ("10.0.0.5", 5000)
     assert owner.elsewhere(token) is None  # its own: looked up here
-    assert other.elsewhere(token.replace("5000", "6379", 1)) is None  # the port is signed
+    name, session, mac = token.split(".")
+    forged = base64.urlsafe_b64encode(b"127.0.0.1:6379").decode().rstrip("=")
+    assert other.elsewhere(f"{forged}.{session}.{mac}") is None  # the address is signed
     stranger = SessionRoutes(b"another secret")
-    stranger.port = 6000
+    stranger.address = ("10.0.0.7", 5000)
     assert stranger.elsewhere(token) is None
-    assert other.elsewhere("x.y.z") is None and other.elsewhere("") is None
+    assert other.elsewhere("x.y.z") is None and other.elsewhere("") is None and other.elsewhere("...") is None
