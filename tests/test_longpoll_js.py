@@ -5,12 +5,14 @@ scenarios of test_phoenix_js.py that every transport must pass, over ``/longpoll
 """
 
 import json
+import urllib.request
 
 import pytest
 
 from .conftest import JWT_SECRET
 from .e2e import forge_token
 from .jsdriver import PHOENIX_VERSIONS, channel_service  # noqa: F401
+from .nginx import documented_nginx  # noqa: F401
 
 pytestmark = pytest.mark.parametrize("phoenix", PHOENIX_VERSIONS)
 
@@ -107,4 +109,25 @@ def test_long_poll_client_on_two_workers(channel_service, phoenix):
     assert json.loads(listener.next("from:radar:custom_event")) == {"request_id": "r-1", "nested": {"a": [1, 2]}}
     assert driver.expect("pushed-binary")["status"] == "ok"
     assert driver.expect("opens")["count"] == 1  # no request met a worker that did not know the session
+    driver.finish()
+
+
+def test_long_polls_through_the_documented_nginx(channel_service, documented_nginx, phoenix):
+    """docs/deploy.rst's nginx block passes all three long-poll paths, and phoenix.js's LongPoll works through it."""
+    service = channel_service()
+    nginx = documented_nginx(service.port)
+    for path in ("/longpoll", "/socket/longpoll", "/websocket/longpoll"):
+        with urllib.request.urlopen(f"{nginx.url}{path}?vsn=2.0.0", timeout=10) as answer:
+            assert json.load(answer)["status"] == 410, path
+    driver = service.driver(
+        "phoenix_node.mjs", "pushes", PHOENIX_VERSION=phoenix, TRANSPORT="longpoll", SERVICE_URL=nginx.url
+    )
+    joined = driver.expect("joined")
+    assert joined["longpoll"] is True and joined["reply"]["status"] == "ok"
+    driver.expect("ready")
+    assert service.redis.client().publish("to:radar:json-event", '{"via": "nginx"}') == 1
+    assert driver.expect("json")["payload"] == {"via": "nginx"}
+    assert driver.expect("pushed")["status"] == "ok"
+    assert driver.expect("pushed-binary")["status"] == "ok"
+    assert driver.expect("opens")["count"] == 1
     driver.finish()
