@@ -41,16 +41,21 @@ class BlockingProxy:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in _NOT_RELAYED}
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     answer = upstream.getresponse()
-                    data = answer.read()
+                    status, data, answer_headers = answer.status, answer.read(), answer.getheaders()
+                except (OSError, http.client.HTTPException):  # the service stopped (a restart, the teardown)
+                    status, data, answer_headers = 502, b"", []
                 finally:
                     upstream.close()
-                self.send_response(answer.status)
-                for name, value in answer.getheaders():
-                    if name.lower() not in _NOT_RELAYED:
-                        self.send_header(name, value)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    for name, value in answer_headers:
+                        if name.lower() not in _NOT_RELAYED:
+                            self.send_header(name, value)
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the browser gave up on the request (it closes at the end of a test)
+                    self.close_connection = True
 
             do_GET = do_POST = do_OPTIONS = relay
 

@@ -22,7 +22,9 @@ def exchange(service, browser, listener) -> None:
     assert service.redis.client().publish("to:radar:message", json.dumps({"text": "AFR123 at FL350"})) == 1
     assert browser.expect("shown")["text"] == "AFR123 at FL350"
     browser.send("push", text="hello over long polls")
-    assert browser.expect("pushed")["status"] == "ok"
+    pushed = browser.expect("pushed")
+    assert pushed["status"] == "ok"
+    assert pushed["opens"] == 1  # over long polls from the start (or the fallback): no session lost
     assert json.loads(listener.next("from:radar:custom_event")) == {"from": "chromium", "text": "hello over long polls"}
     browser.send("done")
     browser.finish()
@@ -45,3 +47,13 @@ def test_fallback_to_long_polls_when_a_proxy_refuses_websockets(channel_service,
     browser = service.driver("browser.mjs", f"{page.url}?service={proxy.url}&fallback=3000")
     exchange(service, browser, listener)
     assert proxy.refused >= 1  # it did try the WebSocket first
+
+
+def test_fallback_on_two_workers(channel_service, page_server, blocking_proxy, phoenix):
+    """The browser's XMLHttpRequest polls, spread by the kernel over two workers, all reach the session."""
+    service = channel_service(workers=2)
+    proxy = blocking_proxy(service.port)
+    page = page_server("cross_origin.html", phoenix)
+    listener = service.listener("from:radar:*")
+    browser = service.driver("browser.mjs", f"{page.url}?service={proxy.url}&fallback=3000")
+    exchange(service, browser, listener)
