@@ -42,6 +42,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from . import frames
 from .frames import Burst, FrameError, Message
 from .metrics import Metrics
+from .peers import PeerConnections
 from .pollroute import Forwarder, SessionRoutes, finish_json, json_body
 from .protocol import CLOSE_POLICY, RATE_GRACE, RATE_LIMITED, PhoenixFactory
 from .ratelimit import TokenBucket
@@ -331,16 +332,14 @@ class LongPolls:
         self.session_timeout = session_timeout
         self.max_per_ip = max_per_ip
         self.sessions: dict[str, LongPollConnection] = {}
-        self._per_ip: dict[str, int] = {}
+        self._per_ip = PeerConnections(max_per_ip)
         metrics.longpoll_sessions.set_function(lambda: len(self.sessions))
 
     def open(self, factory: PhoenixFactory, vsn: str, socket_token: str | None, host: str | None) -> LongPollConnection | None:
         """A new session, registered with ``factory`` as its sockets are; None past the cap for ``host``."""
         counted = host if self.max_per_ip else None
-        if counted is not None:
-            if self._per_ip.get(counted, 0) >= self.max_per_ip:
-                return None
-            self._per_ip[counted] = self._per_ip.get(counted, 0) + 1
+        if counted is not None and not self._per_ip.admit(counted):
+            return None
         token = self.routes.token(secrets.token_urlsafe(18))
         connection = LongPollConnection(
             factory=factory, polls=self, token=token, vsn=vsn, socket_token=socket_token, host=counted
@@ -356,11 +355,8 @@ class LongPolls:
         if self.sessions.pop(connection.token, None) is None:
             return
         connection.factory.sockets.discard(connection)
-        host = connection.host
-        if host is not None:
-            left = self._per_ip.pop(host) - 1
-            if left:
-                self._per_ip[host] = left
+        if connection.host is not None:
+            self._per_ip.release(connection.host)
 
 
 class LongPollResource(Resource):
