@@ -92,8 +92,16 @@ class LongPollConnection:
     poll, the poll waiting for frames, and the budgets a WebSocket would have.
     """
 
-    def __init__(self, *, factory: PhoenixFactory, polls: LongPolls, token: str, vsn: str, socket_token: str | None,
-                 host: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        factory: PhoenixFactory,
+        polls: LongPolls,
+        token: str,
+        vsn: str,
+        socket_token: str | None,
+        host: str | None,
+    ) -> None:
         self.factory = factory
         self.polls = polls
         self.token = token
@@ -166,8 +174,14 @@ class LongPollConnection:
         session = self.session
         assert session is not None
         self.factory.metrics.received(len(data))
+        # every frame is spent from the message budget, good or bad, as a socket's are
         over_rate = not self._rate.take()
         self._over_rate = self._over_rate + 1 if over_rate else 0
+        if self._over_rate > RATE_GRACE:
+            self.factory.metrics.rate_clients_closed.inc()
+            self.factory.log_limited("rate", "ending a long-poll session that sent over its message budget")
+            self.close(CLOSE_POLICY, RATE_LIMITED)
+            return
         try:
             if is_binary:
                 message = frames.decode_binary(data, self.factory.header_limits)
@@ -180,10 +194,6 @@ class LongPollConnection:
         if over_rate:
             self.factory.metrics.rate_limited.inc()
             session.frame_error(FrameError(RATE_LIMITED, message.join_ref, message.ref, message.topic))
-            if self._over_rate > RATE_GRACE:
-                self.factory.metrics.rate_clients_closed.inc()
-                self.factory.log_limited("rate", "ending a long-poll session that sent over its message budget")
-                self.close(CLOSE_POLICY, RATE_LIMITED)
             return
         session.received(message)
 
@@ -335,7 +345,9 @@ class LongPolls:
         self._per_ip = PeerConnections(max_per_ip)
         metrics.longpoll_sessions.set_function(lambda: len(self.sessions))
 
-    def open(self, factory: PhoenixFactory, vsn: str, socket_token: str | None, host: str | None) -> LongPollConnection | None:
+    def open(
+        self, factory: PhoenixFactory, vsn: str, socket_token: str | None, host: str | None
+    ) -> LongPollConnection | None:
         """A new session, registered with ``factory`` as its sockets are; None past the cap for ``host``."""
         counted = host if self.max_per_ip else None
         if counted is not None and not self._per_ip.admit(counted):
@@ -418,7 +430,8 @@ class LongPollResource(Resource):
         host = getattr(request.getClientAddress(), "host", None)
         connection = self._polls.open(self._factory, vsn, socket_token, host)
         if connection is None:
-            self._factory.log_limited("longpoll cap", f"refused long-poll sessions past {self._polls.max_per_ip} an address")
+            cap = self._polls.max_per_ip
+            self._factory.log_limited("longpoll cap", f"refused long-poll sessions past {cap} an address")
             # status 500: phoenix.js retries later, as after a refused connection
             request.setResponseCode(429)
             return json_body(request, b'{"status":500,"error":"too many long-poll sessions from this address"}')

@@ -125,7 +125,7 @@ def finish_json(request: Request, body: bytes) -> None:
 
 
 class RoutePort(Service):
-    """This process's route port on ``host``, serving ``site`` (the long-poll path alone); its address goes in tokens."""
+    """This process's route port on ``host``, serving ``site`` (the long-poll path alone), named in its tokens."""
 
     def __init__(self, reactor: Any, routes: SessionRoutes, site: Site, host: str) -> None:
         self._reactor = reactor

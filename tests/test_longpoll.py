@@ -193,6 +193,15 @@ def test_frames_over_the_message_budget_get_errors_then_end_the_session():
     assert service.factory.metrics.rate_clients_closed._value.get() == 1
 
 
+def test_a_flood_of_bad_frames_also_ends_the_session():
+    """Frames that do not decode are spent from the budget too: past it, garbage ends the session as well."""
+    service = Service(message_rate=1, message_burst=2)
+    token = service.open()
+    flood = service.request(b"POST", token, b"\n".join([b'["not a frame"]'] * (2 + RATE_GRACE + 1)))
+    assert body(flood) == {"status": 410}
+    assert token not in service.polls.sessions
+
+
 def test_a_body_over_max_receive_rate_is_handled_after_a_pause():
     service = Service(max_receive_rate=100)
     token = service.open()

@@ -72,7 +72,7 @@ def test_refused_joins_reach_a_long_poll_client_as_errors(channel_service, phoen
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_long_poll_client_reconnects_and_rejoins_after_a_service_restart(channel_service, phoenix, workers):
-    """After a restart the session is gone (410): phoenix.js opens a new one, rejoins, gets presence_state and broadcasts."""
+    """After a restart the session is gone (410): phoenix.js opens another, rejoins, gets presence_state and broadcasts."""
     service = channel_service(workers=workers)
     driver = service.driver("phoenix_node.mjs", "restart", PHOENIX_VERSION=phoenix, TRANSPORT="longpoll")
     assert driver.expect("join") == {"step": "join", "count": 1, "status": "ok"}
