@@ -70,6 +70,7 @@ class Config:
     longpoll_poll_timeout: float = 10.0
     longpoll_session_timeout: float = 20.0
     longpoll_route_host: str | None = None
+    max_longpoll_sessions: int = 10_000
     message_rate: float = 200.0
     message_burst: int = 1000
     max_receive_rate: int = 1024 * 1024
@@ -158,6 +159,7 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "longpoll_poll_timeout": ("float", 0.01),
     "longpoll_session_timeout": ("float", 0.01),
     "longpoll_route_host": ("optstr", None),
+    "max_longpoll_sessions": ("int", 0),
     "message_rate": ("float", 0),
     "message_burst": ("int", 1),
     "max_receive_rate": ("int", 0),

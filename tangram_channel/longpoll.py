@@ -330,28 +330,39 @@ def _text_size(burst: Burst, vsn: str) -> int:
 class LongPolls:
     """
     This process's long-poll sessions by token, and the bounds on opening them: at
-    most ``max_per_ip`` from one address (0: no cap), as sockets are by
-    ``max_connections_per_ip``.
+    most ``max_per_ip`` from one address, as sockets are by ``max_connections_per_ip``,
+    and ``max_sessions`` in all (0: no cap). A session holds no connection while no poll
+    waits, so nothing else bounds how many a client that never polls can open.
     """
 
     def __init__(
-        self, *, poll_timeout: float, session_timeout: float, max_per_ip: int, metrics: Metrics, routes: SessionRoutes
+        self,
+        *,
+        poll_timeout: float,
+        session_timeout: float,
+        max_per_ip: int,
+        max_sessions: int,
+        metrics: Metrics,
+        routes: SessionRoutes,
     ) -> None:
         self.routes = routes
         self.poll_timeout = poll_timeout
         self.session_timeout = session_timeout
         self.max_per_ip = max_per_ip
+        self.max_sessions = max_sessions
         self.sessions: dict[str, LongPollConnection] = {}
         self._per_ip = PeerConnections(max_per_ip)
         metrics.longpoll_sessions.set_function(lambda: len(self.sessions))
 
     def open(
         self, factory: PhoenixFactory, vsn: str, socket_token: str | None, host: str | None
-    ) -> LongPollConnection | None:
-        """A new session, registered with ``factory`` as its sockets are; None past the cap for ``host``."""
+    ) -> LongPollConnection | str:
+        """A new session, registered with ``factory`` as its sockets are; past a cap, a sentence saying which."""
+        if self.max_sessions and len(self.sessions) >= self.max_sessions:
+            return f"this process holds max_longpoll_sessions ({self.max_sessions}) long-poll sessions"
         counted = host if self.max_per_ip else None
         if counted is not None and not self._per_ip.admit(counted):
-            return None
+            return f"this address holds max_connections_per_ip ({self.max_per_ip}) long-poll sessions"
         token = self.routes.token(secrets.token_urlsafe(18))
         connection = LongPollConnection(
             factory=factory, polls=self, token=token, vsn=vsn, socket_token=socket_token, host=counted
@@ -429,10 +440,9 @@ class LongPollResource(Resource):
         )
         host = getattr(request.getClientAddress(), "host", None)
         connection = self._polls.open(self._factory, vsn, socket_token, host)
-        if connection is None:
-            cap = self._polls.max_per_ip
-            self._factory.log_limited("longpoll cap", f"refused long-poll sessions past {cap} an address")
+        if isinstance(connection, str):
+            self._factory.log_limited("longpoll cap", f"refused a long-poll session: {connection}")
             # status 500: phoenix.js retries later, as after a refused connection
             request.setResponseCode(429)
-            return json_body(request, b'{"status":500,"error":"too many long-poll sessions from this address"}')
+            return json_body(request, b'{"status":500,"error":%s}' % json.dumps(connection).encode("ascii"))
         return json_body(request, envelope(410, connection.token, []))

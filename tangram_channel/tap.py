@@ -338,6 +338,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         poll_timeout=config.longpoll_poll_timeout,
         session_timeout=config.longpoll_session_timeout,
         max_per_ip=config.max_connections_per_ip,
+        max_sessions=config.max_longpoll_sessions,
         metrics=metrics,
         routes=session_routes,
     )

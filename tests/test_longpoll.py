@@ -31,11 +31,14 @@ EXPIRY = 20.0
 class Service:
     """A long-poll resource over a fake world, and a client's view of it."""
 
-    def __init__(self, allowed_origins: tuple[str, ...] = ("*",), max_per_ip: int = 0, **factory: Any) -> None:
+    def __init__(
+        self, allowed_origins: tuple[str, ...] = ("*",), max_per_ip: int = 0, max_sessions: int = 0, **factory: Any
+    ) -> None:
         self.world = World()
         self.factory = PhoenixFactory(hub=self.world.hub, clock=self.world.clock, **factory)
         self.polls = LongPolls(
-            poll_timeout=POLL, session_timeout=EXPIRY, max_per_ip=max_per_ip, metrics=self.factory.metrics,
+            poll_timeout=POLL, session_timeout=EXPIRY, max_per_ip=max_per_ip, max_sessions=max_sessions,
+            metrics=self.factory.metrics,
             routes=SessionRoutes(b"secret"),
         )
         self.resource = LongPollResource(factory=self.factory, polls=self.polls, allowed_origins=allowed_origins)
@@ -248,9 +251,22 @@ def test_sessions_per_address_are_capped():
     service.open()
     refused = service.request(b"GET")
     assert refused.responseCode == 429 and body(refused)["status"] == 500  # phoenix.js retries later
+    assert "max_connections_per_ip" in body(refused)["error"]
     service.open(host="10.0.0.2")
     service.polls.sessions[first].close(1000, "test")
     service.open()
+
+
+def test_sessions_of_a_process_are_capped():
+    """Sessions hold no connection between polls: max_longpoll_sessions bounds them, whatever their addresses."""
+    service = Service(max_sessions=2)
+    first = service.open(host="10.0.0.1")
+    service.open(host="10.0.0.2")
+    refused = service.request(b"GET", host="10.0.0.3")
+    assert refused.responseCode == 429 and "max_longpoll_sessions" in body(refused)["error"]
+    service.world.clock.advance(EXPIRY)  # neither polled: both expire, and room is made
+    assert first not in service.polls.sessions
+    service.open(host="10.0.0.3")
 
 
 def test_the_socket_token_comes_from_userToken_or_the_auth_token_header():

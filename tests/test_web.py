@@ -44,7 +44,7 @@ def client(
         cors_origins=cors_origins,
         allowed_origins=allowed_origins,
         longpolls=LongPolls(
-            poll_timeout=10, session_timeout=20, max_per_ip=0, metrics=factory.metrics, routes=SessionRoutes(b"s")
+            poll_timeout=10, session_timeout=20, max_per_ip=0, max_sessions=0, metrics=factory.metrics, routes=SessionRoutes(b"s")
         ),
     )
     stub = StubTreq(site.resource)
