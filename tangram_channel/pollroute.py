@@ -68,7 +68,7 @@ class SessionRoutes:
 
 
 class Forwarder:
-    """Relays a long-poll request to the worker that holds its session, within ``timeout`` seconds."""
+    """Relays a long-poll request to the process that holds its session, within ``timeout`` seconds."""
 
     def __init__(self, reactor: Any, timeout: float) -> None:
         self._reactor = reactor
