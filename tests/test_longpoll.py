@@ -317,3 +317,18 @@ def test_session_tokens_name_their_process_signed():
     stranger.address = ("10.0.0.7", 5000)
     assert stranger.elsewhere(token) is None
     assert other.elsewhere("x.y.z") is None and other.elsewhere("") is None and other.elsewhere("...") is None
+
+
+def test_vsn_1_sessions_read_and_write_object_frames():
+    """
+    ``vsn=1.0.0``: object frames both ways (phoenix.js's LongPoll always uses its V2
+    serializer, whatever ``vsn`` and ``encode`` say; other clients may speak V1).
+    """
+    service = Service()
+    token = body(service.request(b"GET", vsn="1.0.0"))["token"]
+    join = {"topic": "radar", "event": "phx_join", "payload": {"token": service.world.token("radar")},
+            "ref": "1", "join_ref": "1"}
+    assert body(service.request(b"POST", token, json.dumps(join).encode(), vsn="1.0.0")) == {"status": 200}
+    service.world.settle()
+    messages = [json.loads(m) for m in body(service.request(b"GET", token))["messages"]]
+    assert [(m["event"], m["ref"]) for m in messages] == [("phx_reply", "1"), ("presence_state", None)]

@@ -11,6 +11,7 @@ import pytest
 
 from .conftest import JWT_SECRET
 from .e2e import forge_token
+from .blocking_proxy import blocking_proxy  # noqa: F401
 from .jsdriver import PHOENIX_VERSIONS, channel_service  # noqa: F401
 from .nginx import documented_nginx  # noqa: F401
 
@@ -132,3 +133,24 @@ def test_long_polls_through_the_documented_nginx(channel_service, documented_ngi
     assert driver.expect("pushed-binary")["status"] == "ok"
     assert driver.expect("opens")["count"] == 1
     driver.finish()
+
+
+def test_fallback_to_long_polls_when_a_proxy_refuses_websockets(channel_service, blocking_proxy, phoenix):
+    """``longPollFallbackMs`` under Node: the upgrade is refused (403 from the proxy), phoenix.js falls back."""
+    service = channel_service()
+    proxy = blocking_proxy(service.port)
+    listener = service.listener("from:radar:*")
+    driver = service.driver("phoenix_node.mjs", "pushes", PHOENIX_VERSION=phoenix, TRANSPORT="fallback",
+                            SERVICE_URL=proxy.url)
+    joined = driver.expect("joined")
+    assert joined["longpoll"] is True and joined["reply"]["status"] == "ok"
+    driver.expect("ready")
+    assert service.redis.client().publish("to:radar:json-event", '{"n": 1}') == 1
+    assert driver.expect("json")["payload"] == {"n": 1}
+    assert driver.expect("pushed")["status"] == "ok"
+    assert json.loads(listener.next("from:radar:custom_event")) == {"request_id": "r-1", "nested": {"a": [1, 2]}}
+    assert driver.expect("pushed-binary")["status"] == "ok"
+    assert driver.expect("opens")["count"] == 1
+    driver.finish()
+    assert proxy.refused >= 1
+

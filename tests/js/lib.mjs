@@ -17,11 +17,14 @@ export async function loadPhoenix(version = process.env.PHOENIX_VERSION) {
 }
 
 /**
- * The transport TRANSPORT names: "longpoll" is phoenix.js's own LongPoll (fetch under Node);
- * anything else, the ws package's WebSocket.
+ * The Socket options for the transport TRANSPORT names: "longpoll" is phoenix.js's own
+ * LongPoll (fetch under Node); "fallback" the ws package's WebSocket with
+ * longPollFallbackMs; anything else, that WebSocket alone.
  */
-export function transportOf(phoenix) {
-  return process.env.TRANSPORT === "longpoll" ? phoenix.LongPoll : WebSocket;
+export function transportOptions(phoenix) {
+  if (process.env.TRANSPORT === "longpoll") return { transport: phoenix.LongPoll };
+  if (process.env.TRANSPORT === "fallback") return { transport: WebSocket, longPollFallbackMs: 3000 };
+  return { transport: WebSocket };
 }
 
 /** The service's base URL (http://host:port), from SERVICE_URL. */

@@ -4,21 +4,23 @@
 
 import {
   bytesOf, command, join, loadPhoenix, mintToken, next, opened, push, report, run, socketUrl,
-  transportOf
+  transportOptions
 } from "./lib.mjs";
 
 const phoenix = await loadPhoenix();
 const { Socket, Presence } = phoenix;
-// TRANSPORT=longpoll: the same scenarios over phoenix.js's LongPoll
-const transport = transportOf(phoenix);
+// TRANSPORT=longpoll|fallback: the same scenarios over phoenix.js's LongPoll
+const transport = transportOptions(phoenix);
+// with a fallback the WebSocket's error comes first, and only the open that follows counts
+const FALLBACK = process.env.TRANSPORT === "fallback";
 const TOPIC = process.env.TOPIC || "radar";
 
 /** A connected socket carrying the frontend's `params: {userToken}`, and its id. */
 async function connectAs(id = undefined, options = {}) {
   const { id: clientId, token } = await mintToken("system", id);
-  const socket = new Socket(socketUrl(), { transport, params: { userToken: token }, ...options });
+  const socket = new Socket(socketUrl(), { ...transport, params: { userToken: token }, ...options });
   socket.connect();
-  await opened(socket);
+  await (FALLBACK ? new Promise(resolve => socket.onOpen(resolve)) : opened(socket));
   return { socket, id: clientId };
 }
 
@@ -151,7 +153,7 @@ const scenarios = {
   async restart() {
     const counts = { open: 0, join: 0, presence_state: 0, broadcast: 0 };
     const { token, id } = await mintToken("system");
-    const socket = new Socket(socketUrl(), { transport, params: { userToken: token } });
+    const socket = new Socket(socketUrl(), { ...transport, params: { userToken: token } });
     socket.onOpen(() => report("open", { count: ++counts.open }));
     socket.onClose(event => report("close", { code: event.code }));
     const { token: topicToken } = await mintToken(TOPIC, id);
@@ -191,7 +193,7 @@ const scenarios = {
   /** Phoenix 1.8's authToken: the token rides in Sec-WebSocket-Protocol; joins carry none. */
   async authtoken() {
     const { token, id } = await mintToken("system");
-    const socket = new Socket(socketUrl(), { transport, authToken: token });
+    const socket = new Socket(socketUrl(), { ...transport, authToken: token });
     socket.connect();
     await opened(socket);
     report("open", { protocol: socket.conn.protocol });
@@ -209,7 +211,7 @@ const scenarios = {
   async v1() {
     const frames = [];
     const socket = new Socket(socketUrl(), {
-      transport,
+      ...transport,
       vsn: "1.0.0",
       params: { userToken: (await mintToken("system")).token },
       encode: (message, callback) => callback(JSON.stringify(message)),
