@@ -67,6 +67,10 @@ class Config:
     request_head_timeout: float = 10.0
     http_idle_timeout: float = 60.0
     max_connections_per_ip: int = 0
+    longpoll_poll_timeout: float = 10.0
+    longpoll_session_timeout: float = 20.0
+    longpoll_route_host: str | None = None
+    max_longpoll_sessions: int = 10_000
     message_rate: float = 200.0
     message_burst: int = 1000
     max_receive_rate: int = 1024 * 1024
@@ -152,6 +156,10 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "request_head_timeout": ("float", 0.01),
     "http_idle_timeout": ("float", 1),
     "max_connections_per_ip": ("int", 0),
+    "longpoll_poll_timeout": ("float", 0.01),
+    "longpoll_session_timeout": ("float", 0.01),
+    "longpoll_route_host": ("optstr", None),
+    "max_longpoll_sessions": ("int", 0),
     "message_rate": ("float", 0),
     "message_burst": ("int", 1),
     "max_receive_rate": ("int", 0),

@@ -33,7 +33,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.sockets = Gauge(PREFIX + "sockets", "Open WebSocket connections", registry=r)
+        self.sockets = Gauge(PREFIX + "sockets", "Open client connections: WebSockets and long-poll sessions", registry=r)
         self.joins = Counter(PREFIX + "joins", "Joins accepted", registry=r)
         self.join_refusals = Counter(PREFIX + "join_refusals", "Joins refused, by reason", ["reason"], registry=r)
         self.channels = Gauge(PREFIX + "channels", "Channels with members on this process", registry=r)
@@ -109,6 +109,12 @@ class Metrics:
             PREFIX + "rate_clients_closed", "Sockets closed with 1008 for sending over message_rate", registry=r
         )
         self.pongs_skipped = Counter(PREFIX + "pongs_skipped", "Pings over message_rate left unanswered", registry=r)
+        self.longpoll_sessions = Gauge(
+            PREFIX + "longpoll_sessions", "Open long-poll sessions (also counted in sockets)", registry=r
+        )
+        self.longpoll_expired = Counter(
+            PREFIX + "longpoll_expired", "Long-poll sessions ended for no poll in longpoll_session_timeout", registry=r
+        )
         self.receive_throttled = Counter(
             PREFIX + "receive_throttled",
             "Times a socket was not read for a moment for sending over max_receive_rate",

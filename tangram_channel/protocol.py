@@ -104,6 +104,18 @@ class _Connection(Protocol):
     def unregisterProducer(self) -> None: ...
 
 
+class Connection(Protocol):
+    """
+    A client's connection as the factory keeps it, whatever its transport: a
+    ``PhoenixProtocol`` or a long-poll session (``longpoll.LongPollConnection``).
+    """
+
+    session: Session | None
+
+    def close(self, code: int, reason: str) -> None:
+        """Leave every channel now and end the connection, telling the client ``code`` if it can."""
+
+
 def server_frame(payload: bytes, is_binary: bool) -> bytes:
     """
     One unmasked, uncompressed WebSocket frame, as autobahn's ``PreparedMessage`` builds
@@ -497,7 +509,8 @@ class PhoenixFactory(WebSocketServerFactory):
         self.message_rate = message_rate
         self.message_burst = message_burst
         self.max_receive_rate = max_receive_rate
-        self.sockets: set[PhoenixProtocol] = set()
+        self.max_message_size = max_message_size
+        self.sockets: set[Connection] = set()  # WebSockets and long-poll sessions
         self.metrics.count_sockets(lambda: len(self.sockets))
         self._errors = ThrottledLog(log, clock)
         self._autobahn_log = AutobahnLog(self.protocol.log, self._errors)

@@ -38,7 +38,9 @@ from .protocol import PhoenixFactory
 from .bus import RedisBridge, RedisURL
 from .service import ChannelService, ProcessSetup
 from .tokens import TokenAuthority
-from .web import make_site
+from .longpoll import LongPolls
+from .pollroute import Forwarder, RoutePort, SessionRoutes
+from .web import make_route_site, make_site
 from .workers import ParentWatch, ReusePortReactor, WorkerPool
 
 log = Logger()
@@ -331,6 +333,22 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         b"healthz": HealthResource(bridge, probe, factory, reactor, config.public_url),
         b"admin": AdminPage(console_endpoints(tokens, view, history, bridge, factory)),
     }
+    session_routes = SessionRoutes(config.jwt_secret.encode("utf-8"))
+    longpolls = LongPolls(
+        poll_timeout=config.longpoll_poll_timeout,
+        session_timeout=config.longpoll_session_timeout,
+        max_per_ip=config.max_connections_per_ip,
+        max_sessions=config.max_longpoll_sessions,
+        metrics=metrics,
+        routes=session_routes,
+    )
+    forwarder = None
+    if options["worker"] or config.longpoll_route_host is not None:
+        # a poll is held for its timeout, a POST waits on Redis for at most its own
+        forwarder = Forwarder(reactor, config.longpoll_poll_timeout + config.redis_timeout)
+        route_site = make_route_site(factory=factory, longpolls=longpolls, reactor=reactor, metrics=metrics)
+        route_host = config.longpoll_route_host or "127.0.0.1"
+        RoutePort(reactor, session_routes, route_site, route_host).setServiceParent(top)
     site = make_site(
         factory=factory,
         tokens=tokens,
@@ -344,6 +362,8 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         http_idle_timeout=config.http_idle_timeout,
         max_connections_per_ip=config.max_connections_per_ip,
         metrics=metrics,
+        longpolls=longpolls,
+        forwarder=forwarder,
     )
     listening_reactor = reactor
     if options["worker"]:

@@ -1,9 +1,12 @@
 """
-The HTTP surface: one ``Site`` serving ``POST /token`` and the WebSocket upgrade.
+The HTTP surface: one ``Site`` serving ``POST /token``, the WebSocket upgrade and its
+long-poll fallback.
 
 The socket answers at ``/websocket`` (Tangram's frontend: ``new Socket(baseUrl)``
 appends ``/websocket``), ``/socket/websocket`` (Phoenix's default) and
-``/websocket/websocket`` (``new Phoenix.Socket("/websocket")``). Every response carries
+``/websocket/websocket`` (``new Phoenix.Socket("/websocket")``); phoenix.js long-polls
+the same path with ``longpoll`` for its last ``websocket``: ``/longpoll``,
+``/socket/longpoll``, ``/websocket/longpoll`` (``longpoll.py``). Every response carries
 CORS headers, and any ``OPTIONS`` preflight gets 204.
 """
 
@@ -27,6 +30,9 @@ from twisted.web.server import Request, Site
 
 from . import frames
 from .metrics import Metrics
+from .longpoll import LongPollResource, LongPolls
+from .peers import PeerConnections
+from .pollroute import Forwarder
 from .protocol import CONFORMANCE_PATH, PhoenixFactory
 from .naming import is_admin_topic
 from .tokens import TokenAuthority
@@ -34,8 +40,13 @@ from .logs import ThrottledLog
 
 log = Logger()
 
-# also the largest body any path reads: nothing else takes one (an upgrade has none)
+# also the largest body any path but the long-poll one reads (an upgrade has none)
 MAX_TOKEN_REQUEST = 64 * 1024
+
+
+def is_longpoll_path(path: bytes) -> bool:
+    """Whether a request target (query included) is one of the long-poll paths, whose bodies are frames."""
+    return path.split(b"?", 1)[0].rstrip(b"/").endswith(b"/longpoll")
 
 
 def _json_response(request: Request, code: int, body: dict[str, Any]) -> bytes:
@@ -168,6 +179,28 @@ class _CountedUpgrades:
         return protocol
 
 
+class SocketPaths(Resource):
+    """
+    ``/websocket``: the socket itself, ``/websocket/websocket`` too, and
+    ``/websocket/longpoll``, the long-poll path phoenix.js derives from the latter.
+    """
+
+    def __init__(self, socket: Resource, longpoll: Resource) -> None:
+        super().__init__()
+        self._socket = socket
+        self._longpoll = longpoll
+
+    def render(self, request: Request) -> Any:
+        return self._socket.render(request)
+
+    def getChild(self, path: bytes, request: Request) -> Resource:
+        if path == b"longpoll":
+            return self._longpoll
+        if path in (b"", b"websocket"):
+            return self._socket
+        return NotFound()
+
+
 class NotFound(Resource):
     isLeaf = True
 
@@ -199,17 +232,20 @@ class CORSRequest(Request):
 
     cors_origins: tuple[str, ...] = ("*",)
     body_size = 0
+    body_limit = MAX_TOKEN_REQUEST
 
     @property
     def body_too_large(self) -> bool:
-        return self.body_size > MAX_TOKEN_REQUEST
+        return self.body_size > self.body_limit
 
     def gotLength(self, length: int | None) -> None:
         # twisted.web spools a body of unknown or large length to a temporary file
         self.content = io.BytesIO()  # type: ignore[assignment]  # declared by its default, None
+        if isinstance(self.channel, GuardedHTTPChannel):  # not in tests' in-memory sites
+            self.body_limit = self.channel.body_limit()
 
     def handleContentChunk(self, data: bytes) -> None:
-        room = MAX_TOKEN_REQUEST + 1 - self.body_size
+        room = self.body_limit + 1 - self.body_size
         self.body_size += len(data)
         if room > 0:
             super().handleContentChunk(data[:room])
@@ -220,36 +256,14 @@ class CORSRequest(Request):
         if self.method == b"OPTIONS":
             self.setResponseCode(204)
             self.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
-            self.setHeader(b"access-control-allow-headers", b"Content-Type, Authorization")
+            self.setHeader(
+                b"access-control-allow-headers",
+                b"Content-Type, Authorization, X-Phoenix-AuthToken, X-Phoenix-LongPoll-Token",
+            )
             self.setHeader(b"access-control-max-age", b"86400")
             self.finish()
             return
         super().process()
-
-
-class PeerConnections:
-    """
-    Open connections by peer IP address, refused past ``limit`` (0 is no cap: then the
-    site counts nothing). Pure bookkeeping: the site admits at accept, and the connection
-    releases when it ends, whether it stayed HTTP or became a WebSocket.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._open: dict[str, int] = {}
-
-    def admit(self, host: str) -> bool:
-        """Count one more connection from ``host``, unless it already has ``limit``."""
-        count = self._open.get(host, 0)
-        if count >= self.limit:
-            return False
-        self._open[host] = count + 1
-        return True
-
-    def release(self, host: str) -> None:
-        count = self._open.pop(host) - 1
-        if count:
-            self._open[host] = count
 
 
 class GuardedHTTPChannel(HTTPChannel):
@@ -257,8 +271,8 @@ class GuardedHTTPChannel(HTTPChannel):
     twisted.web's channel with the bounds it lacks: a request head must arrive whole
     within ``site.request_head_timeout`` of its first byte (twisted.web only times out
     silence, which a byte every few seconds avoids), and a body larger than
-    ``MAX_TOKEN_REQUEST`` is refused with 413 by its Content-Length before it is read,
-    or as soon as a chunked one grows past it.
+    ``body_limit()`` is refused with 413 by its Content-Length before it is read, or as
+    soon as a chunked one grows past it.
     """
 
     site: QuietSite
@@ -275,7 +289,7 @@ class GuardedHTTPChannel(HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._cancel_head_deadline()
-        if self.length is not None and self.length > MAX_TOKEN_REQUEST:
+        if self.length is not None and self.length > self.body_limit():
             self._refuse_body()
             return
         super().allHeadersReceived()
@@ -292,6 +306,13 @@ class GuardedHTTPChannel(HTTPChannel):
             self.site.peers.release(self.peer_host)
         super().connectionLost(reason)
 
+    def body_limit(self) -> int:
+        """The largest body the request being read may have: a long-poll batch, or ``MAX_TOKEN_REQUEST``."""
+        # the request target, kept by HTTPChannel from the request line until the request is built
+        # (pinned by tests/test_http_limits.py)
+        path: bytes = getattr(self, "_path", b"")
+        return self.site.longpoll_body if is_longpoll_path(path) else MAX_TOKEN_REQUEST
+
     def _cancel_head_deadline(self) -> None:
         if self._head_deadline is not None and self._head_deadline.active():
             self._head_deadline.cancel()
@@ -306,7 +327,7 @@ class GuardedHTTPChannel(HTTPChannel):
         self.site.refused("body too large", "refused request bodies over the limit")
         request = self.requests[-1]
         cors = cors_headers(request.cors_origins, request.getHeader("origin"))
-        self._refuse(413, "Content Too Large", f"the body must be at most {MAX_TOKEN_REQUEST} bytes", cors)
+        self._refuse(413, "Content Too Large", f"the body must be at most {self.body_limit()} bytes", cors)
 
     def _refuse(self, code: int, phrase: str, sentence: str, headers: dict[bytes, bytes]) -> None:
         """Answer ``code`` and close, reading nothing more (no request is in progress)."""
@@ -338,24 +359,53 @@ def make_site(
     http_idle_timeout: float = 60.0,
     max_connections_per_ip: int = 0,
     metrics: Metrics | None = None,
+    longpolls: LongPolls | None = None,
+    forwarder: Forwarder | None = None,
 ) -> Site:
-    """The Site; ``routes`` adds top-level resources (``/metrics``, ``/healthz``, ``/admin``)."""
+    """
+    The Site; ``routes`` adds top-level resources (``/metrics``, ``/healthz``, ``/admin``);
+    ``longpolls`` serves the long-poll paths (none without).
+    """
     peers = PeerConnections(max_connections_per_ip)
     socket = SocketResource(factory, allowed_origins, peers)
+    longpoll: Resource = NotFound()
+    if longpolls is not None:
+        longpoll = LongPollResource(
+            factory=factory, polls=longpolls, allowed_origins=allowed_origins, forwarder=forwarder
+        )
     root = Root()
     if conformance_echo:
         root.putChild(CONFORMANCE_PATH.strip("/").encode(), socket)
     root.putChild(b"token", TokenResource(tokens, admin_key))
     for path, resource in (routes or {}).items():
         root.putChild(path, resource)
-    root.putChild(b"websocket", socket)  # also /websocket/websocket: the resource is a leaf
+    root.putChild(b"websocket", SocketPaths(socket, longpoll))
+    root.putChild(b"longpoll", longpoll)
     phoenix_default = Root()
     phoenix_default.putChild(b"websocket", socket)
+    phoenix_default.putChild(b"longpoll", longpoll)
     root.putChild(b"socket", phoenix_default)
     request_class = type("ConfiguredCORSRequest", (CORSRequest,), {"cors_origins": cors_origins})
     site = QuietSite(
         root, requestFactory=request_class, reactor=reactor, timeout=http_idle_timeout, peers=peers,
         request_head_timeout=request_head_timeout, metrics=metrics or Metrics(),
+        longpoll_body=factory.max_message_size,
+    )
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
+
+
+def make_route_site(*, factory: PhoenixFactory, longpolls: LongPolls, reactor: Any, metrics: Metrics) -> Site:
+    """
+    A process's route site (``pollroute.RoutePort``): ``/longpoll`` alone, for the
+    requests other processes forward, which they checked (Origin, vsn) before forwarding.
+    """
+    root = Root()
+    root.putChild(b"longpoll", LongPollResource(factory=factory, polls=longpolls, allowed_origins=("*",)))
+    site = QuietSite(
+        root, reactor=reactor, peers=PeerConnections(0), request_head_timeout=10.0, metrics=metrics,
+        longpoll_body=factory.max_message_size,
     )
     site.displayTracebacks = False
     site.noisy = False
@@ -380,9 +430,11 @@ class QuietSite(Site):
         peers: PeerConnections,
         request_head_timeout: float,
         metrics: Metrics,
+        longpoll_body: int = MAX_TOKEN_REQUEST,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, **kwargs)
+        self.longpoll_body = longpoll_body
         self.peers = peers
         self.request_head_timeout = request_head_timeout
         self._metrics = metrics

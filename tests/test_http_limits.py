@@ -76,6 +76,28 @@ def test_a_declared_oversized_body_is_refused_before_it_is_sent(service, path):
     assert b"\r\naccess-control-allow-origin: *\r\n" in answer  # a page can read why
 
 
+def test_a_long_poll_batch_may_be_as_large_as_max_message_size_and_no_larger(twistd, flushed_redis):
+    """
+    A long-poll POST carries frames: its bound is max_message_size, not the 64 KiB of the
+    other paths (the channel reads the request target from twisted.web's ``_path``).
+    """
+    service = start_twistd(twistd, "--redis-url", flushed_redis.url, datetime_interval=0, max_message_size=200_000)
+    for path in ("/longpoll", "/socket/longpoll", "/websocket/longpoll"):
+        sock = connect(service.port)
+        sock.sendall(
+            f"POST {path}?vsn=2.0.0&token=gone HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+            f"Content-Length: 100000\r\nConnection: close\r\n\r\n".encode() + b"[" * 100_000
+        )
+        status, body = status_and_body(read_until_closed(sock))
+        assert (status, json.loads(body)) == (200, {"status": 410}), path
+    sock = connect(service.port)
+    sock.sendall(
+        b"POST /longpoll?vsn=2.0.0&token=gone HTTP/1.1\r\nHost: x\r\nContent-Length: 200001\r\n\r\n"
+    )
+    status, body = status_and_body(read_until_closed(sock))
+    assert status == 413 and "200000" in json.loads(body)["error"]
+
+
 def test_a_chunked_body_is_refused_as_it_grows_past_the_limit(service):
     sock = connect(service.port)
     sock.sendall(

@@ -13,6 +13,8 @@ from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
 from tangram_channel.protocol import PhoenixFactory
+from tangram_channel.longpoll import LongPolls
+from tangram_channel.pollroute import SessionRoutes
 from tangram_channel.web import MAX_TOKEN_REQUEST, SocketResource, make_site
 
 from .fakes import World, claims_of
@@ -34,12 +36,16 @@ def client(
     """A StubTreq on the service's real Site (its request class adds CORS)."""
     world = World()
     world.tokens.id_length = id_length
+    factory = phoenix_factory(world)
     site = make_site(
-        factory=phoenix_factory(world),
+        factory=factory,
         tokens=world.tokens,
         admin_key=admin_key,
         cors_origins=cors_origins,
         allowed_origins=allowed_origins,
+        longpolls=LongPolls(
+            poll_timeout=10, session_timeout=20, max_per_ip=0, max_sessions=0, metrics=factory.metrics, routes=SessionRoutes(b"s")
+        ),
     )
     stub = StubTreq(site.resource)
     # StubTreq serves the resource through a plain Site of its own; give it our request class.
@@ -274,3 +280,18 @@ def test_the_426_says_to_upgrade_to_websocket() -> None:
     SocketResource(phoenix_factory(World()), ("*",)).render(request)
     assert request.responseCode == 426
     assert request.responseHeaders.getRawHeaders(b"upgrade") == [b"websocket"]
+
+
+@pytest.mark.parametrize("path", ["/longpoll", "/socket/longpoll", "/websocket/longpoll", "/websocket/longpoll/"])
+def test_each_socket_path_has_its_long_poll_path(path: str) -> None:
+    """phoenix.js long-polls its socket path with its last ``websocket`` replaced by ``longpoll``."""
+    answer = Answer(client(), "GET", path + "?vsn=2.0.0", None, {})
+    opened = json.loads(answer.body)
+    assert (answer.code, opened["status"], opened["messages"]) == (200, 410, [])
+    assert answer.header("cache-control") == "no-store"
+    assert answer.header("access-control-allow-origin") == "*"
+
+
+@pytest.mark.parametrize("path", ["/websocket/other", "/websocket/longpoll/other", "/socket/longpoll/x"])
+def test_other_paths_below_the_socket_are_404(path: str) -> None:
+    assert Answer(client(), "GET", path, None, {}).code == 404

@@ -16,6 +16,17 @@ export async function loadPhoenix(version = process.env.PHOENIX_VERSION) {
   return import(`phoenix${version}`);
 }
 
+/**
+ * The Socket options for the transport TRANSPORT names: "longpoll" is phoenix.js's own
+ * LongPoll (fetch under Node); "fallback" the ws package's WebSocket with
+ * longPollFallbackMs; anything else, that WebSocket alone.
+ */
+export function transportOptions(phoenix) {
+  if (process.env.TRANSPORT === "longpoll") return { transport: phoenix.LongPoll };
+  if (process.env.TRANSPORT === "fallback") return { transport: WebSocket, longPollFallbackMs: 3000 };
+  return { transport: WebSocket };
+}
+
 /** The service's base URL (http://host:port), from SERVICE_URL. */
 export function serviceUrl() {
   const url = process.env.SERVICE_URL;

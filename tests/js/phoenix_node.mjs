@@ -3,19 +3,24 @@
 // Steps and commands: see lib.mjs. tests/test_phoenix_js.py drives every scenario.
 
 import {
-  WebSocket, bytesOf, command, join, loadPhoenix, mintToken, next, opened, push, report, run,
-  socketUrl
+  bytesOf, command, join, loadPhoenix, mintToken, next, opened, push, report, run, socketUrl,
+  transportOptions
 } from "./lib.mjs";
 
-const { Socket, Presence } = await loadPhoenix();
+const phoenix = await loadPhoenix();
+const { Socket, Presence } = phoenix;
+// TRANSPORT=longpoll|fallback: the same scenarios over phoenix.js's LongPoll
+const transport = transportOptions(phoenix);
+// with a fallback the WebSocket's error comes first, and only the open that follows counts
+const FALLBACK = process.env.TRANSPORT === "fallback";
 const TOPIC = process.env.TOPIC || "radar";
 
 /** A connected socket carrying the frontend's `params: {userToken}`, and its id. */
 async function connectAs(id = undefined, options = {}) {
   const { id: clientId, token } = await mintToken("system", id);
-  const socket = new Socket(socketUrl(), { transport: WebSocket, params: { userToken: token }, ...options });
+  const socket = new Socket(socketUrl(), { ...transport, params: { userToken: token }, ...options });
   socket.connect();
-  await opened(socket);
+  await (FALLBACK ? new Promise(resolve => socket.onOpen(resolve)) : opened(socket));
   return { socket, id: clientId };
 }
 
@@ -41,6 +46,26 @@ const scenarios = {
     report("pushed", await push(channel, "custom_event", { request_id: "r-1", nested: { a: [1, 2] } }));
     const raw = new Uint8Array([0, 1, 2, 254, 255]).buffer;
     report("pushed-binary", await push(channel, "arrow-batch", raw));
+    socket.disconnect();
+  },
+
+  /**
+   * What every transport carries (binary broadcasts cannot ride in a long poll's JSON):
+   * join, a JSON broadcast from Redis, a JSON and a binary push with their acks.
+   */
+  async pushes() {
+    const { socket, id } = await connectAs();
+    let opens = 1;  // a session lost (410) shows as another open
+    socket.onOpen(() => opens++);
+    const { channel, reply } = await joinTopic(socket, id);
+    report("joined", { id, reply, longpoll: socket.conn instanceof phoenix.LongPoll });
+    const json = next(channel, "json-event");
+    report("ready");
+    report("json", { payload: await json });
+    report("pushed", await push(channel, "custom_event", { request_id: "r-1", nested: { a: [1, 2] } }));
+    const raw = new Uint8Array([0, 1, 2, 254, 255]).buffer;
+    report("pushed-binary", await push(channel, "arrow-batch", raw));
+    report("opens", { count: opens });
     socket.disconnect();
   },
 
@@ -128,7 +153,7 @@ const scenarios = {
   async restart() {
     const counts = { open: 0, join: 0, presence_state: 0, broadcast: 0 };
     const { token, id } = await mintToken("system");
-    const socket = new Socket(socketUrl(), { transport: WebSocket, params: { userToken: token } });
+    const socket = new Socket(socketUrl(), { ...transport, params: { userToken: token } });
     socket.onOpen(() => report("open", { count: ++counts.open }));
     socket.onClose(event => report("close", { code: event.code }));
     const { token: topicToken } = await mintToken(TOPIC, id);
@@ -168,7 +193,7 @@ const scenarios = {
   /** Phoenix 1.8's authToken: the token rides in Sec-WebSocket-Protocol; joins carry none. */
   async authtoken() {
     const { token, id } = await mintToken("system");
-    const socket = new Socket(socketUrl(), { transport: WebSocket, authToken: token });
+    const socket = new Socket(socketUrl(), { ...transport, authToken: token });
     socket.connect();
     await opened(socket);
     report("open", { protocol: socket.conn.protocol });
@@ -186,7 +211,7 @@ const scenarios = {
   async v1() {
     const frames = [];
     const socket = new Socket(socketUrl(), {
-      transport: WebSocket,
+      ...transport,
       vsn: "1.0.0",
       params: { userToken: (await mintToken("system")).token },
       encode: (message, callback) => callback(JSON.stringify(message)),
