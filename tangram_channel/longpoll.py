@@ -394,12 +394,17 @@ class LongPollResource(Resource):
         polls: LongPolls,
         allowed_origins: tuple[str, ...],
         forwarder: Forwarder | None = None,
+        opens_sessions: bool = True,
     ) -> None:
         super().__init__()
         self._factory = factory
         self._polls = polls
         self._allowed_origins = allowed_origins
         self._forwarder = forwarder  # to the worker holding a session (``pollroute``), if there are others
+        # the route port serves the sessions it holds to the other processes, and opens
+        # none: a session opened there would pass the Origin check and be counted
+        # against the forwarding process's address, not the client's
+        self._opens_sessions = opens_sessions
 
     def render(self, request: Request) -> Any:
         if request.postpath not in ([], [b""]):
@@ -422,6 +427,9 @@ class LongPollResource(Resource):
         if not token:
             if request.method == b"POST":
                 return json_body(request, envelope(410))
+            if not self._opens_sessions:
+                request.setResponseCode(403)
+                return json_body(request, b'{"status":403,"error":"sessions are opened on the service port"}')
             return self._open(request, vsn, args)
         connection = self._polls.find(token.decode("utf-8", "replace"))
         if connection is None:

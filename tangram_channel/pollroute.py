@@ -16,18 +16,17 @@ import base64
 import hashlib
 import hmac
 import io
+from collections.abc import Callable
 from typing import Any, cast
 
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, IResponse, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request, Site
-
-log = Logger()
 
 _MAC_BYTES = 16
 
@@ -70,10 +69,16 @@ class SessionRoutes:
 class Forwarder:
     """Relays a long-poll request to the process that holds its session, within ``timeout`` seconds."""
 
-    def __init__(self, reactor: Any, timeout: float) -> None:
+    def __init__(self, reactor: Any, timeout: float, report: Callable[[str], None]) -> None:
         self._reactor = reactor
-        self._agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=True))
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._agent = Agent(reactor, pool=self._pool)
         self._timeout = timeout
+        self._report = report  # rate-limited by the caller: a dead owner fails every poll of its sessions
+
+    def close(self) -> Any:
+        """Close the kept-alive connections to the other processes (at shutdown)."""
+        return self._pool.closeCachedConnections()
 
     def forward(self, request: Request, owner: tuple[str, int], body: bytes) -> Any:
         query = request.uri.partition(b"?")[2]
@@ -105,7 +110,7 @@ class Forwarder:
 
     def _gone(self, failure: Failure, request: Request, lost: list[Failure]) -> None:
         """The owner did not answer (it stopped, or restarts): the session is gone, and phoenix.js opens another."""
-        log.debug("forwarding a long-poll request failed: {f}", f=failure.getErrorMessage())
+        self._report(f"a long-poll request for a session of another process failed: {failure.getErrorMessage()}")
         if not lost:
             finish_json(request, b'{"status":410}')
 
@@ -127,11 +132,12 @@ def finish_json(request: Request, body: bytes) -> None:
 class RoutePort(Service):
     """This process's route port on ``host``, serving ``site`` (the long-poll path alone), named in its tokens."""
 
-    def __init__(self, reactor: Any, routes: SessionRoutes, site: Site, host: str) -> None:
+    def __init__(self, reactor: Any, routes: SessionRoutes, site: Site, host: str, forwarder: Forwarder) -> None:
         self._reactor = reactor
         self._routes = routes
         self._site = site
         self._host = host
+        self._forwarder = forwarder  # whose connections to the other processes close with this port
         self._port: IListeningPort | None = None
 
     def startService(self) -> None:
@@ -142,4 +148,7 @@ class RoutePort(Service):
     def stopService(self) -> Any:
         super().stopService()
         port, self._port = self._port, None
-        return port.stopListening() if port is not None else None
+        return defer.gatherResults([
+            defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None),
+            defer.maybeDeferred(self._forwarder.close),
+        ])

@@ -345,10 +345,13 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     forwarder = None
     if options["worker"] or config.longpoll_route_host is not None:
         # a poll is held for its timeout, a POST waits on Redis for at most its own
-        forwarder = Forwarder(reactor, config.longpoll_poll_timeout + config.redis_timeout)
+        forwarder = Forwarder(
+            reactor, config.longpoll_poll_timeout + config.redis_timeout,
+            lambda why: factory.log_limited("longpoll forward", why),
+        )
         route_site = make_route_site(factory=factory, longpolls=longpolls, reactor=reactor, metrics=metrics)
         route_host = config.longpoll_route_host or "127.0.0.1"
-        RoutePort(reactor, session_routes, route_site, route_host).setServiceParent(top)
+        RoutePort(reactor, session_routes, route_site, route_host, forwarder).setServiceParent(top)
     site = make_site(
         factory=factory,
         tokens=tokens,

@@ -402,7 +402,9 @@ def make_route_site(*, factory: PhoenixFactory, longpolls: LongPolls, reactor: A
     requests other processes forward, which they checked (Origin, vsn) before forwarding.
     """
     root = Root()
-    root.putChild(b"longpoll", LongPollResource(factory=factory, polls=longpolls, allowed_origins=("*",)))
+    root.putChild(
+        b"longpoll", LongPollResource(factory=factory, polls=longpolls, allowed_origins=("*",), opens_sessions=False)
+    )
     site = QuietSite(
         root, reactor=reactor, peers=PeerConnections(0), request_head_timeout=10.0, metrics=metrics,
         longpoll_body=factory.max_message_size,

@@ -7,9 +7,13 @@ to the session's own).
 
 from __future__ import annotations
 
+import base64
 import json
+import urllib.error
 import urllib.request
 from typing import Any
+
+import pytest
 
 from .live import start_twistd, token
 from .waiting import wait_until
@@ -58,3 +62,24 @@ def test_every_request_of_a_session_is_served_by_whichever_node_gets_it(twistd, 
         for _ in range(2)
     ]
     exercise([node.port for node in nodes])
+
+
+def test_a_route_port_serves_sessions_it_holds_and_opens_none(twistd, flushed_redis):
+    """
+    The route port a token names is reachable by anyone who can reach that address: it
+    answers the session's requests, but opens no session (that would skip the service
+    port's Origin check and count against the forwarder's address) and knows no forged one.
+    """
+    node = start_twistd(twistd, "--redis-url", flushed_redis.url, datetime_interval=0, longpoll_poll_timeout=0.2,
+                        longpoll_route_host="127.0.0.1")
+    session = call(node.port, "GET", "")["token"]
+    name = session.split(".")[0]
+    host, _, port = base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode().rpartition(":")
+    assert host == "127.0.0.1" and int(port) != node.port
+    route = int(port)
+    assert call(route, "GET", f"token={session}")["status"] in (200, 204)  # its own session: served
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        call(route, "GET", "")
+    assert refused.value.code == 403 and json.load(refused.value)["error"] == "sessions are opened on the service port"
+    forged = session[:-2] + ("AA" if not session.endswith("AA") else "BB")
+    assert call(route, "GET", f"token={forged}") == {"status": 410}
