@@ -364,6 +364,47 @@ class LoadClient:
             self.process.wait()
 
 
+class LoadClients:
+    """
+    As many C clients as the sockets need, read as one: a process may not hold more
+    descriptors than RLIMIT_NOFILE's hard limit (20,000 on the development machine), and
+    a 20,000-client storm needs one more. Events come when every client has had them;
+    counts are summed.
+    """
+
+    def __init__(self, port: int, sockets: list[tuple[str, list[tuple[str, str]]]], options: list[str],
+                 name: str) -> None:
+        per_client = max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 64)
+        chunks = [sockets[i:i + per_client] for i in range(0, len(sockets), per_client)]
+        self.clients = [LoadClient(port, chunk, options, name if len(chunks) == 1 else f"{name}-{k}")
+                        for k, chunk in enumerate(chunks)]
+
+    def wait_event(self, word: str, timeout: float) -> float | None:
+        deadline = time.monotonic() + timeout
+        times = [client.wait_event(word, max(0.0, deadline - time.monotonic())) for client in self.clients]
+        return None if None in times else max(t for t in times if t is not None)
+
+    def stats(self) -> dict:
+        return _summed([client.stats() for client in self.clients])
+
+    def finish(self) -> dict:
+        return _summed([client.finish() for client in self.clients])
+
+    def kill(self) -> None:
+        for client in self.clients:
+            client.kill()
+
+
+def _summed(results: list[dict]) -> dict:
+    """The clients' numbers added up (what is not a number: the first client's)."""
+    total = dict(results[0])
+    for result in results[1:]:
+        for key, value in result.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                total[key] += value
+    return total
+
+
 def drain(client: LoadClient, expected: int, quiet: float = 2.0, limit: float = 20.0) -> tuple[dict, float]:
     """Poll until every delivery arrived or none arrived for ``quiet`` s; returns last stats, when."""
     deadline = time.monotonic() + limit

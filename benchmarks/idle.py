@@ -36,7 +36,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
             sockets.append((f"/websocket?vsn=2.0.0&userToken={system}", joins))
         options = ["-c", str(args.concurrency), "-m", str(args.max_seconds),
                    "-p", "system", "-n", str(args.clients)]
-        client = h.LoadClient(stage.port, sockets, options, f"idle-{target}")
+        client = h.LoadClients(stage.port, sockets, options, f"idle-{target}")
         stage.stop_later(client.kill)
         profiler = h.start_profiler(server.pid, args.timeout, args.py_spy) if args.py_spy and target == "ours" else None
         joined = client.wait_event("JOINED", args.timeout)
