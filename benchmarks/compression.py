@@ -121,8 +121,10 @@ def phase(port: int, redis_url: str, server: h.Proc, args: argparse.Namespace, o
             for key, _ in selector.select(0.05):
                 key.data.read()
 
-    pump(1.0)  # joins answered
+    pump(2.0)  # joins answered, presence diffs delivered
     wire_before = sum(m.wire for m in members)
+    for m in members:
+        m.deliveries = m.compressed = 0
     client = redis.Redis.from_url(redis_url)
     payloads = [state(args.aircraft, seq) for seq in range(int(args.rate * args.duration))]
     before = server.usage()

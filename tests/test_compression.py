@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from autobahn.websocket.compress import PerMessageDeflateOffer
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.sync.client import connect
 
 from tangram_channel.deflate import Compression, LeanDeflate, accept_offer, compressed_frame, deflate, server_frame
 from tangram_channel.frames import Broadcast, Burst
@@ -220,3 +222,20 @@ def test_a_broadcast_reaches_compressing_and_plain_members_alike(twistd, flushed
     zipped_bytes, plain_bytes = zipped_wire.wire - wire_before[0], plain_wire.wire - wire_before[1]
     assert zipped_wire.compressed >= 1 and plain_wire.compressed == 0
     assert zipped_bytes < plain_bytes / 5, (zipped_bytes, plain_bytes)
+
+
+def test_a_python_client_negotiates_and_inflates_a_broadcast(twistd, flushed_redis) -> None:
+    """websockets (as Python plugins and tools use it) offers permessage-deflate by default."""
+    service = start_twistd(twistd, "--redis-url", flushed_redis.url, datetime_interval=0)
+    url = f"ws://127.0.0.1:{service.port}/websocket?vsn=2.0.0&userToken={token('state')}"
+    with connect(url, open_timeout=5) as ws:
+        (extension,) = ws.protocol.extensions
+        assert isinstance(extension, PerMessageDeflate)
+        assert extension.remote_no_context_takeover and extension.local_no_context_takeover
+        ws.send(json.dumps(["1", "1", "state", "phx_join", {}]))
+        assert json.loads(ws.recv(timeout=5))[4]["status"] == "ok"
+        payload = state_payload()
+        flushed_redis.client().publish("to:state:update", payload)
+        while (message := json.loads(ws.recv(timeout=5)))[3] != "update":
+            pass
+        assert message[4] == json.loads(payload)
