@@ -7,7 +7,10 @@ do not, against one ``twistd`` in the same run.
 Prints JSON, then the two ratios (compressing / plain): the bytes the clients read
 off the wire, and the server's CPU per delivery (utime+stime from /proc).
 
-    python benchmarks/compression.py --clients 100 --rate 20 --duration 5
+    python benchmarks/compression.py --clients 100 --rate 20 --duration 5 --idle 1000
+
+``--idle N`` adds the server's RSS per joined, idle socket, plain and compressing, each
+on a fresh server.
 """
 
 from __future__ import annotations
@@ -152,12 +155,33 @@ def phase(port: int, redis_url: str, server: h.Proc, args: argparse.Namespace, o
     }
 
 
+def idle_rss_per_socket(redis_url: str, count: int, offer: bool) -> float:
+    """KB of server RSS per joined, idle socket, on a fresh server: compressing sockets hold no zlib state."""
+    port = h.free_port()
+    server = h.start_ours(port, redis_url, env={"TANGRAM_CHANNEL_DATETIME_INTERVAL": "0"})
+    try:
+        time.sleep(1)
+        before = server.usage().rss_kb
+        members = [Member(port, "idle", i, offer) for i in range(count)]
+        time.sleep(3)
+        for m in members:  # every socket has read its replies and diffs: nothing waits in a buffer
+            for _ in range(10):
+                m.read()
+        grown = server.usage().rss_kb - before
+        for m in members:
+            m.sock.close()
+        return grown / count
+    finally:
+        server.stop()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--rate", type=float, default=20.0, help="messages a second")
     p.add_argument("--duration", type=float, default=5.0, help="seconds of publishing per phase")
     p.add_argument("--aircraft", type=int, default=300, help="records per message (300: about 60 KB)")
+    p.add_argument("--idle", type=int, default=0, help="also measure RSS per idle socket with this many sockets")
     args = p.parse_args()
     h.prepare()
     with h.redis_server() as (redis_url, _):
@@ -168,6 +192,7 @@ def main() -> None:
             zipped = phase(port, redis_url, server, args, offer=True)
         finally:
             server.stop()
+        idle = {offer: idle_rss_per_socket(redis_url, args.idle, offer) for offer in (False, True)} if args.idle else {}
     bytes_ratio = zipped["wire_bytes"] / plain["wire_bytes"]
     cpu_ratio = zipped["server_cpu_us_per_delivery"] / plain["server_cpu_us_per_delivery"]
     print(json.dumps({"plain": plain, "compressing": zipped, "bytes_ratio": bytes_ratio, "cpu_ratio": cpu_ratio}, indent=1))
@@ -176,6 +201,9 @@ def main() -> None:
         print(f"  {'compressing' if r['compressing'] else 'plain      '}: {r['deliveries']}/{r['expected']} delivered, "
               f"{r['wire_bytes'] / 1e6:.1f} MB on the wire, {r['server_cpu_us_per_delivery']:.1f} us CPU per delivery")
     print(f"bytes on the wire: {bytes_ratio:.3f}x; server CPU per delivery: {cpu_ratio:.2f}x")
+    if idle:
+        print(f"RSS per idle socket ({args.idle}): plain {idle[False]:.1f} KB, compressing {idle[True]:.1f} KB, "
+              f"{idle[True] / idle[False]:.2f}x")
 
 
 if __name__ == "__main__":
