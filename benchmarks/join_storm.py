@@ -8,7 +8,10 @@ ports), opens N WebSockets from this one asyncio process (not timed), then sends
 through its ``presence_state`` and ``presence_diff`` frames. Without coalescing this
 costs O(N^2) frames; with it, about N + N x (storm length / presence_window).
 
-Usage: python benchmarks/join_storm.py [--clients 2000] [--window 0.05] [--spread 0] [--json-only]
+Usage: python benchmarks/join_storm.py [--clients 2000] [--window 0.05] [--spread 0] [--deflate] [--json-only]
+
+``--deflate``: the clients offer permessage-deflate (as browsers do); ``wire_bytes`` is
+what they read off their sockets, compressed or not, ``bytes_sent`` what that inflates to.
 Needs the ``websockets`` package (pip install websockets).
 """
 
@@ -22,6 +25,7 @@ import sys
 import time
 
 import websockets
+from websockets.asyncio.client import ClientConnection
 
 import harness as h
 
@@ -69,10 +73,21 @@ class Client:
                         done.set()
 
 
-async def storm(url: str, n: int, tokens: TokenAuthority, spread: float) -> dict:
+class CountingConnection(ClientConnection):
+    """A connection that counts the bytes read off its socket."""
+
+    wire = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.wire += len(data)
+        super().data_received(data)
+
+
+async def storm(url: str, n: int, tokens: TokenAuthority, spread: float, deflate: bool = False) -> dict:
     clients = []
     for i in range(n):  # connecting is not part of the storm
-        ws = await websockets.connect(url, max_size=None, ping_interval=None, compression=None)
+        ws = await websockets.connect(url, max_size=None, ping_interval=None, compression="deflate" if deflate else None,
+                                      create_connection=CountingConnection)
         clients.append(Client(ws, n))
     done = asyncio.Event()
     counter = [0]
@@ -92,6 +107,7 @@ async def storm(url: str, n: int, tokens: TokenAuthority, spread: float) -> dict
     cpu_client = time.process_time() - cpu_before
     frames = sum(c.frames for c in clients)  # counted before the teardown's leaves
     sent_bytes = sum(c.bytes for c in clients)
+    wire_bytes = sum(c.ws.wire for c in clients)
     diff_refs = sum(c.diff_refs for c in clients)
     state_refs = sum(c.state_refs for c in clients)
     await asyncio.gather(*(client.ws.close() for client in clients))
@@ -102,6 +118,7 @@ async def storm(url: str, n: int, tokens: TokenAuthority, spread: float) -> dict
         "frames_sent": frames,
         "frames_per_client": round(frames / n, 1),
         "bytes_sent": sent_bytes,
+        "wire_bytes": wire_bytes,
         "diff_presences_per_client": round(diff_refs / n, 1),
         "state_presences_per_client": round(state_refs / n, 1),
         "joins_sent_s": round(sent - started, 3),
@@ -115,6 +132,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--window", type=float, default=0.05, help="presence_window of the service")
     parser.add_argument("--spread", type=float, default=0.0, help="send the joins over this many seconds")
+    parser.add_argument("--deflate", action="store_true", help="clients offer permessage-deflate")
     parser.add_argument("--json-only", action="store_true")
     args = parser.parse_args()
 
@@ -126,7 +144,8 @@ def main() -> None:
         try:
             tokens = TokenAuthority(h.SECRET, 3600, 60, 8, time.time)
             server_cpu = server.usage().cpu_s
-            result = asyncio.run(storm(f"ws://127.0.0.1:{port}/websocket?vsn=2.0.0", args.clients, tokens, args.spread))
+            result = asyncio.run(storm(f"ws://127.0.0.1:{port}/websocket?vsn=2.0.0", args.clients, tokens, args.spread,
+                                         args.deflate))
             result["server_cpu_s"] = round(server.usage().cpu_s - server_cpu, 2)
             result["presence_window_s"] = args.window
             result["spread_s"] = args.spread
@@ -140,7 +159,7 @@ def main() -> None:
             f"{result['joins_sent_s']}s): every client had all {n} "
             f"presences after {result['full_presence_s']}s; the service sent {result['frames_sent']} frames "
             f"({result['frames_per_client']} per client; N^2 would be {n * n}) and "
-            f"{result['bytes_sent'] / 1e6:.1f} MB. CPU: service {result['server_cpu_s']}s, "
+            f"{result['bytes_sent'] / 1e6:.1f} MB ({result['wire_bytes'] / 1e6:.1f} MB on the wire). CPU: service {result['server_cpu_s']}s, "
             f"load client {result['client_cpu_s']}s."
         )
 

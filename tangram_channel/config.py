@@ -18,6 +18,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from .deflate import Compression
 from .frames import HeaderLimits
 from .inflight import InFlightLimits
 
@@ -81,6 +82,8 @@ class Config:
     max_redis_commands_in_flight: int = 10_000
     max_redis_bytes_in_flight: int = 64 * 1024 * 1024
     max_pending_redis_bytes: int = 64 * 1024 * 1024
+    compression: str = "auto"
+    compression_min_size: int = 256
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -99,6 +102,11 @@ class Config:
             self.max_redis_commands_in_flight,
             self.max_redis_bytes_in_flight,
         )
+
+    @property
+    def compression_settings(self) -> Compression:
+        """Whether sockets negotiate permessage-deflate, and from what message size they compress."""
+        return Compression(self.compression == "auto", self.compression_min_size)
 
     @property
     def header_limits(self) -> HeaderLimits:
@@ -170,6 +178,8 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "max_redis_commands_in_flight": ("int", 1),
     "max_redis_bytes_in_flight": ("int", 1),
     "max_pending_redis_bytes": ("int", 1),
+    "compression": ("str", None),
+    "compression_min_size": ("int", 0),
 }
 _EXPECTED = {
     "str": "a string",
@@ -183,6 +193,7 @@ _EXPECTED = {
 _AUTOBOOL_WORDS: dict[str, str | bool] = {"auto": "auto", "true": True, "false": False}
 _LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
 _LOG_FORMATS = ("text", "json")
+COMPRESSION_MODES = ("auto", "off")
 
 
 def _check(key: str, value: Any) -> Any:
@@ -216,6 +227,8 @@ def _check(key: str, value: Any) -> Any:
         raise ConfigError(f"write_delay is in seconds and must be at most 1, not {checked!r}")
     if key == "log_level" and checked.lower() not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {checked!r}")
+    if key == "compression" and checked not in COMPRESSION_MODES:
+        raise ConfigError(f"compression must be one of {', '.join(COMPRESSION_MODES)}, not {checked!r}")
     if key == "log_format" and checked not in _LOG_FORMATS:
         raise ConfigError(f"log_format must be one of {', '.join(_LOG_FORMATS)}, not {checked!r}")
     return checked

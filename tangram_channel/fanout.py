@@ -2,7 +2,8 @@
 A burst of broadcasts to every member of a channel, as few system calls as it takes.
 
 Sockets that can take the bytes at once (plain TCP, nothing queued) are written
-together, one ``io_submit`` per serializer (``sendmany``); the rest the usual way.
+together, one ``io_submit`` per framing (the serializer, compressed or not:
+``sendmany``); the rest the usual way.
 Without Linux AIO, or with ``batched_writes`` off, or once a context broke in use,
 each socket is written in turn.
 
@@ -28,6 +29,8 @@ class Outbox(Protocol):
     """A socket as a fan-out writes to it (``PhoenixProtocol`` is one)."""
 
     vsn: str
+    # the key of the bytes it is sent in ``Burst.prepared``: sockets with the same framing share them
+    framing: str
 
     def send_burst(self, burst: Burst) -> None:
         """Frame, count and write ``burst`` the usual way."""
@@ -142,13 +145,13 @@ class Fanout(Service):
             if fd is None:
                 outbox.write_now(data)
                 continue
-            same_bytes = direct.get(outbox.vsn)
+            same_bytes = direct.get(outbox.framing)
             if same_bytes is None:
-                same_bytes = direct[outbox.vsn] = ([], [])
+                same_bytes = direct[outbox.framing] = ([], [])
             same_bytes[0].append(outbox)
             same_bytes[1].append(fd)
-        for vsn, (group, fds) in direct.items():
-            data = burst.prepared[vsn]
+        for framing, (group, fds) in direct.items():
+            data = burst.prepared[framing]
             if len(group) == 1:
                 group[0].write_now(data)  # one socket: one plain send is the cheaper call
                 continue

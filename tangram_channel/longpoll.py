@@ -106,6 +106,7 @@ class LongPollConnection:
         self.polls = polls
         self.token = token
         self.vsn = vsn
+        self.framing = f"{vsn} longpoll"  # never a key of Burst.prepared: a session offers no descriptor
         self.host = host
         self.closed = False
         self._queue: list[bytes] = []

@@ -10,7 +10,9 @@ replies, close frames, join backlogs), the budget of frames a client may send, a
 budget of bytes it may send a second (past it the socket is not read for a moment, so a
 client streaming megabytes costs the reactor its share and no more).
 The sockets offer a fast write path for the hub's ``Fanout``, which writes a broadcast
-to all of a channel's sockets together.
+to all of a channel's sockets together. A socket that negotiated permessage-deflate
+(``deflate.py``) gets what is sent to it compressed, each message on its own, so a
+broadcast is compressed once for all of them (``framing`` names the bytes it shares).
 
 Close codes: 4000 idle, 1008 send buffer over ``max_send_buffer`` or a flood past the
 message budget, 1009 message over ``max_message_size`` (Autobahn), 1012 service
@@ -22,11 +24,11 @@ from __future__ import annotations
 import base64
 import binascii
 import socket
-import struct
+from functools import partial
 from typing import Any, Protocol, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.compress import PerMessageDeflate
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet import tcp
 from twisted.internet.protocol import connectionDone
@@ -37,6 +39,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from . import frames
+from .deflate import Compression, LeanDeflate, accept_offer, compressed_frame, inflation_bounded, server_frame
 from .hub import Hub
 from .session import Session
 from .frames import DEFAULT_LIMITS, Burst, FrameError, HeaderLimits, Message
@@ -116,26 +119,13 @@ class Connection(Protocol):
         """Leave every channel now and end the connection, telling the client ``code`` if it can."""
 
 
-def server_frame(payload: bytes, is_binary: bool) -> bytes:
-    """
-    One unmasked, uncompressed WebSocket frame, as autobahn's ``PreparedMessage`` builds
-    it (RFC 6455 5.2), without its object per frame: a broadcast is framed once, but
-    once per message.
-    """
-    opcode = 0x82 if is_binary else 0x81
-    size = len(payload)
-    if size < 126:
-        return bytes((opcode, size)) + payload
-    if size < 65536:
-        return struct.pack("!BBH", opcode, 126, size) + payload
-    return struct.pack("!BBQ", opcode, 127, size) + payload
-
-
 @implementer(IPushProducer)
 class PhoenixProtocol(WebSocketServerProtocol):
     factory: PhoenixFactory
     vsn = frames.V2
+    framing = frames.V2  # which of a burst's framings this socket is sent (``Burst.prepared``)
     session: Session | None = None
+    _deflate: LeanDeflate | None = None
     _idle: IDelayedCall | None = None
     _paused = False
     _queued = 0
@@ -154,7 +144,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
     def onConnect(self, request: ConnectionRequest) -> str | None:
         # web.SocketResource already refused bad versions and origins with HTTP errors
         self._echo = request.path.rstrip("/") == CONFORMANCE_PATH
-        self.vsn = request.params.get("vsn", [frames.V2])[0]
+        self.vsn = self.framing = request.params.get("vsn", [frames.V2])[0]
         token = request.params.get("userToken", [None])[0]
         chosen = None
         if SUBPROTOCOL in request.protocols:
@@ -163,8 +153,20 @@ class PhoenixProtocol(WebSocketServerProtocol):
         self._socket_token = token
         return chosen
 
+    # Autobahn builds its own permessage-deflate object while it answers the upgrade;
+    # the socket keeps ours, which frees its zlib state between messages
+    @property  # type: ignore[override]  # Autobahn declares it None
+    def _perMessageCompress(self) -> LeanDeflate | None:
+        return self._deflate
+
+    @_perMessageCompress.setter
+    def _perMessageCompress(self, negotiated: PerMessageDeflate | None) -> None:
+        self._deflate = None if negotiated is None else LeanDeflate.adopt(negotiated)
+
     def onOpen(self) -> None:
         self._tcp = direct_connection(self.transport)
+        if self._deflate is not None:
+            self.framing = f"{self.vsn} deflate {self._deflate.server_max_window_bits}"
         # The HTTP channel that served the upgrade is still registered as producer.
         self._connection.unregisterProducer()
         self._connection.registerProducer(self, True)
@@ -256,7 +258,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
         # not sendMessage, which would hold what the service sends to max_message_size
         if self.state == self.STATE_OPEN:
             self.factory.metrics.sent(1, len(frame))
-            self.sendPreparedMessage(PreparedMessage(frame, is_binary, applyMask=False, doNotCompress=True))
+            self.sendData(self._wire(frame, is_binary))
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """
@@ -340,14 +342,23 @@ class PhoenixProtocol(WebSocketServerProtocol):
             self._connection.write(frame[sent:] if sent > 0 else frame)
 
     def _frame(self, burst: Burst) -> bytes:
-        data = burst.prepared.get(self.vsn)
+        data = burst.prepared.get(self.framing)
         if data is None:
-            # WebSocket framing, done once per burst and serializer (server frames are
-            # unmasked, so every member gets the same bytes)
-            data = burst.prepared[self.vsn] = b"".join(
-                server_frame(broadcast.frame(self.vsn), not broadcast.is_text) for broadcast in burst.broadcasts
+            # WebSocket framing (and compression), done once per burst and framing: server
+            # frames are unmasked and compressed without context, so every member gets the same bytes
+            data = burst.prepared[self.framing] = b"".join(
+                self._wire(broadcast.frame(self.vsn), not broadcast.is_text) for broadcast in burst.broadcasts
             )
         return data
+
+    def _wire(self, payload: bytes, is_binary: bool) -> bytes:
+        """One message as this socket is sent it: a frame, compressed when negotiated and worth it."""
+        deflate = self._deflate
+        if deflate is None:
+            return server_frame(payload, is_binary)
+        return compressed_frame(
+            payload, is_binary, deflate.server_max_window_bits, self.factory.compression.min_size
+        )
 
     @property
     def _connection(self) -> _Connection:
@@ -498,6 +509,7 @@ class PhoenixFactory(WebSocketServerFactory):
         message_rate: float = 0.0,
         message_burst: int = 1,
         max_receive_rate: int = 0,
+        compression: Compression = Compression(),
     ) -> None:
         super().__init__()
         self.hub = hub
@@ -510,10 +522,17 @@ class PhoenixFactory(WebSocketServerFactory):
         self.message_burst = message_burst
         self.max_receive_rate = max_receive_rate
         self.max_message_size = max_message_size
+        self.compression = compression
         self.sockets: set[Connection] = set()  # WebSockets and long-poll sessions
         self.metrics.count_sockets(lambda: len(self.sockets))
         self._errors = ThrottledLog(log, clock)
         self._autobahn_log = AutobahnLog(self.protocol.log, self._errors)
+        accept = None
+        if compression.enabled:
+            if inflation_bounded():
+                accept = partial(accept_offer, max_message_size=max_message_size)
+            else:
+                log.warn("compression is off: this Autobahn inflates client messages without a bound (upgrade it)")
         # Origins are checked by web.SocketResource, which answers with a clear 403;
         # Autobahn's own check would refuse browsers' "null" origin.
         self.setProtocolOptions(
@@ -526,6 +545,8 @@ class PhoenixFactory(WebSocketServerFactory):
             failByDrop=False,
             closeHandshakeTimeout=2,
             openHandshakeTimeout=10,
+            # None leaves Autobahn's default, which accepts no offer
+            perMessageCompressionAccept=accept,
         )
 
     def buildProtocol(self, addr: IAddress | None) -> PhoenixProtocol:  # type: ignore[override]

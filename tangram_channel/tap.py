@@ -321,6 +321,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         message_burst=config.message_burst,
         max_receive_rate=config.max_receive_rate,
         header_limits=config.header_limits,
+        compression=config.compression_settings,
     )
     ChannelService(hub=hub, presence=presence, bridge=bridge, factory=factory).setServiceParent(top)
     probe = RedisProbe(bridge, reactor, metrics)

@@ -161,7 +161,7 @@ class FakeOutbox:
     """One socket's outgoing frames, decoded: JSON values for text, bytes for binary."""
 
     def __init__(self, vsn: str = frames.V2) -> None:
-        self.vsn = vsn
+        self.vsn = self.framing = vsn
         self.frames: list[Any] = []
         self.bursts: list[Burst] = []
         self.held: list[Burst] = []

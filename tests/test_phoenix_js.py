@@ -10,6 +10,7 @@ import pytest
 from .conftest import JWT_SECRET
 from .e2e import forge_token
 from .jsdriver import PHOENIX_VERSIONS, channel_service  # noqa: F401
+from .test_compression import state_payload
 
 pytestmark = pytest.mark.parametrize("phoenix", PHOENIX_VERSIONS)
 
@@ -34,6 +35,19 @@ def test_join_broadcasts_and_push(channel_service, phoenix):
     assert json.loads(listener.next("from:radar:custom_event")) == {"request_id": "r-1", "nested": {"a": [1, 2]}}
     assert driver.expect("pushed-binary")["status"] == "ok"
     assert listener.next("from:radar:arrow-batch") == bytes([0, 1, 2, 254, 255])
+    driver.finish()
+
+
+def test_a_large_broadcast_reaches_ws_compressed(channel_service, phoenix):
+    """ws offers permessage-deflate; Tangram-shaped state arrives intact in a fraction of its bytes."""
+    service = channel_service()
+    driver = service.driver("phoenix_node.mjs", "compressed", PHOENIX_VERSION=phoenix)
+    assert "permessage-deflate" in driver.expect("ready")["extensions"]
+    payload = state_payload()
+    assert service.redis.client().publish("to:radar:state", payload) == 1
+    got = driver.expect("state")
+    assert got["payload"] == json.loads(payload)
+    assert got["bytesRead"] < len(payload) / 5, (got["bytesRead"], len(payload))
     driver.finish()
 
 

@@ -56,11 +56,19 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
 class Client:
     """One WebSocket to a PhoenixProtocol over a StringTransport."""
 
-    def __init__(self, world: World, query: str = "", protocols: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        world: World,
+        query: str = "",
+        protocols: list[str] | None = None,
+        extensions: str | None = None,
+        factory: PhoenixFactory | None = None,
+    ) -> None:
         self.world = world
-        factory = PhoenixFactory(
-            hub=world.hub, clock=world.clock, idle_timeout=IDLE, max_message_size=MAX_MESSAGE, max_send_buffer=MAX_BUFFER
-        )
+        if factory is None:
+            factory = PhoenixFactory(
+                hub=world.hub, clock=world.clock, idle_timeout=IDLE, max_message_size=MAX_MESSAGE, max_send_buffer=MAX_BUFFER
+            )
         self.protocol: PhoenixProtocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         self.transport = StringTransport()
         # Behind web.SocketResource the HTTP channel is the transport's producer at
@@ -77,6 +85,8 @@ class Client:
         ]
         if protocols:
             lines.append("Sec-WebSocket-Protocol: " + ", ".join(protocols))
+        if extensions:
+            lines.append("Sec-WebSocket-Extensions: " + extensions)
         self.protocol.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode())
         head, _, rest = self.transport.value().partition(b"\r\n\r\n")
         self.handshake = head.decode()

@@ -163,7 +163,7 @@ def test_send_each_writes_each_socket_its_own_buffer(sender):
 class LoneSocket:
     """A ``DirectOutbox`` on a real socket whose bursts are one frame of bytes; counts its plain writes."""
 
-    vsn = "2.0.0"
+    vsn = framing = "2.0.0"
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock

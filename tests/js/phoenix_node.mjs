@@ -69,6 +69,19 @@ const scenarios = {
     socket.disconnect();
   },
 
+  /** ws offers permessage-deflate by default: what was agreed, and a large broadcast inflated, with the bytes read for it. */
+  async compressed() {
+    const { socket, id } = await connectAs();
+    const { channel } = await joinTopic(socket, id);
+    const conn = socket.conn;
+    const before = conn._socket.bytesRead;
+    const state = next(channel, "state");
+    report("ready", { extensions: conn.extensions });
+    const payload = await state;
+    report("state", { payload, bytesRead: conn._socket.bytesRead - before });
+    socket.disconnect();
+  },
+
   /** Joins refused by the token reach the client as "error" replies; the socket stays usable. */
   async refused() {
     const { socket, id } = await connectAs();
