@@ -8,10 +8,11 @@ does. No socket keeps a compressor. It asks for ``client_no_context_takeover``, 
 inflater a socket needs for a compressed message from its client is freed once that
 message is read (``LeanDeflate``); an idle socket holds no zlib state at all.
 
-Inflation is bounded by ``max_message_size``: Autobahn stops inflating a message that
-would pass it and closes with 1009. Autobahn before that fix (GHSA-hxp9-w8x3-p566;
-24.4 is one) inflates a frame in full and checks nothing after: with such an Autobahn
-``inflation_bounded`` is False and the service offers no compression at all.
+Inflation is bounded by ``max_message_size`` here, whatever the Autobahn: a message is
+inflated at most one byte past what is left of it, and one that passes it closes the
+socket with 1009 (``LeanDeflate.decompress_message_data``). Autobahn 24.4 inflated each
+frame up to the limit and did not count across frames (GHSA-hxp9-w8x3-p566); later ones
+bound it as this does.
 
 Messages shorter than ``Compression.min_size`` go out uncompressed (RSV1 clear), as
 does any message deflate would not make smaller.
@@ -19,10 +20,10 @@ does any message deflate would not make smaller.
 
 from __future__ import annotations
 
-import inspect
 import struct
 import zlib
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 from autobahn.websocket.compress import (
@@ -74,11 +75,6 @@ def compressed_frame(payload: bytes, is_binary: bool, window_bits: int, min_size
         if len(data) < len(payload):
             return server_frame(data, is_binary, compressed=True)
     return server_frame(payload, is_binary)
-
-
-def inflation_bounded() -> bool:
-    """Whether this Autobahn stops inflating a message at ``maxMessagePayloadSize`` (it then passes a bound in)."""
-    return "max_output_len" in inspect.signature(PerMessageDeflate.decompress_message_data).parameters
 
 
 def accept_offer(offers: list[Any], max_message_size: int) -> PerMessageDeflateOfferAccept | None:
@@ -134,8 +130,45 @@ class LeanDeflate(PerMessageDeflate):
             negotiated.max_message_size,
         )
 
+    # what a message past max_message_size (the socket closes with 1009), and one that
+    # does not inflate (1007), are reported to: set by the socket
+    too_large: Callable[[int], None] = staticmethod(lambda inflated: None)
+    corrupt: Callable[[str], object] = staticmethod(lambda why: None)
+    _inflated = 0  # bytes of the current message inflated so far
+    _refused = False  # the current message passed the limit: the rest is not inflated
+
+    def start_decompress_message(self) -> None:
+        super().start_decompress_message()
+        self._inflated = 0
+        self._refused = False
+
+    def decompress_message_data(self, data: bytes, max_output_len: int | None = None) -> bytes:
+        """
+        ``data`` inflated, at most one byte past what the message has left: a message
+        that would pass ``max_message_size`` costs no more than it, however it deflates
+        (1 MB of zeros deflates to 1 KB).
+        """
+        if self._refused:
+            return b""
+        left = (self.max_message_size or 2**62) - self._inflated
+        if max_output_len is not None:
+            left = min(left, max_output_len)
+        try:
+            out: bytes = self._decompressor.decompress(data, max(left, 0) + 1)
+        except zlib.error as error:
+            self._refused = True
+            self.corrupt(f"received WebSocket message cannot be decompressed: {error}")
+            return b""
+        self._inflated += len(out)
+        if len(out) > left:
+            self._refused = True
+            self.too_large(self._inflated)
+            return b""
+        return out
+
     def end_decompress_message(self) -> None:
-        super().end_decompress_message()
+        if not self._refused:  # a refused message's stream was left midway
+            super().end_decompress_message()
         if self._is_server and self.client_no_context_takeover:
             self._decompressor = None
 

@@ -39,7 +39,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from . import frames
-from .deflate import Compression, LeanDeflate, accept_offer, compressed_frame, inflation_bounded, server_frame
+from .deflate import Compression, LeanDeflate, accept_offer, compressed_frame, server_frame
 from .hub import Hub
 from .session import Session
 from .frames import DEFAULT_LIMITS, Burst, FrameError, HeaderLimits, Message
@@ -162,6 +162,18 @@ class PhoenixProtocol(WebSocketServerProtocol):
     @_perMessageCompress.setter
     def _perMessageCompress(self, negotiated: PerMessageDeflate | None) -> None:
         self._deflate = None if negotiated is None else LeanDeflate.adopt(negotiated)
+        if self._deflate is not None:
+            self._deflate.too_large = self._inflated_too_large
+            self._deflate.corrupt = self._invalid_payload
+
+    def _inflated_too_large(self, inflated: int) -> None:
+        """A compressed message inflated past ``max_message_size``: closed with 1009, as a plain one is."""
+        if not self.failedByMe:
+            self.wasMaxMessagePayloadSizeExceeded = True
+            limit = self.factory.max_message_size
+            self._max_message_size_exceeded(
+                inflated, limit, f"received WebSocket message exceeds payload limit of {limit} octets after decompression"
+            )
 
     def onOpen(self) -> None:
         self._tcp = direct_connection(self.transport)
@@ -527,12 +539,7 @@ class PhoenixFactory(WebSocketServerFactory):
         self.metrics.count_sockets(lambda: len(self.sockets))
         self._errors = ThrottledLog(log, clock)
         self._autobahn_log = AutobahnLog(self.protocol.log, self._errors)
-        accept = None
-        if compression.enabled:
-            if inflation_bounded():
-                accept = partial(accept_offer, max_message_size=max_message_size)
-            else:
-                log.warn("compression is off: this Autobahn inflates client messages without a bound (upgrade it)")
+        accept = partial(accept_offer, max_message_size=max_message_size) if compression.enabled else None
         # Origins are checked by web.SocketResource, which answers with a clear 403;
         # Autobahn's own check would refuse browsers' "null" origin.
         self.setProtocolOptions(

@@ -22,7 +22,7 @@ from tangram_channel.frames import Broadcast, Burst
 from tangram_channel.protocol import PhoenixFactory
 
 from .fakes import World
-from .live import BINARY, CLOSE, TEXT, FrameParser, RawSocket, frame, start_twistd, token
+from .live import BINARY, CLOSE, CONTINUATION, TEXT, FrameParser, RawSocket, frame, start_twistd, token
 from .test_protocol_memory import IDLE, MAX_BUFFER, MAX_MESSAGE, Client
 
 CHROME_OFFER = "permessage-deflate; client_max_window_bits"
@@ -170,6 +170,34 @@ def test_a_compressed_bomb_is_closed_1009_without_being_inflated(world: World) -
     closes = [payload for _, opcode, payload in FrameParser().feed(client.transport.value()) if opcode == CLOSE]
     assert closes and int.from_bytes(closes[0][:2], "big") == 1009
     assert grown_kib < 64 * 1024, f"inflating the bomb grew the process by {grown_kib} KiB"
+
+
+def test_a_bomb_in_many_frames_is_counted_across_them(world: World) -> None:
+    """
+    Each frame inflates to under the limit, the message to far past it: closed 1009 once
+    the frames together pass it (Autobahn 24.4 bounded each frame alone), and what was
+    inflated stays within the limit and a byte.
+    """
+    limit = 256 * 1024
+    client = compressing(world, max_message=limit, extensions=CHROME_OFFER)
+    deflater = client.protocol._perMessageCompress
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    piece = bytes(limit // 4)
+    frames = [frame(TEXT, compressor.compress(piece) + compressor.flush(zlib.Z_SYNC_FLUSH), fin=False, rsv=4)]
+    frames += [frame(CONTINUATION, compressor.compress(piece) + compressor.flush(zlib.Z_SYNC_FLUSH), fin=False)
+               for _ in range(40)]  # 10 times the limit
+    for each in frames:
+        client.protocol.dataReceived(each)
+    closes = [payload for _, opcode, payload in FrameParser().feed(client.transport.value()) if opcode == CLOSE]
+    assert closes and int.from_bytes(closes[0][:2], "big") == 1009
+    assert isinstance(deflater, LeanDeflate) and limit < deflater._inflated <= limit + 1
+
+
+def test_a_message_that_does_not_inflate_is_closed_1007(world: World) -> None:
+    client = compressing(world, extensions=CHROME_OFFER)
+    client.protocol.dataReceived(frame(TEXT, b"\xff" * 64, rsv=4))  # no valid deflate block starts 0xff 0xff
+    closes = [payload for _, opcode, payload in FrameParser().feed(client.transport.value()) if opcode == CLOSE]
+    assert closes and int.from_bytes(closes[0][:2], "big") == 1007
 
 
 # against twistd, with a raw client that inflates
