@@ -304,3 +304,26 @@ def page_server():
     yield start
     for server in servers:
         server.close()
+
+
+def rejoins_after_restart(service: Any, driver: Any) -> dict[str, Any]:
+    """
+    The "restart" scenario: joined, presence, a broadcast; the service restarted; joined
+    again with presence and broadcasts. What the client said of the close.
+    """
+    assert driver.expect("join") == {"step": "join", "count": 1, "status": "ok"}
+    assert driver.expect("presence_state")["count"] == 1
+    redis = service.redis.client()
+    assert redis.publish("to:radar:news", '{"n": 1}') == 1
+    assert driver.expect("broadcast") == {"step": "broadcast", "count": 1, "payload": {"n": 1}}
+
+    service.restart()
+    close: dict[str, Any] = driver.expect("close")
+    assert driver.expect("join") == {"step": "join", "count": 2, "status": "ok"}
+    state = driver.expect("presence_state")
+    assert state["count"] == 2 and len(state["keys"]) == 1
+    assert redis.publish("to:radar:news", '{"n": 2}') == 1
+    assert driver.expect("broadcast") == {"step": "broadcast", "count": 2, "payload": {"n": 2}}
+    driver.send("done")
+    driver.finish()
+    return close

@@ -12,7 +12,7 @@ import pytest
 from .conftest import JWT_SECRET
 from .e2e import forge_token
 from .blocking_proxy import blocking_proxy  # noqa: F401
-from .jsdriver import PHOENIX_VERSIONS, channel_service  # noqa: F401
+from .jsdriver import PHOENIX_VERSIONS, channel_service, rejoins_after_restart  # noqa: F401
 from .nginx import documented_nginx  # noqa: F401
 
 pytestmark = pytest.mark.parametrize("phoenix", PHOENIX_VERSIONS)
@@ -75,22 +75,9 @@ def test_refused_joins_reach_a_long_poll_client_as_errors(channel_service, phoen
 def test_long_poll_client_reconnects_and_rejoins_after_a_service_restart(channel_service, phoenix, workers):
     """After a restart the session is gone (410): phoenix.js opens another, rejoins, gets presence_state and broadcasts."""
     service = channel_service(workers=workers)
-    driver = service.driver("phoenix_node.mjs", "restart", PHOENIX_VERSION=phoenix, TRANSPORT="longpoll")
-    assert driver.expect("join") == {"step": "join", "count": 1, "status": "ok"}
-    assert driver.expect("presence_state")["count"] == 1
-    redis = service.redis.client()
-    assert redis.publish("to:radar:news", '{"n": 1}') == 1
-    assert driver.expect("broadcast") == {"step": "broadcast", "count": 1, "payload": {"n": 1}}
-
-    service.restart()
-    driver.expect("close")
-    assert driver.expect("join") == {"step": "join", "count": 2, "status": "ok"}
-    state = driver.expect("presence_state")
-    assert state["count"] == 2 and len(state["keys"]) == 1
-    assert redis.publish("to:radar:news", '{"n": 2}') == 1
-    assert driver.expect("broadcast") == {"step": "broadcast", "count": 2, "payload": {"n": 2}}
-    driver.send("done")
-    driver.finish()
+    rejoins_after_restart(
+        service, service.driver("phoenix_node.mjs", "restart", PHOENIX_VERSION=phoenix, TRANSPORT="longpoll")
+    )
 
 
 def test_long_poll_client_on_two_workers(channel_service, phoenix):

@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import JWT_SECRET
 from .e2e import forge_token
-from .jsdriver import PHOENIX_VERSIONS, channel_service  # noqa: F401
+from .jsdriver import PHOENIX_VERSIONS, channel_service, rejoins_after_restart  # noqa: F401
 from .test_compression import state_payload
 
 pytestmark = pytest.mark.parametrize("phoenix", PHOENIX_VERSIONS)
@@ -105,23 +105,8 @@ def test_heartbeats_keep_an_idle_socket_open(channel_service, phoenix):
 def test_client_reconnects_and_rejoins_after_a_service_restart(channel_service, phoenix):
     """After a restart on the same port: reconnect, rejoin, presence_state again, broadcasts again."""
     service = channel_service()
-    driver = service.driver("phoenix_node.mjs", "restart", PHOENIX_VERSION=phoenix)
-    assert driver.expect("join") == {"step": "join", "count": 1, "status": "ok"}
-    assert driver.expect("presence_state")["count"] == 1
-    redis = service.redis.client()
-    assert redis.publish("to:radar:news", '{"n": 1}') == 1
-    assert driver.expect("broadcast") == {"step": "broadcast", "count": 1, "payload": {"n": 1}}
-
-    service.restart()
-    close = driver.expect("close")
+    close = rejoins_after_restart(service, service.driver("phoenix_node.mjs", "restart", PHOENIX_VERSION=phoenix))
     assert close["code"] != 1000
-    assert driver.expect("join") == {"step": "join", "count": 2, "status": "ok"}
-    state = driver.expect("presence_state")
-    assert state["count"] == 2 and len(state["keys"]) == 1
-    assert redis.publish("to:radar:news", '{"n": 2}') == 1
-    assert driver.expect("broadcast") == {"step": "broadcast", "count": 2, "payload": {"n": 2}}
-    driver.send("done")
-    driver.finish()
 
 
 def test_auth_token_option_rides_in_the_subprotocol(channel_service, phoenix):
