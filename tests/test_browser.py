@@ -18,9 +18,17 @@ def test_page_from_another_origin_mints_joins_shows_and_pushes(channel_service, 
     listener = service.listener("from:radar:*")
     browser = service.driver("browser.mjs", f"{page.url}?service={service.url}")
     assert browser.expect("token")["origin"] == page.url.rstrip("/")
-    assert ":radar:" in browser.expect("joined")["response"]["id"]
+    joined = browser.expect("joined")
+    assert ":radar:" in joined["response"]["id"]
+    # Chromium offers permessage-deflate: accepted without context takeover either way
+    extensions = [part.strip() for part in joined["extensions"].split(";")]
+    assert extensions[0] == "permessage-deflate", joined["extensions"]
+    assert {"server_no_context_takeover", "client_no_context_takeover"} <= set(extensions), joined["extensions"]
     assert service.redis.client().publish("to:radar:message", json.dumps({"text": "AFR123 at FL350"})) == 1
     assert browser.expect("shown")["text"] == "AFR123 at FL350"
+    aircraft = "AFR" + ",".join(f"{i:04d}" for i in range(2000))  # 10 KB: sent compressed, shown whole
+    assert service.redis.client().publish("to:radar:message", json.dumps({"text": aircraft})) == 1
+    assert browser.expect("shown")["text"] == aircraft
     browser.send("push", text="hello from the page")
     assert browser.expect("pushed")["status"] == "ok"
     assert json.loads(listener.next("from:radar:custom_event")) == {"from": "chromium", "text": "hello from the page"}
