@@ -282,7 +282,7 @@ def build_client() -> Path:
     source, binary = HERE / "loadclient.c", CACHE / "loadclient"
     if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
         CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(source)], check=True)
+        subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(source), "-lz"], check=True)
     return binary
 
 

@@ -35,7 +35,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
                 joins.append((f"streaming-{cid}", h.token(cid, f"streaming-{cid}")))
             sockets.append((f"/websocket?vsn=2.0.0&userToken={system}", joins))
         options = ["-c", str(args.concurrency), "-m", str(args.max_seconds),
-                   "-p", "system", "-n", str(args.clients)]
+                   "-p", "system", "-n", str(args.clients), *(["-z"] if args.deflate else [])]
         client = h.LoadClients(stage.port, sockets, options, f"idle-{target}")
         stage.stop_later(client.kill)
         profiler = h.start_profiler(server.pid, args.timeout, args.py_spy) if args.py_spy and target == "ours" else None
@@ -110,6 +110,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=120, help="seconds allowed to join and get full presence")
     p.add_argument("--settle", type=float, default=5, help="seconds after the storm before RSS is read")
     p.add_argument("--system-only", action="store_true", help="join only system, no streaming-<id> channels")
+    p.add_argument("--deflate", action="store_true",
+                   help="clients offer permessage-deflate, as browsers do (server bytes sent are then wire bytes)")
     return p.parse_args(argv)
 
 

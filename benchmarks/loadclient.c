@@ -2,8 +2,9 @@
  * Phoenix-over-WebSocket load client for the benchmarks: many sockets, one thread, epoll.
  *
  * Why C: a Python client tops out far below the rates the benchmarks need, and the client
- * must never be the bottleneck. No external libraries: the WebSocket client handshake and
- * framing are written out here (the server's Sec-WebSocket-Accept is not checked).
+ * must never be the bottleneck. The WebSocket client handshake and
+ * framing are written out here (the server's Sec-WebSocket-Accept is not checked); zlib
+ * inflates permessage-deflate.
  *
  * Usage: loadclient HOST PORT SPEC_FILE [options]
  *   SPEC_FILE: one line per socket, tab separated: REQUEST_PATH TOPIC TOKEN [TOPIC TOKEN]...
@@ -16,6 +17,8 @@
  *          so -c paces the join storm too
  *   -s PREFIX  each socket's ticks must come on topic PREFIX"c<index>" (its own streaming
  *          channel); those on any other topic are counted as misrouted
+ *   -z     offer permessage-deflate (as browsers do) and inflate what comes compressed
+ *          (RSV1), each message on its own (no context takeover); bytes_in stays wire bytes
  *
  * stdout, one line each: "CONNECTED <s>", "JOINED <s>", "PRESENCE <s>" (seconds since start,
  * when every socket reached that state), "STATS <json>" after a "stats" line on stdin, and
@@ -37,6 +40,7 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 enum { S_IDLE, S_CONNECTING, S_HANDSHAKE, S_OPEN, S_CLOSED };
 
@@ -48,7 +52,7 @@ typedef struct {
     int joins_ok;
     char *rbuf; size_t rlen, rcap;
     char *wbuf; size_t wlen, wcap;
-    char *msg; size_t msglen, msgcap; int msgop;   /* fragmented message being assembled */
+    char *msg; size_t msglen, msgcap; int msgop, msgz;   /* fragmented message being assembled; msgz: RSV1 */
     uint64_t ticks;
     uint8_t *bits; int pcount, full;
     double next_hb; unsigned hb_ref;
@@ -59,7 +63,8 @@ static int nconns, epfd;
 static const char *host; static int port;
 static int concurrency = 100, hard_limit = 300, hb_interval = 30;
 static const char *tick_event = "tick", *presence_topic = NULL, *own_prefix = NULL;
-static int presence_want = 0, pace_joins = 0;
+static int presence_want = 0, pace_joins = 0, offer_deflate = 0;
+static char *inflated; static size_t inflated_cap;  /* one message inflated at a time */
 static double t0;
 static volatile sig_atomic_t stop_flag = 0;
 
@@ -182,6 +187,31 @@ static void start_next(void) {
     }
 }
 
+static void on_message(conn_t *c, int op, const char *p, size_t n);
+
+/* A message as sent, or inflated when compressed (a raw-deflate stream of its own, its
+ * 00 00 ff ff tail stripped by the sender, RFC 7692 7.2.2). */
+static void deliver(conn_t *c, int op, int compressed, char *data, size_t len) {
+    if (!compressed) { on_message(c, op, data, len); return; }
+    static const unsigned char tail[4] = {0, 0, 0xff, 0xff};
+    z_stream z; memset(&z, 0, sizeof z);
+    if (inflateInit2(&z, -15) != Z_OK) return;
+    size_t out = 0; int rc = Z_OK;
+    for (int part = 0; part < 2 && rc != Z_STREAM_END; part++) {
+        z.next_in = part ? (unsigned char *)tail : (unsigned char *)data;
+        z.avail_in = part ? 4 : (uInt)len;
+        do {
+            if (inflated_cap - out < 65536) { inflated_cap = inflated_cap * 2 + 65536; inflated = realloc(inflated, inflated_cap); }
+            z.next_out = (unsigned char *)inflated + out; z.avail_out = (uInt)(inflated_cap - out);
+            rc = inflate(&z, Z_SYNC_FLUSH);
+            out = inflated_cap - z.avail_out;
+        } while (rc == Z_OK && z.avail_out == 0);
+        if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR) break;
+    }
+    inflateEnd(&z);
+    on_message(c, op, inflated, out);
+}
+
 static void on_connected(conn_t *c) {
     int err = 0; socklen_t l = sizeof err;
     getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
@@ -190,8 +220,10 @@ static void on_connected(conn_t *c) {
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-                     "Origin: http://%s:%d\r\n\r\n",
-                     c->line, host, port, host, port);
+                     "%sOrigin: http://%s:%d\r\n\r\n",
+                     c->line, host, port,
+                     offer_deflate ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "",
+                     host, port);
     c->state = S_HANDSHAKE;
     set_events(c, EPOLLIN);
     send_raw(c, req, n);
@@ -367,7 +399,7 @@ static void on_readable(conn_t *c) {
     while (c->state == S_OPEN) {
         unsigned char *b = (unsigned char *)c->rbuf + off; size_t avail = c->rlen - off;
         if (avail < 2) break;
-        int fin = b[0] & 0x80, op = b[0] & 0x0f, masked = b[1] & 0x80;
+        int fin = b[0] & 0x80, rsv1 = b[0] & 0x40, op = b[0] & 0x0f, masked = b[1] & 0x80;
         uint64_t len = b[1] & 0x7f; size_t h = 2;
         if (len == 126) { if (avail < 4) break; len = (b[2] << 8) | b[3]; h = 4; }
         else if (len == 127) { if (avail < 10) break; len = 0; for (int i = 0; i < 8; i++) len = (len << 8) | b[2 + i]; h = 10; }
@@ -383,10 +415,10 @@ static void on_readable(conn_t *c) {
         } else if (op == 10) {
         } else if (op == 0) {
             buf_append(&c->msg, &c->msglen, &c->msgcap, pl, len);
-            if (fin) { on_message(c, c->msgop, c->msg, c->msglen); c->msglen = 0; }
+            if (fin) { deliver(c, c->msgop, c->msgz, c->msg, c->msglen); c->msglen = 0; }
         } else if (!fin) {
-            c->msgop = op; c->msglen = 0; buf_append(&c->msg, &c->msglen, &c->msgcap, pl, len);
-        } else on_message(c, op, pl, len);
+            c->msgop = op; c->msgz = rsv1; c->msglen = 0; buf_append(&c->msg, &c->msglen, &c->msgcap, pl, len);
+        } else deliver(c, op, rsv1, pl, len);
         off += h + len;
     }
     if (c->state == S_CLOSED) return;
@@ -447,6 +479,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-n")) presence_want = atoi(v);
         else if (!strcmp(argv[i], "-s")) own_prefix = v;
         else if (!strcmp(argv[i], "-J")) { pace_joins = 1; i--; }
+        else if (!strcmp(argv[i], "-z")) { offer_deflate = 1; i--; }
         else { fprintf(stderr, "unknown option %s\n", argv[i]); return 2; }
     }
     struct rlimit rl; getrlimit(RLIMIT_NOFILE, &rl); rl.rlim_cur = rl.rlim_max; setrlimit(RLIMIT_NOFILE, &rl);

@@ -28,6 +28,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v gcc >/dev/null || missing+=(gcc libc6-dev)  # the C load client of the budget test (benchmarks/loadclient.c)
+[ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)  # which it links, to inflate permessage-deflate
 if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
