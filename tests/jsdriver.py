@@ -327,3 +327,20 @@ def rejoins_after_restart(service: Any, driver: Any) -> dict[str, Any]:
     driver.send("done")
     driver.finish()
     return close
+
+
+def presence_converges(driver: Any) -> list[Any]:
+    """
+    The "presence" scenario: alice's and bob's views agree (bob's two tabs are one key with
+    two metas), shrink as bob's tabs leave one at a time, and end with alice alone.
+    alice's presence events, as ``[kind, key, metas outside the change, metas changing]``.
+    """
+    converged = driver.expect("converged")
+    assert converged["alice"] == converged["bob"] == {"alice": 1, "bob": 2}
+    one_left = driver.expect("one-tab-left")
+    assert one_left["alice"] == one_left["bob"] == {"alice": 1, "bob": 1}
+    assert driver.expect("bob-gone")["alice"] == {"alice": 1}
+    events: list[Any] = driver.expect("events")["alice"]
+    assert [e for e in events if e[0] == "leave"] == [["leave", "bob", 1, 1], ["leave", "bob", 0, 1]]
+    driver.finish()
+    return events
