@@ -183,20 +183,7 @@ class LongPollConnection:
             self.factory.log_limited("rate", "ending a long-poll session that sent over its message budget")
             self.close(CLOSE_POLICY, RATE_LIMITED)
             return
-        try:
-            if is_binary:
-                message = frames.decode_binary(data, self.factory.header_limits)
-            else:
-                message = frames.decode_text(data, self.vsn, self.factory.header_limits)
-        except FrameError as e:
-            self.factory.frame_rejected(e)
-            session.frame_error(e)
-            return
-        if over_rate:
-            self.factory.metrics.rate_limited.inc()
-            session.frame_error(FrameError(RATE_LIMITED, message.join_ref, message.ref, message.topic))
-            return
-        session.received(message)
+        self.factory.hand_over(session, data, is_binary, self.vsn, over_rate)
 
     # Outbox, for the session and the hub
 

@@ -217,20 +217,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
         over_rate, self._message_over_rate = self._message_over_rate, False
         if self.session is None:
             return
-        try:
-            if isBinary:
-                message = frames.decode_binary(payload, self.factory.header_limits)
-            else:
-                message = frames.decode_text(payload, self.vsn, self.factory.header_limits)
-        except FrameError as e:
-            self.factory.frame_rejected(e)
-            self.session.frame_error(e)
-            return
-        if over_rate:
-            self.factory.metrics.rate_limited.inc()
-            self.session.frame_error(FrameError(RATE_LIMITED, message.join_ref, message.ref, message.topic))
-            return
-        self.session.received(message)
+        self.factory.hand_over(self.session, payload, isBinary, self.vsn, over_rate)
 
     def onFrameBegin(self) -> None:
         """Every frame (fragments and control frames too) is spent from the message budget."""
@@ -560,6 +547,26 @@ class PhoenixFactory(WebSocketServerFactory):
         protocol = cast(PhoenixProtocol, super().buildProtocol(addr))
         protocol.log = self._autobahn_log
         return protocol
+
+    def hand_over(self, session: Session, data: bytes, is_binary: bool, vsn: str, over_rate: bool) -> None:
+        """
+        A client's frame, whatever its transport, decoded and given to its session: a bad
+        one, or one past the message budget, is answered with an error and counted.
+        """
+        try:
+            if is_binary:
+                message = frames.decode_binary(data, self.header_limits)
+            else:
+                message = frames.decode_text(data, vsn, self.header_limits)
+        except FrameError as e:
+            self.frame_rejected(e)
+            session.frame_error(e)
+            return
+        if over_rate:
+            self.metrics.rate_limited.inc()
+            session.frame_error(FrameError(RATE_LIMITED, message.join_ref, message.ref, message.topic))
+            return
+        session.received(message)
 
     def frame_rejected(self, error: FrameError) -> None:
         """Count a bad frame (in /metrics); log at most one a minute, so bad clients cannot flood the log."""
