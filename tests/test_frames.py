@@ -253,6 +253,24 @@ def test_json_document_broadcast_is_spliced_verbatim_into_a_text_frame(payload: 
 @pytest.mark.parametrize(
     "payload",
     [
+        pytest.param(b'["\\ud800"]', id="lone-surrogate-escape"),
+        pytest.param(b'{"digits":' + b"9" * 400 + b"}", id="integer-past-a-double"),
+    ],
+)
+def test_json_that_orjson_refuses_is_still_text(payload: bytes) -> None:
+    """orjson checks first; what it refuses but JSON allows (and browsers parse) is not made binary."""
+    broadcast = Broadcast.from_redis("room", "ev", payload)
+    assert broadcast.is_text
+    assert broadcast.frame(V2).endswith(payload + b"]")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b'[1e999]', id="float-overflow"),
+        pytest.param(b'[1,]', id="trailing-comma"),
+        pytest.param(b'["\x01"]', id="control-character"),
+        pytest.param(b'[1] [2]', id="two-documents"),
         pytest.param(b'"a bare string"', id="string"),
         pytest.param(b"42", id="number"),
         pytest.param(b"null", id="null"),
