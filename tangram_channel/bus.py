@@ -425,6 +425,7 @@ class RedisBridge(MultiService):
         max_pending_bytes: int = 64 * 1024 * 1024,
         max_message_size: int = 1024 * 1024,
         wait_replicas: int = 0,
+        read_delay: float = 0.0,
     ) -> None:
         super().__init__()
         self.url = url
@@ -435,7 +436,7 @@ class RedisBridge(MultiService):
         self.metrics = metrics if metrics is not None else Metrics()
         self.on_messages: Callable[[list[tuple[str, str, bytes]]], None] = lambda messages: None
         self._pending: PendingMessages[tuple[bytes, bytes, bytes]] = PendingMessages(
-            reactor, self._deliver, max_pending_bytes, self.metrics
+            reactor, self._deliver, max_pending_bytes, self.metrics, read_delay=read_delay
         )
         self.metrics.count_pending(lambda: self._pending.bytes)
         self.on_connect: Callable[[], None] = lambda: None
@@ -1074,6 +1075,7 @@ class RedisBridge(MultiService):
         return answered.addCallback(self._stop_connections)
 
     def _stop_connections(self, _: None) -> defer.Deferred[None]:
+        self._pending.stop_resting()
         if self._redirected is not None:
             self._redirected.close()
         return super().stopService()

@@ -77,6 +77,7 @@ class Config:
     max_receive_rate: int = 1024 * 1024
     redis_timeout: float = 5.0
     redis_wait_replicas: int = 0
+    redis_read_delay: float = 0.002
     max_pushes_in_flight: int = 100
     max_push_bytes_in_flight: int = 4 * 1024 * 1024
     max_redis_commands_in_flight: int = 10_000
@@ -148,6 +149,7 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "presence_window": ("float", 0),
     "node_timeout": ("float", 1),
     "write_delay": ("float", 0),
+    "redis_read_delay": ("float", 0),
     "idle_timeout": ("float", 0),
     "max_message_size": ("int", 1),
     "max_send_buffer": ("int", 1),
@@ -222,9 +224,9 @@ def _check(key: str, value: Any) -> Any:
         raise ConfigError(f"{key} must be at least {minimum:g}, not {checked!r}")
     if key == "port" and checked > 65535:
         raise ConfigError(f"port must be at most 65535, not {checked}")
-    if key == "write_delay" and checked > 1:
+    if key in ("write_delay", "redis_read_delay") and checked > 1:
         # seconds: a "3" meant as milliseconds would hold a busy channel's messages 3 s
-        raise ConfigError(f"write_delay is in seconds and must be at most 1, not {checked!r}")
+        raise ConfigError(f"{key} is in seconds and must be at most 1, not {checked!r}")
     if key == "log_level" and checked.lower() not in _LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}, not {checked!r}")
     if key == "compression" and checked not in COMPRESSION_MODES:

@@ -275,6 +275,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         max_pending_bytes=config.max_pending_redis_bytes,
         max_message_size=config.max_message_size,
         wait_replicas=config.redis_wait_replicas,
+        read_delay=config.redis_read_delay,
     )
     bridge.setServiceParent(top)
     tokens = TokenAuthority(

@@ -158,6 +158,8 @@ def test_embedded_redis_refuses_other_values_naming_the_choices(tmp_path: Path, 
         ({"env": {"TANGRAM_CHANNEL_WRITE_DELAY": "-0.001"}}, "write_delay"),
         # seconds, not milliseconds: 3 would hold a busy channel's messages for 3 s
         ({"file": "[channel]\nwrite_delay = 3\n"}, "write_delay"),
+        ({"file": "[channel]\nredis_read_delay = 2\n"}, "redis_read_delay"),
+        ({"env": {"TANGRAM_CHANNEL_REDIS_READ_DELAY": "-1"}}, "redis_read_delay"),
     ],
 )
 def test_a_wrong_value_is_an_error_naming_the_key(tmp_path: Path, source: dict, key: str) -> None:
@@ -166,10 +168,11 @@ def test_a_wrong_value_is_an_error_naming_the_key(tmp_path: Path, source: dict, 
         configuration.load(path, source.get("env", {}), source.get("cli", {}))
 
 
-def test_write_delay_may_be_zero_or_up_to_a_second(tmp_path: Path) -> None:
-    assert configuration.load(None, {}, {})[0].write_delay == 0.003
-    assert configuration.load(None, {"TANGRAM_CHANNEL_WRITE_DELAY": "0"}, {})[0].write_delay == 0.0
-    assert configuration.load(write(tmp_path, "[channel]\nwrite_delay = 1\n"), {}, {})[0].write_delay == 1.0
+@pytest.mark.parametrize(("key", "default"), [("write_delay", 0.003), ("redis_read_delay", 0.002)])
+def test_a_delay_may_be_zero_or_up_to_a_second(tmp_path: Path, key: str, default: float) -> None:
+    assert getattr(configuration.load(None, {}, {})[0], key) == default
+    assert getattr(configuration.load(None, {f"TANGRAM_CHANNEL_{key.upper()}": "0"}, {})[0], key) == 0.0
+    assert getattr(configuration.load(write(tmp_path, f"[channel]\n{key} = 1\n"), {}, {})[0], key) == 1.0
 
 
 def test_header_caps_are_settings_handed_on_as_limits(tmp_path: Path) -> None:

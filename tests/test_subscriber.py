@@ -141,6 +141,83 @@ def test_when_a_read_is_over_its_first_slice_goes_in_the_same_turn() -> None:
     assert len(delivered) == 2
 
 
+def resting_queue(max_bytes: int = 1000) -> tuple[PendingMessages[str], list[list[str]], Clock, StringTransport]:
+    """A queue with a 2 ms read delay, reading from a transport."""
+    clock, delivered = Clock(), []
+    pending = PendingMessages(clock, delivered.append, max_bytes, Metrics(), slice_bytes=100, read_delay=0.002)
+    transport = StringTransport()
+    pending.attach(transport)
+    return pending, delivered, clock, transport
+
+
+def test_a_read_after_a_quiet_spell_is_not_followed_by_a_rest() -> None:
+    pending, delivered, clock, transport = resting_queue()
+    pending.add("m", 10)
+    pending.read_over()
+    clock.advance(0.01)
+    pending.add("n", 10)
+    pending.read_over()
+    assert delivered == [["m"], ["n"]] and transport.producerState == "producing"
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_read_soon_after_another_rests_the_socket_for_the_read_delay() -> None:
+    """What it read is handed on at once; the socket is read again 2 ms later, and rests again if data was waiting."""
+    pending, delivered, clock, transport = resting_queue()
+    pending.read_over()
+    clock.advance(0.001)
+    pending.add("m", 10)
+    pending.read_over()
+    assert delivered == [["m"]] and transport.producerState == "paused"
+    clock.advance(0.0015)
+    assert transport.producerState == "paused"
+    clock.advance(0.001)
+    assert transport.producerState == "producing"
+    pending.add("n", 10)  # waiting when the rest ended: still busy
+    pending.read_over()
+    assert delivered == [["m"], ["n"]] and transport.producerState == "paused"
+    clock.advance(0.002)
+    clock.advance(0.0021)
+    pending.read_over()  # quiet for longer than the delay since
+    assert transport.producerState == "producing"
+
+
+def test_a_full_queue_stays_paused_through_the_end_of_a_rest_and_a_rest_through_draining() -> None:
+    """Two reasons not to read, each kept: the socket is read again only once neither holds."""
+    pending, delivered, clock, transport = resting_queue(max_bytes=100)
+    pending.read_over()
+    for _ in range(6):
+        pending.add("m", 60)
+    pending.read_over()  # a rest begins, the queue is over its bound; a slice goes: 240 bytes left
+    assert pending.paused and transport.producerState == "paused"
+    clock.rightNow += 0.003
+    turn(clock)  # the rest is over; a slice more, and the queue is still over half of its bound
+    assert pending.bytes == 120 and transport.producerState == "paused"
+    turn(clock)  # drained
+    assert not pending.paused and transport.producerState == "producing"
+    pending.read_over()
+    pending.add("m", 200)
+    pending.read_over()  # over the bound and resting
+    turn(clock)  # drained while resting: not read yet
+    assert not pending.paused and transport.producerState == "paused"
+    clock.advance(0.002)
+    assert transport.producerState == "producing"
+
+
+def test_a_new_connection_or_a_stop_ends_a_rest() -> None:
+    pending, delivered, clock, transport = resting_queue()
+    pending.read_over()
+    pending.read_over()
+    assert transport.producerState == "paused"
+    fresh = StringTransport()
+    pending.attach(fresh)
+    assert fresh.producerState == "producing" and clock.getDelayedCalls() == []
+    pending.read_over()
+    assert fresh.producerState == "paused"
+    pending.stop_resting()
+    assert clock.getDelayedCalls() == []
+
+
 def test_an_error_in_the_consumer_when_a_read_is_over_is_logged_and_the_queue_goes_on() -> None:
     pending, delivered, clock = queue_with_a_bad_message()
     with captured_log() as lines:
