@@ -410,8 +410,8 @@ class RedisBridge(MultiService):
     ``on_messages([(topic, event, payload), ...])`` gets the messages on watched topics
     in order, about ``pending.SLICE_BYTES`` of them at a time (all that arrived, when
     less), so a burst can be written to each client in one go, the first slice in the
-    reactor turn of the read that brought it and the rest a turn each (see ``pending``);
-    ``on_connect()`` runs each time
+    reactor turn of the read that brought it and the rest a turn each (see ``pending``),
+    and answers how many deliveries (frames to sockets) they made; ``on_connect()`` runs each time
     both connections are up, the first time and after every outage, so the owner can
     restore what Redis lost.
     """
@@ -434,7 +434,7 @@ class RedisBridge(MultiService):
         self._disconnections: int | None = None  # Redis's count of clients cut for their output buffer
         self._errors = ThrottledLog(log, reactor)
         self.metrics = metrics if metrics is not None else Metrics()
-        self.on_messages: Callable[[list[tuple[str, str, bytes]]], None] = lambda messages: None
+        self.on_messages: Callable[[list[tuple[str, str, bytes]]], int] = lambda messages: 0
         self._pending: PendingMessages[tuple[bytes, bytes, bytes]] = PendingMessages(
             reactor, self._deliver, max_pending_bytes, self.metrics, read_delay=read_delay
         )
@@ -534,7 +534,7 @@ class RedisBridge(MultiService):
         return primary, primary
 
     def deliver_to(
-        self, on_messages: Callable[[list[tuple[str, str, bytes]]], None], on_connect: Callable[[], None]
+        self, on_messages: Callable[[list[tuple[str, str, bytes]]], int], on_connect: Callable[[], None]
     ) -> None:
         """
         Who gets what Redis delivers, and who restores state when it connects (the hub and
@@ -914,7 +914,7 @@ class RedisBridge(MultiService):
             return  # the other copy of a message, while a topic's pattern and to:* overlap
         self._pending.add((pattern, channel, message), len(message))
 
-    def _deliver(self, received: list[tuple[bytes, bytes, bytes]]) -> None:
+    def _deliver(self, received: list[tuple[bytes, bytes, bytes]]) -> int:
         messages = []
         for pattern, channel, message in received:
             split = split_channel(channel)
@@ -927,8 +927,7 @@ class RedisBridge(MultiService):
             if watch is None or (pattern != watch.pattern and pattern != ALL_TOPICS_PATTERN):
                 continue
             messages.append((split[0], split[1], message))
-        if messages:
-            self.on_messages(messages)
+        return self.on_messages(messages) if messages else 0
 
     # commands
 

@@ -215,17 +215,18 @@ class Hub:
 
     # the way in from Redis
 
-    def deliver(self, messages: list[tuple[str, str, bytes]]) -> None:
+    def deliver(self, messages: list[tuple[str, str, bytes]]) -> int:
         """
         ``(topic, event, payload)`` messages from one slice of what Redis sent, in order: each
         encoded once, and each run of messages for one topic written to every member
         together (see ``coalesce``); the writes to channels of one member go out in one
-        system call at the end (see ``fanout``).
+        system call at the end (see ``fanout``). Answers how many deliveries (a message to
+        a member) they make, written now or held to share a write.
         """
         self.fanout.hold_lone_writes()
         self._tally = [0, 0]
         try:
-            self._deliver(messages)
+            return self._deliver(messages)
         finally:
             self.fanout.flush()
             frames_sent, bytes_sent = self._tally
@@ -233,12 +234,14 @@ class Hub:
             if frames_sent:
                 self.metrics.sent(frames_sent, bytes_sent)
 
-    def _deliver(self, messages: list[tuple[str, str, bytes]]) -> None:
+    def _deliver(self, messages: list[tuple[str, str, bytes]]) -> int:
         run: list[Broadcast] = []
+        deliveries = 0
         for topic, event, payload in messages:
             if event == "presence_diff":
                 self.presence.diff_received(topic, payload)
-            if topic not in self.members:
+            members = self.members.get(topic)
+            if members is None:
                 continue
             try:
                 broadcast = Broadcast.from_redis(topic, event, payload)
@@ -251,8 +254,10 @@ class Hub:
                 self._coalescer.arrived(run[0].topic, run)
                 run = []
             run.append(broadcast)
+            deliveries += len(members)
         if run:
             self._coalescer.arrived(run[0].topic, run)
+        return deliveries
 
     def _write(self, topic: str, broadcasts: list[Broadcast]) -> None:
         """Send to every member of ``topic``, counting every frame (by the size of the first framing)."""

@@ -13,11 +13,13 @@ When a read is over (``read_over``) its first slice is handed on in the same rea
 turn rather than the next: with messages that trickle in one per read, as on many
 quiet channels, that saves a reactor turn per message.
 
-A read that comes within ``read_delay`` of the one before is followed by a rest of
-``read_delay`` in which the socket is not read. Each wake-up (epoll, the reactor's
-turn, a read, the writes' system call) costs about as much as handling a message, and
-a busy stream of messages for one member each (Tangram's ``streaming-<id>``) arrives a
-few at a time: resting lets a read gather many. A stream that is quiet is read at once.
+A read that comes within ``read_delay`` of the one before, and whose messages made
+fewer than ``REST_BELOW`` deliveries, is followed by a rest of ``read_delay`` in which
+the socket is not read. Each wake-up (epoll, the reactor's turn, a read, the writes'
+system call) costs about as much as delivering a message to one member, and a busy
+stream of messages for one member each (Tangram's ``streaming-<id>``) arrives a few at a
+time: resting lets a read gather many. A stream that is quiet is read at once, and so is
+one whose reads each fan out to many sockets: their wake-ups are paid for already.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from twisted.logger import Logger
 from .metrics import Metrics
 
 SLICE_BYTES = 256 * 1024
+# a read whose slice made this many deliveries or more has paid for its wake-up: no rest
+REST_BELOW = 64
 
 log = Logger()
 
@@ -44,7 +48,7 @@ class PendingMessages(Generic[T]):
     def __init__(
         self,
         clock: IReactorTime,
-        deliver: Callable[[list[T]], None],
+        deliver: Callable[[list[T]], int],
         max_bytes: int,
         metrics: Metrics,
         slice_bytes: int = SLICE_BYTES,
@@ -92,24 +96,28 @@ class PendingMessages(Generic[T]):
                 self._producer.pauseProducing()
 
     def read_over(self) -> None:
-        """The socket's read is parsed: hand its first slice on now (the rest, a turn each, as before)."""
+        """
+        The socket's read is parsed: hand its first slice on now (the rest, a turn each,
+        as before), then rest if the read came soon after the last and made few deliveries.
+        """
         now = self._clock.seconds()
-        if now - self._last_read < self._read_delay and self._rest is None and self._producer is not None:
+        busy = now - self._last_read < self._read_delay
+        self._last_read = now
+        deliveries = 0
+        call = self._call
+        if call is not None and self._call_for_read:  # else nothing new, or a slice already due next turn
+            call.cancel()
+            self._call = None
+            try:
+                deliveries = self._deliver_slice()
+            except Exception:
+                # as the reactor would for its call: logged, and the read loop goes on
+                log.failure("handing on messages from Redis")
+        if busy and deliveries < REST_BELOW and self._rest is None and self._producer is not None:
             self._rest = self._clock.callLater(self._read_delay, self._rested)
             self._producer.pauseProducing()
-        self._last_read = now
-        call = self._call
-        if call is None or not self._call_for_read:
-            return  # nothing new, or a slice already due next turn: that turn's own
-        call.cancel()
-        self._call = None
-        try:
-            self._deliver_slice()
-        except Exception:
-            # as the reactor would for its call: logged, and the read loop goes on
-            log.failure("handing on messages from Redis")
 
-    def _deliver_slice(self) -> None:
+    def _deliver_slice(self) -> int:
         items: list[T] = []
         taken = 0
         while self._queue and taken < self._slice_bytes:
@@ -124,7 +132,7 @@ class PendingMessages(Generic[T]):
             self.paused = False
             if self._producer is not None and self._rest is None:
                 self._producer.resumeProducing()
-        self._deliver(items)
+        return self._deliver(items)
 
     def _rested(self) -> None:
         self._rest = None

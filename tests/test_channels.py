@@ -396,7 +396,7 @@ def test_broadcasts_before_the_join_reply_wait_until_after_presence_state(world:
 def test_deliver_sends_the_same_broadcast_to_every_member_of_the_topic(world: World) -> None:
     members = [joined(world, "room", "1", name) for name in ("alice", "bob", "carol")]
     _, outsider = joined(world, "lobby")
-    world.hub.deliver([("room", "message", b'{"hello":"world"}')])
+    assert world.hub.deliver([("room", "message", b'{"hello":"world"}'), ("nobody", "message", b"{}")]) == 3
     sent = [outbox.bursts[-1] for _, outbox in members]
     assert all(burst is sent[0] for burst in sent)
     assert [outbox.take() for _, outbox in members] == [[[None, None, "room", "message", {"hello": "world"}]]] * 3

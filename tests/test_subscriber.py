@@ -11,6 +11,7 @@ import json
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 
 import pytest
 from twisted.internet.task import Clock
@@ -18,18 +19,28 @@ from twisted.internet.testing import StringTransport
 
 from tangram_channel import outputlimit
 from tangram_channel.metrics import Metrics
-from tangram_channel.pending import PendingMessages
+from tangram_channel.pending import REST_BELOW, PendingMessages
 
 from .conftest import RedisServer, free_port
 from .e2e import captured_log
 from .live import RawSocket, event_of, payload_of, start_twistd, token
 
 
+def recorder(delivered: list[list[str]]) -> Callable[[list[str]], int]:
+    """A consumer that keeps each slice and answers one delivery per item, or the number an item names."""
+
+    def deliver(items: list[str]) -> int:
+        delivered.append(items)
+        return sum(int(item) if item.isdigit() else 1 for item in items)
+
+    return deliver
+
+
 def queue(
     max_bytes: int = 1000, slice_bytes: int = 100, metrics: Metrics | None = None
 ) -> tuple[PendingMessages[str], list[list[str]], Clock]:
     clock, delivered = Clock(), []
-    pending = PendingMessages(clock, delivered.append, max_bytes, metrics or Metrics(), slice_bytes)
+    pending = PendingMessages(clock, recorder(delivered), max_bytes, metrics or Metrics(), slice_bytes)
     return pending, delivered, clock
 
 
@@ -107,10 +118,11 @@ def queue_with_a_bad_message() -> tuple[PendingMessages[str], list[list[str]], C
     """A queue holding "bad", whose delivery raises, then "good"."""
     clock, delivered = Clock(), []
 
-    def deliver(items: list[str]) -> None:
+    def deliver(items: list[str]) -> int:
         delivered.append(items)
         if items == ["bad"]:
             raise ValueError("consumer failed")
+        return len(items)
 
     pending = PendingMessages(clock, deliver, 1000, Metrics(), slice_bytes=10)
     pending.add("bad", 10)
@@ -144,7 +156,7 @@ def test_when_a_read_is_over_its_first_slice_goes_in_the_same_turn() -> None:
 def resting_queue(max_bytes: int = 1000) -> tuple[PendingMessages[str], list[list[str]], Clock, StringTransport]:
     """A queue with a 2 ms read delay, reading from a transport."""
     clock, delivered = Clock(), []
-    pending = PendingMessages(clock, delivered.append, max_bytes, Metrics(), slice_bytes=100, read_delay=0.002)
+    pending = PendingMessages(clock, recorder(delivered), max_bytes, Metrics(), slice_bytes=100, read_delay=0.002)
     transport = StringTransport()
     pending.attach(transport)
     return pending, delivered, clock, transport
@@ -180,6 +192,18 @@ def test_a_read_soon_after_another_rests_the_socket_for_the_read_delay() -> None
     clock.advance(0.0021)
     pending.read_over()  # quiet for longer than the delay since
     assert transport.producerState == "producing"
+
+
+def test_a_read_that_fanned_out_to_many_sockets_is_not_followed_by_a_rest() -> None:
+    """Its wake-up is paid for: a broadcast to 64 members (W1's shape) is read on at once, one to 63 is not."""
+    pending, delivered, clock, transport = resting_queue()
+    pending.read_over()
+    pending.add(str(REST_BELOW), 10)
+    pending.read_over()
+    assert transport.producerState == "producing" and clock.getDelayedCalls() == []
+    pending.add(str(REST_BELOW - 1), 10)
+    pending.read_over()
+    assert transport.producerState == "paused"
 
 
 def test_a_full_queue_stays_paused_through_the_end_of_a_rest_and_a_rest_through_draining() -> None:
