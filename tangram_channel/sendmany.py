@@ -24,7 +24,7 @@ import os
 import platform
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from twisted.logger import Logger
 
@@ -169,8 +169,24 @@ class SendMany:
             self._context = None
 
 
-def _address(data: bytes) -> int:
+def _address_from_ctypes(data: bytes) -> int:
     """Where the bytes of ``data`` are: ctypes hands C a bytes object's own buffer, uncopied."""
     address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
     assert address is not None  # only a NULL pointer reads as None
     return address
+
+
+def _address_function() -> Callable[[bytes], int]:
+    """
+    ``_address_from_ctypes`` costs 2 us, once per write; in CPython a bytes object's buffer
+    lies at a fixed offset from ``id()`` (its address), which costs 0.1 us. The offset is
+    taken from ctypes and checked on bytes of two sizes, else ctypes it stays.
+    """
+    probes = [b"probe", b"a longer probe" * 100]
+    offset = _address_from_ctypes(probes[0]) - id(probes[0])
+    if any(_address_from_ctypes(probe) != id(probe) + offset for probe in probes):
+        return _address_from_ctypes
+    return lambda data: id(data) + offset
+
+
+_address = _address_function()

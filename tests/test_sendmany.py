@@ -14,6 +14,7 @@ import pytest
 
 from tangram_channel.fanout import Fanout
 from tangram_channel.frames import Broadcast, Burst
+from tangram_channel import sendmany
 from tangram_channel.sendmany import SendMany
 
 from .e2e import captured_log
@@ -158,6 +159,15 @@ def test_send_each_writes_each_socket_its_own_buffer(sender):
     sent = sender.send_each([ours.fileno() for ours, _ in pairs], datas)
     assert sent == [len(data) for data in datas]
     assert [read_all(theirs) for _, theirs in pairs] == datas
+
+
+@pytest.mark.parametrize("data", [b"", b"x", b"\0" * 7, bytes(range(256)) * 300])
+def test_a_buffer_address_from_id_is_where_ctypes_finds_it(data: bytes) -> None:
+    """The cheap address (id plus an offset) names the very bytes the kernel is to read."""
+    assert sendmany._address is not sendmany._address_from_ctypes  # CPython: the offset was found
+    address = sendmany._address(data)
+    assert address == sendmany._address_from_ctypes(data)
+    assert ctypes.string_at(address, len(data)) == data
 
 
 class LoneSocket:
