@@ -1074,7 +1074,7 @@ class RedisBridge(MultiService):
         return answered.addCallback(self._stop_connections)
 
     def _stop_connections(self, _: None) -> defer.Deferred[None]:
-        self._pending.stop_resting()
+        self._pending.stop()
         if self._redirected is not None:
             self._redirected.close()
         return super().stopService()

@@ -62,6 +62,7 @@ class PendingMessages(Generic[T]):
         self._read_delay = read_delay
         self._last_read = float("-inf")
         self._rest: Any = None  # the call that ends a rest between reads
+        self._stopped = False
         self._queue: deque[tuple[T, int]] = deque()
         self._call: Any = None
         self._call_for_read = False  # whether ``_call`` was set up by this read's first message
@@ -72,18 +73,36 @@ class PendingMessages(Generic[T]):
     def attach(self, producer: IPushProducer) -> None:
         """Read from ``producer`` now (a new connection); paused at once while the queue is full."""
         self._producer = producer
-        self.stop_resting()
+        self._end_rest()
         if self.paused:
             producer.pauseProducing()
 
-    def stop_resting(self) -> None:
-        """No rest is pending any more (a new connection, or the service stops)."""
+    def stop(self) -> None:
+        """
+        The service stops: what is queued is dropped (the sockets it was for are closed),
+        and the socket is read on without pausing, so that its connection can close: TLS
+        waits to read the server's close_notify, which a socket at rest never would.
+        """
+        self._stopped = True
+        self._end_rest()
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        self._queue.clear()
+        self.bytes = 0
+        self.paused = False
+        if self._producer is not None:
+            self._producer.resumeProducing()
+
+    def _end_rest(self) -> None:
         if self._rest is not None:
             self._rest.cancel()
             self._rest = None
 
     def add(self, item: T, size: int) -> None:
         """Queue ``item`` of ``size`` bytes; called from the read loop, so it only appends."""
+        if self._stopped:
+            return
         self._queue.append((item, size))
         self.bytes += size
         if self._call is None:
@@ -113,7 +132,7 @@ class PendingMessages(Generic[T]):
             except Exception:
                 # as the reactor would for its call: logged, and the read loop goes on
                 log.failure("handing on messages from Redis")
-        if busy and deliveries < REST_BELOW and self._rest is None and self._producer is not None:
+        if busy and deliveries < REST_BELOW and self._rest is None and self._producer is not None and not self._stopped:
             self._rest = self._clock.callLater(self._read_delay, self._rested)
             self._producer.pauseProducing()
 

@@ -228,7 +228,7 @@ def test_a_full_queue_stays_paused_through_the_end_of_a_rest_and_a_rest_through_
     assert transport.producerState == "producing"
 
 
-def test_a_new_connection_or_a_stop_ends_a_rest() -> None:
+def test_a_new_connection_ends_a_rest() -> None:
     pending, delivered, clock, transport = resting_queue()
     pending.read_over()
     pending.read_over()
@@ -236,10 +236,28 @@ def test_a_new_connection_or_a_stop_ends_a_rest() -> None:
     fresh = StringTransport()
     pending.attach(fresh)
     assert fresh.producerState == "producing" and clock.getDelayedCalls() == []
+
+
+def test_a_stop_reads_on_so_the_connection_can_close_and_drops_what_is_queued() -> None:
+    """
+    Stopped at rest with the queue full, the socket is read again (TLS must read the
+    server's close_notify to close; a paused socket hung the service's stop) and never
+    paused again; what was queued, and what comes, is for sockets already closed.
+    """
+    pending, delivered, clock, transport = resting_queue(max_bytes=100)
     pending.read_over()
-    assert fresh.producerState == "paused"
-    pending.stop_resting()
-    assert clock.getDelayedCalls() == []
+    for _ in range(6):
+        pending.add("m", 60)
+    pending.read_over()
+    assert pending.paused and transport.producerState == "paused"
+    pending.stop()
+    assert transport.producerState == "producing" and clock.getDelayedCalls() == []
+    assert pending.bytes == 0 and not pending.paused
+    pending.add("late", 500)
+    pending.read_over()
+    pending.read_over()
+    assert transport.producerState == "producing" and clock.getDelayedCalls() == []
+    assert delivered == [["m", "m"]]
 
 
 def test_an_error_in_the_consumer_when_a_read_is_over_is_logged_and_the_queue_goes_on() -> None:
