@@ -84,6 +84,7 @@ class PendingMessages(Generic[T]):
         waits to read the server's close_notify, which a socket at rest never would.
         """
         self._stopped = True
+        self._read_delay = 0.0  # no read is soon after another any more: no rest
         self._end_rest()
         if self._call is not None:
             self._call.cancel()
@@ -132,7 +133,7 @@ class PendingMessages(Generic[T]):
             except Exception:
                 # as the reactor would for its call: logged, and the read loop goes on
                 log.failure("handing on messages from Redis")
-        if busy and deliveries < REST_BELOW and self._rest is None and self._producer is not None and not self._stopped:
+        if busy and deliveries < REST_BELOW and self._rest is None and self._producer is not None:
             self._rest = self._clock.callLater(self._read_delay, self._rested)
             self._producer.pauseProducing()
 
