@@ -435,7 +435,7 @@ class RedisBridge(MultiService):
         self._errors = ThrottledLog(log, reactor)
         self.metrics = metrics if metrics is not None else Metrics()
         self.on_messages: Callable[[list[tuple[str, str, bytes]]], int] = lambda messages: 0
-        self._pending: PendingMessages[tuple[bytes, bytes, bytes]] = PendingMessages(
+        self._pending: PendingMessages[tuple[str, str, bytes]] = PendingMessages(
             reactor, self._deliver, max_pending_bytes, self.metrics, read_delay=read_delay
         )
         self.metrics.count_pending(lambda: self._pending.bytes)
@@ -910,24 +910,26 @@ class RedisBridge(MultiService):
         return d.addErrback(lambda f: defer.fail(RedisUnavailable()))
 
     def _received(self, pattern: bytes, channel: bytes, message: bytes) -> None:
+        """
+        Queue a message for a watched topic as ``(topic, event, payload)``; the rest is
+        dropped as it is read, before it takes room in the queue: under ``to:*`` each
+        worker reads every topic's messages, most of them for another worker's members.
+        """
         if (pattern == ALL_TOPICS_PATTERN) is not self._all_confirmed:
             return  # the other copy of a message, while a topic's pattern and to:* overlap
-        self._pending.add((pattern, channel, message), len(message))
+        split = split_channel(channel)
+        if split is None:
+            return
+        # A topic "a" also matches "to:a:b:event" through its pattern "to:a:*"; only
+        # the pattern of the topic the channel names may deliver it, or members of
+        # "a:b" would get it twice.
+        watch = self._watched.get(split[0])
+        if watch is None or (pattern != watch.pattern and pattern != ALL_TOPICS_PATTERN):
+            return
+        self._pending.add((split[0], split[1], message), len(message))
 
-    def _deliver(self, received: list[tuple[bytes, bytes, bytes]]) -> int:
-        messages = []
-        for pattern, channel, message in received:
-            split = split_channel(channel)
-            if split is None:
-                continue
-            # A topic "a" also matches "to:a:b:event" through its pattern "to:a:*"; only
-            # the pattern of the topic the channel names may deliver it, or members of
-            # "a:b" would get it twice.
-            watch = self._watched.get(split[0])
-            if watch is None or (pattern != watch.pattern and pattern != ALL_TOPICS_PATTERN):
-                continue
-            messages.append((split[0], split[1], message))
-        return self.on_messages(messages) if messages else 0
+    def _deliver(self, messages: list[tuple[str, str, bytes]]) -> int:
+        return self.on_messages(messages)
 
     # commands
 

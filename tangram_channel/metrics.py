@@ -169,7 +169,10 @@ class ChannelTraffic:
         self._counts.setdefault(topic, [0, 0])[0] += 1
 
     def sent(self, topic: str, deliveries: int) -> None:
-        self._counts.setdefault(topic, [0, 0])[1] += deliveries
+        counts = self._counts.get(topic)  # not setdefault: its new list, made each message, is the cost
+        if counts is None:
+            counts = self._counts[topic] = [0, 0]
+        counts[1] += deliveries
 
     def forget(self, topic: str) -> None:
         self._counts.pop(topic, None)

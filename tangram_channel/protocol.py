@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import socket
+import os
 from functools import partial
 from typing import Any, Protocol, cast
 
@@ -56,6 +56,9 @@ _TOKEN_PREFIX = "base64url.bearer.phx."
 # WebSocket stack and settings, for the Autobahn testsuite, whose cases expect an echo.
 CONFORMANCE_PATH = "/conformance"
 
+# a class attribute read on every member of every broadcast: a module global is cheaper
+_OPEN = WebSocketServerProtocol.STATE_OPEN
+
 CLOSE_IDLE = 4000
 CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
@@ -78,7 +81,7 @@ def subprotocol_token(offered: list[str]) -> str | None:
     return None
 
 
-# What _direct_socket reads of tcp.Connection (pinned by tests/test_twisted_internals.py)
+# What direct_fd reads of tcp.Connection (pinned by tests/test_twisted_internals.py)
 _WRITE_QUEUE = ("socket", "_tempDataLen", "dataBuffer", "offset", "connected", "disconnecting")
 
 
@@ -137,6 +140,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
     _message_over_rate = False
     _echo = False
     _tcp: tcp.Connection | None = None
+    _fd = -1  # the socket's descriptor, while ``_tcp`` is set
     _intake: TokenBucket | None = None  # bytes read a second
     _intake_wait: IDelayedCall | None = None
     _read_holds: frozenset[str] = frozenset()  # why the socket is not read: "redis", "intake"
@@ -177,6 +181,8 @@ class PhoenixProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._tcp = direct_connection(self.transport)
+        if self._tcp is not None:
+            self._fd = self._tcp.socket.fileno()
         if self._deflate is not None:
             self.framing = f"{self.vsn} deflate {self._deflate.server_max_window_bits}"
         # The HTTP channel that served the upgrade is still registered as producer.
@@ -294,18 +300,33 @@ class PhoenixProtocol(WebSocketServerProtocol):
 
     def framed(self, burst: Burst) -> bytes | None:
         """``burst`` framed for this socket and counted toward its budget, or None if nothing may be sent now."""
-        if self.state != self.STATE_OPEN:
+        if self.state != _OPEN:
             return None
-        data = self._frame(burst)
-        return data if self._count(len(data)) else None
+        data = burst.prepared.get(self.framing)
+        if data is None:
+            data = self._frame(burst)
+        # Run once per member of a broadcast, so ``_count`` only when it counts: while the
+        # transport has not paused us nothing is queued (``_count``), and the bytes held in
+        # join backlogs were checked against the budget as they came (``hold``).
+        if self._paused and not self._count(len(data)):
+            return None
+        return data
 
     def direct_fd(self) -> int | None:
         """
         The descriptor the next frame may be written to straight, or None: only plain
         TCP (TLS transports encrypt before they write) with nothing queued before it.
         """
-        sock = self._direct_socket()
-        return None if sock is None else sock.fileno()
+        transport = self._tcp
+        if (
+            transport is not None
+            and not transport._tempDataLen
+            and transport.offset == len(transport.dataBuffer)
+            and transport.connected
+            and not transport.disconnecting
+        ):
+            return self._fd
+        return None
 
     def write_now(self, frame: bytes) -> None:
         """
@@ -317,12 +338,12 @@ class PhoenixProtocol(WebSocketServerProtocol):
         does not fit (or any error, which Twisted then reports as usual) takes the
         normal path.
         """
-        sock = self._direct_socket()
-        if sock is None:
+        fd = self.direct_fd()
+        if fd is None:
             self._connection.write(frame)
             return
         try:
-            sent = sock.send(frame)
+            sent = os.write(fd, frame)
         except OSError:
             sent = 0
         self.wrote_directly(frame, sent)
@@ -346,7 +367,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
             # WebSocket framing (and compression), done once per burst and framing: server
             # frames are unmasked and compressed without context, so every member gets the same bytes
             data = burst.prepared[self.framing] = b"".join(
-                self._wire(broadcast.frame(self.vsn), not broadcast.is_text) for broadcast in burst.broadcasts
+                [self._wire(broadcast.frame(self.vsn), not broadcast.is_text) for broadcast in burst.broadcasts]
             )
         return data
 
@@ -365,18 +386,6 @@ class PhoenixProtocol(WebSocketServerProtocol):
         # served the upgrade, is a tcp.Server or a TLSMemoryBIOProtocol, which also take a
         # producer and can abort (TLS does not declare IConsumer, so no adaptation)
         return cast(_Connection, self.transport)
-
-    def _direct_socket(self) -> socket.socket | None:
-        transport = self._tcp
-        if (
-            transport is not None
-            and not transport._tempDataLen
-            and transport.offset == len(transport.dataBuffer)
-            and transport.connected
-            and not transport.disconnecting
-        ):
-            return transport.socket
-        return None
 
     # limits
 
