@@ -267,7 +267,9 @@ class Hub:
         burst = Burst(broadcasts)
         # a copy: a backlog over the send budget closes its socket, and the member leaves;
         # ``backlog is None`` first saves a call per member once joined
-        ready = [member.outbox for member in list(members) if member.backlog is None or member.ready_for(burst)]
+        ready: list[DirectOutbox] = [
+            member.outbox for member in list(members) if member.backlog is None or member.ready_for(burst)
+        ]
         self.fanout.send(ready, burst)
         framed = next(iter(burst.prepared.values()), b"")
         tally = self._tally

@@ -18,7 +18,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from tangram_channel import outputlimit
+from tangram_channel.bus import RedisBridge, RedisURL, _Watch
 from tangram_channel.metrics import Metrics
+from tangram_channel.naming import ALL_TOPICS_PATTERN, topic_pattern
 from tangram_channel.pending import REST_BELOW, PendingMessages
 
 from .conftest import RedisServer, free_port
@@ -112,6 +114,26 @@ def test_a_new_connection_is_paused_while_the_queue_is_still_full() -> None:
     assert fresh.producerState == "paused"
     turn(clock)
     assert fresh.producerState == "producing"
+
+
+def test_messages_no_topic_here_watches_are_dropped_as_read_and_take_no_room() -> None:
+    """Under ``to:*`` a worker reads every topic's messages; only its own are queued, as ``(topic, event, payload)``."""
+    clock = Clock()
+    bridge = RedisBridge(clock, RedisURL("redis://127.0.0.1:1"), timeout=5)
+    handed: list[list[tuple[str, str, bytes]]] = []
+    bridge.deliver_to(lambda messages: handed.append(messages) or len(messages), lambda: None)
+    bridge._all_confirmed = True  # subscribed to to:* (as past WATCH_ALL_ABOVE topics)
+    for topic in ("mine", "a:b"):
+        bridge._watched[topic] = _Watch(topic_pattern(topic))
+    bridge._received(ALL_TOPICS_PATTERN, b"to:theirs:tick", b'{"n":1}')
+    bridge._received(topic_pattern("a"), b"to:a:b:tick", b'{"n":2}')  # "a" matches "a:b"'s channels: a copy
+    bridge._received(topic_pattern("mine"), b"to:mine:tick", b'{"n":3}')  # its own pattern's copy, under to:*
+    assert bridge._pending.bytes == 0
+    bridge._received(ALL_TOPICS_PATTERN, b"to:mine:tick", b'{"n":4}')
+    bridge._received(ALL_TOPICS_PATTERN, b"to:a:b:tick", b'{"n":5}')
+    assert bridge._pending.bytes == 14
+    clock.advance(0)
+    assert handed == [[("mine", "tick", b'{"n":4}'), ("a:b", "tick", b'{"n":5}')]]
 
 
 def queue_with_a_bad_message() -> tuple[PendingMessages[str], list[list[str]], Clock]:
