@@ -131,6 +131,16 @@ def test_v2_join_over_the_wire_is_a_reply_then_presence_state(world: World) -> N
     assert sent[1][1][:4] == ["1", None, "room", "presence_state"]
 
 
+def test_an_open_socket_keeps_no_copy_of_the_upgrade_request_and_its_token(world: World) -> None:
+    """Autobahn keeps the request (its URL carries ``userToken``), its headers and the answer; once open they go."""
+    token = world.token("room")
+    client = Client(world, f"?vsn=2.0.0&userToken={token}", protocols=["phoenix", "x-extra"])
+    kept = repr(vars(client.protocol))
+    assert token not in kept
+    assert "tangram.test" not in kept and "x-extra" not in kept  # the Host header, the subprotocols offered
+    assert client.join("room", "1")[0][1][4]["status"] == "ok"  # the socket's token still joins
+
+
 def test_v1_sockets_speak_objects(world: World) -> None:
     client = Client(world, "?vsn=1.0.0")
     client.send_text({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": "5", "join_ref": None})
