@@ -555,6 +555,8 @@ class PhoenixFactory(WebSocketServerFactory):
         self.metrics.count_sockets(lambda: len(self.sockets))
         self._errors = ThrottledLog(log, clock)
         self._autobahn_log = AutobahnLog(self.protocol.log, self._errors)
+        self._protocol_settings: dict[str, Any] | None = None
+        self._protocol: type[PhoenixProtocol] = PhoenixProtocol
         accept = partial(accept_offer, max_message_size=max_message_size) if compression.enabled else None
         # Origins are checked by web.SocketResource, which answers with a clear 403;
         # Autobahn's own check would refuse browsers' "null" origin.
@@ -573,9 +575,25 @@ class PhoenixFactory(WebSocketServerFactory):
         )
 
     def buildProtocol(self, addr: IAddress | None) -> PhoenixProtocol:  # type: ignore[override]
-        protocol = cast(PhoenixProtocol, super().buildProtocol(addr))
-        protocol.log = self._autobahn_log
-        return protocol
+        self.protocol = self._protocol_class()
+        return cast(PhoenixProtocol, super().buildProtocol(addr))
+
+    def _protocol_class(self) -> type[PhoenixProtocol]:
+        """
+        ``PhoenixProtocol`` with this factory's Autobahn settings as class attributes, made
+        again when one changed. Autobahn copies each of its 29 settings onto every protocol
+        unless the class has it, and logs them with a pformat even when debug is off: a
+        socket's attributes then need a dict twice the size (1.6 KB more), and each
+        connection a pformat (2 % of a join storm's CPU).
+        """
+        settings = {name: getattr(self, name) for name in PhoenixProtocol.CONFIG_ATTRS}
+        if settings != self._protocol_settings:
+            self._protocol_settings = settings
+            # a function in a class would be bound to the socket (perMessageCompressionAccept)
+            values = {name: staticmethod(value) if callable(value) else value for name, value in settings.items()}
+            attributes = {**values, "CONFIG_ATTRS": (), "log": self._autobahn_log}
+            self._protocol = type(PhoenixProtocol.__name__, (PhoenixProtocol,), attributes)
+        return self._protocol
 
     def hand_over(self, session: Session, data: bytes, is_binary: bool, vsn: str, over_rate: bool) -> None:
         """

@@ -141,6 +141,23 @@ def test_an_open_socket_keeps_no_copy_of_the_upgrade_request_and_its_token(world
     assert client.join("room", "1")[0][1][4]["status"] == "ok"  # the socket's token still joins
 
 
+def test_autobahn_settings_are_held_once_per_factory_not_once_per_socket(world: World) -> None:
+    factory = PhoenixFactory(hub=world.hub, clock=world.clock, max_message_size=MAX_MESSAGE)
+    first, second = Client(world, factory=factory), Client(world, factory=factory)
+    assert type(first.protocol) is type(second.protocol)
+    assert "maxMessagePayloadSize" not in vars(first.protocol)
+    assert first.protocol.maxMessagePayloadSize == MAX_MESSAGE
+    assert first.protocol.perMessageCompressionAccept([]) is None  # a function setting stays a function
+    factory.setProtocolOptions(maxMessagePayloadSize=2 * MAX_MESSAGE, maxFramePayloadSize=2 * MAX_MESSAGE)
+    later = Client(world, factory=factory)
+    assert later.protocol.maxMessagePayloadSize == 2 * MAX_MESSAGE  # a changed setting: a new class
+    assert first.protocol.maxMessagePayloadSize == MAX_MESSAGE
+    later.send_text(["1", "1", "room", "phx_join", {"pad": "x" * (MAX_MESSAGE + 100)}])
+    assert later.close_code() is None  # within the new limit: still open
+    first.send_text(["1", "1", "room", "phx_join", {"pad": "x" * (MAX_MESSAGE + 100)}])
+    assert first.close_code() == 1009
+
+
 def test_v1_sockets_speak_objects(world: World) -> None:
     client = Client(world, "?vsn=1.0.0")
     client.send_text({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": "5", "join_ref": None})
