@@ -125,6 +125,44 @@ def test_state_json_follows_applied_diffs() -> None:
     assert before == b"{}"
 
 
+def test_state_json_is_the_state_through_moves_re_adds_and_last_leaves() -> None:
+    replica = Replica()
+    steps: list[tuple[str, Any]] = [
+        ("add", ("alice", meta("a1"))),
+        ("add", ("alice", meta("a2"))),
+        ("add", ("bob", meta("b1"))),
+        ("add", ("alice", meta("a1", online_at=5))),  # the same presence again: its newer meta, in place
+        ("add", ("carol", meta("a2"))),  # a ref seen under another key moves there
+        ("remove", meta("b1")),  # bob's last: bob goes
+        ("add", ("bob", meta("b2"))),
+        ("add", ("dan\ud800", meta("d1"))),  # a lone surrogate: escaped, still JSON
+    ]
+    for kind, argument in steps:
+        if kind == "add":
+            replica.add(*argument)
+        else:
+            replica.remove(argument)
+        assert frames.loads(replica.state_json()) == replica.state()
+    assert refs(replica) == {"alice": ["a1"], "carol": ["a2"], "bob": ["b2"], "dan\ud800": ["d1"]}
+    assert replica.state()["alice"]["metas"] == [meta("a1", online_at=5)]
+
+
+def test_a_join_re_encodes_only_its_own_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A storm's joiners each get the state as it is: encoded whole each time, that was O(N²)."""
+    replica = Replica()
+    for n in range(1000):
+        replica.add(f"user{n}", meta(f"r{n}"))
+    replica.state_json()
+    encoded: list[Any] = []
+    dumps = frames.dumps
+    monkeypatch.setattr(frames, "dumps", lambda value: encoded.append(value) or dumps(value))
+    replica.add("user1000", meta("r1000"))
+    replica.remove(meta("r5"))
+    state = replica.state_json()
+    assert encoded == [{"user1000": {"metas": [meta("r1000")]}}]
+    assert len(frames.loads(state)) == 1000 and "user5" not in frames.loads(state)
+
+
 # Presence over a fake Redis
 
 
