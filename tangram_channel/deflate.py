@@ -59,13 +59,17 @@ def server_frame(payload: bytes, is_binary: bool, compressed: bool = False) -> b
     builds it, without its object per frame: a broadcast is framed once, but once per
     message. ``compressed``: ``payload`` is deflated data, flagged with RSV1.
     """
+    return frame_header(len(payload), is_binary, compressed) + payload
+
+
+def frame_header(size: int, is_binary: bool, compressed: bool = False) -> bytes:
+    """The header of ``server_frame``, for a payload of ``size`` bytes written after it."""
     opcode = (0x82 if is_binary else 0x81) | (0x40 if compressed else 0)
-    size = len(payload)
     if size < 126:
-        return bytes((opcode, size)) + payload
+        return bytes((opcode, size))
     if size < 65536:
-        return struct.pack("!BBH", opcode, 126, size) + payload
-    return struct.pack("!BBQ", opcode, 127, size) + payload
+        return struct.pack("!BBH", opcode, 126, size)
+    return struct.pack("!BBQ", opcode, 127, size)
 
 
 def compressed_frame(payload: bytes, is_binary: bool, window_bits: int, min_size: int) -> bytes:

@@ -362,4 +362,5 @@ def splice(join_ref: str | None, topic: str, event: str, payload: bytes, vsn: st
             payload,
             dumps(join_ref),
         )
-    return header[:-1] + b"," + payload + b"]"
+    # one copy of the payload, not one per ``+``: a presence_state may be megabytes
+    return b"".join((header[:-1], b",", payload, b"]"))

@@ -25,6 +25,7 @@ import base64
 import binascii
 import os
 from functools import partial
+from collections.abc import Iterable
 from typing import Any, Protocol, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -39,7 +40,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from . import frames
-from .deflate import Compression, LeanDeflate, accept_offer, compressed_frame, server_frame
+from .deflate import Compression, LeanDeflate, accept_offer, compressed_frame, frame_header, server_frame
 from .hub import Hub
 from .session import Session
 from .frames import DEFAULT_LIMITS, Burst, FrameError, HeaderLimits, Message
@@ -118,6 +119,8 @@ class _Connection(Protocol):
     """What the protocol uses of its transport once open: a TCP or TLS connection."""
 
     def write(self, data: bytes) -> None: ...
+
+    def writeSequence(self, data: Iterable[bytes]) -> None: ...
 
     def loseConnection(self) -> None: ...
 
@@ -281,9 +284,18 @@ class PhoenixProtocol(WebSocketServerProtocol):
 
     def send_frame(self, frame: bytes, is_binary: bool) -> None:
         # not sendMessage, which would hold what the service sends to max_message_size
-        if self.state == self.STATE_OPEN:
-            self.factory.metrics.sent(1, len(frame))
+        if self.state != _OPEN:
+            return
+        self.factory.metrics.sent(1, len(frame))
+        if self._deflate is not None or self.send_queue:
             self.sendData(self._wire(frame, is_binary))
+            return
+        # as sendData would, but with the frame written behind its header rather than
+        # copied behind it: a joiner's presence_state may be megabytes, and every joiner
+        # of a storm gets one
+        header = frame_header(len(frame), is_binary)
+        if self._count(len(header) + len(frame)):
+            self.write_now(header, frame)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         """
@@ -348,9 +360,10 @@ class PhoenixProtocol(WebSocketServerProtocol):
             return self._fd
         return None
 
-    def write_now(self, frame: bytes) -> None:
+    def write_now(self, frame: bytes, tail: bytes = b"") -> None:
         """
-        Send ``frame`` at once when nothing is queued before it, else queue it.
+        Send ``frame`` (then ``tail``, in the same system call) at once when nothing is
+        queued before it, else queue it.
 
         ``transport.write`` would register the socket for writing, wait a reactor turn,
         send, and unregister: three system calls per frame per member, most of the cost
@@ -360,13 +373,21 @@ class PhoenixProtocol(WebSocketServerProtocol):
         """
         fd = self.direct_fd()
         if fd is None:
-            self._connection.write(frame)
+            if tail:
+                self._connection.writeSequence((frame, tail))
+            else:
+                self._connection.write(frame)
             return
         try:
-            sent = os.write(fd, frame)
+            sent = os.writev(fd, (frame, tail)) if tail else os.write(fd, frame)
         except OSError:
             sent = 0
-        self.wrote_directly(frame, sent)
+        if sent < len(frame):
+            self.wrote_directly(frame, sent)
+            if tail:
+                self._connection.write(tail)
+        elif tail:
+            self.wrote_directly(tail, sent - len(frame))
 
     def wrote_directly(self, frame: bytes, sent: int | None) -> None:
         """

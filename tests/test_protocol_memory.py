@@ -6,6 +6,7 @@ Redis, a Clock; no socket. The client side is a few lines of RFC 6455 below.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from tangram_channel.deflate import server_frame
 from tangram_channel.protocol import CLOSE_IDLE, CLOSE_POLICY, PhoenixFactory, PhoenixProtocol
 
 from .fakes import World, offered, rejected_frames, reply
@@ -156,6 +158,46 @@ def test_autobahn_settings_are_held_once_per_factory_not_once_per_socket(world: 
     assert later.close_code() is None  # within the new limit: still open
     first.send_text(["1", "1", "room", "phx_join", {"pad": "x" * (MAX_MESSAGE + 100)}])
     assert first.close_code() == 1009
+
+
+@pytest.mark.parametrize("room", [0, 60_000], ids=["none-taken", "some-taken"])
+def test_a_large_frame_written_behind_its_header_queues_what_the_socket_did_not_take(world: World, room: int) -> None:
+    """
+    A presence_state goes out as header and payload in one ``writev``, uncopied; what the
+    socket does not take (cut in the header or in the payload) is queued, in order.
+    """
+    client = Client(world, "?vsn=2.0.0")
+    reader, writer = socket.socketpair()
+    with reader, writer:
+        writer.setblocking(False)
+        # fill the socket until ``room`` bytes at most are left in it
+        filler = b"f" * 4096
+        while True:
+            try:
+                writer.send(filler)
+            except BlockingIOError:
+                break
+        reader.setblocking(False)
+        drained = 0
+        while drained < room:
+            try:
+                drained += len(reader.recv(min(4096, room - drained)))
+            except BlockingIOError:  # held less than ``room``: all of it is free
+                break
+        client.protocol.direct_fd = writer.fileno  # type: ignore[method-assign]
+        payload = b'["1",null,"room","presence_state",{"k":"' + b"x" * 200_000 + b'"}]'
+        client.protocol.send_frame(payload, False)
+        queued = client.transport.value()
+        written = b""
+        while True:
+            try:
+                chunk = reader.recv(1 << 20)
+            except BlockingIOError:
+                break
+            written += chunk
+    frame = written.lstrip(b"f") + queued
+    assert queued, "the socket took it all: nothing tested"
+    assert frame == server_frame(payload, False)
 
 
 def test_v1_sockets_speak_objects(world: World) -> None:
