@@ -319,7 +319,12 @@ def rejoins_after_restart(service: Any, driver: Any) -> dict[str, Any]:
 
     service.restart()
     close: dict[str, Any] = driver.expect("close")
-    assert driver.expect("join") == {"step": "join", "count": 2, "status": "ok"}
+    rejoined = driver.expect("join")
+    if rejoined.get("response") == {"reason": "redis unavailable"}:
+        # the new process took the socket before it reached Redis (a few ms after it
+        # listens): refused as in any outage, and phoenix.js rejoins on its own
+        rejoined = driver.expect("join")
+    assert rejoined["status"] == "ok", (rejoined, driver.seen)
     state = driver.expect("presence_state")
     assert state["count"] == 2 and len(state["keys"]) == 1
     assert redis.publish("to:radar:news", '{"n": 2}') == 1
