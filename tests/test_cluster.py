@@ -98,10 +98,10 @@ def test_killing_the_presence_slots_primary_restores_broadcasts_presence_and_pus
     assert recorders
     acknowledged = acknowledged_pushes(clients)
 
-    def not_on_every_replica() -> list[str]:
-        return [m for m in acknowledged if any(f'"{m}"'.encode() not in r.seen for r in recorders.values())]
+    def on_every_replica() -> bool:
+        return all(f'"{m}"'.encode() in r.seen for m in acknowledged for r in recorders.values())
 
-    wait_until(lambda: not not_on_every_replica(), 5, "every acknowledged push on the primary's replicas")
+    wait_until(on_every_replica, 5, "every acknowledged push on the primary's replicas")
     primary.kill()  # SIGKILL
     promoted = wait_until(lambda: cluster.promoted(primary), 30, "a replica promoted for the presence slot")
     since = time.monotonic()
