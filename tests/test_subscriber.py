@@ -8,20 +8,25 @@ Redis writes, a cut is diagnosed and counted, and a limit too low is warned abou
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
+import tracemalloc
 import urllib.request
 from collections.abc import Callable
 
 import pytest
+from twisted.internet import main, tcp
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from tangram_channel import outputlimit
-from tangram_channel.bus import RedisBridge, RedisURL, _Watch
+from tangram_channel.bus import FEED_BYTES, RedisBridge, RedisURL, _Subscriber, _Watch
 from tangram_channel.metrics import Metrics
 from tangram_channel.naming import ALL_TOPICS_PATTERN, topic_pattern
 from tangram_channel.pending import REST_BELOW, PendingMessages
+from tangram_channel.readbuffer import read_into_kept_buffer
 
 from .conftest import RedisServer, free_port
 from .e2e import captured_log
@@ -134,6 +139,72 @@ def test_messages_no_topic_here_watches_are_dropped_as_read_and_take_no_room() -
     assert bridge._pending.bytes == 14
     clock.advance(0)
     assert handed == [[("mine", "tick", b'{"n":4}'), ("a:b", "tick", b'{"n":5}')]]
+
+
+def pmessage(pattern: bytes, channel: bytes, message: bytes) -> bytes:
+    parts = [b"pmessage", pattern, channel, message]
+    return b"*4\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+
+
+def test_a_large_read_is_fed_to_the_reply_parser_in_pieces_and_every_message_comes_whole() -> None:
+    """
+    hiredis moves what is left of its buffer after every reply, so a read fed whole costs
+    time quadratic in its size; fed ``FEED_BYTES`` at a time, messages smaller and larger
+    than a piece, and one cut between two reads, all come whole and in order.
+    """
+    subscriber = _Subscriber()
+    got: list[tuple[bytes, bytes, bytes]] = []
+    subscriber.on_message = lambda *message: got.append(message)
+    reader, fed = subscriber._reader, []
+
+    class Spy:
+        def feed(self, data: bytes, start: int = 0, length: int = -1) -> None:
+            fed.append(len(data) - start if length < 0 else length)
+            reader.feed(data, start, length)
+
+        gets = reader.gets
+
+    subscriber._reader = Spy()
+    sizes = [10, FEED_BYTES - 40, 3 * FEED_BYTES + 7, 100, 2000, FEED_BYTES, 1]
+    messages = [(b"to:*", b"to:t%d:tick" % i, b'"%s"' % (b"x" * size)) for i, size in enumerate(sizes * 20)]
+    data = b"".join(pmessage(*message) for message in messages)
+    cut = len(data) // 2 + 5
+    subscriber.dataReceived(data[:cut])
+    subscriber.dataReceived(data[cut:])
+    assert got == messages
+    assert sum(fed) == len(data) and max(fed) <= FEED_BYTES
+
+
+def test_the_subscriber_socket_reads_into_one_kept_buffer() -> None:
+    """
+    A read takes what came, up to the buffer's size, and allocates about that much, not
+    the buffer's size (CPython's ``recv(4 MiB)`` allocated 4 MiB each time); a closed peer
+    is a clean end, as with Twisted's own read.
+    """
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    received: list[bytes] = []
+    receiver = Protocol()
+    receiver.dataReceived = received.append  # type: ignore[method-assign]
+    transport = tcp.Connection(ours, receiver)
+    size = 4 * 1024 * 1024
+    read_into_kept_buffer(transport, size)
+    assert transport.doRead() is None and received == []  # nothing there: EWOULDBLOCK
+    theirs.sendall(b"first")
+    tracemalloc.start()
+    try:
+        assert transport.doRead() is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert received == [b"first"] and peak < 64 * 1024
+    theirs.sendall(b"y" * 100_000)
+    while sum(map(len, received)) < 100_005:
+        transport.doRead()
+    assert b"".join(received) == b"first" + b"y" * 100_000
+    theirs.close()
+    assert transport.doRead() is main.CONNECTION_DONE
+    ours.close()
 
 
 def queue_with_a_bad_message() -> tuple[PendingMessages[str], list[list[str]], Clock]:
