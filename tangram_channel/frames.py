@@ -21,6 +21,7 @@ bytes are spliced into the frame once and the same frame goes to every member.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -273,8 +274,8 @@ def is_json_document(payload: bytes) -> bool:
     ``loads`` too, whose rules stay the ones that count: orjson refuses escaped lone
     surrogates, which JSON and browsers allow, and integers past a double's range.
     """
-    head = payload.lstrip()[:1]
-    if head not in (b"{", b"["):
+    head = payload[:1]
+    if head not in (b"{", b"[") and payload.lstrip()[:1] not in (b"{", b"["):
         return False
     try:
         orjson.loads(payload)
@@ -349,11 +350,26 @@ class Burst:
 _PLAIN = re.compile(r'[ !#-\[\]-~]*')
 
 
+# names whose broadcast head is remembered (``_broadcast_head``): longer ones are rare
+# and each would hold its own bytes in the cache
+_HEAD_NAME_LIMIT = 512
+
+
+@functools.lru_cache(maxsize=4096)
+def _broadcast_head(topic: str, event: str) -> bytes | None:
+    """``[null,null,"<topic>","<event>",`` when both need no escaping, else None."""
+    if _PLAIN.fullmatch(topic) and _PLAIN.fullmatch(event):
+        return b'[null,null,"%s","%s",' % (topic.encode(), event.encode())
+    return None
+
+
 def splice(join_ref: str | None, topic: str, event: str, payload: bytes, vsn: str) -> bytes:
     """A server push (no ``ref``) around payload JSON that is already encoded."""
-    if vsn == V2 and join_ref is None and _PLAIN.fullmatch(topic) and _PLAIN.fullmatch(event):
-        # a broadcast's usual header, without a JSON encoder's call per message
-        return b'[null,null,"%s","%s",%s]' % (topic.encode(), event.encode(), payload)
+    if vsn == V2 and join_ref is None and len(topic) + len(event) <= _HEAD_NAME_LIMIT:
+        # a broadcast's usual head, made once per topic and event, not once per message
+        head = _broadcast_head(topic, event)
+        if head is not None:
+            return b"".join((head, payload, b"]"))
     header = dumps([join_ref, None, topic, event])
     if vsn == V1:
         return b'{"topic":%s,"event":%s,"payload":%s,"ref":null,"join_ref":%s}' % (

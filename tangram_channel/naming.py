@@ -13,6 +13,7 @@ the one primary that holds them all; plain Redis ignores them.
 
 from __future__ import annotations
 
+import functools
 import re
 
 SYSTEM_TOPIC = "system"  # the datetime broadcasts
@@ -63,8 +64,19 @@ def topic_pattern(topic: str) -> bytes:
 ALL_TOPICS_PATTERN = b"to:*"  # what a process watching many topics subscribes instead (see bus)
 
 
+# channels whose split is remembered (``split_channel``): a busy service sees the same
+# few thousand again and again; longer names are split each time, not kept
+SPLIT_NAME_LIMIT = 512
+
+
 def split_channel(channel: bytes) -> tuple[str, str] | None:
     """``to:<topic>:<event>`` split at the last colon, or None if it is not one."""
+    if len(channel) <= SPLIT_NAME_LIMIT:
+        return _split_remembered(channel)
+    return _split(channel)
+
+
+def _split(channel: bytes) -> tuple[str, str] | None:
     if not channel.startswith(b"to:"):
         return None
     topic, sep, event = channel[3:].rpartition(b":")
@@ -74,3 +86,7 @@ def split_channel(channel: bytes) -> tuple[str, str] | None:
         return topic.decode("utf-8"), event.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+# each message from Redis is split: a remembered split costs one C call, not six
+_split_remembered = functools.lru_cache(maxsize=4096)(_split)
