@@ -351,7 +351,7 @@ class _Commands(_ReportsEarlyLoss, txredisapi.RedisProtocol):
 
 
 class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
-    on_message: Callable[[bytes, bytes, bytes], None] = staticmethod(lambda pattern, channel, message: None)
+    on_message: Callable[[bytes | None, bytes, bytes], None] = staticmethod(lambda pattern, channel, message: None)
     on_read_over: Callable[[], None] = staticmethod(lambda: None)
     reads = 0  # how many times the socket was read: a count that stands still says Redis is silent
 
@@ -359,12 +359,21 @@ class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
         """A ``PING`` whose answer nobody waits for: any read after it says the server is there."""
         self.transport.write(b"PING\r\n")
 
+    def on_messages(self, replies: list[list[Any]]) -> None:
+        """
+        Messages as ``[kind, pattern, channel, message]`` replies, in the order read: each
+        to ``on_message``, unless a handler of the whole list takes this one's place.
+        """
+        for _, pattern, channel, message in replies:
+            self.on_message(pattern, channel, message)
+
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
         """
-        Hand each ``pmessage`` read to ``on_message`` straight from hiredis's reader, and
-        every other reply to txredisapi as usual. Its path converts each reply element
-        (nothing to convert here: no charset, no numbers) and tests it for transactions
-        and subscription replies, several calls per message that W5's profile showed.
+        Hand the ``pmessage`` replies read to ``on_messages`` together, straight from
+        hiredis's reader, and every other reply to txredisapi as usual. Its path converts
+        each reply element (nothing to convert here: no charset, no numbers) and tests it
+        for transactions and subscription replies, several calls per message that W5's
+        profile showed.
         """
         self.reads += 1
         reader = getattr(self, "_reader", None)
@@ -372,17 +381,22 @@ class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
             super().dataReceived(data, unpause)
             self.on_read_over()
             return
-        on_message = self.on_message
+        messages: list[list[Any]] = []
         for start in range(0, max(len(data), 1), FEED_BYTES):
             if data:
                 reader.feed(data, start, min(FEED_BYTES, len(data) - start))
             reply = reader.gets()
             while reply is not False:
                 if type(reply) is list and len(reply) == 4 and reply[0] == b"pmessage":
-                    on_message(reply[1], reply[2], reply[3])
+                    messages.append(reply)
                 else:
+                    if messages:  # first: the reply may change what they mean (a subscription's ack)
+                        self.on_messages(messages)
+                        messages = []
                     self._other_reply(reply)
                 reply = reader.gets()
+        if messages:
+            self.on_messages(messages)
         self.on_read_over()
 
     def _other_reply(self, reply: Any) -> None:
@@ -395,8 +409,8 @@ class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
             reply = self.handleTransactionData(reply)
         self.replyReceived(reply)
 
-    def messageReceived(self, pattern: bytes, channel: bytes, message: bytes) -> None:
-        self.on_message(pattern, channel, message)
+    def messageReceived(self, pattern: bytes | None, channel: bytes, message: bytes) -> None:
+        self.on_messages([[b"pmessage" if pattern is not None else b"message", pattern, channel, message]])
 
     def replyReceived(self, reply: Any) -> None:
         # txredisapi's subscriber keeps the last three items of any other reply, which
@@ -609,7 +623,7 @@ class RedisBridge(MultiService):
         self._maybe_up()
 
     def _subscriber_ready(self, conn: Any) -> None:
-        conn.on_message = self._received
+        conn.on_messages = self._received
         conn.on_read_over = self._pending.read_over
         transport = conn.transport
         while isinstance(transport, ProtocolWrapper):  # TLS: its socket reads for it
@@ -915,24 +929,33 @@ class RedisBridge(MultiService):
         d.addCallback(lambda ack: None)
         return d.addErrback(lambda f: defer.fail(RedisUnavailable()))
 
-    def _received(self, pattern: bytes, channel: bytes, message: bytes) -> None:
+    def _received(self, replies: list[list[Any]]) -> None:
         """
-        Queue a message for a watched topic as ``(topic, event, payload)``; the rest is
-        dropped as it is read, before it takes room in the queue: under ``to:*`` each
-        worker reads every topic's messages, most of them for another worker's members.
+        Queue the messages of one read for watched topics as ``(topic, event, payload)``;
+        the rest are dropped as they are read, before they take room in the queue: under
+        ``to:*`` each worker reads every topic's messages, most of them for another
+        worker's members. One call per read, not per message: W5 reads a hundred at a time.
         """
-        if (pattern == ALL_TOPICS_PATTERN) is not self._all_confirmed:
-            return  # the other copy of a message, while a topic's pattern and to:* overlap
-        split = split_channel(channel)
-        if split is None:
-            return
-        # A topic "a" also matches "to:a:b:event" through its pattern "to:a:*"; only
-        # the pattern of the topic the channel names may deliver it, or members of
-        # "a:b" would get it twice.
-        watch = self._watched.get(split[0])
-        if watch is None or (pattern != watch.pattern and pattern != ALL_TOPICS_PATTERN):
-            return
-        self._pending.add((split[0], split[1], message), len(message))
+        all_confirmed, watched = self._all_confirmed, self._watched
+        queued: list[tuple[tuple[str, str, bytes], int]] = []
+        size = 0
+        for _, pattern, channel, message in replies:
+            if (pattern == ALL_TOPICS_PATTERN) is not all_confirmed:
+                continue  # the other copy of a message, while a topic's pattern and to:* overlap
+            split = split_channel(channel)
+            if split is None:
+                continue
+            # A topic "a" also matches "to:a:b:event" through its pattern "to:a:*"; only
+            # the pattern of the topic the channel names may deliver it, or members of
+            # "a:b" would get it twice.
+            topic, event = split
+            watch = watched.get(topic)
+            if watch is None or (pattern != watch.pattern and pattern != ALL_TOPICS_PATTERN):
+                continue
+            queued.append(((topic, event, message), len(message)))
+            size += len(message)
+        if queued:
+            self._pending.extend(queued, size)
 
     def _deliver(self, messages: list[tuple[str, str, bytes]]) -> int:
         return self.on_messages(messages)

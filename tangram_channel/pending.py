@@ -101,10 +101,14 @@ class PendingMessages(Generic[T]):
             self._rest = None
 
     def add(self, item: T, size: int) -> None:
-        """Queue ``item`` of ``size`` bytes; called from the read loop, so it only appends."""
+        """Queue ``item`` of ``size`` bytes."""
+        self.extend([(item, size)], size)
+
+    def extend(self, sized: list[tuple[T, int]], size: int) -> None:
+        """Queue ``(item, its size)`` pairs, ``size`` bytes in all; called from the read loop, so it only appends."""
         if self._stopped:
             return
-        self._queue.append((item, size))
+        self._queue.extend(sized)
         self.bytes += size
         if self._call is None:
             self._call = self._clock.callLater(0, self._deliver_slice)

@@ -130,12 +130,21 @@ def test_messages_no_topic_here_watches_are_dropped_as_read_and_take_no_room() -
     bridge._all_confirmed = True  # subscribed to to:* (as past WATCH_ALL_ABOVE topics)
     for topic in ("mine", "a:b"):
         bridge._watched[topic] = _Watch(topic_pattern(topic))
-    bridge._received(ALL_TOPICS_PATTERN, b"to:theirs:tick", b'{"n":1}')
-    bridge._received(topic_pattern("a"), b"to:a:b:tick", b'{"n":2}')  # "a" matches "a:b"'s channels: a copy
-    bridge._received(topic_pattern("mine"), b"to:mine:tick", b'{"n":3}')  # its own pattern's copy, under to:*
+    bridge._received(
+        [
+            [b"pmessage", ALL_TOPICS_PATTERN, b"to:theirs:tick", b'{"n":1}'],
+            [b"pmessage", topic_pattern("a"), b"to:a:b:tick", b'{"n":2}'],  # "a" matches "a:b"'s channels: a copy
+            [b"pmessage", topic_pattern("mine"), b"to:mine:tick", b'{"n":3}'],  # its own pattern's copy, under to:*
+        ]
+    )
     assert bridge._pending.bytes == 0
-    bridge._received(ALL_TOPICS_PATTERN, b"to:mine:tick", b'{"n":4}')
-    bridge._received(ALL_TOPICS_PATTERN, b"to:a:b:tick", b'{"n":5}')
+    bridge._received(
+        [
+            [b"pmessage", ALL_TOPICS_PATTERN, b"to:mine:tick", b'{"n":4}'],
+            [b"pmessage", topic_pattern("mine"), b"to:mine:tick", b'{"n":3}'],
+            [b"pmessage", ALL_TOPICS_PATTERN, b"to:a:b:tick", b'{"n":5}'],
+        ]
+    )
     assert bridge._pending.bytes == 14
     clock.advance(0)
     assert handed == [[("mine", "tick", b'{"n":4}'), ("a:b", "tick", b'{"n":5}')]]
@@ -173,6 +182,17 @@ def test_a_large_read_is_fed_to_the_reply_parser_in_pieces_and_every_message_com
     subscriber.dataReceived(data[cut:])
     assert got == messages
     assert sum(fed) == len(data) and max(fed) <= FEED_BYTES
+
+
+def test_the_messages_of_a_read_are_handed_on_together_and_before_any_other_reply() -> None:
+    """One call per read, not per message; a reply between them (a subscription's ack) splits them, in order."""
+    subscriber = _Subscriber()
+    seen: list[object] = []
+    subscriber.on_messages = lambda replies: seen.append([reply[2] for reply in replies])  # type: ignore[method-assign]
+    subscriber._other_reply = seen.append  # type: ignore[method-assign]
+    a, b, c = (pmessage(b"to:*", b"to:%s:e" % name, b"{}") for name in (b"a", b"b", b"c"))
+    subscriber.dataReceived(a + b + b"*3\r\n$10\r\npsubscribe\r\n$4\r\nto:*\r\n:2\r\n" + c)
+    assert seen == [[b"to:a:e", b"to:b:e"], [b"psubscribe", b"to:*", 2], [b"to:c:e"]]
 
 
 def test_the_subscriber_socket_reads_into_one_kept_buffer() -> None:
