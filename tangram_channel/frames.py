@@ -321,14 +321,16 @@ class Broadcast:
         key = vsn if self.is_text else "binary"
         frame = self._frames.get(key)
         if frame is None:
-            frame = self._frames[key] = self._encode(vsn)
+            if self.is_text:
+                frame = splice(None, self.topic, self.event, self.payload, vsn)
+            else:
+                frame = self._binary_frame()
+            self._frames[key] = frame
         return frame
 
-    def _encode(self, vsn: str) -> bytes:
-        if not self.is_text:
-            topic, event = self.topic.encode("utf-8"), self.event.encode("utf-8")
-            return bytes((_BROADCAST, len(topic), len(event))) + topic + event + self.payload
-        return splice(None, self.topic, self.event, self.payload, vsn)
+    def _binary_frame(self) -> bytes:
+        topic, event = self.topic.encode("utf-8"), self.event.encode("utf-8")
+        return bytes((_BROADCAST, len(topic), len(event))) + topic + event + self.payload
 
 
 class Burst:

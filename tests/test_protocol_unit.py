@@ -10,7 +10,8 @@ from autobahn.websocket.protocol import PreparedMessage
 
 from tangram_channel import protocol
 from tangram_channel.frames import FrameError
-from tangram_channel.protocol import PhoenixFactory, server_frame, subprotocol_token
+from tangram_channel.deflate import server_frame
+from tangram_channel.protocol import PhoenixFactory, subprotocol_token
 
 from .fakes import World, offered, rejected_frames
 

@@ -515,13 +515,13 @@ async def test_redis_channel_is_split_at_its_last_colon(start_service, flushed_r
 async def test_redis_message_reaches_each_member_once_with_identical_bytes(start_service, flushed_redis, monkeypatch):
     """One Redis message is encoded once and the same frame bytes reach every member, exactly once each."""
     encodings = []
-    encode = frames.Broadcast._encode
+    splice = frames.splice
 
-    def counted(broadcast, vsn):
-        encodings.append((broadcast.event, vsn))
-        return encode(broadcast, vsn)
+    def counted(join_ref, topic, event, payload, vsn):
+        encodings.append((event, vsn))
+        return splice(join_ref, topic, event, payload, vsn)
 
-    monkeypatch.setattr(frames.Broadcast, "_encode", counted)
+    monkeypatch.setattr(frames, "splice", counted)
     service = await start_service(datetime_interval=0)
     members = [await joined_client(service, "fan", client_id=f"m{i}") for i in range(4)]
     payload = '{"b": 2, "a": [1, 2.50, "é"], "big": 340282366920938463463374607431768211457}'
