@@ -6,6 +6,8 @@ much for every call before it shrinks the result to what came. The subscriber re
 to 4 MiB a turn (``bus.SUBSCRIBER_READ_SIZE``), so each read mapped 4 MiB fresh from the
 kernel, faulted in the pages it wrote and unmapped them again: W5's profile put that at
 about 6 % of the service's CPU. Reading into a kept buffer costs one copy of what came.
+The pages a read writes stay in memory for the next, up to ``RESIDENT_BYTES``: past
+that, a large read (a burst, a join storm's presence) gives its pages back after it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from errno import EWOULDBLOCK
 from typing import Any
 
 from twisted.internet import main
+
+# what the buffer keeps in memory between reads; a busy stream's reads (W5: tens of KB) fit
+RESIDENT_BYTES = 256 * 1024
 
 
 class KeptBufferRead:
@@ -33,7 +38,10 @@ class KeptBufferRead:
             if e.args[0] == EWOULDBLOCK:
                 return None
             return main.CONNECTION_LOST
-        return transport._dataReceived(self._buffer[:received])
+        data = self._buffer[:received]
+        if received > RESIDENT_BYTES:
+            self._buffer.madvise(mmap.MADV_DONTNEED, RESIDENT_BYTES, received - RESIDENT_BYTES)
+        return transport._dataReceived(data)
 
 
 def read_into_kept_buffer(transport: Any, size: int) -> None:

@@ -7,13 +7,16 @@ Redis writes, a cut is diagnosed and counted, and a limit too low is warned abou
 
 from __future__ import annotations
 
+import ctypes
 import json
+import mmap
 import socket
 import threading
 import time
 import tracemalloc
 import urllib.request
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 from twisted.internet import main, tcp
@@ -26,7 +29,7 @@ from tangram_channel.bus import FEED_BYTES, RedisBridge, RedisURL, _Subscriber, 
 from tangram_channel.metrics import Metrics
 from tangram_channel.naming import ALL_TOPICS_PATTERN, topic_pattern
 from tangram_channel.pending import REST_BELOW, PendingMessages
-from tangram_channel.readbuffer import read_into_kept_buffer
+from tangram_channel.readbuffer import RESIDENT_BYTES, read_into_kept_buffer
 
 from .conftest import RedisServer, free_port
 from .e2e import captured_log
@@ -182,6 +185,49 @@ def test_a_large_read_is_fed_to_the_reply_parser_in_pieces_and_every_message_com
     subscriber.dataReceived(data[cut:])
     assert got == messages
     assert sum(fed) == len(data) and max(fed) <= FEED_BYTES
+
+
+def resident_kib(buffer: mmap.mmap) -> int:
+    """How much of ``buffer`` is in memory, from the kernel's own account of the mapping."""
+    view = ctypes.c_char.from_buffer(buffer)
+    start = ctypes.addressof(view)
+    del view
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            first = line.split()[0]
+            if "-" in first and not first.endswith(":"):
+                low, high = (int(edge, 16) for edge in first.split("-"))
+                inside = low <= start < high
+            elif inside and first == "Rss:":
+                return int(line.split()[1])
+    raise AssertionError("the buffer's mapping is not in /proc/self/smaps")
+
+
+def test_a_large_read_gives_its_pages_back_and_a_small_one_keeps_them() -> None:
+    """The kept buffer holds at most ``RESIDENT_BYTES`` in memory between reads, whatever one read took."""
+
+    class Waiting:
+        """A socket with ``size`` bytes waiting."""
+
+        size = 0
+
+        def recv_into(self, buffer: mmap.mmap) -> int:
+            buffer[: self.size] = b"z" * self.size
+            return self.size
+
+    got: list[bytes] = []
+    waiting = Waiting()
+    transport = SimpleNamespace(socket=waiting, _dataReceived=got.append)
+    read_into_kept_buffer(transport, 4 * 1024 * 1024)
+    buffer = transport.doRead._buffer
+    waiting.size = 100_000
+    transport.doRead()
+    assert 97 <= resident_kib(buffer) <= 120  # a busy stream's read: kept for the next
+    waiting.size = 3_000_000
+    transport.doRead()
+    assert [len(data) for data in got] == [100_000, 3_000_000] and got[1] == b"z" * 3_000_000
+    assert resident_kib(buffer) <= RESIDENT_BYTES // 1024
 
 
 def test_the_messages_of_a_read_are_handed_on_together_and_before_any_other_reply() -> None:
