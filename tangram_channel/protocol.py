@@ -411,7 +411,9 @@ class PhoenixProtocol(WebSocketServerProtocol):
             if len(broadcasts) == 1:  # most bursts (each of Tangram's streaming messages): no join
                 data = self._wire(broadcasts[0].frame(self.vsn), not broadcasts[0].is_text)
             else:
-                data = b"".join([self._wire(broadcast.frame(self.vsn), not broadcast.is_text) for broadcast in broadcasts])
+                data = b"".join(
+                    [self._wire(broadcast.frame(self.vsn), not broadcast.is_text) for broadcast in broadcasts]
+                )
             burst.prepared[self.framing] = data
         return data
 
