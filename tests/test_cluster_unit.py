@@ -241,3 +241,23 @@ def test_closing_fails_the_commands_waiting_for_the_connection() -> None:
     late = ScriptedNode()
     pending.callback(late)  # connected after all: closed at once
     assert late.closed
+
+
+def test_commands_held_for_a_node_that_never_answers_fail_after_the_timeout_and_none_stay_held() -> None:
+    """
+    A redirection to a node that neither accepts nor refuses holds its commands while it
+    connects: they wait no longer than the timeout, all fail as with Redis away, and the
+    queue they waited in is empty again (its size is bounded by the commands in flight).
+    """
+    clock = Clock()
+    silent: defer.Deferred[Any] = defer.Deferred()
+    following = Redirected(clock, lambda address: silent, ScriptedNode().execute_command, timeout=5)
+    answers: list[Any] = []
+    for n in range(100):
+        following.follow("MOVED", ("n2", 2), ("PUBLISH", "c", str(n)), 0, 60).addBoth(answers.append)
+    assert answers == [] and len(following._waiting) == 100
+    clock.advance(4.9)
+    assert answers == []
+    clock.advance(0.2)
+    assert len(answers) == 100 and all(answer.check(RedisUnavailable) for answer in answers)
+    assert following._waiting == []
