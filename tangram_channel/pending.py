@@ -100,10 +100,6 @@ class PendingMessages(Generic[T]):
             self._rest.cancel()
             self._rest = None
 
-    def add(self, item: T, size: int) -> None:
-        """Queue ``item`` of ``size`` bytes."""
-        self.extend([(item, size)], size)
-
     def extend(self, sized: list[tuple[T, int]], size: int) -> None:
         """Queue ``(item, its size)`` pairs, ``size`` bytes in all; called from the read loop, so it only appends."""
         if self._stopped:

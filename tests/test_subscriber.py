@@ -70,7 +70,7 @@ def test_the_read_loop_only_queues_and_each_turn_delivers_one_slice() -> None:
     """Nothing is handed over while reading; then one slice of about slice_bytes per reactor turn, in order."""
     pending, delivered, clock = queue(slice_bytes=100)
     for n in range(5):
-        pending.add(f"m{n}", 60)
+        pending.extend([(f"m{n}", 60)], 60)
     assert delivered == [] and pending.bytes == 300
     turn(clock)
     assert delivered == [["m0", "m1"]] and pending.bytes == 180
@@ -83,8 +83,8 @@ def test_the_read_loop_only_queues_and_each_turn_delivers_one_slice() -> None:
 
 def test_a_message_larger_than_a_slice_goes_alone() -> None:
     pending, delivered, clock = queue(slice_bytes=100)
-    pending.add("big", 500)
-    pending.add("small", 10)
+    pending.extend([("big", 500)], 500)
+    pending.extend([("small", 10)], 10)
     turn(clock)
     assert delivered == [["big"]]
     turn(clock)
@@ -98,10 +98,10 @@ def test_past_max_bytes_the_socket_is_paused_until_half_is_delivered() -> None:
     transport = StringTransport()
     pending.attach(transport)
     for _ in range(10):
-        pending.add("m", 100)
+        pending.extend([("m", 100)], 100)
     assert transport.producerState == "producing"
-    pending.add("m", 100)
-    pending.add("m", 100)
+    pending.extend([("m", 100)], 100)
+    pending.extend([("m", 100)], 100)
     assert transport.producerState == "paused" and pending.bytes == 1200
     turn(clock)  # 1000 left
     turn(clock)  # 800
@@ -115,7 +115,7 @@ def test_past_max_bytes_the_socket_is_paused_until_half_is_delivered() -> None:
 def test_a_new_connection_is_paused_while_the_queue_is_still_full() -> None:
     """The subscriber reconnected while paused: its new socket is not read either, until the queue drains."""
     pending, delivered, clock = queue(max_bytes=100, slice_bytes=50)
-    pending.add("m", 200)
+    pending.extend([("m", 200)], 200)
     assert pending.paused
     fresh = StringTransport()
     pending.attach(fresh)
@@ -284,8 +284,8 @@ def queue_with_a_bad_message() -> tuple[PendingMessages[str], list[list[str]], C
         return len(items)
 
     pending = PendingMessages(clock, deliver, 1000, Metrics(), slice_bytes=10)
-    pending.add("bad", 10)
-    pending.add("good", 10)
+    pending.extend([("bad", 10)], 10)
+    pending.extend([("good", 10)], 10)
     return pending, delivered, clock
 
 
@@ -301,7 +301,7 @@ def test_when_a_read_is_over_its_first_slice_goes_in_the_same_turn() -> None:
     """read_over hands the first slice on at once, without waiting for a turn; the rest a turn each, as before."""
     pending, delivered, clock = queue(slice_bytes=100)
     for n in range(3):
-        pending.add(f"m{n}", 60)
+        pending.extend([(f"m{n}", 60)], 60)
     pending.read_over()
     assert delivered == [["m0", "m1"]] and pending.bytes == 60
     pending.read_over()  # nothing to hand on before the next turn: it waits for it
@@ -323,10 +323,10 @@ def resting_queue(max_bytes: int = 1000) -> tuple[PendingMessages[str], list[lis
 
 def test_a_read_after_a_quiet_spell_is_not_followed_by_a_rest() -> None:
     pending, delivered, clock, transport = resting_queue()
-    pending.add("m", 10)
+    pending.extend([("m", 10)], 10)
     pending.read_over()
     clock.advance(0.01)
-    pending.add("n", 10)
+    pending.extend([("n", 10)], 10)
     pending.read_over()
     assert delivered == [["m"], ["n"]] and transport.producerState == "producing"
     assert clock.getDelayedCalls() == []
@@ -337,14 +337,14 @@ def test_a_read_soon_after_another_rests_the_socket_for_the_read_delay() -> None
     pending, delivered, clock, transport = resting_queue()
     pending.read_over()
     clock.advance(0.001)
-    pending.add("m", 10)
+    pending.extend([("m", 10)], 10)
     pending.read_over()
     assert delivered == [["m"]] and transport.producerState == "paused"
     clock.advance(0.0015)
     assert transport.producerState == "paused"
     clock.advance(0.001)
     assert transport.producerState == "producing"
-    pending.add("n", 10)  # waiting when the rest ended: still busy
+    pending.extend([("n", 10)], 10)  # waiting when the rest ended: still busy
     pending.read_over()
     assert delivered == [["m"], ["n"]] and transport.producerState == "paused"
     clock.advance(0.002)
@@ -357,10 +357,10 @@ def test_a_read_that_fanned_out_to_many_sockets_is_not_followed_by_a_rest() -> N
     """Its wake-up is paid for: a broadcast to 64 members (W1's shape) is read on at once, one to 63 is not."""
     pending, delivered, clock, transport = resting_queue()
     pending.read_over()
-    pending.add(str(REST_BELOW), 10)
+    pending.extend([(str(REST_BELOW), 10)], 10)
     pending.read_over()
     assert transport.producerState == "producing" and clock.getDelayedCalls() == []
-    pending.add(str(REST_BELOW - 1), 10)
+    pending.extend([(str(REST_BELOW - 1), 10)], 10)
     pending.read_over()
     assert transport.producerState == "paused"
 
@@ -370,7 +370,7 @@ def test_a_full_queue_stays_paused_through_the_end_of_a_rest_and_a_rest_through_
     pending, delivered, clock, transport = resting_queue(max_bytes=100)
     pending.read_over()
     for _ in range(6):
-        pending.add("m", 60)
+        pending.extend([("m", 60)], 60)
     pending.read_over()  # a rest begins, the queue is over its bound; a slice goes: 240 bytes left
     assert pending.paused and transport.producerState == "paused"
     clock.rightNow += 0.003
@@ -379,7 +379,7 @@ def test_a_full_queue_stays_paused_through_the_end_of_a_rest_and_a_rest_through_
     turn(clock)  # drained
     assert not pending.paused and transport.producerState == "producing"
     pending.read_over()
-    pending.add("m", 200)
+    pending.extend([("m", 200)], 200)
     pending.read_over()  # over the bound and resting
     turn(clock)  # drained while resting: not read yet
     assert not pending.paused and transport.producerState == "paused"
@@ -406,13 +406,13 @@ def test_a_stop_reads_on_so_the_connection_can_close_and_drops_what_is_queued() 
     pending, delivered, clock, transport = resting_queue(max_bytes=100)
     pending.read_over()
     for _ in range(6):
-        pending.add("m", 60)
+        pending.extend([("m", 60)], 60)
     pending.read_over()
     assert pending.paused and transport.producerState == "paused"
     pending.stop()
     assert transport.producerState == "producing" and clock.getDelayedCalls() == []
     assert pending.bytes == 0 and not pending.paused
-    pending.add("late", 500)
+    pending.extend([("late", 500)], 500)
     pending.read_over()
     pending.read_over()
     assert transport.producerState == "producing" and clock.getDelayedCalls() == []
