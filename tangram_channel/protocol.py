@@ -40,7 +40,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from . import frames
-from .deflate import Compression, LeanDeflate, accept_offer, compressed_frame, frame_header
+from .deflate import Compression, LeanDeflate, accept_offer, compressed_frame, frame_header, server_frame
 from .hub import Hub
 from .session import Session
 from .frames import DEFAULT_LIMITS, Burst, FrameError, HeaderLimits, Message
@@ -408,20 +408,22 @@ class PhoenixProtocol(WebSocketServerProtocol):
             # WebSocket framing (and compression), done once per burst and framing: server
             # frames are unmasked and compressed without context, so every member gets the same bytes
             broadcasts = burst.broadcasts
-            if len(broadcasts) == 1:  # most bursts (each of Tangram's streaming messages): no join
-                data = self._wire(broadcasts[0].frame(self.vsn), not broadcasts[0].is_text)
+            if len(broadcasts) == 1:  # most bursts (each of Tangram's streaming messages): no list, no join
+                data = self._wire_broadcast(broadcasts[0])
             else:
-                data = b"".join(
-                    [self._wire(broadcast.frame(self.vsn), not broadcast.is_text) for broadcast in broadcasts]
-                )
+                data = b"".join([self._wire_broadcast(broadcast) for broadcast in broadcasts])
             burst.prepared[self.framing] = data
         return data
+
+    def _wire_broadcast(self, broadcast: frames.Broadcast) -> bytes:
+        """One broadcast of a burst as this socket is sent it."""
+        return self._wire(broadcast.frame(self.vsn), not broadcast.is_text)
 
     def _wire(self, payload: bytes, is_binary: bool) -> bytes:
         """One message as this socket is sent it: a frame, compressed when negotiated and worth it."""
         deflate = self._deflate
         if deflate is None:
-            return frame_header(len(payload), is_binary) + payload  # server_frame, a call less per message
+            return server_frame(payload, is_binary)
         return compressed_frame(
             payload, is_binary, deflate.server_max_window_bits, self.factory.compression.min_size
         )
