@@ -63,8 +63,10 @@ class Fanout(Service):
     def __init__(self, batched: bool = False) -> None:
         self.batched = batched
         self.sender: SendMany | None = None
-        self._held: list[tuple[DirectOutbox, int, bytes]] | None = None  # lone writes waiting for ``flush``
+        # lone writes waiting for ``flush``: their sockets, descriptors (as keys, each once) and bytes
+        self._held: list[DirectOutbox] | None = None
         self._held_fds: dict[int, None] = {}
+        self._held_data: list[bytes] = []
 
     def startService(self) -> None:
         super().startService()
@@ -92,13 +94,12 @@ class Fanout(Service):
         held, sender = self._held, self.sender
         if not held or sender is None:
             return
-        self._held, self._held_fds = [], {}
+        fds, datas = self._held_fds, self._held_data
+        self._held, self._held_fds, self._held_data = [], {}, []
         if len(held) == 1:
-            outbox, _, data = held[0]
-            outbox.write_now(data)
+            held[0].write_now(datas[0])
             return
-        datas = [data for _, _, data in held]
-        for (outbox, _, data), sent in zip(held, sender.send_each([fd for _, fd, _ in held], datas)):
+        for outbox, data, sent in zip(held, datas, sender.send_each(list(fds), datas)):
             if sent != len(data):
                 outbox.wrote_directly(data, sent)
         self._check_sender(sender)
@@ -117,7 +118,8 @@ class Fanout(Service):
             outbox.write_now(data)
             return
         self._held_fds[fd] = None
-        self._held.append((outbox, fd, data))
+        self._held.append(outbox)
+        self._held_data.append(data)
 
     def _check_sender(self, sender: SendMany) -> None:
         if sender.broken:
@@ -125,12 +127,19 @@ class Fanout(Service):
             sender.close()
             self._held = None
 
+    def send_one(self, outbox: DirectOutbox, burst: Burst) -> None:
+        """Write ``burst`` to one socket: held until ``flush`` if lone writes are held, else now."""
+        if self._held is not None:
+            self._hold(outbox, burst)
+        else:  # one socket: one plain send is the cheaper call
+            outbox.send_burst(burst)
+
     def send(self, outboxes: list[DirectOutbox], burst: Burst) -> None:
         """Write ``burst`` to every socket in ``outboxes``."""
+        if len(outboxes) == 1:
+            self.send_one(outboxes[0], burst)
+            return
         if self._held is not None:
-            if len(outboxes) == 1:
-                self._hold(outboxes[0], burst)
-                return
             self._write_held()
         sender = self.sender
         if sender is None:

@@ -367,18 +367,24 @@ def _broadcast_head(topic: str, event: str) -> bytes | None:
 
 def splice(join_ref: str | None, topic: str, event: str, payload: bytes, vsn: str) -> bytes:
     """A server push (no ``ref``) around payload JSON that is already encoded."""
+    # one copy of the payload, not one per ``+``: a presence_state may be megabytes
+    return b"".join(splice_parts(join_ref, topic, event, payload, vsn))
+
+
+def splice_parts(join_ref: str | None, topic: str, event: str, payload: bytes, vsn: str) -> tuple[bytes, bytes, bytes]:
+    """
+    ``splice``'s push as what goes before the payload, the payload and what goes after,
+    for a caller that joins them with more (a WebSocket header): the payload is copied once.
+    """
     if vsn == V2 and join_ref is None and len(topic) + len(event) <= _HEAD_NAME_LIMIT:
         # a broadcast's usual head, made once per topic and event, not once per message
         head = _broadcast_head(topic, event)
         if head is not None:
-            return b"".join((head, payload, b"]"))
-    header = dumps([join_ref, None, topic, event])
+            return head, payload, b"]"
     if vsn == V1:
-        return b'{"topic":%s,"event":%s,"payload":%s,"ref":null,"join_ref":%s}' % (
-            dumps(topic),
-            dumps(event),
+        return (
+            b'{"topic":%s,"event":%s,"payload":' % (dumps(topic), dumps(event)),
             payload,
-            dumps(join_ref),
+            b',"ref":null,"join_ref":%s}' % dumps(join_ref),
         )
-    # one copy of the payload, not one per ``+``: a presence_state may be megabytes
-    return b"".join((header[:-1], b",", payload, b"]"))
+    return dumps([join_ref, None, topic, event])[:-1] + b",", payload, b"]"

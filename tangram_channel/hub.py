@@ -265,12 +265,17 @@ class Hub:
         if not members:
             return
         burst = Burst(broadcasts)
-        # a copy: a backlog over the send budget closes its socket, and the member leaves;
-        # ``backlog is None`` first saves a call per member once joined
-        ready: list[DirectOutbox] = [
-            member.outbox for member in list(members) if member.backlog is None or member.ready_for(burst)
-        ]
-        self.fanout.send(ready, burst)
+        if len(members) == 1:  # Tangram's streaming channels: no list to make, nothing to gather
+            (member,) = members
+            if member.backlog is None or member.ready_for(burst):
+                self.fanout.send_one(member.outbox, burst)
+        else:
+            # a copy: a backlog over the send budget closes its socket, and the member leaves;
+            # ``backlog is None`` first saves a call per member once joined
+            ready: list[DirectOutbox] = [
+                member.outbox for member in list(members) if member.backlog is None or member.ready_for(burst)
+            ]
+            self.fanout.send(ready, burst)
         framed = next(iter(burst.prepared.values()), b"")
         tally = self._tally
         if tally is None:

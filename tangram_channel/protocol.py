@@ -40,7 +40,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from . import frames
-from .deflate import Compression, LeanDeflate, accept_offer, compressed_frame, frame_header, server_frame
+from .deflate import Compression, LeanDeflate, accept_offer, compressed_frame, frame_header, server_frame, text_frame_around
 from .hub import Hub
 from .session import Session
 from .frames import DEFAULT_LIMITS, Burst, FrameError, HeaderLimits, Message
@@ -417,6 +417,8 @@ class PhoenixProtocol(WebSocketServerProtocol):
 
     def _wire_broadcast(self, broadcast: frames.Broadcast) -> bytes:
         """One broadcast of a burst as this socket is sent it."""
+        if self._deflate is None and broadcast.is_text:  # most: framed with its payload copied once
+            return text_frame_around(*frames.splice_parts(None, broadcast.topic, broadcast.event, broadcast.payload, self.vsn))
         return self._wire(broadcast.frame(self.vsn), not broadcast.is_text)
 
     def _wire(self, payload: bytes, is_binary: bool) -> bytes:

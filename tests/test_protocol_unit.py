@@ -9,8 +9,8 @@ import pytest
 from autobahn.websocket.protocol import PreparedMessage
 
 from tangram_channel import protocol
-from tangram_channel.frames import FrameError
-from tangram_channel.deflate import server_frame
+from tangram_channel.frames import V1, V2, FrameError, splice, splice_parts
+from tangram_channel.deflate import server_frame, text_frame_around
 from tangram_channel.protocol import PhoenixFactory, subprotocol_token
 
 from .fakes import World, offered, rejected_frames
@@ -57,3 +57,14 @@ def test_a_broadcast_is_framed_as_autobahn_frames_it(size: int, is_binary: bool)
     payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
     expected = PreparedMessage(payload, is_binary, applyMask=False, doNotCompress=True).payloadHybi
     assert server_frame(payload, is_binary) == expected
+
+
+@pytest.mark.parametrize("size", [0, 90, 126, 65535, 65536])
+@pytest.mark.parametrize("vsn", [V1, V2])
+@pytest.mark.parametrize("topic", ["streaming-c1", 'a"b\\c', "salle:été"])
+def test_a_text_frame_around_a_push_is_the_frame_of_the_whole_push(size: int, vsn: str, topic: str) -> None:
+    """The direct framing of a push (its parts copied once) is byte for byte autobahn's frame of ``splice``."""
+    payload = b'{"pad":"%s"}' % (b"x" * size)
+    whole = splice(None, topic, "tick", payload, vsn)
+    expected = PreparedMessage(whole, False, applyMask=False, doNotCompress=True).payloadHybi
+    assert text_frame_around(*splice_parts(None, topic, "tick", payload, vsn)) == expected

@@ -515,13 +515,13 @@ async def test_redis_channel_is_split_at_its_last_colon(start_service, flushed_r
 async def test_redis_message_reaches_each_member_once_with_identical_bytes(start_service, flushed_redis, monkeypatch):
     """One Redis message is encoded once and the same frame bytes reach every member, exactly once each."""
     encodings = []
-    splice = frames.splice
+    splice_parts = frames.splice_parts
 
     def counted(join_ref, topic, event, payload, vsn):
         encodings.append((event, vsn))
-        return splice(join_ref, topic, event, payload, vsn)
+        return splice_parts(join_ref, topic, event, payload, vsn)
 
-    monkeypatch.setattr(frames, "splice", counted)
+    monkeypatch.setattr(frames, "splice_parts", counted)
     service = await start_service(datetime_interval=0)
     members = [await joined_client(service, "fan", client_id=f"m{i}") for i in range(4)]
     payload = '{"b": 2, "a": [1, 2.50, "é"], "big": 340282366920938463463374607431768211457}'
