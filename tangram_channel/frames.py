@@ -306,7 +306,7 @@ class Broadcast:
         self.event = event
         self.payload = payload
         self.is_text = is_text
-        self._frames: dict[str, bytes] = {}
+        self._frames: dict[str, bytes] | None = None  # made on first use: most go to one socket, framed directly
 
     @classmethod
     def from_redis(cls, topic: str, event: str, payload: bytes) -> Broadcast:
@@ -319,13 +319,16 @@ class Broadcast:
     def frame(self, vsn: str) -> bytes:
         """The frame bytes for serializer ``vsn``."""
         key = vsn if self.is_text else "binary"
-        frame = self._frames.get(key)
+        cached = self._frames
+        if cached is None:
+            cached = self._frames = {}
+        frame = cached.get(key)
         if frame is None:
             if self.is_text:
                 frame = splice(None, self.topic, self.event, self.payload, vsn)
             else:
                 frame = self._binary_frame()
-            self._frames[key] = frame
+            cached[key] = frame
         return frame
 
     def _binary_frame(self) -> bytes:
