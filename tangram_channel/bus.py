@@ -936,8 +936,8 @@ class RedisBridge(MultiService):
         ``to:*`` each worker reads every topic's messages, most of them for another
         worker's members. One call per read, not per message: W5 reads a hundred at a time.
         """
-        all_confirmed, watched = self._all_confirmed, self._watched
-        queued: list[tuple[tuple[str, str, bytes], int]] = []
+        all_confirmed, watched, chunk_bytes = self._all_confirmed, self._watched, self._pending.slice_bytes
+        queued: list[tuple[str, str, bytes]] = []
         size = 0
         for _, pattern, channel, message in replies:
             if (pattern == ALL_TOPICS_PATTERN) is not all_confirmed:
@@ -952,8 +952,11 @@ class RedisBridge(MultiService):
             watch = watched.get(topic)
             if watch is None or (pattern != watch.pattern and pattern != ALL_TOPICS_PATTERN):
                 continue
-            queued.append(((topic, event, message), len(message)))
+            queued.append((topic, event, message))
             size += len(message)
+            if size >= chunk_bytes:  # a slice's worth: the queue hands on no more in one turn
+                self._pending.extend(queued, size)
+                queued, size = [], 0
         if queued:
             self._pending.extend(queued, size)
 

@@ -57,13 +57,13 @@ class PendingMessages(Generic[T]):
         self._clock = clock
         self._deliver = deliver
         self._max_bytes = max_bytes
-        self._slice_bytes = slice_bytes
+        self.slice_bytes = slice_bytes
         self._metrics = metrics
         self._read_delay = read_delay
         self._last_read = float("-inf")
         self._rest: Any = None  # the call that ends a rest between reads
         self._stopped = False
-        self._queue: deque[tuple[T, int]] = deque()
+        self._queue: deque[tuple[list[T], int]] = deque()  # chunks of items and their size in bytes
         self._call: Any = None
         self._call_for_read = False  # whether ``_call`` was set up by this read's first message
         self._producer: IPushProducer | None = None
@@ -100,11 +100,15 @@ class PendingMessages(Generic[T]):
             self._rest.cancel()
             self._rest = None
 
-    def extend(self, sized: list[tuple[T, int]], size: int) -> None:
-        """Queue ``(item, its size)`` pairs, ``size`` bytes in all; called from the read loop, so it only appends."""
+    def extend(self, items: list[T], size: int) -> None:
+        """
+        Queue ``items``, ``size`` bytes in all, to be handed on together (with other chunks
+        while a slice has room): the caller keeps a chunk to about ``slice_bytes``. Called
+        from the read loop, so it only appends; a chunk is a list, not an entry per item.
+        """
         if self._stopped:
             return
-        self._queue.extend(sized)
+        self._queue.append((items, size))
         self.bytes += size
         if self._call is None:
             self._call = self._clock.callLater(0, self._deliver_slice)
@@ -140,9 +144,12 @@ class PendingMessages(Generic[T]):
     def _deliver_slice(self) -> int:
         items: list[T] = []
         taken = 0
-        while self._queue and taken < self._slice_bytes:
-            item, size = self._queue.popleft()
-            items.append(item)
+        while self._queue and taken < self.slice_bytes:
+            chunk, size = self._queue.popleft()
+            if items:
+                items.extend(chunk)
+            else:
+                items = chunk  # most slices are one chunk: no copy
             taken += size
         self.bytes -= taken
         # set up before handing over, so an error in the consumer cannot stall the queue

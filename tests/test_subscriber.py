@@ -70,7 +70,7 @@ def test_the_read_loop_only_queues_and_each_turn_delivers_one_slice() -> None:
     """Nothing is handed over while reading; then one slice of about slice_bytes per reactor turn, in order."""
     pending, delivered, clock = queue(slice_bytes=100)
     for n in range(5):
-        pending.extend([(f"m{n}", 60)], 60)
+        pending.extend([f"m{n}"], 60)
     assert delivered == [] and pending.bytes == 300
     turn(clock)
     assert delivered == [["m0", "m1"]] and pending.bytes == 180
@@ -83,8 +83,8 @@ def test_the_read_loop_only_queues_and_each_turn_delivers_one_slice() -> None:
 
 def test_a_message_larger_than_a_slice_goes_alone() -> None:
     pending, delivered, clock = queue(slice_bytes=100)
-    pending.extend([("big", 500)], 500)
-    pending.extend([("small", 10)], 10)
+    pending.extend(["big"], 500)
+    pending.extend(["small"], 10)
     turn(clock)
     assert delivered == [["big"]]
     turn(clock)
@@ -98,10 +98,10 @@ def test_past_max_bytes_the_socket_is_paused_until_half_is_delivered() -> None:
     transport = StringTransport()
     pending.attach(transport)
     for _ in range(10):
-        pending.extend([("m", 100)], 100)
+        pending.extend(["m"], 100)
     assert transport.producerState == "producing"
-    pending.extend([("m", 100)], 100)
-    pending.extend([("m", 100)], 100)
+    pending.extend(["m"], 100)
+    pending.extend(["m"], 100)
     assert transport.producerState == "paused" and pending.bytes == 1200
     turn(clock)  # 1000 left
     turn(clock)  # 800
@@ -115,7 +115,7 @@ def test_past_max_bytes_the_socket_is_paused_until_half_is_delivered() -> None:
 def test_a_new_connection_is_paused_while_the_queue_is_still_full() -> None:
     """The subscriber reconnected while paused: its new socket is not read either, until the queue drains."""
     pending, delivered, clock = queue(max_bytes=100, slice_bytes=50)
-    pending.extend([("m", 200)], 200)
+    pending.extend(["m"], 200)
     assert pending.paused
     fresh = StringTransport()
     pending.attach(fresh)
@@ -151,6 +151,28 @@ def test_messages_no_topic_here_watches_are_dropped_as_read_and_take_no_room() -
     assert bridge._pending.bytes == 14
     clock.advance(0)
     assert handed == [[("mine", "tick", b'{"n":4}'), ("a:b", "tick", b'{"n":5}')]]
+
+
+def test_a_read_larger_than_a_slice_is_handed_on_a_slice_a_turn() -> None:
+    """The messages of one read are queued in chunks of a slice: a 4 MiB read is not handed on in one turn."""
+    clock = Clock()
+    bridge = RedisBridge(clock, RedisURL("redis://127.0.0.1:1"), timeout=5)
+    handed: list[list[tuple[str, str, bytes]]] = []
+    bridge.deliver_to(lambda messages: handed.append(messages) or len(messages), lambda: None)
+    bridge._all_confirmed = True
+    bridge._watched["mine"] = _Watch(topic_pattern("mine"))
+    message = b'{"pad":"%s"}' % (b"x" * 990)  # 1,000 bytes
+    slice_bytes = bridge._pending.slice_bytes
+    count = 3 * slice_bytes // len(message) + 7
+    bridge._received([[b"pmessage", ALL_TOPICS_PATTERN, b"to:mine:n%d" % n, message] for n in range(count)])
+    assert bridge._pending.bytes == count * len(message)
+    turn(clock)
+    assert len(handed) == 1
+    while bridge._pending.bytes:
+        turn(clock)
+    assert len(handed) == 4
+    assert all(len(messages) * len(message) <= slice_bytes + len(message) for messages in handed)
+    assert [event for messages in handed for _, event, _ in messages] == [f"n{n}" for n in range(count)]
 
 
 def pmessage(pattern: bytes, channel: bytes, message: bytes) -> bytes:
@@ -284,8 +306,8 @@ def queue_with_a_bad_message() -> tuple[PendingMessages[str], list[list[str]], C
         return len(items)
 
     pending = PendingMessages(clock, deliver, 1000, Metrics(), slice_bytes=10)
-    pending.extend([("bad", 10)], 10)
-    pending.extend([("good", 10)], 10)
+    pending.extend(["bad"], 10)
+    pending.extend(["good"], 10)
     return pending, delivered, clock
 
 
@@ -301,7 +323,7 @@ def test_when_a_read_is_over_its_first_slice_goes_in_the_same_turn() -> None:
     """read_over hands the first slice on at once, without waiting for a turn; the rest a turn each, as before."""
     pending, delivered, clock = queue(slice_bytes=100)
     for n in range(3):
-        pending.extend([(f"m{n}", 60)], 60)
+        pending.extend([f"m{n}"], 60)
     pending.read_over()
     assert delivered == [["m0", "m1"]] and pending.bytes == 60
     pending.read_over()  # nothing to hand on before the next turn: it waits for it
@@ -323,10 +345,10 @@ def resting_queue(max_bytes: int = 1000) -> tuple[PendingMessages[str], list[lis
 
 def test_a_read_after_a_quiet_spell_is_not_followed_by_a_rest() -> None:
     pending, delivered, clock, transport = resting_queue()
-    pending.extend([("m", 10)], 10)
+    pending.extend(["m"], 10)
     pending.read_over()
     clock.advance(0.01)
-    pending.extend([("n", 10)], 10)
+    pending.extend(["n"], 10)
     pending.read_over()
     assert delivered == [["m"], ["n"]] and transport.producerState == "producing"
     assert clock.getDelayedCalls() == []
@@ -337,14 +359,14 @@ def test_a_read_soon_after_another_rests_the_socket_for_the_read_delay() -> None
     pending, delivered, clock, transport = resting_queue()
     pending.read_over()
     clock.advance(0.001)
-    pending.extend([("m", 10)], 10)
+    pending.extend(["m"], 10)
     pending.read_over()
     assert delivered == [["m"]] and transport.producerState == "paused"
     clock.advance(0.0015)
     assert transport.producerState == "paused"
     clock.advance(0.001)
     assert transport.producerState == "producing"
-    pending.extend([("n", 10)], 10)  # waiting when the rest ended: still busy
+    pending.extend(["n"], 10)  # waiting when the rest ended: still busy
     pending.read_over()
     assert delivered == [["m"], ["n"]] and transport.producerState == "paused"
     clock.advance(0.002)
@@ -357,10 +379,10 @@ def test_a_read_that_fanned_out_to_many_sockets_is_not_followed_by_a_rest() -> N
     """Its wake-up is paid for: a broadcast to 64 members (W1's shape) is read on at once, one to 63 is not."""
     pending, delivered, clock, transport = resting_queue()
     pending.read_over()
-    pending.extend([(str(REST_BELOW), 10)], 10)
+    pending.extend([str(REST_BELOW)], 10)
     pending.read_over()
     assert transport.producerState == "producing" and clock.getDelayedCalls() == []
-    pending.extend([(str(REST_BELOW - 1), 10)], 10)
+    pending.extend([str(REST_BELOW - 1)], 10)
     pending.read_over()
     assert transport.producerState == "paused"
 
@@ -370,7 +392,7 @@ def test_a_full_queue_stays_paused_through_the_end_of_a_rest_and_a_rest_through_
     pending, delivered, clock, transport = resting_queue(max_bytes=100)
     pending.read_over()
     for _ in range(6):
-        pending.extend([("m", 60)], 60)
+        pending.extend(["m"], 60)
     pending.read_over()  # a rest begins, the queue is over its bound; a slice goes: 240 bytes left
     assert pending.paused and transport.producerState == "paused"
     clock.rightNow += 0.003
@@ -379,7 +401,7 @@ def test_a_full_queue_stays_paused_through_the_end_of_a_rest_and_a_rest_through_
     turn(clock)  # drained
     assert not pending.paused and transport.producerState == "producing"
     pending.read_over()
-    pending.extend([("m", 200)], 200)
+    pending.extend(["m"], 200)
     pending.read_over()  # over the bound and resting
     turn(clock)  # drained while resting: not read yet
     assert not pending.paused and transport.producerState == "paused"
@@ -406,13 +428,13 @@ def test_a_stop_reads_on_so_the_connection_can_close_and_drops_what_is_queued() 
     pending, delivered, clock, transport = resting_queue(max_bytes=100)
     pending.read_over()
     for _ in range(6):
-        pending.extend([("m", 60)], 60)
+        pending.extend(["m"], 60)
     pending.read_over()
     assert pending.paused and transport.producerState == "paused"
     pending.stop()
     assert transport.producerState == "producing" and clock.getDelayedCalls() == []
     assert pending.bytes == 0 and not pending.paused
-    pending.extend([("late", 500)], 500)
+    pending.extend(["late"], 500)
     pending.read_over()
     pending.read_over()
     assert transport.producerState == "producing" and clock.getDelayedCalls() == []
