@@ -1,6 +1,8 @@
 """
 Fan-out: N clients join one channel; R messages/s of about 200 bytes of JSON carrying their
-publish time are published to ``to:<channel>:tick`` for D seconds.
+publish time are published to ``to:<channel>:tick`` for D seconds, by ``publisher.py``
+(its own process, pipelined, so that it keeps pace past what one ``PUBLISH`` per round
+trip allows and W4 finds the service's limit, not the publisher's).
 
 Prints JSON, then a human summary: delivery ratio, deliveries/s, latency p50/p99/max, the
 server's CPU microseconds per delivery (utime+stime of the server and its children, from
@@ -13,34 +15,8 @@ bottleneck.
 from __future__ import annotations
 
 import argparse
-import json
-import time
-
-import redis
 
 import harness as h
-
-
-def payload(seq: int, size: int) -> bytes:
-    """About ``size`` bytes of JSON whose "t" is the publish time in microseconds."""
-    head = {"t": time.time_ns() // 1000, "seq": seq, "kind": "tick", "pad": ""}
-    pad = max(0, size - len(json.dumps(head, separators=(",", ":"))))
-    head["pad"] = "x" * pad
-    return json.dumps(head, separators=(",", ":")).encode()
-
-
-def publish(client: redis.Redis, channel: str, rate: float, duration: float, size: int) -> tuple[int, float]:
-    """Publish at ``rate``/s for ``duration`` s on schedule; returns (messages, seconds taken)."""
-    topic = f"to:{channel}:tick"
-    total = int(rate * duration)
-    start = time.monotonic()
-    for seq in range(total):
-        due = start + seq / rate
-        delay = due - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        client.publish(topic, payload(seq, size))
-    return total, time.monotonic() - start
 
 
 def run(target: str, args: argparse.Namespace) -> dict:
@@ -50,17 +26,15 @@ def run(target: str, args: argparse.Namespace) -> dict:
         sockets.append((f"/websocket?vsn=2.0.0&userToken={tok}", [(args.channel, tok)]))
 
     def publish_all(stage: h.Stage) -> tuple[int, float, dict]:
-        published, seconds = publish(redis.Redis.from_url(stage.redis_url), args.channel, args.rate, args.duration,
-                                     args.payload_bytes)
-        return published, seconds, {}
+        return h.run_publisher(stage, f"publisher-{target}", ["--topic", args.channel], args)
 
     result = h.measure_deliveries(target, args, sockets, publish_all, args.clients, f"fanout-{target}")
     return {"target": target, "clients": args.clients, "rate": args.rate, "duration_s": args.duration,
-            "payload_bytes": len(payload(0, args.payload_bytes)), **result}
+            "payload_bytes": args.payload_bytes, **result}
 
 
 def summary(r: dict) -> str:
-    lat = r["latency_ms"]
+    lat, pub = r["latency_ms"], r["publisher"]
     return (
         f"{r['target']:>9}: {r['clients']} clients x {r['rate']} msg/s x {r['duration_s']} s, {r['payload_bytes']} B: "
         f"delivered {h.pct(r['delivered'], r['expected_deliveries'])} ({r['delivered']}/{r['expected_deliveries']}), "
@@ -72,7 +46,10 @@ def summary(r: dict) -> str:
         f"RSS {r['server_rss_joined_kb'] / 1024:.1f} MB joined ({r['rss_per_client_kb']:.1f} KB/client); "
         f"its redis-server {r['redis_cpu_us_per_delivery'] or 0:.2f} us/delivery; "
         f"load client CPU {100 * (r['client_cpu_share'] or 0):.0f}% of a core; "
-        f"machine busy {r['machine_busy_cores']:.2f} of {r['machine_cores']} cores"
+        f"machine busy {r['machine_busy_cores']:.2f} of {r['machine_cores']} cores\n"
+        f"           publisher: {pub['published']} messages, {pub['rate']:.0f} msg/s of {pub['target_rate']:.0f} asked "
+        f"({h.pct(pub['rate'], pub['target_rate'])}), latest {1000 * pub['max_late_s']:.1f} ms late, "
+        f"{100 * (pub['cpu_share'] or 0):.0f}% of a core"
     )
 
 

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.request
+from urllib.parse import urlsplit
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -418,6 +419,31 @@ def drain(client: LoadClient, expected: int, quiet: float = 2.0, limit: float = 
         stats = new
     return stats, last_change
 
+
+
+def run_publisher(stage: Stage, name: str, options: list[str], args: argparse.Namespace) -> tuple[int, float, dict]:
+    """
+    ``publisher.py`` against the stage's Redis with ``options`` (what to publish to) at
+    ``args.rate`` for ``args.duration`` s of ``args.payload_bytes``, in its own process;
+    returns the messages published, the seconds it took, and its report with its CPU.
+    """
+    proc = Proc(name, [sys.executable, str(HERE / "publisher.py"), "--redis-port", str(urlsplit(stage.redis_url).port),
+                       *options, "--rate", str(args.rate), "--duration", str(args.duration),
+                       "--payload-bytes", str(args.payload_bytes)])
+    stage.stop_later(proc.stop)
+    start = time.monotonic()
+    cpu = Usage(0, 0, 0)
+    while proc.process.poll() is None and time.monotonic() - start < args.duration + 60:
+        cpu = proc.usage()  # read while it lives: a finished process has no /proc entry
+        time.sleep(0.2)
+    proc.stop()
+    lines = proc.log_path.read_text().splitlines()
+    if proc.process.returncode != 0 or not lines:
+        raise RuntimeError(f"the publisher failed: {' '.join(lines[-3:])}")
+    report = json.loads(lines[-1])
+    report["cpu_s"] = cpu.cpu_s
+    report["cpu_share"] = cpu.cpu_s / report["seconds"] if report["seconds"] else None
+    return report["published"], report["seconds"], report
 
 
 def measure_deliveries(

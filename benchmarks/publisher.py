@@ -1,6 +1,8 @@
 """
 W5's publisher, in its own process: R messages/s of S bytes of JSON to each of N
-``to:streaming-c<i>:<event>`` channels, as one plugin per client would publish them.
+``to:streaming-c<i>:<event>`` channels, as one plugin per client would publish them; with
+``--topic NAME``, R messages/s to the one channel ``to:NAME:<event>`` (the fan-out
+workloads, W1-W4).
 
 Messages go round-robin over the channels at N x R per second, evenly spaced (channel i's
 messages are offset by i/N of a period, so the channels do not all fire at once), written
@@ -38,8 +40,13 @@ def payload(seq: int, size: int) -> tuple[bytes, bytes]:
     return head, tail + b"x" * pad + b'"}'
 
 
-def publish(sock: socket.socket, channels: int, rate: float, duration: float, size: int, event: str) -> dict:
-    topics = [f"to:streaming-c{i}:{event}".encode() for i in range(channels)]
+def publish(
+    sock: socket.socket, channels: int, rate: float, duration: float, size: int, event: str, topic: str | None = None
+) -> dict:
+    if topic is not None:
+        topics, channels = [f"to:{topic}:{event}".encode()], 1
+    else:
+        topics = [f"to:streaming-c{i}:{event}".encode() for i in range(channels)]
     head, tail = payload(0, size)
     total = int(channels * rate * duration)
     interval = 1 / (channels * rate)
@@ -85,7 +92,8 @@ def read_replies(sock: socket.socket, block: bool) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--redis-port", type=int, required=True)
-    p.add_argument("--channels", type=int, required=True)
+    p.add_argument("--channels", type=int, default=1, help="streaming-c<i> channels (without --topic)")
+    p.add_argument("--topic", help="publish to this one channel instead")
     p.add_argument("--rate", type=float, required=True, help="messages per second per channel")
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--payload-bytes", type=int, default=2048)
@@ -93,7 +101,7 @@ def main() -> None:
     args = p.parse_args()
     with socket.create_connection(("127.0.0.1", args.redis_port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        result = publish(sock, args.channels, args.rate, args.duration, args.payload_bytes, args.event)
+        result = publish(sock, args.channels, args.rate, args.duration, args.payload_bytes, args.event, args.topic)
     print(json.dumps(result), flush=True)
 
 

@@ -14,10 +14,7 @@ achieved rate beside the one asked for, so that a publisher that fell behind is 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from urllib.parse import urlsplit
 
 import fanout
 import harness as h
@@ -32,25 +29,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
                         [("system", system), (f"streaming-{cid}", h.token(cid, f"streaming-{cid}"))]))
 
     def publish(stage: h.Stage) -> tuple[int, float, dict]:
-        name = f"publisher-{target}"
-        proc = h.Proc(name, [sys.executable, str(h.HERE / "publisher.py"),
-                             "--redis-port", str(urlsplit(stage.redis_url).port), "--channels", str(args.clients),
-                             "--rate", str(args.rate), "--duration", str(args.duration),
-                             "--payload-bytes", str(args.payload_bytes)])
-        stage.stop_later(proc.stop)
-        start = time.monotonic()
-        cpu = h.Usage(0, 0, 0)
-        while proc.process.poll() is None and time.monotonic() - start < args.duration + 60:
-            cpu = proc.usage()  # read while it lives: a finished process has no /proc entry
-            time.sleep(0.2)
-        proc.stop()
-        lines = proc.log_path.read_text().splitlines()
-        if proc.process.returncode != 0 or not lines:
-            raise RuntimeError(f"the publisher failed: {' '.join(lines[-3:])}")
-        report = json.loads(lines[-1])
-        report["cpu_s"] = cpu.cpu_s
-        report["cpu_share"] = cpu.cpu_s / report["seconds"] if report["seconds"] else None
-        return report["published"], report["seconds"], report
+        return h.run_publisher(stage, f"publisher-{target}", ["--channels", str(args.clients)], args)
 
     result = h.measure_deliveries(target, args, sockets, publish, 1, f"streaming-{target}",
                                   ["-s", "streaming-", "-J"])
@@ -59,13 +38,7 @@ def run(target: str, args: argparse.Namespace) -> dict:
 
 
 def summary(r: dict) -> str:
-    pub = r["publisher"]
-    return (
-        fanout.summary(r) + "\n"
-        f"           publisher: {pub['published']} messages, {pub['rate']:.0f} msg/s of {pub['target_rate']:.0f} asked "
-        f"({h.pct(pub['rate'], pub['target_rate'])}), latest {1000 * pub['max_late_s']:.1f} ms late, "
-        f"{100 * (pub['cpu_share'] or 0):.0f}% of a core; misrouted deliveries {r['client'].get('misrouted', 0)}"
-    )
+    return fanout.summary(r) + f"; misrouted deliveries {r['client'].get('misrouted', 0)}"
 
 
 def passes(r: dict, p99_ms: float) -> bool:
