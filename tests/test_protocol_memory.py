@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from typing import Any
 
 import pytest
@@ -141,6 +142,18 @@ def test_an_open_socket_keeps_no_copy_of_the_upgrade_request_and_its_token(world
     assert token not in kept
     assert "tangram.test" not in kept and "x-extra" not in kept  # the Host header, the subprotocols offered
     assert client.join("room", "1")[0][1][4]["status"] == "ok"  # the socket's token still joins
+
+
+def test_an_open_socket_holds_a_small_send_queue_that_autobahn_still_uses_in_order(world: World) -> None:
+    """Autobahn's 760-byte deque becomes a list once open; a chopped write still goes through it, in order."""
+    client = Client(world, f"?vsn=2.0.0&userToken={world.token('room')}")
+    assert client.join("room", "1")[0][1][4]["status"] == "ok"
+    queue = client.protocol.send_queue
+    assert sys.getsizeof(queue) < 100
+    sent = len(client.transport.value())
+    client.protocol.sendData(b"abcdefgh", chopsize=3)  # queued in three parts, the first written now
+    assert client.transport.value()[sent:] == b"abc" and [part for part, _ in queue] == [b"def", b"gh"]
+    assert queue.popleft() == (b"def", True) and list(queue) == [(b"gh", True)]
 
 
 def test_autobahn_settings_are_held_once_per_factory_not_once_per_socket(world: World) -> None:
