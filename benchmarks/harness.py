@@ -22,11 +22,11 @@ import sys
 import threading
 import time
 import urllib.request
-from urllib.parse import urlsplit
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jwt
 

@@ -324,12 +324,13 @@ class Broadcast:
             cached = self._frames = {}
         frame = cached.get(key)
         if frame is None:
-            if self.is_text:
-                frame = splice(None, self.topic, self.event, self.payload, vsn)
-            else:
-                frame = self._binary_frame()
+            frame = b"".join(self.text_parts(vsn)) if self.is_text else self._binary_frame()
             cached[key] = frame
         return frame
+
+    def text_parts(self, vsn: str) -> tuple[bytes, bytes, bytes]:
+        """A text broadcast's frame for ``vsn`` in parts (``splice_parts``), for a caller that adds a header."""
+        return splice_parts(None, self.topic, self.event, self.payload, vsn)
 
     def _binary_frame(self) -> bytes:
         topic, event = self.topic.encode("utf-8"), self.event.encode("utf-8")

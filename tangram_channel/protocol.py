@@ -40,7 +40,15 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from . import frames
-from .deflate import Compression, LeanDeflate, accept_offer, compressed_frame, frame_header, server_frame, text_frame_around
+from .deflate import (
+    Compression,
+    LeanDeflate,
+    accept_offer,
+    compressed_frame,
+    frame_header,
+    server_frame,
+    text_frame_around,
+)
 from .hub import Hub
 from .session import Session
 from .frames import DEFAULT_LIMITS, Burst, FrameError, HeaderLimits, Message
@@ -217,7 +225,8 @@ class PhoenixProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         for name in _UPGRADE_COPIES:
             self.__dict__.pop(name, None)
-        self.send_queue = SendQueue(self.send_queue)  # type: ignore[assignment]  # Autobahn uses append, popleft, len
+        # Autobahn types it a deque; it uses append, popleft and len
+        self.send_queue = SendQueue(self.send_queue)  # type: ignore[assignment]
         self._tcp = direct_connection(self.transport)
         if self._tcp is not None:
             self._fd = self._tcp.socket.fileno()
@@ -433,7 +442,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
     def _wire_broadcast(self, broadcast: frames.Broadcast) -> bytes:
         """One broadcast of a burst as this socket is sent it."""
         if self._deflate is None and broadcast.is_text:  # most: framed with its payload copied once
-            return text_frame_around(*frames.splice_parts(None, broadcast.topic, broadcast.event, broadcast.payload, self.vsn))
+            return text_frame_around(*broadcast.text_parts(self.vsn))
         return self._wire(broadcast.frame(self.vsn), not broadcast.is_text)
 
     def _wire(self, payload: bytes, is_binary: bool) -> bytes:
