@@ -429,7 +429,7 @@ def run_publisher(stage: Stage, name: str, options: list[str], args: argparse.Na
     """
     proc = Proc(name, [sys.executable, str(HERE / "publisher.py"), "--redis-port", str(urlsplit(stage.redis_url).port),
                        *options, "--rate", str(args.rate), "--duration", str(args.duration),
-                       "--payload-bytes", str(args.payload_bytes)])
+                       "--payload-bytes", str(args.payload_bytes), "--write-interval", str(args.write_interval)])
     stage.stop_later(proc.stop)
     start = time.monotonic()
     cpu = Usage(0, 0, 0)
@@ -559,6 +559,8 @@ def argument_parser(doc: str, profiled: str) -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=1,
                    help="rounds of every target, alternating; the ratios' medians are reported too")
     p.add_argument("--json-only", action="store_true")
+    p.add_argument("--write-interval", type=float, default=0.001,
+                   help="the publisher's seconds between writes at least (0: a write per message due)")
     return p
 
 

@@ -11,6 +11,11 @@ replies are read as they come, so the publisher can keep pace well past what one
 ``PUBLISH`` per round trip allows. Each payload's ``"t"`` is its publish time in
 microseconds since the epoch, stamped when the write that carries it is built.
 
+Writes are at least ``--write-interval`` apart (1 ms): what falls due meanwhile waits
+for the next write. A write per message (10,000 a second in W5) cost the publisher 37 %
+of a core and Redis 18 us per message, on a 2-core machine that the service under test
+shares with them; the latency measured is unchanged, stamped as the write is built.
+
 Prints one JSON line at the end: messages published, seconds taken, the achieved rate,
 how late the latest message went out, and the replies read (one per PUBLISH).
 
@@ -41,7 +46,14 @@ def payload(seq: int, size: int) -> tuple[bytes, bytes]:
 
 
 def publish(
-    sock: socket.socket, channels: int, rate: float, duration: float, size: int, event: str, topic: str | None = None
+    sock: socket.socket,
+    channels: int,
+    rate: float,
+    duration: float,
+    size: int,
+    event: str,
+    topic: str | None = None,
+    write_interval: float = 0.0,
 ) -> dict:
     if topic is not None:
         topics, channels = [f"to:{topic}:{event}".encode()], 1
@@ -63,7 +75,7 @@ def publish(
             sock.sendall(b"".join(command(topics[k % channels], body) for k in range(sent, due)))
             sent = due
         replies += read_replies(sock, block=False)
-        wait = start + sent * interval - time.monotonic()
+        wait = max(start + sent * interval, now + write_interval) - time.monotonic()
         if wait > 0:
             time.sleep(wait)
     elapsed = time.monotonic() - start
@@ -98,10 +110,12 @@ def main() -> None:
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--payload-bytes", type=int, default=2048)
     p.add_argument("--event", default="tick")
+    p.add_argument("--write-interval", type=float, default=0.001, help="seconds between writes at least")
     args = p.parse_args()
     with socket.create_connection(("127.0.0.1", args.redis_port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        result = publish(sock, args.channels, args.rate, args.duration, args.payload_bytes, args.event, args.topic)
+        result = publish(sock, args.channels, args.rate, args.duration, args.payload_bytes, args.event, args.topic,
+                         args.write_interval)
     print(json.dumps(result), flush=True)
 
 
