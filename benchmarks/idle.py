@@ -43,7 +43,9 @@ def run(target: str, args: argparse.Namespace) -> dict:
         presence = client.wait_event("PRESENCE", max(0.0, args.timeout - (joined or args.timeout)))
         storm = client.stats()
         storm_server = server.usage()
-        server_joins = h.joins_accepted(stage.port) if target == "ours" else None
+        # with workers, /metrics is answered by whichever worker took the request: one worker's count
+        one_process = target == "ours" and (args.workers or 1) == 1
+        server_joins = h.joins_accepted(stage.port) if one_process else None
         machine = h.busy_cores(machine_before, h.machine_busy())
         time.sleep(args.settle)
         settled = server.usage()
