@@ -10,7 +10,8 @@
  *   SPEC_FILE: one line per socket, tab separated: REQUEST_PATH TOPIC TOKEN [TOPIC TOKEN]...
  *   -c N   handshakes in flight at once (default 100)
  *   -m S   hard lifetime in seconds; the client stops by itself (default 300)
- *   -b S   heartbeat interval (default 30, as phoenix.js)
+ *   -b S   heartbeat interval (default 30, as phoenix.js): each socket beats on its own
+ *          schedule from its handshake, to within HB_SCAN, as phoenix.js's timer per socket
  *   -e EV  broadcast event whose payload carries "t": publish time in us since the epoch (tick)
  *   -p TOPIC -n K  track presence of TOPIC; keys "c<index>" set bits; "full" when K are held
  *   -J     a socket counts toward -c until its joins are answered, not only its handshake,
@@ -62,6 +63,7 @@ static conn_t *conns;
 static int nconns, epfd;
 static const char *host; static int port;
 static int concurrency = 100, hard_limit = 300, hb_interval = 30;
+#define HB_SCAN 0.01 /* seconds between looks for heartbeats due */
 static const char *tick_event = "tick", *presence_topic = NULL, *own_prefix = NULL;
 static int presence_want = 0, pace_joins = 0, offer_deflate = 0;
 static char *inflated; static size_t inflated_cap;  /* one message inflated at a time */
@@ -516,7 +518,7 @@ int main(int argc, char **argv) {
     start_next();
     struct epoll_event evs[1024];
     while (!stop_flag) {
-        int n = epoll_wait(epfd, evs, 1024, 100);
+        int n = epoll_wait(epfd, evs, 1024, (int)(HB_SCAN * 1000));
         if (n < 0 && errno != EINTR) die("epoll_wait");
         for (int i = 0; i < n; i++) {
             uint32_t id = evs[i].data.u32;
@@ -543,10 +545,12 @@ int main(int argc, char **argv) {
             if (c->state == S_CLOSED) start_next();
         }
         double now = mono();
-        if (now - last_hb_scan >= 1.0) {
+        if (now - last_hb_scan >= HB_SCAN) {
+            /* a socket's next beat follows its last one, not the scan: sockets that opened
+             * over a second keep beating over a second instead of all in one scan */
             last_hb_scan = now;
             for (int i = 0; i < nconns; i++)
-                if (conns[i].state == S_OPEN && conns[i].next_hb <= now) { conns[i].next_hb = now + hb_interval; send_heartbeat(&conns[i]); }
+                if (conns[i].state == S_OPEN && conns[i].next_hb <= now) { conns[i].next_hb += hb_interval; send_heartbeat(&conns[i]); }
         }
         if (now - t0 > hard_limit) { fprintf(stderr, "loadclient: hard lifetime of %d s reached\n", hard_limit); break; }
     }
