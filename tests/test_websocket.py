@@ -427,6 +427,8 @@ async def test_tokens_never_reach_redis_or_the_log(start_service, own_redis):
         by_protocol = await connect(socket_url(service), protocols=["phoenix", f"base64url.bearer.phx.{encoded}"])
         assert (await join(by_protocol, "secret-room", None))[4]["status"] == "ok"
         client.send_raw(f'["1","2","secret-room","say",{{"token":"{tokens[0]}"')  # truncated: logged as rejected
+        # a socket's frames are handled in order: once the heartbeat is answered, the rejection was logged
+        await client.reply(client.push("phoenix", "heartbeat", {}))
         by_query.close()
         await by_query.wait_closed()
         await monitor.sync(redis)
