@@ -14,7 +14,8 @@ microseconds since the epoch, stamped when the write that carries it is built.
 Writes are at least ``--write-interval`` apart (1 ms): what falls due meanwhile waits
 for the next write. A write per message (10,000 a second in W5) cost the publisher 37 %
 of a core and Redis 18 us per message, on a 2-core machine that the service under test
-shares with them; the latency measured is unchanged, stamped as the write is built.
+shares with them. A message's latency counts, as before, from the write that carries
+it: the wait for that write (up to the interval) is not in it.
 
 Prints one JSON line at the end: messages published, seconds taken, the achieved rate,
 how late the latest message went out, and the replies read (one per PUBLISH).

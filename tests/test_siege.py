@@ -70,7 +70,7 @@ def test_500_clients_keep_their_broadcasts_while_hostile_sockets_attack(twistd, 
     pid = service.process.pid
     sockets = [("/websocket?vsn=2.0.0", [(TOPIC, token(TOPIC, f"good{i}"))]) for i in range(CLIENTS)]
     # heartbeats every 30 s, as phoenix.js, each socket on its own timer from its handshake:
-    # the 500 come within the second the clients joined in. Sent all at once instead (the
+    # the 500 are spread over the time the clients took to join. Sent all at once (the
     # load client once looked for due beats once a second), the burst under attack held
     # broadcasts up to 210 ms, and p99 measured that burst in one run of three.
     clients = LoadClient(service.port, sockets, ["-c", "50", "-m", "240", "-b", "30", "-e", "tick"], name="siege")
