@@ -43,10 +43,10 @@ def tangram_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tangram`` from tangram-core 0.6.0 (about 30 s to install)."""
     venv = tmp_path_factory.mktemp("tangram-core") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    done = subprocess.run(
-        [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", TANGRAM_CORE],
-        capture_output=True, text=True, timeout=600,
-    )
+    install = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", TANGRAM_CORE]
+    done = subprocess.run(install, capture_output=True, text=True, timeout=600)
+    if "DO NOT MATCH THE HASHES" in done.stderr:  # a download cut or garbled on the way: once more, afresh
+        done = subprocess.run([*install, "--no-cache-dir"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return venv / "bin" / "tangram"
 
