@@ -69,6 +69,10 @@ CONFORMANCE_PATH = "/conformance"
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 
 CLOSE_IDLE = 4000
+# An idle timer this many seconds late says the process itself did not run (a loaded
+# machine, a pause): the reactor runs due timers before it reads, so the client's
+# heartbeat may be waiting unread. Such a timeout looks again this long after.
+STALLED_BY = 1.0
 CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
 
@@ -471,6 +475,10 @@ class PhoenixProtocol(WebSocketServerProtocol):
         if self._read_holds:
             # silent because we stopped reading it, not because the client went away
             self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_out)
+            return
+        clock = self.factory.clock
+        if self._idle is not None and clock.seconds() - self._idle.getTime() > STALLED_BY:
+            self._idle = clock.callLater(STALLED_BY, self._idle_out)
             return
         self.close(CLOSE_IDLE, "idle timeout")
 

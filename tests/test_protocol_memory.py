@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from tangram_channel.deflate import server_frame
-from tangram_channel.protocol import CLOSE_IDLE, CLOSE_POLICY, PhoenixFactory, PhoenixProtocol
+from tangram_channel.protocol import CLOSE_IDLE, CLOSE_POLICY, STALLED_BY, PhoenixFactory, PhoenixProtocol
 
 from .fakes import World, offered, rejected_frames, reply
 
@@ -291,6 +291,32 @@ def test_an_idle_socket_is_closed_with_4000_and_leaves(world: World) -> None:
     world.clock.advance(IDLE - 1)
     assert client.close_code() is None
     world.clock.advance(1)
+    assert client.close_code() == CLOSE_IDLE
+    assert world.hub.members == {}
+
+
+def test_a_heartbeat_waiting_through_a_stall_of_the_process_keeps_its_socket(world: World) -> None:
+    """
+    The reactor runs due timers before it reads: after the process itself stalled past
+    the idle timeout, the timer fires first, and the heartbeat waiting in the socket is
+    only read in the poll after it. The socket is not closed for that.
+    """
+    client = Client(world)
+    client.join("room", token=world.token("room"))
+    world.clock.advance(IDLE + 5)  # the timer fires 5 s late
+    assert client.close_code() is None
+    client.send_text([None, "9", "phoenix", "heartbeat", {}])  # read in the next poll
+    world.clock.advance(IDLE - 1)
+    assert client.close_code() is None
+    world.clock.advance(1)  # silent for the whole timeout since
+    assert client.close_code() == CLOSE_IDLE
+
+
+def test_a_silent_socket_is_still_closed_after_a_stall_of_the_process(world: World) -> None:
+    client = Client(world)
+    client.join("room", token=world.token("room"))
+    world.clock.advance(IDLE + 5)
+    world.clock.advance(STALLED_BY)
     assert client.close_code() == CLOSE_IDLE
     assert world.hub.members == {}
 
