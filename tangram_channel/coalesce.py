@@ -44,10 +44,25 @@ class Coalescer:
                 broadcasts = earlier + broadcasts
             else:
                 self.flush()
-        if len(broadcasts) > 1 or previous is None or now - previous >= self._delay:
+        if len(broadcasts) > 1 or not self._busy(previous, now):
             self._write(topic, broadcasts)
         else:
             self._held = (topic, broadcasts, self._clock.callLater(self._delay, self.flush))
+
+    def _busy(self, previous: float | None, now: float) -> bool:
+        """Whether a channel whose message came at ``previous`` before one now gets them faster than ``delay``."""
+        return previous is not None and now - previous < self._delay
+
+    def lets_through(self, topic: str, now: float) -> bool:
+        """
+        Whether a lone broadcast for ``topic`` arriving ``now`` may be written at once
+        without ``arrived``: nothing is held, and the channel is not busy. If so, its
+        arrival is recorded, as ``arrived`` would; if not, nothing changes.
+        """
+        if self._held is not None or self._busy(self._last_arrival.get(topic), now):
+            return False
+        self._last_arrival[topic] = now
+        return True
 
     def forget(self, topic: str) -> None:
         """The channel has no members left here: drop what was held for it."""

@@ -7,9 +7,10 @@ together, one ``io_submit`` per framing (the serializer, compressed or not:
 Without Linux AIO, or with ``batched_writes`` off, or once a context broke in use,
 each socket is written in turn.
 
-Between ``hold_lone_writes`` and ``flush``, a burst to a channel of one member waits,
-and all that waited go out in one ``io_submit``, a buffer each: Tangram's streaming
-channels have one member each, and a read from Redis holds many of their messages.
+Between ``hold_lone_writes`` and ``flush``, a burst to a channel of one member (or a
+frame the hub made for it alone, ``send_frame``) waits, and all that waited go out in
+one ``io_submit``, a buffer each: Tangram's streaming channels have one member each,
+and a read from Redis holds many of their messages.
 Anything else written meanwhile flushes them first, so every socket gets its frames in
 order.
 """
@@ -41,6 +42,12 @@ class DirectOutbox(Outbox, Protocol):
 
     def framed(self, burst: Burst) -> bytes | None:
         """``burst`` framed for this socket and counted, or None if nothing may be sent now."""
+
+    def lone_text_frame(self, topic: str, event: str, payload: bytes) -> bytes | None:
+        """
+        A text broadcast (``payload`` is JSON) framed for this socket alone, when it may
+        go out as it is now: open, reading, uncompressed. None: the usual path, by a Burst.
+        """
 
     def direct_fd(self) -> int | None:
         """The descriptor the next frame may be written to straight, or None."""
@@ -104,10 +111,7 @@ class Fanout(Service):
                 outbox.wrote_directly(data, sent)
         self._check_sender(sender)
 
-    def _hold(self, outbox: DirectOutbox, burst: Burst) -> None:
-        data = outbox.framed(burst)
-        if data is None:
-            return
+    def _hold(self, outbox: DirectOutbox, data: bytes) -> None:
         fd = outbox.direct_fd()
         if fd is None:  # something queued: behind it, the usual way
             outbox.write_now(data)
@@ -130,9 +134,18 @@ class Fanout(Service):
     def send_one(self, outbox: DirectOutbox, burst: Burst) -> None:
         """Write ``burst`` to one socket: held until ``flush`` if lone writes are held, else now."""
         if self._held is not None:
-            self._hold(outbox, burst)
+            data = outbox.framed(burst)
+            if data is not None:
+                self._hold(outbox, data)
         else:  # one socket: one plain send is the cheaper call
             outbox.send_burst(burst)
+
+    def send_frame(self, outbox: DirectOutbox, data: bytes) -> None:
+        """Write ``data``, framed and counted for ``outbox`` already, as ``send_one`` would."""
+        if self._held is not None:
+            self._hold(outbox, data)
+        else:
+            outbox.write_now(data)
 
     def send(self, outboxes: list[DirectOutbox], burst: Burst) -> None:
         """Write ``burst`` to every socket in ``outboxes``."""

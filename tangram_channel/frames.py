@@ -309,10 +309,6 @@ class Broadcast:
         self._frames: dict[str, bytes] | None = None  # made on first use: most go to one socket, framed directly
 
     @classmethod
-    def from_redis(cls, topic: str, event: str, payload: bytes) -> Broadcast:
-        return cls(topic, event, payload, is_json_document(payload))
-
-    @classmethod
     def from_value(cls, topic: str, event: str, value: Any) -> Broadcast:
         return cls(topic, event, dumps(value), True)
 

@@ -237,27 +237,57 @@ class Hub:
     def _deliver(self, messages: list[tuple[str, str, bytes]]) -> int:
         run: list[Broadcast] = []
         deliveries = 0
-        for topic, event, payload in messages:
+        now = self.clock.seconds()
+        last = len(messages) - 1
+        for index, (topic, event, payload) in enumerate(messages):
             if event == "presence_diff":
                 self.presence.diff_received(topic, payload)
             members = self.members.get(topic)
             if members is None:
                 continue
+            if run and run[0].topic != topic:
+                self._coalescer.arrived(run[0].topic, run)
+                run = []
+            is_text = frames.is_json_document(payload)
+            if (
+                is_text
+                and not run
+                and len(members) == 1
+                and (index == last or messages[index + 1][0] != topic)  # else a run: one write for all
+                and self._send_alone(topic, event, payload, members, now)
+            ):
+                deliveries += 1
+                continue
             try:
-                broadcast = Broadcast.from_redis(topic, event, payload)
+                broadcast = Broadcast(topic, event, payload, is_text)
             except FrameError as e:
                 self.errors.emit(
                     "redis message", "dropped a message for {topic}: {reason}", topic=topic, reason=e.reason
                 )
                 continue
-            if run and run[0].topic != topic:
-                self._coalescer.arrived(run[0].topic, run)
-                run = []
             run.append(broadcast)
             deliveries += len(members)
         if run:
             self._coalescer.arrived(run[0].topic, run)
         return deliveries
+
+    def _send_alone(self, topic: str, event: str, payload: bytes, members: set[Member], now: float) -> bool:
+        """
+        Send one text broadcast to the one member of ``topic`` (Tangram's streaming
+        channels), framed for its socket without a Broadcast, a Burst or a framing cache,
+        when it may go at once: the member is joined, its socket takes it as it is, and the
+        coalescer holds nothing and would not hold this. False: nothing was done, the usual path.
+        """
+        (member,) = members
+        if member.backlog is not None:
+            return False
+        outbox = member.outbox
+        frame = outbox.lone_text_frame(topic, event, payload)
+        if frame is None or not self._coalescer.lets_through(topic, now):
+            return False
+        self.fanout.send_frame(outbox, frame)
+        self._count_sent(topic, 1, len(frame))
+        return True
 
     def _write(self, topic: str, broadcasts: list[Broadcast]) -> None:
         """Send to every member of ``topic``, counting every frame (by the size of the first framing)."""
@@ -277,13 +307,16 @@ class Hub:
             ]
             self.fanout.send(ready, burst)
         framed = next(iter(burst.prepared.values()), b"")
+        self._count_sent(topic, len(members) * len(broadcasts), len(members) * len(framed))
+
+    def _count_sent(self, topic: str, frames_sent: int, bytes_sent: int) -> None:
         tally = self._tally
         if tally is None:
-            self.metrics.sent(len(members) * len(broadcasts), len(members) * len(framed))
+            self.metrics.sent(frames_sent, bytes_sent)
         else:  # counted once for the whole slice: a Prometheus counter takes a lock per call
-            tally[0] += len(members) * len(broadcasts)
-            tally[1] += len(members) * len(framed)
-        self.traffic.sent(topic, len(members) * len(broadcasts))
+            tally[0] += frames_sent
+            tally[1] += bytes_sent
+        self.traffic.sent(topic, frames_sent)
 
     # what presence reports (presence.Listener)
 

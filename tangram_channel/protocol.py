@@ -449,6 +449,11 @@ class PhoenixProtocol(WebSocketServerProtocol):
             return text_frame_around(*broadcast.text_parts(self.vsn))
         return self._wire(broadcast.frame(self.vsn), not broadcast.is_text)
 
+    def lone_text_frame(self, topic: str, event: str, payload: bytes) -> bytes | None:
+        if self.state != _OPEN or self._paused or self._deflate is not None:
+            return None
+        return text_frame_around(*frames.splice_parts(None, topic, event, payload, self.vsn))
+
     def _wire(self, payload: bytes, is_binary: bool) -> bytes:
         """One message as this socket is sent it: a frame, compressed when negotiated and worth it."""
         deflate = self._deflate

@@ -488,6 +488,42 @@ def test_a_busy_channel_sends_a_held_message_with_the_next_in_one_burst() -> Non
     assert members[0][1].bursts[1] is members[1][1].bursts[1]  # framed once for both
 
 
+def sent_frames(world: World) -> float:
+    return world.hub.metrics.registry.get_sample_value("tangram_channel_messages_sent_total") or 0.0
+
+
+def test_a_lone_members_json_message_is_framed_for_its_socket_alone_and_counted(world: World) -> None:
+    _, outbox = joined(world)
+    before = sent_frames(world)
+    world.hub.deliver([("room", "tick", b'{"n":1}'), ("other", "tick", b"{}")])
+    assert outbox.bursts == []  # no Burst: ``lone_text_frame``
+    assert outbox.take() == [[None, None, "room", "tick", {"n": 1}]]
+    assert sent_frames(world) == before + 1
+    assert world.hub.traffic.of("room")[1] == 1
+
+
+def test_a_lone_members_other_messages_take_the_usual_path(world: World) -> None:
+    _, outbox = joined(world)
+    world.hub.deliver([("room", "raw", b"not json")])  # binary: framed by its Burst
+    world.hub.deliver([("room", "a", b"{}"), ("room", "b", b"{}")])  # a run: one burst, one write
+    assert [[b.event for b in burst.broadcasts] for burst in outbox.bursts] == [["raw"], ["a", "b"]]
+    assert [frame if isinstance(frame, bytes) else frame[3] for frame in outbox.take()] == [
+        b"\x02\x04\x03roomrawnot json",
+        "a",
+        "b",
+    ]
+
+
+def test_a_busy_lone_channel_still_shares_writes() -> None:
+    world = World(write_delay=0.003)
+    _, outbox = joined(world)
+    for n in range(3):
+        world.hub.deliver([("room", "tick", b'{"n":%d}' % n)])
+        world.clock.advance(0.001)
+    assert [[b.payload for b in burst.broadcasts] for burst in outbox.bursts] == [[b'{"n":1}', b'{"n":2}']]
+    assert [frame[4]["n"] for frame in outbox.take()] == [0, 1, 2]
+
+
 def test_a_message_held_for_a_channel_its_last_member_leaves_goes_nowhere() -> None:
     world = World(write_delay=0.003)
     session, outbox = joined(world)

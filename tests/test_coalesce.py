@@ -148,3 +148,26 @@ def test_every_message_is_written_once_in_arrival_order_and_within_the_delay(
     assert [e for _, _, written in r.writes for e in written] == sent
     for when, topic, written in r.writes:
         assert all(e.startswith(topic + ".") and when - born[e] <= DELAY + 1e-9 for e in written)
+
+
+def test_lets_through_a_quiet_channels_lone_message_and_records_it() -> None:
+    r = Recorder()
+    assert r.coalescer.lets_through("room", 0.0)
+    r.clock.advance(0.002)
+    r.arrive("room", "b")  # busy: the message let through came 2 ms ago
+    assert r.writes == []
+    r.advance(DELAY)
+    assert r.events() == [["b"]]
+
+
+def test_lets_nothing_through_while_the_channel_is_busy_or_a_message_is_held() -> None:
+    r = Recorder()
+    r.arrive("room", "a")
+    r.clock.advance(0.001)
+    assert not r.coalescer.lets_through("room", r.clock.seconds())  # a came 1 ms ago
+    r.arrive("room", "b")  # held, for the same reason
+    assert r.events() == [["a"]]
+    assert not r.coalescer.lets_through("other", r.clock.seconds())  # it must go after b
+    r.advance(DELAY)
+    assert r.events() == [["a"], ["b"]]
+    assert r.coalescer.lets_through("other", r.clock.seconds())

@@ -23,7 +23,7 @@ from tangram_channel.protocol import PhoenixFactory
 
 from .fakes import World
 from .live import BINARY, CLOSE, CONTINUATION, TEXT, FrameParser, RawSocket, frame, start_twistd, token
-from .test_protocol_memory import IDLE, MAX_BUFFER, MAX_MESSAGE, Client
+from .test_protocol_memory import IDLE, MAX_BUFFER, MAX_MESSAGE, Client, server_frames
 
 CHROME_OFFER = "permessage-deflate; client_max_window_bits"
 TAIL = b"\x00\x00\xff\xff"
@@ -126,13 +126,25 @@ def test_compressing_members_share_one_compressed_framing_of_a_broadcast(world: 
     alice, bob = (compressing(world, extensions=CHROME_OFFER) for _ in range(2))
     plain = compressing(world)
     assert "permessage-deflate" in alice.handshake and "permessage-deflate" not in plain.handshake
-    burst = Burst([Broadcast.from_redis("room", "state", state_payload())])
+    burst = Burst([Broadcast("room", "state", state_payload(), True)])
     mine, theirs, unzipped = (c.protocol.framed(burst) for c in (alice, bob, plain))
     assert mine is theirs  # one compression, one bytes object, for every compressing member
     assert mine is not None and unzipped is not None
     assert mine[0] == 0xC1 and unzipped[0] == 0x81
     assert len(mine) < len(unzipped) / 5
     assert len(burst.prepared) == 2  # one framing each way, whatever the number of members
+
+
+def test_a_lone_compressing_member_gets_its_channels_message_compressed(world: World) -> None:
+    alice = compressing(world, extensions=CHROME_OFFER)
+    alice.join("room", token=world.token("room"))
+    assert alice.protocol.lone_text_frame("room", "state", b"{}") is None  # compressed by its Burst
+    payload = state_payload()
+    world.hub.deliver([("room", "state", payload)])
+    data = alice.transport.value()
+    assert data[0] == 0xC1  # FIN, RSV1 (compressed), text
+    [(_, compressed)] = server_frames(data)
+    assert inflate(compressed) == b'[null,null,"room","state",' + payload + b"]"
 
 
 def test_compression_off_answers_no_offer(world: World) -> None:

@@ -17,6 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from tangram_channel.deflate import server_frame
+from tangram_channel.frames import V1, V2, Broadcast, Burst
 from tangram_channel.protocol import CLOSE_IDLE, CLOSE_POLICY, STALLED_BY, PhoenixFactory, PhoenixProtocol
 
 from .fakes import World, offered, rejected_frames, reply
@@ -319,6 +320,17 @@ def test_a_silent_socket_is_still_closed_after_a_stall_of_the_process(world: Wor
     world.clock.advance(STALLED_BY)
     assert client.close_code() == CLOSE_IDLE
     assert world.hub.members == {}
+
+
+@pytest.mark.parametrize("vsn", [V1, V2])
+def test_a_frame_for_a_lone_member_is_the_bytes_its_burst_would_be(world: World, vsn: str) -> None:
+    client = Client(world, f"?vsn={vsn}")
+    payload = b'{"aircraft":[{"icao24":"39c4a1"}]}'
+    burst = Burst([Broadcast("streaming-c1", "new-data", payload, True)])
+    frame = client.protocol.lone_text_frame("streaming-c1", "new-data", payload)
+    assert frame is not None and frame == client.protocol.framed(burst)
+    client.protocol.pauseProducing()  # bytes now count toward the budget: the usual path does that
+    assert client.protocol.lone_text_frame("streaming-c1", "new-data", payload) is None
 
 
 def test_a_message_over_the_limit_closes_with_1009(world: World) -> None:
