@@ -452,6 +452,76 @@ def test_datetime_ticks_reach_system_members() -> None:
     world.hub.stop()
 
 
+def system_members(world: World, count: int) -> list[tuple[Session, FakeOutbox]]:
+    members = [joined(world, "system", "1", f"c{n}") for n in range(count)]
+    for _, outbox in members:
+        outbox.take()
+    return members
+
+
+def one_turn(world: World) -> None:
+    """
+    What a reactor turn runs: the calls due now, but not those they schedule, which wait
+    for the next turn (``Clock.advance`` would run those too).
+    """
+    for call in [call for call in world.clock.getDelayedCalls() if call.getTime() <= world.clock.seconds()]:
+        world.clock.calls.remove(call)
+        call.called = 1
+        call.func(*call.args, **call.kw)
+
+
+def ticks_of(outbox: FakeOutbox) -> list[int]:
+    return [frame[4]["response"]["counter"] for frame in outbox.take() if frame[3] == "datetime"]
+
+
+def test_a_tick_to_a_big_system_channel_goes_out_a_slice_a_reactor_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub, "TICK_SLICE", 2)
+    world = World()
+    members = system_members(world, 5)
+    world.hub._tick()
+    ticked = [bool(ticks_of(outbox)) for _, outbox in members]
+    assert ticked.count(True) == 2
+    waiting = [member for member, done in zip(members, ticked) if not done]
+    world.hub.deliver([("system", "news", b"{}")])  # Redis is read between slices, and written at once
+    assert all([frame[3] for frame in outbox.take()] == ["news"] for _, outbox in members)
+    one_turn(world)
+    ticked = [bool(ticks_of(outbox)) for _, outbox in waiting]
+    assert ticked.count(True) == 2
+    leaver, outbox = waiting[ticked.index(False)]
+    push(leaver, "system", "phx_leave", {}, ref="9")  # leaves before its slice
+    one_turn(world)
+    assert [frame[3] for frame in outbox.take()] == ["phx_reply", "phx_close"]
+    assert not ticking(world)
+
+
+def ticking(world: World) -> bool:
+    return any(call.func == world.hub._tick_slices for call in world.clock.getDelayedCalls())
+
+
+def test_a_tick_while_the_last_is_still_going_out_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub, "TICK_SLICE", 2)
+    world = World()
+    members = system_members(world, 3)
+    world.hub._tick()
+    world.hub._tick()  # one member has not had the first: skipped
+    one_turn(world)
+    world.hub._tick()
+    one_turn(world)
+    counters = sorted(ticks_of(outbox) for _, outbox in members)
+    first = counters[0][0]
+    assert counters == [[first, first + 2]] * 3
+
+
+def test_stopping_the_hub_drops_the_rest_of_a_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub, "TICK_SLICE", 2)
+    world = World()
+    system_members(world, 3)
+    world.hub._tick()
+    assert ticking(world)
+    world.hub.stop()
+    assert not ticking(world)
+
+
 def test_datetime_ticks_are_off_with_zero() -> None:
     world = World(datetime_interval=0)
     _, outbox = joined(world, "system")
