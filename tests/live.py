@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .conftest import free_port, wait_for_port
+from .waiting import wait_until
 from .e2e import forge_token
 
 SECRET = "robust-tests-secret-long-enough-for-hs256-and-hs512-keys-0123456789"
@@ -312,6 +313,10 @@ def post_token(port: int, body: dict, headers: dict[str, str] | None = None) -> 
 
 # A service in a subprocess
 
+# free_port() closes its socket before twistd binds the port: under pytest -n another
+# test's process may take it in between (CI saw it once), and twistd then exits at once
+PORT_TRIES = 3
+
 
 def start_twistd(twistd: Callable[..., Any], *args: str, env: dict[str, str] | None = None, **settings: Any):
     """
@@ -319,12 +324,17 @@ def start_twistd(twistd: Callable[..., Any], *args: str, env: dict[str, str] | N
     TANGRAM_CHANNEL_<KEY> variables, returned once it has reached Redis
     (``proc.port`` is its port).
     """
-    port = free_port()
     environ = {"TANGRAM_CHANNEL_JWT_SECRET": SECRET, "TANGRAM_CHANNEL_EMBEDDED_REDIS": "false"}
     environ.update({f"TANGRAM_CHANNEL_{k.upper()}": str(v) for k, v in settings.items()})
     environ.update(env or {})
-    proc = twistd("--port", str(port), *args, env=environ)
-    proc.port = port
+    for _ in range(PORT_TRIES):
+        port = free_port()
+        proc = twistd("--port", str(port), *args, env=environ)
+        proc.port = port
+        wait_until(lambda: "connected to Redis" in proc.log() or proc.process.poll() is not None, 10.0, "twistd up")
+        # another test's process took the free port between our look and twistd's bind
+        if proc.process.poll() is None or "Address already in use" not in proc.log():
+            break
     wait_for_port(port)
     proc.wait_for_log("connected to Redis")
     return proc
