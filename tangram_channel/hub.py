@@ -310,13 +310,10 @@ class Hub:
             self._send_to(topic, list(members), burst)
 
     def _send_to(self, topic: str, members: list[Member], burst: Burst) -> None:
-        """Write ``burst`` to those of ``members`` still joined, or keep it in their join backlogs."""
-        # ``backlog is None`` first saves a call per member once joined; a member that left
-        # since the list was made is not active
+        """Write ``burst`` to ``members``, or keep it in the join backlogs of those still joining."""
+        # ``backlog is None`` first saves a call per member once joined
         ready: list[DirectOutbox] = [
-            member.outbox
-            for member in members
-            if member.active and (member.backlog is None or member.ready_for(burst))
+            member.outbox for member in members if member.backlog is None or member.ready_for(burst)
         ]
         self.fanout.send(ready, burst)
         self._count_burst(topic, burst, len(members))
@@ -364,9 +361,10 @@ class Hub:
             self._coalescer.arrived(SYSTEM_TOPIC, [tick])  # behind what is held for system
             return
         self._coalescer.flush()
-        self._tick_slices(list(members), Burst([tick]))
+        self._tick_slices(list(members), 0, Burst([tick]))
 
-    def _tick_slices(self, members: list[Member], burst: Burst) -> None:
-        self._send_to(SYSTEM_TOPIC, members[:TICK_SLICE], burst)
-        rest = members[TICK_SLICE:]
-        self._ticking = self.clock.callLater(0, self._tick_slices, rest, burst) if rest else None
+    def _tick_slices(self, members: list[Member], start: int, burst: Burst) -> None:
+        end = start + TICK_SLICE
+        # members that left since the tick began (``active`` false) get nothing
+        self._send_to(SYSTEM_TOPIC, [member for member in members[start:end] if member.active], burst)
+        self._ticking = self.clock.callLater(0, self._tick_slices, members, end, burst) if end < len(members) else None
