@@ -46,8 +46,16 @@ def payload(seq: int, size: int) -> tuple[bytes, bytes]:
     return head, tail + b"x" * pad + b'"}'
 
 
-def publish(sock: socket.socket, channels: int, rate: float, duration: float, size: int, event: str,
-            topic: str | None = None, write_interval: float = 0.0) -> dict:
+def publish(
+    sock: socket.socket,
+    channels: int,
+    rate: float,
+    duration: float,
+    size: int,
+    event: str,
+    topic: str | None = None,
+    write_interval: float = 0.0,
+) -> dict:
     if topic is not None:
         topics, channels = [f"to:{topic}:{event}".encode()], 1
     else:
