@@ -260,10 +260,11 @@ def test_json_document_broadcast_is_spliced_verbatim_into_a_text_frame(payload: 
     [
         pytest.param(b'["\\ud800"]', id="lone-surrogate-escape"),
         pytest.param(b'{"digits":' + b"9" * 400 + b"}", id="integer-past-a-double"),
+        pytest.param(b"[18446744073709551616]", id="integer-past-64-bits"),
     ],
 )
-def test_json_that_orjson_refuses_is_still_text(payload: bytes) -> None:
-    """orjson checks first; what it refuses but JSON allows (and browsers parse) is not made binary."""
+def test_json_that_simdjson_refuses_is_still_text(payload: bytes) -> None:
+    """simdjson checks first; what it refuses but JSON allows (and browsers parse) is not made binary."""
     broadcast = from_redis("room", "ev", payload)
     assert broadcast.is_text
     assert broadcast.frame(V2).endswith(payload + b"]")
@@ -361,6 +362,41 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
+
+
+def _strict_json(payload: bytes) -> bool:
+    try:
+        frames.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+_json_bytes = st.sampled_from(list(b'{}[],:"\\ 0123456789.eE+-tfnulxu\t\n\x00\x01\x0c\x7f\x80\xc3\xa9\xed\xa0\xff'))
+
+
+@settings(deadline=None)
+@given(st.lists(_json_bytes, max_size=40).map(bytes), json_values.map(frames.dumps), st.integers(0, 40))
+def test_a_payload_is_text_exactly_when_strict_json_takes_it_as_an_object_or_array(
+    noise: bytes, document: bytes, cut: int
+) -> None:
+    """Whatever simdjson answers, the verdict is the strict parser's: never text that is not JSON."""
+    for payload in (noise, b"[" + noise, b'{"a":' + noise, document, b"[" + document + b"]", document[:cut] + noise):
+        is_container = payload.lstrip(b" \t\r\n")[:1] in (b"{", b"[")
+        assert frames.is_json_document(payload) == (is_container and _strict_json(payload))
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1, 5 * frames.PARSER_KEEPS_BYTES])
+def test_documents_past_what_the_kept_parser_takes_are_checked_too(extra: int) -> None:
+    """Past ``PARSER_KEEPS_BYTES`` a parser of their own checks them: still text when valid, else binary."""
+    padding = frames.PARSER_KEEPS_BYTES + extra - len(b'{"pad":""}')
+    valid = b'{"pad":"' + b"x" * padding + b'"}'
+    assert len(valid) == frames.PARSER_KEEPS_BYTES + extra
+    assert frames.is_json_document(valid)
+    assert not frames.is_json_document(valid[:-1])
+    assert not frames.is_json_document(valid[:-2] + b'\xff"}')
+    assert frames.is_json_document(b'{"pad":"' + b"x" * padding + b'\\ud800"}')  # simdjson refuses, JSON allows
+    assert frames.is_json_document(b'{"a":1}')  # the kept parser still answers after
 
 
 @settings(deadline=None)
