@@ -19,7 +19,8 @@ outbox: the same joins, presence, replies and publishes. What the connection add
 the transport's share of the WebSocket's limits: frames wait for the next poll in a
 queue bounded by ``max_send_buffer`` (past it the session ends, as a socket that does
 not read is closed), a POST spends the same message and byte budgets as frames read
-from a socket, and a session no poll came for in ``longpoll_session_timeout`` ends.
+from a socket, and a session no poll came for in ``longpoll_session_timeout`` ends
+(looked at again a second later when the process itself stalled, as an idle socket is).
 Binary broadcasts cannot ride in the JSON envelope and are not sent to these clients.
 
 A session lives in the process that opened it; under ``workers = N`` (or with
@@ -44,7 +45,7 @@ from .frames import Burst, FrameError, Message
 from .metrics import Metrics
 from .peers import PeerConnections
 from .pollroute import Forwarder, SessionRoutes, finish_json, json_body
-from .protocol import CLOSE_POLICY, RATE_GRACE, RATE_LIMITED, PhoenixFactory
+from .protocol import CLOSE_POLICY, RATE_GRACE, RATE_LIMITED, STALLED_BY, PhoenixFactory, fired_after_a_stall
 from .ratelimit import TokenBucket
 from .session import Session
 
@@ -307,8 +308,12 @@ class LongPollConnection:
             self._post = None
 
     def _expire(self) -> None:
+        clock = self.factory.clock
         if self._poll is not None:  # polling right now: alive
-            self._expiry = self.factory.clock.callLater(self.polls.session_timeout, self._expire)
+            self._expiry = clock.callLater(self.polls.session_timeout, self._expire)
+            return
+        if fired_after_a_stall(self._expiry, clock):  # a poll may be waiting unread: look again
+            self._expiry = clock.callLater(STALLED_BY, self._expire)
             return
         self.factory.metrics.longpoll_expired.inc()
         self.close(CLOSE_EXPIRED, "no poll")

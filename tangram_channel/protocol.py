@@ -73,6 +73,12 @@ CLOSE_IDLE = 4000
 # machine, a pause): the reactor runs due timers before it reads, so the client's
 # heartbeat may be waiting unread. Such a timeout looks again this long after.
 STALLED_BY = 1.0
+
+
+def fired_after_a_stall(call: IDelayedCall, clock: IReactorTime) -> bool:
+    """Whether ``call``, running now, is over ``STALLED_BY`` late: a timeout to look at again, not act on."""
+    return clock.seconds() - call.getTime() > STALLED_BY
+
 CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
 
@@ -482,7 +488,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
             self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_out)
             return
         clock = self.factory.clock
-        if self._idle is not None and clock.seconds() - self._idle.getTime() > STALLED_BY:
+        if self._idle is not None and fired_after_a_stall(self._idle, clock):
             self._idle = clock.callLater(STALLED_BY, self._idle_out)
             return
         self.close(CLOSE_IDLE, "idle timeout")

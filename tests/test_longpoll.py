@@ -20,7 +20,7 @@ from tangram_channel import frames
 from tangram_channel.frames import FrameError
 from tangram_channel.longpoll import MAX_BATCH, LongPollResource, LongPolls, envelope, split_batch
 from tangram_channel.pollroute import SessionRoutes
-from tangram_channel.protocol import RATE_GRACE, PhoenixFactory
+from tangram_channel.protocol import RATE_GRACE, STALLED_BY, PhoenixFactory
 
 from .fakes import World, rejected_frames
 
@@ -157,6 +157,34 @@ def test_a_session_no_poll_came_for_expires_and_leaves_its_channels():
     assert not service.world.hub.members.get("radar")
     assert service.factory.metrics.longpoll_expired._value.get() == 1
     assert body(service.request(b"GET", token)) == {"status": 410}
+
+
+def test_a_poll_waiting_through_a_stall_of_the_process_keeps_its_session():
+    """
+    As for a socket's idle timeout: after the process itself stalled past the expiry,
+    the timer fires before the poll waiting in the socket is read; the session stays.
+    """
+    service = Service()
+    token = service.open()
+    service.join(token)
+    service.world.clock.advance(EXPIRY + 5)  # the timer fires 5 s late
+    assert token in service.polls.sessions
+    assert body(service.request(b"GET", token))["status"] == 200  # the poll read after it
+    service.world.clock.advance(EXPIRY - 1)
+    assert token in service.polls.sessions
+    assert service.factory.metrics.longpoll_expired._value.get() == 0
+
+
+def test_a_session_no_poll_came_for_still_expires_after_a_stall_of_the_process():
+    service = Service()
+    token = service.open()
+    service.join(token)
+    service.world.clock.advance(EXPIRY + 5)
+    assert token in service.polls.sessions
+    service.world.clock.advance(STALLED_BY)
+    assert token not in service.polls.sessions
+    assert not service.world.hub.members.get("radar")
+    assert service.factory.metrics.longpoll_expired._value.get() == 1
 
 
 def test_a_waiting_poll_keeps_the_session_alive():
