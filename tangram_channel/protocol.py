@@ -69,16 +69,11 @@ CONFORMANCE_PATH = "/conformance"
 _OPEN = WebSocketServerProtocol.STATE_OPEN
 
 CLOSE_IDLE = 4000
-# An idle timer this many seconds late says the process itself did not run (a loaded
-# machine, a pause): the reactor runs due timers before it reads, so the client's
-# heartbeat may be waiting unread. Such a timeout looks again this long after.
+# An idle timer (or a long-poll session's expiry) this many seconds late says the process
+# itself did not run (a loaded machine, a pause): the reactor runs due timers before it
+# reads, so the client's heartbeat or poll may be waiting unread. Such a timeout looks
+# again this long after.
 STALLED_BY = 1.0
-
-
-def fired_after_a_stall(call: IDelayedCall, clock: IReactorTime) -> bool:
-    """Whether ``call``, running now, is over ``STALLED_BY`` late: a timeout to look at again, not act on."""
-    return clock.seconds() - call.getTime() > STALLED_BY
-
 CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
 
@@ -86,6 +81,11 @@ CLOSE_RESTART = 1012
 # error, before it is closed: room for a client that briefly overshoots, none for a flood.
 RATE_GRACE = 20
 RATE_LIMITED = "rate limit exceeded"
+
+
+def fired_after_a_stall(call: IDelayedCall, clock: IReactorTime) -> bool:
+    """Whether ``call``, running now, is over ``STALLED_BY`` late: a timeout to look at again, not act on."""
+    return clock.seconds() - call.getTime() > STALLED_BY
 
 
 def subprotocol_token(offered: list[str]) -> str | None:
