@@ -265,6 +265,13 @@ def reply(
     return Message(join_ref, ref, topic, "phx_reply", {"status": status, "response": response})
 
 
+# documents up to this size are checked by one parser kept for the process (its
+# buffers grow to the largest document it has checked and stay so); a larger one gets a
+# parser of its own, freed with it
+PARSER_KEEPS_BYTES = 64 * 1024
+_PARSER = simdjson.Parser(max_capacity=PARSER_KEEPS_BYTES)
+
+
 def is_json_document(payload: bytes) -> bool:
     """
     Whether a Redis payload is a JSON object or array in valid UTF-8 (sent as text).
@@ -279,8 +286,6 @@ def is_json_document(payload: bytes) -> bool:
     head = payload[:1]
     if head not in (b"{", b"[") and payload.lstrip()[:1] not in (b"{", b"["):
         return False
-    # the kept parser's buffers grow to the largest document it has checked and stay
-    # so; a larger one gets a parser of its own, freed with it
     parser = _PARSER if len(payload) <= PARSER_KEEPS_BYTES else simdjson.Parser()
     try:
         parser.parse(payload)  # the document it answers is dropped at once: the parser is free again
@@ -292,10 +297,6 @@ def is_json_document(payload: bytes) -> bool:
     except (UnicodeDecodeError, ValueError, RecursionError):
         return False
     return True
-
-
-PARSER_KEEPS_BYTES = 64 * 1024
-_PARSER = simdjson.Parser(max_capacity=PARSER_KEEPS_BYTES)
 
 
 class Broadcast:
