@@ -348,8 +348,8 @@ class Hub:
         Send ``datetime`` to every member of ``system``, ``TICK_SLICE`` sockets a reactor
         turn: each write costs the kernel some microseconds, and Redis is read between
         slices, so a channel of 1,000 does not hold every other channel's messages for the
-        whole fan-out (W5's p99: slices of 256 sockets added 1.5-2 ms to it, slices of 32
-        a few tenths) nor 20,000 for a fraction of a second. The tick comes from no Redis
+        whole fan-out (W5's p99 was 5.8-8.0 ms with slices of 256, 5.7-6.0 with 32, 4.9-5.4
+        with no tick) nor 20,000 for a fraction of a second. The tick comes from no Redis
         stream, so a message that overtakes it for some members is in order.
         """
         self._datetime_counter += 1
