@@ -51,6 +51,13 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+def pubsub_clients(redis: Any) -> list[str]:
+    """``CLIENT LIST TYPE pubsub`` without the sentinels' own (``__sentinel__:hello``): a line per connection."""
+    listed = redis.execute_command("CLIENT", "LIST", "TYPE", "pubsub")
+    text = listed.decode() if isinstance(listed, bytes) else str(listed)
+    return [line for line in text.splitlines() if line and " name=sentinel-" not in line]
+
+
 def health(port: int) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
@@ -193,6 +200,11 @@ def test_a_failover_under_two_processes_restores_broadcasts_presence_and_pushes(
         assert "Traceback" not in log, log
     for recorder in recorders.values():
         recorder.close()
+    # Redis counts a closed connection until it reads the close: the recorders, and a
+    # subscriber connection a node's failover replaced (CI once counted a third receiver
+    # below). So first the two services' subscribers alone; a third that stays fails here.
+    wait_until(lambda: len(pubsub_clients(redis)) == 2, RECOVERY,
+               "two pub/sub connections on the new primary (the services')")
 
     # the command-line tool finds the new primary through the sentinels too
     published = cli("publish", "--redis-url", sentinel_set.url(), TOPIC, "cli", "{}")
