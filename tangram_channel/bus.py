@@ -42,7 +42,7 @@ from .config import mask_url
 from .errors import RedisTimeout, RedisUnavailable, unless_unavailable
 from .logs import ThrottledLog
 from .metrics import Metrics
-from .naming import ALL_TOPICS_PATTERN, split_channel, topic_pattern
+from .naming import ALL_TOPICS_PATTERN, SPLIT_NAME_LIMIT, split_channel, topic_pattern
 from .pending import PendingMessages
 from .readbuffer import read_into_kept_buffer
 from .replicas import ReplicaWait
@@ -76,6 +76,11 @@ FEED_BYTES = 16 * 1024
 # the cost moves to reading messages for topics without members here, which only other
 # processes sharing the Redis have. It stays so until the subscriber reconnects.
 WATCH_ALL_ABOVE = 64
+# channels whose route (``RedisBridge._route``) is remembered; past this many, all are
+# forgotten: a busy service sees the same few thousand again and again, and anyone who
+# may publish can name channels without end
+ROUTES_KEPT = 4096
+_UNKNOWN = ("", "", b"")  # a channel not in ``RedisBridge._routes``
 
 
 class RedisURL:
@@ -461,6 +466,9 @@ class RedisBridge(MultiService):
         self.metrics.count_pending(lambda: self._pending.bytes)
         self.on_connect: Callable[[], None] = lambda: None
         self._watched: dict[str, _Watch] = {}
+        # channel -> (topic, event, the topic's pattern), or None if no watched topic
+        # takes it; forgotten whenever a topic is first watched or last unwatched
+        self._routes: dict[bytes, tuple[str, str, bytes] | None] = {}
         self._confirming: dict[str, list[defer.Deferred[None]]] = {}
         # ``to:*`` on this connection: asked for, confirmed, and the joins waiting for it
         self._all_asked = False
@@ -843,6 +851,7 @@ class RedisBridge(MultiService):
         watch = self._watched.get(topic)
         if watch is None:
             watch = self._watched[topic] = _Watch(topic_pattern(topic))
+            self._routes.clear()
         watch.count += 1
         if watch.count > 1:
             # a second joiner must not be answered before Redis confirmed the first's
@@ -914,6 +923,7 @@ class RedisBridge(MultiService):
             watch.count -= 1
             return
         del self._watched[topic]
+        self._routes.clear()
         if watch.subscribed:
             self._punsubscribe(watch.pattern)
 
@@ -936,21 +946,23 @@ class RedisBridge(MultiService):
         ``to:*`` each worker reads every topic's messages, most of them for another
         worker's members. One call per read, not per message: W5 reads a hundred at a time.
         """
-        all_confirmed, watched, chunk_bytes = self._all_confirmed, self._watched, self._pending.slice_bytes
+        all_confirmed, routes, chunk_bytes = self._all_confirmed, self._routes, self._pending.slice_bytes
         queued: list[tuple[str, str, bytes]] = []
         size = 0
         for _, pattern, channel, message in replies:
-            if (pattern == ALL_TOPICS_PATTERN) is not all_confirmed:
+            is_all = pattern == ALL_TOPICS_PATTERN
+            if is_all is not all_confirmed:
                 continue  # the other copy of a message, while a topic's pattern and to:* overlap
-            split = split_channel(channel)
-            if split is None:
+            route = routes.get(channel, _UNKNOWN)
+            if route is _UNKNOWN:
+                route = self._route(channel)
+            if route is None:
                 continue
+            topic, event, topic_pattern = route
             # A topic "a" also matches "to:a:b:event" through its pattern "to:a:*"; only
             # the pattern of the topic the channel names may deliver it, or members of
             # "a:b" would get it twice.
-            topic, event = split
-            watch = watched.get(topic)
-            if watch is None or (pattern != watch.pattern and pattern != ALL_TOPICS_PATTERN):
+            if not is_all and pattern != topic_pattern:
                 continue
             queued.append((topic, event, message))
             size += len(message)
@@ -959,6 +971,21 @@ class RedisBridge(MultiService):
                 queued, size = [], 0
         if queued:
             self._pending.extend(queued, size)
+
+    def _route(self, channel: bytes) -> tuple[str, str, bytes] | None:
+        """
+        ``channel``'s topic, event and the topic's pattern, or None if it names no watched
+        topic; remembered: one dictionary lookup a message instead of a split and another.
+        """
+        split = split_channel(channel)
+        watch = None if split is None else self._watched.get(split[0])
+        route = None if split is None or watch is None else (split[0], split[1], watch.pattern)
+        if len(channel) <= SPLIT_NAME_LIMIT:  # a long name would hold its bytes in the cache
+            routes = self._routes
+            if len(routes) >= ROUTES_KEPT:
+                routes.clear()
+            routes[channel] = route
+        return route
 
     def _deliver(self, messages: list[tuple[str, str, bytes]]) -> int:
         return self.on_messages(messages)

@@ -24,7 +24,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from tangram_channel import outputlimit
+from tangram_channel import bus, outputlimit
 from tangram_channel.bus import FEED_BYTES, RedisBridge, RedisURL, _Subscriber, _Watch
 from tangram_channel.metrics import Metrics
 from tangram_channel.naming import ALL_TOPICS_PATTERN, topic_pattern
@@ -151,6 +151,31 @@ def test_messages_no_topic_here_watches_are_dropped_as_read_and_take_no_room() -
     assert bridge._pending.bytes == 14
     clock.advance(0)
     assert handed == [[("mine", "tick", b'{"n":4}'), ("a:b", "tick", b'{"n":5}')]]
+
+
+def test_a_channels_route_is_remembered_within_a_cap_until_a_topic_is_first_watched_or_last_unwatched() -> None:
+    clock = Clock()
+    bridge = RedisBridge(clock, RedisURL("redis://127.0.0.1:1"), timeout=5)
+    handed: list[list[tuple[str, str, bytes]]] = []
+    bridge.deliver_to(lambda messages: handed.append(messages) or len(messages), lambda: None)
+    bridge._all_confirmed = True
+
+    def read(channel: bytes = b"to:room:tick") -> None:
+        bridge._received([[b"pmessage", ALL_TOPICS_PATTERN, channel, b"{}"]])
+        clock.advance(0)
+
+    read()  # nobody watches room: dropped, and remembered as such
+    bridge.watch("room").addErrback(lambda failure: None)  # Redis is away; the topic is watched all the same
+    read()
+    bridge.watch("room").addErrback(lambda failure: None)
+    bridge.unwatch("room")
+    read()  # one watcher is left
+    bridge.unwatch("room")
+    read()
+    assert handed == [[("room", "tick", b"{}")]] * 2
+    for n in range(bus.ROUTES_KEPT + 10):
+        read(b"to:other:e%d" % n)
+    assert 0 < len(bridge._routes) <= bus.ROUTES_KEPT
 
 
 def test_a_read_larger_than_a_slice_is_handed_on_a_slice_a_turn() -> None:
