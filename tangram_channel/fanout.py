@@ -43,10 +43,11 @@ class DirectOutbox(Outbox, Protocol):
     def framed(self, burst: Burst) -> bytes | None:
         """``burst`` framed for this socket and counted, or None if nothing may be sent now."""
 
-    def lone_text_frame(self, topic: str, event: str, payload: bytes) -> bytes | None:
+    def lone_text_frame(self, head: bytes, payload: bytes, tail: bytes) -> bytes | None:
         """
-        A text broadcast (``payload`` is JSON) framed for this socket alone, when it may
-        go out as it is now: open, reading, uncompressed. None: the usual path, by a Burst.
+        A text broadcast (``payload`` is JSON, ``head`` and ``tail`` its push around it for
+        this socket's ``vsn``: ``frames.splice_parts``) framed for this socket alone, when it
+        may go out as it is now: open, reading, uncompressed. None: the usual path, by a Burst.
         """
 
     def direct_fd(self) -> int | None:

@@ -35,6 +35,9 @@ ALWAYS_WATCHED = (SYSTEM_TOPIC, ADMIN_TOPIC)
 # sockets a datetime tick is written to in one reactor turn (see ``Hub._tick``): about
 # 0.3 ms of sends, the longest a slice holds a message read meanwhile
 TICK_SLICE = 32
+# the longest topic and event (together) whose push parts a member keeps: a long event
+# name from Redis would hold its bytes on every member it went to
+PUSH_PARTS_NAME_LIMIT = 512
 
 
 class Outbox(DirectOutbox, Protocol):
@@ -77,7 +80,7 @@ class Bus(Protocol):
 class Member:
     """One join of one session to one topic."""
 
-    __slots__ = ("outbox", "topic", "join_ref", "key", "meta", "backlog", "active")
+    __slots__ = ("outbox", "topic", "join_ref", "key", "meta", "backlog", "active", "push_parts")
 
     def __init__(self, outbox: Outbox, topic: str, join_ref: str, key: str, meta: dict[str, Any]) -> None:
         self.outbox = outbox
@@ -92,6 +95,8 @@ class Member:
         # until the session drops it (a leave, a rejoin, a disconnect), maybe while Redis
         # is still confirming the join
         self.active = True
+        # what goes around a payload of the last event pushed to it alone (``Hub._send_alone``)
+        self.push_parts: tuple[str, bytes, bytes] | None = None
 
     @property
     def agent_id(self) -> str:
@@ -133,6 +138,9 @@ class Hub:
         self.errors = ThrottledLog(log, clock)
         self.max_channels_per_socket = max_channels_per_socket
         self.members: dict[str, set[Member]] = {}
+        # the member of each topic that has one alone (Tangram's streaming-<id>), so that
+        # a message for it reaches it without the set
+        self._alone: dict[str, Member] = {}
         self.traffic = ChannelTraffic()
         self.metrics.count_channels(lambda: len(self.members))
         self._datetime_counter = 0
@@ -168,7 +176,9 @@ class Hub:
         Subscribe (if first here), then record presence; fires with the topic's replica,
         or None when the member left while Redis answered.
         """
-        self.members.setdefault(member.topic, set()).add(member)
+        members = self.members.setdefault(member.topic, set())
+        members.add(member)
+        self._note_alone(member.topic, members)
         self.metrics.members.inc()
         return defer.Deferred.fromCoroutine(self._watch_and_track(member))
 
@@ -185,6 +195,7 @@ class Hub:
         if members is not None and member in members:
             members.discard(member)
             self.metrics.members.dec()
+            self._note_alone(member.topic, members)
             if not members:
                 del self.members[member.topic]
                 self._coalescer.forget(member.topic)
@@ -193,6 +204,12 @@ class Hub:
         self.presence.untrack(member.topic, member.key, member.meta)
         if was_joined and self.presence.admins_present:
             self.publish_admin("channel.leave", self._agent_event(member))
+
+    def _note_alone(self, topic: str, members: set[Member]) -> None:
+        if len(members) == 1:
+            (self._alone[topic],) = members
+        else:
+            self._alone.pop(topic, None)
 
     def _agent_event(self, member: Member) -> dict[str, Any]:
         """``{"agent", "agents", "channel"}``; ``agents`` as they are after the event."""
@@ -245,22 +262,28 @@ class Hub:
         deliveries = 0
         now = self.clock.seconds()
         last = len(messages) - 1
+        alone, all_members = self._alone, self.members
         for index, (topic, event, payload) in enumerate(messages):
             if event == "presence_diff":
                 self.presence.diff_received(topic, payload)
-            members = self.members.get(topic)
-            if members is None:
-                continue
+            member = alone.get(topic)
+            if member is None:
+                members = all_members.get(topic)
+                if members is None:
+                    continue
+                count = len(members)
+            else:
+                count = 1
             if run and run[0].topic != topic:
                 self._coalescer.arrived(run[0].topic, run)
                 run = []
             is_text = frames.is_json_document(payload)
             if (
-                is_text
+                member is not None
+                and is_text
                 and not run
-                and len(members) == 1
                 and (index == last or messages[index + 1][0] != topic)  # else a run: one write for all
-                and self._send_alone(topic, event, payload, members, now)
+                and self._send_alone(member, topic, event, payload, now)
             ):
                 deliveries += 1
                 continue
@@ -272,23 +295,32 @@ class Hub:
                 )
                 continue
             run.append(broadcast)
-            deliveries += len(members)
+            deliveries += count
         if run:
             self._coalescer.arrived(run[0].topic, run)
         return deliveries
 
-    def _send_alone(self, topic: str, event: str, payload: bytes, members: set[Member], now: float) -> bool:
+    def _send_alone(self, member: Member, topic: str, event: str, payload: bytes, now: float) -> bool:
         """
         Send one text broadcast to the one member of ``topic`` (Tangram's streaming
         channels), framed for its socket without a Broadcast, a Burst or a framing cache,
         when it may go at once: the member is joined, its socket takes it as it is, and the
         coalescer holds nothing and would not hold this. False: nothing was done, the usual path.
+
+        What goes around the payload is kept on the member for its last event: a busy
+        stream pushes one event, and the member is at hand where a shared cache is not
+        (reaching memory is most of this path's cost).
         """
-        (member,) = members
         if member.backlog is not None:
             return False
         outbox = member.outbox
-        frame = outbox.lone_text_frame(topic, event, payload)
+        parts = member.push_parts
+        if parts is None or parts[0] is not event:  # the same event is the same object: see bus.RedisBridge._route
+            head, _, tail = frames.splice_parts(None, topic, event, b"", outbox.vsn)
+            parts = (event, head, tail)
+            if len(topic) + len(event) <= PUSH_PARTS_NAME_LIMIT:
+                member.push_parts = parts
+        frame = outbox.lone_text_frame(parts[1], payload, parts[2])
         if frame is None or not self._coalescer.lets_through(topic, now):
             return False
         self.fanout.send_frame(outbox, frame)

@@ -205,7 +205,7 @@ class LongPollConnection:
         self.send_burst(burst)
         return None
 
-    def lone_text_frame(self, topic: str, event: str, payload: bytes) -> bytes | None:
+    def lone_text_frame(self, head: bytes, payload: bytes, tail: bytes) -> bytes | None:
         return None  # polls are answered with batches of frames, not written straight
 
     def direct_fd(self) -> int | None:

@@ -178,9 +178,9 @@ class FakeOutbox:
         for broadcast in burst.broadcasts:
             self.send_frame(broadcast.frame(self.vsn), not broadcast.is_text)
 
-    def lone_text_frame(self, topic: str, event: str, payload: bytes) -> bytes | None:
+    def lone_text_frame(self, head: bytes, payload: bytes, tail: bytes) -> bytes | None:
         """The Phoenix frame alone: this socket's "WebSocket" is ``frames``."""
-        return frames.splice(None, topic, event, payload, self.vsn)
+        return head + payload + tail
 
     def write_now(self, frame: bytes) -> None:
         """What the hub framed with ``lone_text_frame``."""

@@ -584,6 +584,30 @@ def test_a_lone_members_other_messages_take_the_usual_path(world: World) -> None
     ]
 
 
+def test_the_member_left_alone_in_a_channel_gets_its_messages_framed_alone(world: World) -> None:
+    alice, alice_outbox = joined(world)
+    bob, bob_outbox = joined(world, client_id="bob")
+    world.hub.deliver([("room", "tick", b'{"n":1}')])  # two members: by a Burst
+    alice.disconnected()
+    world.hub.deliver([("room", "tick", b'{"n":2}')])  # bob alone: framed for him
+    assert [[b.payload for b in burst.broadcasts] for burst in bob_outbox.bursts] == [[b'{"n":1}']]
+    assert [frame[4]["n"] for frame in bob_outbox.take() if frame[3] == "tick"] == [1, 2]
+    assert [frame[4]["n"] for frame in alice_outbox.take() if frame[3] == "tick"] == [1]
+    bob.disconnected()
+    world.hub.deliver([("room", "tick", b'{"n":3}')])
+    assert bob_outbox.take() == [] and world.hub.members == {}
+
+
+def test_a_lone_members_push_is_framed_for_each_event_and_a_long_name_is_not_kept(world: World) -> None:
+    _, outbox = joined(world)
+    long_event = "e" * hub.PUSH_PARTS_NAME_LIMIT
+    for event in ("a", "b", "a", long_event, long_event):
+        world.hub.deliver([("room", event, b"{}")])
+    assert [frame[3] for frame in outbox.take()] == ["a", "b", "a", long_event, long_event]
+    (member,) = world.hub.members["room"]
+    assert member.push_parts is not None and member.push_parts[0] == "a"  # the last one short enough
+
+
 def test_a_busy_lone_channel_still_shares_writes() -> None:
     world = World(write_delay=0.003)
     _, outbox = joined(world)

@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from tangram_channel.deflate import server_frame
-from tangram_channel.frames import V1, V2, Broadcast, Burst
+from tangram_channel.frames import V1, V2, Broadcast, Burst, splice_parts
 from tangram_channel.protocol import CLOSE_IDLE, CLOSE_POLICY, STALLED_BY, PhoenixFactory, PhoenixProtocol
 
 from .fakes import World, offered, rejected_frames, reply
@@ -327,10 +327,11 @@ def test_a_frame_for_a_lone_member_is_the_bytes_its_burst_would_be(world: World,
     client = Client(world, f"?vsn={vsn}")
     payload = b'{"aircraft":[{"icao24":"39c4a1"}]}'
     burst = Burst([Broadcast("streaming-c1", "new-data", payload, True)])
-    frame = client.protocol.lone_text_frame("streaming-c1", "new-data", payload)
+    head, _, tail = splice_parts(None, "streaming-c1", "new-data", b"", vsn)
+    frame = client.protocol.lone_text_frame(head, payload, tail)
     assert frame is not None and frame == client.protocol.framed(burst)
     client.protocol.pauseProducing()  # bytes now count toward the budget: the usual path does that
-    assert client.protocol.lone_text_frame("streaming-c1", "new-data", payload) is None
+    assert client.protocol.lone_text_frame(head, payload, tail) is None
 
 
 def test_a_message_over_the_limit_closes_with_1009(world: World) -> None:
