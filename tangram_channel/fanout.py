@@ -107,9 +107,11 @@ class Fanout(Service):
         if len(held) == 1:
             held[0].write_now(datas[0])
             return
-        for outbox, data, sent in zip(held, datas, sender.send_each(list(fds), datas)):
-            if sent != len(data):
-                outbox.wrote_directly(data, sent)
+        taken = sender.send_each(list(fds), datas)
+        if taken is not None:  # None: all of each (``SendMany.send``)
+            for outbox, data, sent in zip(held, datas, taken):
+                if sent != len(data):
+                    outbox.wrote_directly(data, sent)
         self._check_sender(sender)
 
     def _hold(self, outbox: DirectOutbox, data: bytes) -> None:
@@ -178,8 +180,11 @@ class Fanout(Service):
             if len(group) == 1:
                 group[0].write_now(data)  # one socket: one plain send is the cheaper call
                 continue
+            taken = sender.send(fds, data)
+            if taken is None:  # all of it, to each
+                continue
             size = len(data)
-            for outbox, sent in zip(group, sender.send(fds, data)):
-                if sent != size:  # the usual case costs no call per member
+            for outbox, sent in zip(group, taken):
+                if sent != size:
                     outbox.wrote_directly(data, sent)
         self._check_sender(sender)

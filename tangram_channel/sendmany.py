@@ -24,7 +24,7 @@ import os
 import platform
 import sys
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from twisted.logger import Logger
 
@@ -79,27 +79,32 @@ class SendMany:
             log.info("writing to each socket in turn: {why}", why=e.strerror)
             return None
 
-    def send(self, fds: Sequence[int], data: bytes) -> list[int | None]:
+    def send(self, fds: Sequence[int], data: bytes) -> list[int | None] | None:
         """
-        Write ``data`` to each non-blocking socket in ``fds``. Returns, in order, the bytes
-        each took: all, some, 0 if it was not tried, ``-errno`` (``-EAGAIN`` when full),
-        or None if it is not known (the context broke with the write submitted).
+        Write ``data`` to each non-blocking socket in ``fds``. Returns None if every socket
+        took it all (the usual case: the caller has no list to go through), else, in
+        order, the bytes each took: all, some, 0 if it was not tried, ``-errno``
+        (``-EAGAIN`` when full), or None if it is not known (the context broke with the
+        write submitted).
         """
         return self._send(fds, array("Q", [_address(data)]) * len(fds), array("Q", [len(data)]) * len(fds))
 
-    def send_each(self, fds: Sequence[int], datas: Sequence[bytes]) -> list[int | None]:
+    def send_each(self, fds: Sequence[int], datas: Sequence[bytes]) -> list[int | None] | None:
         """Write ``datas[i]`` to ``fds[i]``, each socket once at most; returns as ``send`` does."""
-        return self._send(fds, array("Q", map(_address, datas)), array("Q", map(len, datas)))
+        return self._send(fds, _addresses(datas), array("Q", map(len, datas)))
 
-    def _send(self, fds: Sequence[int], addresses: array[int], sizes: array[int]) -> list[int | None]:
+    def _send(self, fds: Sequence[int], addresses: array[int], sizes: array[int]) -> list[int | None] | None:
+        if len(fds) <= self.capacity and not self.broken:
+            return self._send_chunk(fds, addresses, sizes)
         sent: list[int | None] = []
         for start in range(0, len(fds), self.capacity):
             end = start + self.capacity
             chunk = fds[start:end]
-            sent += [0] * len(chunk) if self.broken else self._send_chunk(chunk, addresses[start:end], sizes[start:end])
+            taken = [0] * len(chunk) if self.broken else self._send_chunk(chunk, addresses[start:end], sizes[start:end])
+            sent += sizes[start:end].tolist() if taken is None else taken
         return sent
 
-    def _send_chunk(self, fds: Sequence[int], addresses: array[int], sizes: array[int]) -> list[int | None]:
+    def _send_chunk(self, fds: Sequence[int], addresses: array[int], sizes: array[int]) -> list[int | None] | None:
         context = self._context
         if context is None:
             raise ValueError("this SendMany is closed")
@@ -113,20 +118,26 @@ class SendMany:
         # io_submit stops at an iocb it cannot take (a closed descriptor): those after it
         # stay at 0, and their callers write the usual way, which reports the error
         submitted = self._io_submit(context, count)
-        sent: list[int | None] = [None] * submitted + [0] * (count - submitted)
+        sent: list[int | None] | None = None
         reaped = 0
         try:
             while reaped < submitted:
                 # every socket write has completed inside io_submit: this does not wait
                 got = self._io_getevents(context, submitted - reaped)
                 events = self._events
+                # a write takes no more than its size, so the sums are equal only if each
+                # took all: then nothing is gone through one by one
+                if got == count and sum(events[2 : _EVENT_WORDS * got : _EVENT_WORDS]) == sum(sizes):
+                    return None
+                if sent is None:
+                    sent = [None] * submitted + [0] * (count - submitted)
                 for i in range(0, _EVENT_WORDS * got, _EVENT_WORDS):
                     sent[events[i]] = events[i + 2]
                 reaped += got
         except OSError as e:
             self.broken = True
             log.error("Linux AIO failed ({why}); writing to each socket in turn from now on", why=e.strerror)
-        return sent
+        return sent if sent is not None else [None] * submitted + [0] * (count - submitted)
 
     def _io_submit(self, context: int, count: int) -> int:
         """How many of the first ``count`` iocbs the kernel took (0 if it refused them all)."""
@@ -176,17 +187,29 @@ def _address_from_ctypes(data: bytes) -> int:
     return address
 
 
-def _address_function() -> Callable[[bytes], int]:
+def _id_offset() -> int | None:
     """
     ``_address_from_ctypes`` costs 2 us, once per write; in CPython a bytes object's buffer
     lies at a fixed offset from ``id()`` (its address), which costs 0.1 us. The offset is
-    taken from ctypes and checked on bytes of two sizes, else ctypes it stays.
+    taken from ctypes and checked on bytes of two sizes; None if it does not hold.
     """
     probes = [b"probe", b"a longer probe" * 100]
     offset = _address_from_ctypes(probes[0]) - id(probes[0])
     if any(_address_from_ctypes(probe) != id(probe) + offset for probe in probes):
-        return _address_from_ctypes
-    return lambda data: id(data) + offset
+        return None
+    return offset
 
 
-_address = _address_function()
+_ID_OFFSET = _id_offset()
+
+
+def _address(data: bytes) -> int:
+    """Where the bytes of ``data`` are."""
+    return _address_from_ctypes(data) if _ID_OFFSET is None else id(data) + _ID_OFFSET
+
+
+def _addresses(datas: Sequence[bytes]) -> array[int]:
+    """``_address`` of each, without a Python call apiece where the offset holds."""
+    if _ID_OFFSET is None:
+        return array("Q", map(_address_from_ctypes, datas))
+    return array("Q", map(_ID_OFFSET.__add__, map(id, datas)))

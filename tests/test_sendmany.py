@@ -157,17 +157,20 @@ def test_send_each_writes_each_socket_its_own_buffer(sender):
     pairs = socket_pairs(6)
     datas = [b"frame-%d" % n * (n + 1) for n in range(6)]
     sent = sender.send_each([ours.fileno() for ours, _ in pairs], datas)
-    assert sent == [len(data) for data in datas]
+    assert sent == [len(data) for data in datas]  # two chunks: the answers of both, in order
     assert [read_all(theirs) for _, theirs in pairs] == datas
+    assert sender.send_each([ours.fileno() for ours, _ in pairs[:4]], datas[:4]) is None  # one chunk, all taken
+    assert [read_all(theirs) for _, theirs in pairs[:4]] == datas[:4]
 
 
 @pytest.mark.parametrize("data", [b"", b"x", b"\0" * 7, bytes(range(256)) * 300])
 def test_a_buffer_address_from_id_is_where_ctypes_finds_it(data: bytes) -> None:
     """The cheap address (id plus an offset) names the very bytes the kernel is to read."""
-    assert sendmany._address is not sendmany._address_from_ctypes  # CPython: the offset was found
+    assert sendmany._ID_OFFSET is not None  # CPython: the offset was found
     address = sendmany._address(data)
     assert address == sendmany._address_from_ctypes(data)
     assert ctypes.string_at(address, len(data)) == data
+    assert sendmany._addresses([b"other", data]).tolist() == [sendmany._address_from_ctypes(b"other"), address]
 
 
 class LoneSocket:
