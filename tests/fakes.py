@@ -7,6 +7,7 @@ wired to them with a ``Clock``. No sockets, no redis-server.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -182,9 +183,16 @@ class FakeOutbox:
         """The Phoenix frame alone: this socket's "WebSocket" is ``frames``."""
         return head + payload + tail
 
+    def framed(self, burst: Burst) -> bytes | None:
+        """A text burst's Phoenix frames one after the other, as the hub puts a tick before a lone write."""
+        return b"".join(broadcast.frame(self.vsn) for broadcast in burst.broadcasts)
+
     def write_now(self, frame: bytes) -> None:
-        """What the hub framed with ``lone_text_frame``."""
-        self.frames.append(frames.loads(frame))
+        """What the hub framed with ``lone_text_frame``, maybe behind a tick's frame: each JSON value in turn."""
+        text, decoder, at = frame.decode(), json.JSONDecoder(), 0
+        while at < len(text):
+            value, at = decoder.raw_decode(text, at)
+            self.frames.append(value)
 
     def hold(self, burst: Burst) -> bool:
         self.held.append(burst)

@@ -479,6 +479,8 @@ def test_a_tick_to_a_big_system_channel_goes_out_a_slice_a_reactor_turn(monkeypa
     world = World()
     members = system_members(world, 5)
     world.hub._tick()
+    assert not any(ticks_of(outbox) for _, outbox in members)  # it rides first (for no time: ticks are off)
+    one_turn(world)
     ticked = [bool(ticks_of(outbox)) for _, outbox in members]
     assert ticked.count(True) == 2
     waiting = [member for member, done in zip(members, ticked) if not done]
@@ -495,7 +497,32 @@ def test_a_tick_to_a_big_system_channel_goes_out_a_slice_a_reactor_turn(monkeypa
 
 
 def ticking(world: World) -> bool:
-    return any(call.func == world.hub._tick_slices for call in world.clock.getDelayedCalls())
+    return any(call.func in (world.hub._tick_slices, world.hub._ride_over) for call in world.clock.getDelayedCalls())
+
+
+def test_a_tick_to_a_big_system_channel_rides_on_each_sockets_next_lone_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tangram's browsers: each on system and its own streaming channel, whose next message carries the tick."""
+    monkeypatch.setattr(hub, "TICK_SLICE", 2)
+    world = World(datetime_interval=2.0)  # rides a quarter of that: TICK_RIDE
+    members = system_members(world, 4)
+    ridden, _ = members[0]
+    push(ridden, "streaming-r", "phx_join", {"token": world.token("streaming-r", "c0")}, join_ref="3", ref="3")
+    left, left_outbox = members[1]
+    push(left, "system", "phx_leave", {}, ref="9")
+    world.settle()
+    for _, outbox in members:
+        outbox.take()
+    world.hub._tick()
+    world.clock.advance(hub.TICK_RIDE - 0.01)
+    world.hub.deliver([("streaming-r", "state", b'{"n":1}')])
+    ridden_outbox = members[0][1]
+    assert [frame[3] for frame in ridden_outbox.take()] == ["datetime", "state"]  # one write: the tick first
+    assert [ticks_of(outbox) for _, outbox in members[1:]] == [[], [], []]
+    world.clock.advance(0.01)  # the ride is over: the others get it alone, but the one that left
+    assert [bool(ticks_of(outbox)) for _, outbox in members] == [False, False, True, True]
+    world.hub.deliver([("streaming-r", "state", b'{"n":2}')])
+    assert [frame[3] for frame in ridden_outbox.take()] == ["state"]  # once
+    assert not ticking(world)
 
 
 def test_a_tick_while_the_last_is_still_going_out_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -503,13 +530,16 @@ def test_a_tick_while_the_last_is_still_going_out_is_skipped(monkeypatch: pytest
     world = World()
     members = system_members(world, 3)
     world.hub._tick()
+    world.hub._tick()  # riding: skipped
+    one_turn(world)  # the first slice
     world.hub._tick()  # one member has not had the first: skipped
     one_turn(world)
     world.hub._tick()
-    one_turn(world)
+    for _ in range(2):
+        one_turn(world)
     counters = sorted(ticks_of(outbox) for _, outbox in members)
     first = counters[0][0]
-    assert counters == [[first, first + 2]] * 3
+    assert counters == [[first, first + 3]] * 3
 
 
 def test_stopping_the_hub_drops_the_rest_of_a_tick(monkeypatch: pytest.MonkeyPatch) -> None:
