@@ -77,7 +77,7 @@ class Config:
     max_receive_rate: int = 1024 * 1024
     redis_timeout: float = 5.0
     redis_wait_replicas: int = 0
-    redis_read_delay: float = 0.002
+    redis_read_delay: float = 0.001
     max_pushes_in_flight: int = 100
     max_push_bytes_in_flight: int = 4 * 1024 * 1024
     max_redis_commands_in_flight: int = 10_000

@@ -168,7 +168,7 @@ def test_a_wrong_value_is_an_error_naming_the_key(tmp_path: Path, source: dict, 
         configuration.load(path, source.get("env", {}), source.get("cli", {}))
 
 
-@pytest.mark.parametrize(("key", "default"), [("write_delay", 0.003), ("redis_read_delay", 0.002)])
+@pytest.mark.parametrize(("key", "default"), [("write_delay", 0.003), ("redis_read_delay", 0.001)])
 def test_a_delay_may_be_zero_or_up_to_a_second(tmp_path: Path, key: str, default: float) -> None:
     assert getattr(configuration.load(None, {}, {})[0], key) == default
     assert getattr(configuration.load(None, {f"TANGRAM_CHANNEL_{key.upper()}": "0"}, {})[0], key) == 0.0
