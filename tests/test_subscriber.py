@@ -124,13 +124,19 @@ def test_a_new_connection_is_paused_while_the_queue_is_still_full() -> None:
     assert fresh.producerState == "producing"
 
 
-def test_messages_no_topic_here_watches_are_dropped_as_read_and_take_no_room() -> None:
-    """Under ``to:*`` a worker reads every topic's messages; only its own are queued, as ``(topic, event, payload)``."""
-    clock = Clock()
+def bridge_under_to_all(clock: Clock) -> tuple[RedisBridge, list[list[tuple[str, str, bytes]]]]:
+    """A bridge subscribed to ``to:*`` (as past WATCH_ALL_ABOVE topics), and the slices it hands on."""
     bridge = RedisBridge(clock, RedisURL("redis://127.0.0.1:1"), timeout=5)
     handed: list[list[tuple[str, str, bytes]]] = []
     bridge.deliver_to(lambda messages: handed.append(messages) or len(messages), lambda: None)
-    bridge._all_confirmed = True  # subscribed to to:* (as past WATCH_ALL_ABOVE topics)
+    bridge._all_confirmed = True
+    return bridge, handed
+
+
+def test_messages_no_topic_here_watches_are_dropped_as_read_and_take_no_room() -> None:
+    """Under ``to:*`` a worker reads every topic's messages; only its own are queued, as ``(topic, event, payload)``."""
+    clock = Clock()
+    bridge, handed = bridge_under_to_all(clock)
     for topic in ("mine", "a:b"):
         bridge._watched[topic] = _Watch(topic_pattern(topic))
     bridge._received(
@@ -155,10 +161,7 @@ def test_messages_no_topic_here_watches_are_dropped_as_read_and_take_no_room() -
 
 def test_a_channels_route_is_remembered_within_a_cap_until_a_topic_is_first_watched_or_last_unwatched() -> None:
     clock = Clock()
-    bridge = RedisBridge(clock, RedisURL("redis://127.0.0.1:1"), timeout=5)
-    handed: list[list[tuple[str, str, bytes]]] = []
-    bridge.deliver_to(lambda messages: handed.append(messages) or len(messages), lambda: None)
-    bridge._all_confirmed = True
+    bridge, handed = bridge_under_to_all(clock)
 
     def read(channel: bytes = b"to:room:tick") -> None:
         bridge._received([[b"pmessage", ALL_TOPICS_PATTERN, channel, b"{}"]])
@@ -181,10 +184,7 @@ def test_a_channels_route_is_remembered_within_a_cap_until_a_topic_is_first_watc
 def test_a_read_larger_than_a_slice_is_handed_on_a_slice_a_turn() -> None:
     """The messages of one read are queued in chunks of a slice: a 4 MiB read is not handed on in one turn."""
     clock = Clock()
-    bridge = RedisBridge(clock, RedisURL("redis://127.0.0.1:1"), timeout=5)
-    handed: list[list[tuple[str, str, bytes]]] = []
-    bridge.deliver_to(lambda messages: handed.append(messages) or len(messages), lambda: None)
-    bridge._all_confirmed = True
+    bridge, handed = bridge_under_to_all(clock)
     bridge._watched["mine"] = _Watch(topic_pattern("mine"))
     message = b'{"pad":"%s"}' % (b"x" * 990)  # 1,000 bytes
     slice_bytes = bridge._pending.slice_bytes
