@@ -59,10 +59,7 @@ class Coalescer:
         without ``arrived``: nothing is held, and the channel is not busy. If so, its
         arrival is recorded, as ``arrived`` would; if not, nothing changes.
         """
-        if self._held is not None:
-            return False
-        previous = self._last_arrival.get(topic)
-        if previous is not None and now - previous < self._delay:  # ``_busy``, without the call: per message
+        if self._held is not None or self._busy(self._last_arrival.get(topic), now):
             return False
         self._last_arrival[topic] = now
         return True

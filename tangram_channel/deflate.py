@@ -64,10 +64,7 @@ def server_frame(payload: bytes, is_binary: bool, compressed: bool = False) -> b
 
 def text_frame_around(head: bytes, payload: bytes, tail: bytes) -> bytes:
     """``server_frame`` of a text message in three parts, each copied once (``frames.splice_parts``)."""
-    size = len(head) + len(payload) + len(tail)
-    # the usual size (Tangram's state, W5's 2 KB) without another call: this is per message
-    header = _SHORT_SIZE(0x81, 126, size) if 126 <= size < 65536 else frame_header(size, False)
-    return b"".join((header, head, payload, tail))
+    return b"".join((frame_header(len(head) + len(payload) + len(tail), False), head, payload, tail))
 
 
 _SHORT_SIZE = struct.Struct("!BBH").pack
