@@ -392,7 +392,7 @@ class Hub:
         a socket that is written a message of a channel it has alone meanwhile gets the
         tick in the same write (``_behind_tick``). Each Tangram browser has its own
         streaming channel besides ``system``, so a busy one gets its tick for no write of
-        its own: W5 spent 10-15 % of its CPU on the ticks' writes. The datetime it tells
+        its own (W5 with ticks off: 18.5 against 21.7 us per delivery). The datetime it tells
         is when it was made.
 
         Then it goes to the rest ``TICK_SLICE`` sockets a reactor turn: each write costs
