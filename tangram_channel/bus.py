@@ -636,8 +636,8 @@ class RedisBridge(MultiService):
         transport = conn.transport
         while isinstance(transport, ProtocolWrapper):  # TLS: its socket reads for it
             transport = transport.transport
-        read_into_kept_buffer(transport, SUBSCRIBER_READ_SIZE)
-        self._pending.attach(transport)
+        reader = read_into_kept_buffer(transport, SUBSCRIBER_READ_SIZE)
+        self._pending.attach(transport, reader.read_now)
         self._subscriber = conn
         conn.whenDisconnected().addCallback(self._lost, "_subscriber")
         self._all_asked = self._all_confirmed = False

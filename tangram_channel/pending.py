@@ -20,6 +20,8 @@ system call) costs about as much as delivering a message to one member, and a bu
 stream of messages for one member each (Tangram's ``streaming-<id>``) arrives a few at a
 time: resting lets a read gather many. A stream that is quiet is read at once, and so is
 one whose reads each fan out to many sockets: their wake-ups are paid for already.
+When a rest ends the socket is read from its timer (``read_now``, where the reader gives
+one) and watched again only if nothing had come: a busy stream stays out of epoll.
 """
 
 from __future__ import annotations
@@ -67,12 +69,17 @@ class PendingMessages(Generic[T]):
         self._call: Any = None
         self._call_for_read = False  # whether ``_call`` was set up by this read's first message
         self._producer: IPushProducer | None = None
+        self._read_now: Callable[[], bool] | None = None
         self.bytes = 0
         self.paused = False
 
-    def attach(self, producer: IPushProducer) -> None:
-        """Read from ``producer`` now (a new connection); paused at once while the queue is full."""
+    def attach(self, producer: IPushProducer, read_now: Callable[[], bool] | None = None) -> None:
+        """
+        Read from ``producer`` now (a new connection); paused at once while the queue is full.
+        ``read_now`` reads it while paused, True if anything had come (see ``_rested``).
+        """
         self._producer = producer
+        self._read_now = read_now
         self._end_rest()
         if self.paused:
             producer.pauseProducing()
@@ -164,5 +171,10 @@ class PendingMessages(Generic[T]):
     def _rested(self) -> None:
         self._rest = None
         self._last_read = self._clock.seconds()  # busy still if data is waiting now: another rest after it
-        if not self.paused and self._producer is not None:
-            self._producer.resumeProducing()
+        if self.paused or self._producer is None:
+            return
+        # what came during the rest is read now, and ``read_over`` may rest again: then
+        # the socket stays paused, out of the reactor's watch
+        if self._read_now is not None and self._read_now() and (self._rest is not None or self.paused):
+            return
+        self._producer.resumeProducing()

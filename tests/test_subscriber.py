@@ -19,7 +19,8 @@ from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
-from twisted.internet import main, tcp
+from twisted.internet import main, reactor, tcp
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -318,6 +319,104 @@ def test_the_subscriber_socket_reads_into_one_kept_buffer() -> None:
     theirs.close()
     assert transport.doRead() is main.CONNECTION_DONE
     ours.close()
+
+
+def test_a_socket_out_of_the_reactors_watch_is_read_now_as_the_reactor_would() -> None:
+    """
+    ``read_now`` after a rest: what came is read (True), nothing there says watch it again
+    (False), and the peer's end disconnects it as the reactor's own read would.
+    """
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    received: list[bytes] = []
+    lost: list[object] = []
+    receiver = Protocol()
+    receiver.dataReceived = received.append  # type: ignore[method-assign]
+    receiver.connectionLost = lost.append  # type: ignore[method-assign]
+    transport = tcp.Connection(ours, receiver, reactor=reactor)
+    transport.connected = 1
+    reader = read_into_kept_buffer(transport, 64 * 1024)
+    assert reader.read_now() is False and received == []
+    theirs.sendall(b"came while resting")
+    assert reader.read_now() is True and received == [b"came while resting"] and lost == []
+    theirs.close()
+    assert reader.read_now() is True and len(lost) == 1 and lost[0].check(ConnectionDone)  # type: ignore[attr-defined]
+    assert reader.read_now() is False and len(lost) == 1  # disconnected: never read again
+    assert ours.fileno() == -1
+
+
+def test_an_error_in_the_protocol_during_a_read_now_is_logged_and_disconnects() -> None:
+    """As from the reactor's read: a subscriber that failed mid-read is not left paused forever."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    lost: list[object] = []
+    receiver = Protocol()
+
+    def fail(data: bytes) -> None:
+        raise ValueError("parser failed")
+
+    receiver.dataReceived = fail  # type: ignore[method-assign]
+    receiver.connectionLost = lost.append  # type: ignore[method-assign]
+    transport = tcp.Connection(ours, receiver, reactor=reactor)
+    transport.connected = 1
+    reader = read_into_kept_buffer(transport, 64 * 1024)
+    theirs.sendall(b"x")
+    with captured_log() as lines:
+        assert reader.read_now() is True
+    assert any("reading the Redis subscriber" in line and "parser failed" in line for line in lines)
+    assert len(lost) == 1 and lost[0].check(ValueError)  # type: ignore[attr-defined]
+    theirs.close()
+
+
+def reading_queue(
+    found: list[bool],
+) -> tuple[PendingMessages[str], list[list[str]], Clock, StringTransport, list[int]]:
+    """A resting queue whose reader, at each rest's end, pops whether anything had come (and queues it)."""
+    pending, delivered, clock, transport = resting_queue()
+    reads: list[int] = []
+
+    def read_now() -> bool:
+        reads.append(1)
+        came = found.pop(0)
+        if came:
+            pending.extend(["m"], 10)
+            pending.read_over()
+        return came
+
+    pending.attach(transport, read_now)
+    return pending, delivered, clock, transport, reads
+
+
+def test_a_busy_stream_is_read_from_the_rests_timer_and_stays_out_of_the_reactors_watch() -> None:
+    """What came during a rest is read when it ends, and the socket rests again without being watched."""
+    pending, delivered, clock, transport, reads = reading_queue([True, True, False])
+    pending.read_over()
+    pending.extend(["m"], 10)
+    pending.read_over()
+    assert transport.producerState == "paused"
+    clock.advance(0.002)
+    assert len(reads) == 1 and delivered == [["m"], ["m"]] and transport.producerState == "paused"
+    clock.advance(0.002)
+    assert len(reads) == 2 and len(delivered) == 3 and transport.producerState == "paused"
+    clock.advance(0.002)  # nothing had come: watched again, no rest
+    assert len(reads) == 3 and transport.producerState == "producing" and clock.getDelayedCalls() == []
+
+
+def test_a_read_from_the_rests_timer_that_fanned_out_widely_watches_the_socket_again() -> None:
+    pending, delivered, clock, transport, reads = reading_queue([])
+
+    def read_many() -> bool:
+        reads.append(1)
+        pending.extend([str(REST_BELOW)], 10)
+        pending.read_over()
+        return True
+
+    pending.attach(transport, read_many)
+    pending.read_over()
+    pending.read_over()
+    assert transport.producerState == "paused"
+    clock.advance(0.002)
+    assert len(reads) == 1 and transport.producerState == "producing" and clock.getDelayedCalls() == []
 
 
 def queue_with_a_bad_message() -> tuple[PendingMessages[str], list[list[str]], Clock]:
