@@ -33,9 +33,7 @@ class Coalescer:
 
     def arrived(self, topic: str, broadcasts: list[Broadcast]) -> None:
         """Consecutive broadcasts for ``topic``: write them now, or hold a lone busy one."""
-        now = self._clock.seconds()
-        previous = self._last_arrival.get(topic)
-        self._last_arrival[topic] = now
+        busy = self._arrives(topic, self._clock.seconds())
         if self._held is not None:
             held_topic, earlier, timer = self._held
             if held_topic == topic:
@@ -44,25 +42,25 @@ class Coalescer:
                 broadcasts = earlier + broadcasts
             else:
                 self.flush()
-        if len(broadcasts) > 1 or not self._busy(previous, now):
+        if len(broadcasts) > 1 or not busy:
             self._write(topic, broadcasts)
         else:
             self._held = (topic, broadcasts, self._clock.callLater(self._delay, self.flush))
 
-    def _busy(self, previous: float | None, now: float) -> bool:
-        """Whether a channel whose message came at ``previous`` before one now gets them faster than ``delay``."""
+    def _arrives(self, topic: str, now: float) -> bool:
+        """Record a message for ``topic`` arriving ``now``: whether the channel is busy (one came within ``delay``)."""
+        previous = self._last_arrival.get(topic)
+        self._last_arrival[topic] = now
         return previous is not None and now - previous < self._delay
 
     def lets_through(self, topic: str, now: float) -> bool:
         """
         Whether a lone broadcast for ``topic`` arriving ``now`` may be written at once
-        without ``arrived``: nothing is held, and the channel is not busy. If so, its
-        arrival is recorded, as ``arrived`` would; if not, nothing changes.
+        without ``arrived``: nothing is held, and the channel is not busy. Its arrival is
+        recorded unless something is held; one not let through for being busy goes to
+        ``arrived`` next, which finds the channel busy just the same.
         """
-        if self._held is not None or self._busy(self._last_arrival.get(topic), now):
-            return False
-        self._last_arrival[topic] = now
-        return True
+        return self._held is None and not self._arrives(topic, now)
 
     def forget(self, topic: str) -> None:
         """The channel has no members left here: drop what was held for it."""

@@ -83,7 +83,7 @@ class Bus(Protocol):
 class Member:
     """One join of one session to one topic."""
 
-    __slots__ = ("outbox", "topic", "join_ref", "key", "meta", "backlog", "active", "push_parts")
+    __slots__ = ("outbox", "topic", "join_ref", "key", "meta", "backlog", "active", "push_parts", "traffic")
 
     def __init__(self, outbox: Outbox, topic: str, join_ref: str, key: str, meta: dict[str, Any]) -> None:
         self.outbox = outbox
@@ -100,6 +100,8 @@ class Member:
         self.active = True
         # what goes around a payload of the last event pushed to it alone (``Hub._send_alone``)
         self.push_parts: tuple[str, bytes, bytes] | None = None
+        # the topic's counts (``ChannelTraffic.counts``) once something was pushed to it alone
+        self.traffic: list[int] | None = None
 
     @property
     def agent_id(self) -> str:
@@ -266,7 +268,7 @@ class Hub:
 
     def _deliver(self, messages: list[tuple[str, str, bytes]]) -> int:
         run: list[Broadcast] = []
-        deliveries = 0
+        deliveries = lone_frames = lone_bytes = 0  # deliveries, and the frames written alone (counted at the end)
         now = self.clock.seconds()
         last = len(messages) - 1
         alone, all_members = self._alone, self.members
@@ -290,10 +292,13 @@ class Hub:
                 and is_text
                 and not run
                 and (index == last or messages[index + 1][0] != topic)  # else a run: one write for all
-                and self._send_alone(member, topic, event, payload, now)
             ):
-                deliveries += 1
-                continue
+                sent = self._send_alone(member, topic, event, payload, now)
+                if sent:
+                    deliveries += 1
+                    lone_frames += 1
+                    lone_bytes += sent
+                    continue
             try:
                 broadcast = Broadcast(topic, event, payload, is_text)
             except FrameError as e:
@@ -305,21 +310,27 @@ class Hub:
             deliveries += count
         if run:
             self._coalescer.arrived(run[0].topic, run)
+        if lone_frames:
+            tally = self._tally
+            assert tally is not None  # set by ``deliver``
+            tally[0] += lone_frames
+            tally[1] += lone_bytes
         return deliveries
 
-    def _send_alone(self, member: Member, topic: str, event: str, payload: bytes, now: float) -> bool:
+    def _send_alone(self, member: Member, topic: str, event: str, payload: bytes, now: float) -> int:
         """
         Send one text broadcast to the one member of ``topic`` (Tangram's streaming
         channels), framed for its socket without a Broadcast, a Burst or a framing cache,
         when it may go at once: the member is joined, its socket takes it as it is, and the
-        coalescer holds nothing and would not hold this. False: nothing was done, the usual path.
+        coalescer holds nothing and would not hold this. Answers the frame's size in bytes
+        (the tick riding with it counts apart), or 0: nothing was done, the usual path.
 
         What goes around the payload is kept on the member for its last event: a busy
         stream pushes one event, and the member is at hand where a shared cache is not
         (reaching memory is most of this path's cost).
         """
         if member.backlog is not None:
-            return False
+            return 0
         outbox = member.outbox
         parts = member.push_parts
         if parts is None or parts[0] is not event:  # the same event is the same object: see bus.RedisBridge._route
@@ -329,12 +340,13 @@ class Hub:
                 member.push_parts = parts
         frame = outbox.lone_text_frame(parts[1], payload, parts[2])
         if frame is None or not self._coalescer.lets_through(topic, now):
-            return False
-        if self._tick_riders:
-            frame = self._behind_tick(outbox, frame)
-        self.fanout.send_frame(outbox, frame)
-        self._count_sent(topic, 1, len(frame))
-        return True
+            return 0
+        counts = member.traffic
+        if counts is None:
+            counts = member.traffic = self.traffic.counts(topic)
+        counts[1] += 1
+        self.fanout.send_frame(outbox, self._behind_tick(outbox, frame) if self._tick_riders else frame)
+        return len(frame)
 
     def _write(self, topic: str, broadcasts: list[Broadcast]) -> None:
         """Send to every member of ``topic``, counting every frame (by the size of the first framing)."""

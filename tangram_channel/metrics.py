@@ -169,10 +169,17 @@ class ChannelTraffic:
         self._counts.setdefault(topic, [0, 0])[0] += 1
 
     def sent(self, topic: str, deliveries: int) -> None:
-        counts = self._counts.get(topic)  # not setdefault: its new list, made each message, is the cost
+        self.counts(topic)[1] += deliveries
+
+    def counts(self, topic: str) -> list[int]:
+        """
+        ``[messages in, messages out]`` of ``topic``, counted in place: a member alone in its
+        channel keeps the list (``hub.Member.traffic``) rather than have it looked up per message.
+        """
+        counts = self._counts.get(topic)  # not setdefault: its new list, made each call, is the cost
         if counts is None:
             counts = self._counts[topic] = [0, 0]
-        counts[1] += deliveries
+        return counts
 
     def forget(self, topic: str) -> None:
         self._counts.pop(topic, None)

@@ -514,9 +514,15 @@ def test_a_tick_to_a_big_system_channel_rides_on_each_sockets_next_lone_write(mo
         outbox.take()
     world.hub._tick()
     world.clock.advance(hub.TICK_RIDE - 0.01)
+    frames_before, bytes_before = sent_frames(world), sent_bytes(world)
     world.hub.deliver([("streaming-r", "state", b'{"n":1}')])
     ridden_outbox = members[0][1]
-    assert [frame[3] for frame in ridden_outbox.take()] == ["datetime", "state"]  # one write: the tick first
+    [tick, state] = ridden_outbox.take()
+    assert (tick[3], state[3]) == ("datetime", "state")  # one write: the tick first
+    assert sent_frames(world) == frames_before + 2  # each frame counted once, by its own size
+    assert sent_bytes(world) == bytes_before + len(json.dumps(tick, separators=(",", ":"))) + len(
+        b'[null,null,"streaming-r","state",{"n":1}]'
+    )
     assert [ticks_of(outbox) for _, outbox in members[1:]] == [[], [], []]
     world.clock.advance(0.01)  # the ride is over: the others get it alone, but the one that left
     assert [bool(ticks_of(outbox)) for _, outbox in members] == [False, False, True, True]
@@ -592,14 +598,22 @@ def sent_frames(world: World) -> float:
     return world.hub.metrics.registry.get_sample_value("tangram_channel_messages_sent_total") or 0.0
 
 
+def sent_bytes(world: World) -> float:
+    return world.hub.metrics.registry.get_sample_value("tangram_channel_bytes_sent_total") or 0.0
+
+
 def test_a_lone_members_json_message_is_framed_for_its_socket_alone_and_counted(world: World) -> None:
     _, outbox = joined(world)
-    before = sent_frames(world)
+    before, bytes_before = sent_frames(world), sent_bytes(world)
     world.hub.deliver([("room", "tick", b'{"n":1}'), ("other", "tick", b"{}")])
     assert outbox.bursts == []  # no Burst: ``lone_text_frame``
     assert outbox.take() == [[None, None, "room", "tick", {"n": 1}]]
     assert sent_frames(world) == before + 1
+    assert sent_bytes(world) == bytes_before + len(b'[null,null,"room","tick",{"n":1}]')
     assert world.hub.traffic.of("room")[1] == 1
+    world.clock.advance(1)
+    world.hub.deliver([("room", "tick", b'{"n":2}')])
+    assert world.hub.traffic.of("room")[1] == 2 and sent_frames(world) == before + 2
 
 
 def test_a_lone_members_other_messages_take_the_usual_path(world: World) -> None:
