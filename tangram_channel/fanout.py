@@ -37,11 +37,11 @@ class Outbox(Protocol):
         """Frame, count and write ``burst`` the usual way."""
 
 
-class DirectOutbox(Outbox, Protocol):
-    """A socket that may also be written to straight, for the fast path."""
-
-    def framed(self, burst: Burst) -> bytes | None:
-        """``burst`` framed for this socket and counted, or None if nothing may be sent now."""
+class DirectWriter(Protocol):
+    """
+    A socket's fast write path, in an object of its own: the path reads little of the
+    socket, and that little is kept together (``protocol.DirectWriter`` says why).
+    """
 
     def lone_text_frame(self, head: bytes, payload: bytes, tail: bytes) -> bytes | None:
         """
@@ -60,6 +60,17 @@ class DirectOutbox(Outbox, Protocol):
         """After a direct write took ``sent`` bytes (None: unknown), queue or drop what must be."""
 
 
+class DirectOutbox(Outbox, Protocol):
+    """A socket that may also be written to straight, for the fast path."""
+
+    @property
+    def direct(self) -> DirectWriter:
+        """Its fast write path."""
+
+    def framed(self, burst: Burst) -> bytes | None:
+        """``burst`` framed for this socket and counted, or None if nothing may be sent now."""
+
+
 def send_to_each(outboxes: Iterable[Outbox], burst: Burst) -> None:
     for outbox in outboxes:
         outbox.send_burst(burst)
@@ -72,7 +83,7 @@ class Fanout(Service):
         self.batched = batched
         self.sender: SendMany | None = None
         # lone writes waiting for ``flush``: their sockets, descriptors (as keys, each once) and bytes
-        self._held: list[DirectOutbox] | None = None
+        self._held: list[DirectWriter] | None = None
         self._held_fds: dict[int, None] = {}
         self._held_data: list[bytes] = []
 
@@ -109,23 +120,23 @@ class Fanout(Service):
             return
         taken = sender.send_each(list(fds), datas)
         if taken is not None:  # None: all of each (``SendMany.send``)
-            for outbox, data, sent in zip(held, datas, taken):
+            for writer, data, sent in zip(held, datas, taken):
                 if sent != len(data):
-                    outbox.wrote_directly(data, sent)
+                    writer.wrote_directly(data, sent)
         self._check_sender(sender)
 
-    def _hold(self, outbox: DirectOutbox, data: bytes) -> None:
-        fd = outbox.direct_fd()
+    def _hold(self, writer: DirectWriter, data: bytes) -> None:
+        fd = writer.direct_fd()
         if fd is None:  # something queued: behind it, the usual way
-            outbox.write_now(data)
+            writer.write_now(data)
             return
         if fd in self._held_fds:  # its earlier frame must go first
             self._write_held()
         if self._held is None:  # that broke the AIO context
-            outbox.write_now(data)
+            writer.write_now(data)
             return
         self._held_fds[fd] = None
-        self._held.append(outbox)
+        self._held.append(writer)
         self._held_data.append(data)
 
     def _check_sender(self, sender: SendMany) -> None:
@@ -139,16 +150,16 @@ class Fanout(Service):
         if self._held is not None:
             data = outbox.framed(burst)
             if data is not None:
-                self._hold(outbox, data)
+                self._hold(outbox.direct, data)
         else:  # one socket: one plain send is the cheaper call
             outbox.send_burst(burst)
 
-    def send_frame(self, outbox: DirectOutbox, data: bytes) -> None:
-        """Write ``data``, framed and counted for ``outbox`` already, as ``send_one`` would."""
+    def send_frame(self, writer: DirectWriter, data: bytes) -> None:
+        """Write ``data``, framed and counted for ``writer``'s socket already, as ``send_one`` would."""
         if self._held is not None:
-            self._hold(outbox, data)
+            self._hold(writer, data)
         else:
-            outbox.write_now(data)
+            writer.write_now(data)
 
     def send(self, outboxes: list[DirectOutbox], burst: Burst) -> None:
         """Write ``burst`` to every socket in ``outboxes``."""
@@ -161,19 +172,20 @@ class Fanout(Service):
         if sender is None:
             send_to_each(outboxes, burst)
             return
-        direct: dict[str, tuple[list[DirectOutbox], list[int]]] = {}
+        direct: dict[str, tuple[list[DirectWriter], list[int]]] = {}
         for outbox in outboxes:
             data = outbox.framed(burst)
             if data is None:
                 continue
-            fd = outbox.direct_fd()
+            writer = outbox.direct
+            fd = writer.direct_fd()
             if fd is None:
-                outbox.write_now(data)
+                writer.write_now(data)
                 continue
             same_bytes = direct.get(outbox.framing)
             if same_bytes is None:
                 same_bytes = direct[outbox.framing] = ([], [])
-            same_bytes[0].append(outbox)
+            same_bytes[0].append(writer)
             same_bytes[1].append(fd)
         for framing, (group, fds) in direct.items():
             data = burst.prepared[framing]
@@ -184,7 +196,7 @@ class Fanout(Service):
             if taken is None:  # all of it, to each
                 continue
             size = len(data)
-            for outbox, sent in zip(group, taken):
+            for writer, sent in zip(group, taken):
                 if sent != size:
-                    outbox.wrote_directly(data, sent)
+                    writer.wrote_directly(data, sent)
         self._check_sender(sender)

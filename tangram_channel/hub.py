@@ -83,10 +83,11 @@ class Bus(Protocol):
 class Member:
     """One join of one session to one topic."""
 
-    __slots__ = ("outbox", "topic", "join_ref", "key", "meta", "backlog", "active", "push_parts", "traffic")
+    __slots__ = ("outbox", "direct", "topic", "join_ref", "key", "meta", "backlog", "active", "push_parts", "traffic")
 
     def __init__(self, outbox: Outbox, topic: str, join_ref: str, key: str, meta: dict[str, Any]) -> None:
         self.outbox = outbox
+        self.direct = outbox.direct  # its socket's fast write path, at hand for a lone push
         self.topic = topic
         self.join_ref = join_ref
         self.key = key
@@ -338,14 +339,15 @@ class Hub:
             parts = (event, head, tail)
             if len(topic) + len(event) <= PUSH_PARTS_NAME_LIMIT:
                 member.push_parts = parts
-        frame = outbox.lone_text_frame(parts[1], payload, parts[2])
+        direct = member.direct
+        frame = direct.lone_text_frame(parts[1], payload, parts[2])
         if frame is None or not self._coalescer.lets_through(topic, now):
             return 0
         counts = member.traffic
         if counts is None:
             counts = member.traffic = self.traffic.counts(topic)
         counts[1] += 1
-        self.fanout.send_frame(outbox, self._behind_tick(outbox, frame) if self._tick_riders else frame)
+        self.fanout.send_frame(direct, self._behind_tick(outbox, frame) if self._tick_riders else frame)
         return len(frame)
 
     def _write(self, topic: str, broadcasts: list[Broadcast]) -> None:

@@ -205,6 +205,11 @@ class LongPollConnection:
         self.send_burst(burst)
         return None
 
+    @property
+    def direct(self) -> LongPollConnection:
+        """Its own fast write path, which writes nothing straight: see ``lone_text_frame``."""
+        return self
+
     def lone_text_frame(self, head: bytes, payload: bytes, tail: bytes) -> bytes | None:
         return None  # polls are answered with batches of frames, not written straight
 

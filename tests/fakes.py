@@ -179,6 +179,10 @@ class FakeOutbox:
         for broadcast in burst.broadcasts:
             self.send_frame(broadcast.frame(self.vsn), not broadcast.is_text)
 
+    @property
+    def direct(self) -> FakeOutbox:
+        return self
+
     def lone_text_frame(self, head: bytes, payload: bytes, tail: bytes) -> bytes | None:
         """The Phoenix frame alone: this socket's "WebSocket" is ``frames``."""
         return head + payload + tail

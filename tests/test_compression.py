@@ -138,7 +138,7 @@ def test_compressing_members_share_one_compressed_framing_of_a_broadcast(world: 
 def test_a_lone_compressing_member_gets_its_channels_message_compressed(world: World) -> None:
     alice = compressing(world, extensions=CHROME_OFFER)
     alice.join("room", token=world.token("room"))
-    assert alice.protocol.lone_text_frame(*splice_parts(None, "room", "state", b"{}", V2)) is None  # compressed by its Burst
+    assert alice.protocol.direct.lone_text_frame(*splice_parts(None, "room", "state", b"{}", V2)) is None  # compressed by its Burst
     payload = state_payload()
     world.hub.deliver([("room", "state", payload)])
     data = alice.transport.value()

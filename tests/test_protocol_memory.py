@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from tangram_channel.deflate import server_frame
 from tangram_channel.frames import V1, V2, Broadcast, Burst, splice_parts
-from tangram_channel.protocol import CLOSE_IDLE, CLOSE_POLICY, STALLED_BY, PhoenixFactory, PhoenixProtocol
+from tangram_channel.protocol import CLOSE_IDLE, CLOSE_POLICY, STALLED_BY, DirectWriter, PhoenixFactory, PhoenixProtocol
 
 from .fakes import World, offered, rejected_frames, reply
 
@@ -175,7 +175,9 @@ def test_autobahn_settings_are_held_once_per_factory_not_once_per_socket(world: 
 
 
 @pytest.mark.parametrize("room", [0, 60_000], ids=["none-taken", "some-taken"])
-def test_a_large_frame_written_behind_its_header_queues_what_the_socket_did_not_take(world: World, room: int) -> None:
+def test_a_large_frame_written_behind_its_header_queues_what_the_socket_did_not_take(
+    world: World, room: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """
     A presence_state goes out as header and payload in one ``writev``, uncopied; what the
     socket does not take (cut in the header or in the payload) is queued, in order.
@@ -198,7 +200,7 @@ def test_a_large_frame_written_behind_its_header_queues_what_the_socket_did_not_
                 drained += len(reader.recv(min(4096, room - drained)))
             except BlockingIOError:  # held less than ``room``: all of it is free
                 break
-        client.protocol.direct_fd = writer.fileno  # type: ignore[method-assign]
+        monkeypatch.setattr(DirectWriter, "direct_fd", lambda self: writer.fileno())
         payload = b'["1",null,"room","presence_state",{"k":"' + b"x" * 200_000 + b'"}]'
         client.protocol.send_frame(payload, False)
         queued = client.transport.value()
@@ -328,10 +330,10 @@ def test_a_frame_for_a_lone_member_is_the_bytes_its_burst_would_be(world: World,
     payload = b'{"aircraft":[{"icao24":"39c4a1"}]}'
     burst = Burst([Broadcast("streaming-c1", "new-data", payload, True)])
     head, _, tail = splice_parts(None, "streaming-c1", "new-data", b"", vsn)
-    frame = client.protocol.lone_text_frame(head, payload, tail)
+    frame = client.protocol.direct.lone_text_frame(head, payload, tail)
     assert frame is not None and frame == client.protocol.framed(burst)
     client.protocol.pauseProducing()  # bytes now count toward the budget: the usual path does that
-    assert client.protocol.lone_text_frame(head, payload, tail) is None
+    assert client.protocol.direct.lone_text_frame(head, payload, tail) is None
 
 
 def test_a_message_over_the_limit_closes_with_1009(world: World) -> None:

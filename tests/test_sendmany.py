@@ -182,6 +182,10 @@ class LoneSocket:
         self.sock = sock
         self.plain_writes = 0
 
+    @property
+    def direct(self) -> LoneSocket:
+        return self
+
     def framed(self, burst: Burst) -> bytes:
         return burst.prepared.setdefault(self.vsn, b"".join(b.payload for b in burst.broadcasts))
 

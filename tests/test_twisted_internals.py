@@ -21,7 +21,7 @@ from .waiting import eventually
 
 
 def queue_is_empty(transport: tcp.Connection) -> bool:
-    """protocol.PhoenixProtocol.direct_fd's test for "nothing queued before the next frame"."""
+    """protocol.DirectWriter.direct_fd's test for "nothing queued before the next frame"."""
     return not transport._tempDataLen and transport.offset == len(transport.dataBuffer)
 
 

@@ -19,6 +19,7 @@ import treq
 from twisted.internet import threads
 
 from tangram_channel import frames
+from tangram_channel.protocol import DirectWriter
 
 from .conftest import RedisServer, free_port
 from .e2e import RedisListener, RedisMonitor, captured_log, forge_token
@@ -619,7 +620,9 @@ async def test_redis_url_unix_socket(start_service, redis_binary, tmp_path):
         server.kill()
 
 
-async def members_with_counted_writes(service, topic: str, count: int) -> tuple[list[PhoenixTestClient], list[bytes]]:
+async def members_with_counted_writes(
+    service, topic: str, count: int, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[PhoenixTestClient], list[bytes]]:
     """
     ``count`` clients joined to ``topic``, and the list that every write of a broadcast
     to a socket appends to: one per socket of each ``io_submit``, and each direct send.
@@ -630,20 +633,26 @@ async def members_with_counted_writes(service, topic: str, count: int) -> tuple[
     if sender is not None:  # else (batched_writes off) every write is a write_now
         send = sender.send
         sender.send = lambda fds, data: (writes.extend([data] * len(fds)), send(fds, data))[1]
-    for proto in service.channel.factory.sockets:
-        original = proto.write_now
-        proto.write_now = lambda frame, original=original: (writes.append(frame), original(frame))
+    writers = {proto.direct for proto in service.channel.factory.sockets}
+    write_now = DirectWriter.write_now
+
+    def counted(writer: DirectWriter, frame: bytes, tail: bytes = b"") -> None:
+        if writer in writers:
+            writes.append(frame)
+        write_now(writer, frame, tail)
+
+    monkeypatch.setattr(DirectWriter, "write_now", counted)
     return clients, writes
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_burst_from_redis_reaches_every_member_in_order_in_few_writes(start_service, flushed_redis):
+async def test_a_burst_from_redis_reaches_every_member_in_order_in_few_writes(start_service, flushed_redis, monkeypatch):
     """
     Messages that arrive in one read of the subscriber (a pipelined burst) are written to
     each member together: each member still gets all of them, in Redis's order.
     """
     service = await start_service(datetime_interval=0)
-    clients, writes = await members_with_counted_writes(service, "burst", 3)
+    clients, writes = await members_with_counted_writes(service, "burst", 3, monkeypatch)
     pipe = flushed_redis.client().pipeline(transaction=False)
     for n in range(200):
         pipe.publish("to:burst:n", json.dumps({"n": n}))
@@ -707,14 +716,14 @@ async def test_linux_aio_failing_in_use_drops_only_the_sockets_it_may_have_writt
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_busy_channel_pairs_messages_into_fewer_writes_in_order(start_service, flushed_redis):
+async def test_a_busy_channel_pairs_messages_into_fewer_writes_in_order(start_service, flushed_redis, monkeypatch):
     """
     A plugin publishing every millisecond, each message in its own read: with the
     default write_delay (3 ms) lone messages wait for the next, so the members get
     everything, in order, in fewer writes than messages.
     """
     service = await start_service(datetime_interval=0)
-    clients, writes = await members_with_counted_writes(service, "busy", 2)
+    clients, writes = await members_with_counted_writes(service, "busy", 2, monkeypatch)
     # another process, so that the publishing pace does not depend on this reactor
     publisher = (
         "import sys, time, redis\n"
