@@ -16,6 +16,7 @@ several): a message for any other channel first releases what is held.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -28,12 +29,13 @@ class Coalescer:
         self._clock = clock
         self._delay = delay
         self._write = write
-        self._last_arrival: dict[str, float] = {}
+        # each channel's last message's arrival, in a list of one to read and set in place
+        self._last_arrival: dict[str, list[float]] = {}
         self._held: tuple[str, list[Broadcast], IDelayedCall] | None = None
 
     def arrived(self, topic: str, broadcasts: list[Broadcast]) -> None:
         """Consecutive broadcasts for ``topic``: write them now, or hold a lone busy one."""
-        busy = self._arrives(topic, self._clock.seconds())
+        busy = self._arrives(self.arrival(topic), self._clock.seconds())
         if self._held is not None:
             held_topic, earlier, timer = self._held
             if held_topic == topic:
@@ -47,20 +49,31 @@ class Coalescer:
         else:
             self._held = (topic, broadcasts, self._clock.callLater(self._delay, self.flush))
 
-    def _arrives(self, topic: str, now: float) -> bool:
-        """Record a message for ``topic`` arriving ``now``: whether the channel is busy (one came within ``delay``)."""
-        previous = self._last_arrival.get(topic)
-        self._last_arrival[topic] = now
-        return previous is not None and now - previous < self._delay
+    def arrival(self, topic: str) -> list[float]:
+        """
+        When ``topic``'s last message came, in a list of one, kept until ``forget``: a
+        member alone in its channel keeps it (``hub.Member.lone_push``) rather than have
+        it looked up for each message.
+        """
+        arrival = self._last_arrival.get(topic)
+        if arrival is None:
+            arrival = self._last_arrival[topic] = [-math.inf]
+        return arrival
 
-    def lets_through(self, topic: str, now: float) -> bool:
+    def _arrives(self, arrival: list[float], now: float) -> bool:
+        """Record a channel's message (its ``arrival``) coming ``now``: whether the channel is busy (one came within ``delay``)."""
+        previous = arrival[0]
+        arrival[0] = now
+        return now - previous < self._delay
+
+    def lets_through(self, arrival: list[float], now: float) -> bool:
         """
-        Whether a lone broadcast for ``topic`` arriving ``now`` may be written at once
-        without ``arrived``: nothing is held, and the channel is not busy. Its arrival is
-        recorded unless something is held; one not let through for being busy goes to
-        ``arrived`` next, which finds the channel busy just the same.
+        Whether a lone broadcast for the channel of ``arrival`` coming ``now`` may be
+        written at once without ``arrived``: nothing is held, and the channel is not busy.
+        Its arrival is recorded unless something is held; one not let through for being
+        busy goes to ``arrived`` next, which finds the channel busy just the same.
         """
-        return self._held is None and not self._arrives(topic, now)
+        return self._held is None and not self._arrives(arrival, now)
 
     def forget(self, topic: str) -> None:
         """The channel has no members left here: drop what was held for it."""

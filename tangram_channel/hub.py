@@ -83,7 +83,7 @@ class Bus(Protocol):
 class Member:
     """One join of one session to one topic."""
 
-    __slots__ = ("outbox", "direct", "topic", "join_ref", "key", "meta", "backlog", "active", "push_parts", "traffic")
+    __slots__ = ("outbox", "direct", "topic", "join_ref", "key", "meta", "backlog", "active", "lone_push")
 
     def __init__(self, outbox: Outbox, topic: str, join_ref: str, key: str, meta: dict[str, Any]) -> None:
         self.outbox = outbox
@@ -99,10 +99,9 @@ class Member:
         # until the session drops it (a leave, a rejoin, a disconnect), maybe while Redis
         # is still confirming the join
         self.active = True
-        # what goes around a payload of the last event pushed to it alone (``Hub._send_alone``)
-        self.push_parts: tuple[str, bytes, bytes] | None = None
-        # the topic's counts (``ChannelTraffic.counts``) once something was pushed to it alone
-        self.traffic: list[int] | None = None
+        # for the last event pushed to it alone (``Hub._send_alone``): the event, what goes
+        # around a payload, and the topic's traffic counts and last arrival, kept in place
+        self.lone_push: tuple[str, bytes, bytes, list[int], list[float]] | None = None
 
     @property
     def agent_id(self) -> str:
@@ -326,26 +325,25 @@ class Hub:
         coalescer holds nothing and would not hold this. Answers the frame's size in bytes
         (the tick riding with it counts apart), or 0: nothing was done, the usual path.
 
-        What goes around the payload is kept on the member for its last event: a busy
-        stream pushes one event, and the member is at hand where a shared cache is not
-        (reaching memory is most of this path's cost).
+        What goes around the payload, and where the topic's counts and last arrival are,
+        is kept on the member for its last event: a busy stream pushes one event, and the
+        member is at hand where a lookup by topic is not (reaching memory is most of this
+        path's cost).
         """
         if member.backlog is not None:
             return 0
         outbox = member.outbox
-        parts = member.push_parts
-        if parts is None or parts[0] is not event:  # the same event is the same object: see bus.RedisBridge._route
+        lone = member.lone_push
+        if lone is None or lone[0] is not event:  # the same event is the same object: see bus.RedisBridge._route
             head, _, tail = frames.splice_parts(None, topic, event, b"", outbox.vsn)
-            parts = (event, head, tail)
+            lone = (event, head, tail, self.traffic.counts(topic), self._coalescer.arrival(topic))
             if len(topic) + len(event) <= PUSH_PARTS_NAME_LIMIT:
-                member.push_parts = parts
+                member.lone_push = lone
+        _, head, tail, counts, arrival = lone
         direct = member.direct
-        frame = direct.lone_text_frame(parts[1], payload, parts[2])
-        if frame is None or not self._coalescer.lets_through(topic, now):
+        frame = direct.lone_text_frame(head, payload, tail)
+        if frame is None or not self._coalescer.lets_through(arrival, now):
             return 0
-        counts = member.traffic
-        if counts is None:
-            counts = member.traffic = self.traffic.counts(topic)
         counts[1] += 1
         self.fanout.send_frame(direct, self._behind_tick(outbox, frame) if self._tick_riders else frame)
         return len(frame)

@@ -12,9 +12,11 @@ deliveries of one frame size.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 from twisted.web.resource import IResource
 
 from .inflight import InFlight
@@ -40,12 +42,11 @@ class Metrics:
         self.members = Gauge(PREFIX + "members", "Joins (members of channels) on this process", registry=r)
         self.messages_received = Counter(PREFIX + "messages_received", "Frames received from clients", registry=r)
         self.bytes_received = Counter(PREFIX + "bytes_received", "Payload bytes received from clients", registry=r)
-        self.messages_sent = Counter(
-            PREFIX + "messages_sent", "Frames sent to clients; a broadcast counts once per member", registry=r
-        )
-        self.bytes_sent = Counter(
-            PREFIX + "bytes_sent", "Frame bytes sent to clients; a broadcast counts once per member", registry=r
-        )
+        # plain numbers, read at scrape time: added to for every slice read from Redis,
+        # where a Counter takes a lock per call (W5's profile: 1.2 % of the service's time)
+        self.frames_sent = 0
+        self.bytes_sent = 0
+        r.register(_SentCounts(self))
         self.redis_connected = Gauge(PREFIX + "redis_connected", "1 while both Redis connections are up", registry=r)
         self.redis_healthy = Gauge(
             PREFIX + "redis_healthy", "1 while Redis answers the health probe's writes in time", registry=r
@@ -140,8 +141,8 @@ class Metrics:
 
     def sent(self, frames: int, size: int) -> None:
         """``frames`` frames went out, ``size`` bytes in all (one call per burst)."""
-        self.messages_sent.inc(frames)
-        self.bytes_sent.inc(size)
+        self.frames_sent += frames
+        self.bytes_sent += size
 
     def received(self, size: int) -> None:
         self.messages_received.inc()
@@ -152,6 +153,25 @@ class Metrics:
 
     def rejected(self, reason: str) -> None:
         self.frames_rejected.labels(reason_label(reason)).inc()
+
+
+class _SentCounts(Collector):
+    """``Metrics.frames_sent`` and ``bytes_sent`` as the two counters Prometheus is shown."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            PREFIX + "messages_sent",
+            "Frames sent to clients; a broadcast counts once per member",
+            value=self._metrics.frames_sent,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "bytes_sent",
+            "Frame bytes sent to clients; a broadcast counts once per member",
+            value=self._metrics.bytes_sent,
+        )
 
 
 class ChannelTraffic:

@@ -649,7 +649,7 @@ def test_a_lone_members_push_is_framed_for_each_event_and_a_long_name_is_not_kep
         world.hub.deliver([("room", event, b"{}")])
     assert [frame[3] for frame in outbox.take()] == ["a", "b", "a", long_event, long_event]
     (member,) = world.hub.members["room"]
-    assert member.push_parts is not None and member.push_parts[0] == "a"  # the last one short enough
+    assert member.lone_push is not None and member.lone_push[0] == "a"  # the last one short enough
 
 
 def test_a_busy_lone_channel_still_shares_writes() -> None:

@@ -152,7 +152,7 @@ def test_every_message_is_written_once_in_arrival_order_and_within_the_delay(
 
 def test_lets_through_a_quiet_channels_lone_message_and_records_it() -> None:
     r = Recorder()
-    assert r.coalescer.lets_through("room", 0.0)
+    assert r.coalescer.lets_through(r.coalescer.arrival("room"), 0.0)
     r.clock.advance(0.002)
     r.arrive("room", "b")  # busy: the message let through came 2 ms ago
     assert r.writes == []
@@ -160,14 +160,26 @@ def test_lets_through_a_quiet_channels_lone_message_and_records_it() -> None:
     assert r.events() == [["b"]]
 
 
+def test_a_channels_arrival_is_one_list_until_the_channel_is_forgotten() -> None:
+    """What a lone member keeps (``hub.Member.lone_push``) is what ``arrived`` records into."""
+    r = Recorder()
+    kept = r.coalescer.arrival("room")
+    assert r.coalescer.arrival("room") is kept
+    r.arrive("room", "a")
+    assert kept == [r.clock.seconds()]
+    assert not r.coalescer.lets_through(kept, r.clock.seconds() + 0.001)  # busy: a came 1 ms ago
+    r.coalescer.forget("room")
+    assert r.coalescer.arrival("room") is not kept
+
+
 def test_lets_nothing_through_while_the_channel_is_busy_or_a_message_is_held() -> None:
     r = Recorder()
     r.arrive("room", "a")
     r.clock.advance(0.001)
-    assert not r.coalescer.lets_through("room", r.clock.seconds())  # a came 1 ms ago
+    assert not r.coalescer.lets_through(r.coalescer.arrival("room"), r.clock.seconds())  # a came 1 ms ago
     r.arrive("room", "b")  # held, for the same reason
     assert r.events() == [["a"]]
-    assert not r.coalescer.lets_through("other", r.clock.seconds())  # it must go after b
+    assert not r.coalescer.lets_through(r.coalescer.arrival("other"), r.clock.seconds())  # it must go after b
     r.advance(DELAY)
     assert r.events() == [["a"], ["b"]]
-    assert r.coalescer.lets_through("other", r.clock.seconds())
+    assert r.coalescer.lets_through(r.coalescer.arrival("other"), r.clock.seconds())
