@@ -373,6 +373,14 @@ class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
             self.on_message(pattern, channel, message)
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        """Parse a read, then say it is over (``on_read_over``), however the parse ended."""
+        self.reads += 1
+        try:
+            self._parse(data, unpause)
+        finally:  # what the read queued is handed on, even if a reply broke the parser
+            self.on_read_over()
+
+    def _parse(self, data: bytes, unpause: bool) -> None:
         """
         Hand the ``pmessage`` replies read to ``on_messages`` together, straight from
         hiredis's reader, and every other reply to txredisapi as usual. Its path converts
@@ -380,29 +388,28 @@ class _Subscriber(_ReportsEarlyLoss, txredisapi.SubscriberProtocol):
         for transactions and subscription replies, several calls per message that W5's
         profile showed.
         """
-        self.reads += 1
         reader = getattr(self, "_reader", None)
         if reader is None:  # txredisapi without hiredis: its own parser
             super().dataReceived(data, unpause)
-            self.on_read_over()
             return
         messages: list[list[Any]] = []
-        for start in range(0, max(len(data), 1), FEED_BYTES):
-            if data:
-                reader.feed(data, start, min(FEED_BYTES, len(data) - start))
-            reply = reader.gets()
-            while reply is not False:
-                if type(reply) is list and len(reply) == 4 and reply[0] == b"pmessage":
-                    messages.append(reply)
-                else:
-                    if messages:  # first: the reply may change what they mean (a subscription's ack)
-                        self.on_messages(messages)
-                        messages = []
-                    self._other_reply(reply)
+        try:
+            for start in range(0, max(len(data), 1), FEED_BYTES):
+                if data:
+                    reader.feed(data, start, min(FEED_BYTES, len(data) - start))
                 reply = reader.gets()
-        if messages:
-            self.on_messages(messages)
-        self.on_read_over()
+                while reply is not False:
+                    if type(reply) is list and len(reply) == 4 and reply[0] == b"pmessage":
+                        messages.append(reply)
+                    else:
+                        if messages:  # first: the reply may change what they mean (a subscription's ack)
+                            handed, messages = messages, []
+                            self.on_messages(handed)
+                        self._other_reply(reply)
+                    reply = reader.gets()
+        finally:  # the messages before a reply that broke the parser are whole: handed on
+            if messages:
+                self.on_messages(messages)
 
     def _other_reply(self, reply: Any) -> None:
         """What ``HiredisProtocol.dataReceived`` does with one reply."""

@@ -9,9 +9,10 @@ fast as it writes, however slow validation and fan-out are. The queue is bounded
 bytes: past ``max_bytes`` the subscriber is not read until half of it is delivered,
 and Redis holds the rest (and may cut us, which the bridge diagnoses).
 
-When a read is over (``read_over``) its first slice is handed on in the same reactor
-turn rather than the next: with messages that trickle in one per read, as on many
-quiet channels, that saves a reactor turn per message.
+When a read is over (``read_over``, which the reader calls after every read, however
+it ends) its first slice is handed on in the same reactor turn, the rest a turn each:
+with messages that trickle in one per read, as on many quiet channels, that saves a
+reactor turn per message, and a busy stream's read sets up no timer to hand it on.
 
 A read that comes within ``read_delay`` of the one before, and whose messages made
 fewer than ``REST_BELOW`` deliveries, is followed by a rest of ``read_delay`` in which
@@ -66,8 +67,7 @@ class PendingMessages(Generic[T]):
         self._rest: Any = None  # the call that ends a rest between reads
         self._stopped = False
         self._queue: deque[tuple[list[T], int]] = deque()  # chunks of items and their size in bytes
-        self._call: Any = None
-        self._call_for_read = False  # whether ``_call`` was set up by this read's first message
+        self._call: Any = None  # the next turn's slice, while more than one slice is queued
         self._producer: IPushProducer | None = None
         self._read_now: Callable[[], bool] | None = None
         self.bytes = 0
@@ -110,16 +110,14 @@ class PendingMessages(Generic[T]):
     def extend(self, items: list[T], size: int) -> None:
         """
         Queue ``items``, ``size`` bytes in all, to be handed on together (with other chunks
-        while a slice has room): the caller keeps a chunk to about ``slice_bytes``. Called
-        from the read loop, so it only appends; a chunk is a list, not an entry per item.
+        while a slice has room) once the read is over: the caller keeps a chunk to about
+        ``slice_bytes``. Called from the read loop, so it only appends; a chunk is a list,
+        not an entry per item.
         """
         if self._stopped:
             return
         self._queue.append((items, size))
         self.bytes += size
-        if self._call is None:
-            self._call = self._clock.callLater(0, self._deliver_slice)
-            self._call_for_read = True
         if not self.paused and self.bytes > self._max_bytes:
             self.paused = True
             self._metrics.redis_subscriber_pauses.inc()
@@ -135,10 +133,7 @@ class PendingMessages(Generic[T]):
         busy = now - self._last_read < self._read_delay
         self._last_read = now
         deliveries = 0
-        call = self._call
-        if call is not None and self._call_for_read:  # else nothing new, or a slice already due next turn
-            call.cancel()
-            self._call = None
+        if self._queue and self._call is None:  # else nothing came, or a slice is already due next turn
             try:
                 deliveries = self._deliver_slice()
             except Exception:
@@ -161,7 +156,6 @@ class PendingMessages(Generic[T]):
         self.bytes -= taken
         # set up before handing over, so an error in the consumer cannot stall the queue
         self._call = self._clock.callLater(0, self._deliver_slice) if self._queue else None
-        self._call_for_read = False
         if self.paused and self.bytes <= self._max_bytes // 2:
             self.paused = False
             if self._producer is not None and self._rest is None:

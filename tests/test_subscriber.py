@@ -68,12 +68,15 @@ def turn(clock: Clock) -> None:
 
 
 def test_the_read_loop_only_queues_and_each_turn_delivers_one_slice() -> None:
-    """Nothing is handed over while reading; then one slice of about slice_bytes per reactor turn, in order."""
+    """
+    Nothing is handed over while reading, and no timer is set; when the read is over, one
+    slice of about slice_bytes, then one per reactor turn, in order.
+    """
     pending, delivered, clock = queue(slice_bytes=100)
     for n in range(5):
         pending.extend([f"m{n}"], 60)
-    assert delivered == [] and pending.bytes == 300
-    turn(clock)
+    assert delivered == [] and pending.bytes == 300 and clock.getDelayedCalls() == []
+    pending.read_over()
     assert delivered == [["m0", "m1"]] and pending.bytes == 180
     turn(clock)
     turn(clock)
@@ -86,7 +89,7 @@ def test_a_message_larger_than_a_slice_goes_alone() -> None:
     pending, delivered, clock = queue(slice_bytes=100)
     pending.extend(["big"], 500)
     pending.extend(["small"], 10)
-    turn(clock)
+    pending.read_over()
     assert delivered == [["big"]]
     turn(clock)
     assert delivered == [["big"], ["small"]]
@@ -104,7 +107,7 @@ def test_past_max_bytes_the_socket_is_paused_until_half_is_delivered() -> None:
     pending.extend(["m"], 100)
     pending.extend(["m"], 100)
     assert transport.producerState == "paused" and pending.bytes == 1200
-    turn(clock)  # 1000 left
+    pending.read_over()  # 1000 left
     turn(clock)  # 800
     turn(clock)  # 600
     assert transport.producerState == "paused"
@@ -121,7 +124,7 @@ def test_a_new_connection_is_paused_while_the_queue_is_still_full() -> None:
     fresh = StringTransport()
     pending.attach(fresh)
     assert fresh.producerState == "paused"
-    turn(clock)
+    pending.read_over()
     assert fresh.producerState == "producing"
 
 
@@ -156,7 +159,7 @@ def test_messages_no_topic_here_watches_are_dropped_as_read_and_take_no_room() -
         ]
     )
     assert bridge._pending.bytes == 14
-    clock.advance(0)
+    bridge._pending.read_over()
     assert handed == [[("mine", "tick", b'{"n":4}'), ("a:b", "tick", b'{"n":5}')]]
 
 
@@ -166,7 +169,7 @@ def test_a_channels_route_is_remembered_within_a_cap_until_a_topic_is_first_watc
 
     def read(channel: bytes = b"to:room:tick") -> None:
         bridge._received([[b"pmessage", ALL_TOPICS_PATTERN, channel, b"{}"]])
-        clock.advance(0)
+        bridge._pending.read_over()
 
     read()  # nobody watches room: dropped, and remembered as such
     bridge.watch("room").addErrback(lambda failure: None)  # Redis is away; the topic is watched all the same
@@ -192,7 +195,7 @@ def test_a_read_larger_than_a_slice_is_handed_on_a_slice_a_turn() -> None:
     count = 3 * slice_bytes // len(message) + 7
     bridge._received([[b"pmessage", ALL_TOPICS_PATTERN, b"to:mine:n%d" % n, message] for n in range(count)])
     assert bridge._pending.bytes == count * len(message)
-    turn(clock)
+    bridge._pending.read_over()
     assert len(handed) == 1
     while bridge._pending.bytes:
         turn(clock)
@@ -419,8 +422,8 @@ def test_a_read_from_the_rests_timer_that_fanned_out_widely_watches_the_socket_a
     assert len(reads) == 1 and transport.producerState == "producing" and clock.getDelayedCalls() == []
 
 
-def queue_with_a_bad_message() -> tuple[PendingMessages[str], list[list[str]], Clock]:
-    """A queue holding "bad", whose delivery raises, then "good"."""
+def queue_with_a_bad_message(*before: str) -> tuple[PendingMessages[str], list[list[str]], Clock]:
+    """A queue holding ``before``, then "bad", whose delivery raises, then "good"; a slice each."""
     clock, delivered = Clock(), []
 
     def deliver(items: list[str]) -> int:
@@ -430,17 +433,30 @@ def queue_with_a_bad_message() -> tuple[PendingMessages[str], list[list[str]], C
         return len(items)
 
     pending = PendingMessages(clock, deliver, 1000, Metrics(), slice_bytes=10)
-    pending.extend(["bad"], 10)
-    pending.extend(["good"], 10)
+    for item in (*before, "bad", "good"):
+        pending.extend([item], 10)
     return pending, delivered, clock
 
 
 def test_an_error_in_the_consumer_does_not_stall_the_queue() -> None:
-    pending, delivered, clock = queue_with_a_bad_message()
+    pending, delivered, clock = queue_with_a_bad_message("first")
+    pending.read_over()
     with pytest.raises(ValueError):
         turn(clock)
     turn(clock)
-    assert delivered == [["bad"], ["good"]]
+    assert delivered == [["first"], ["bad"], ["good"]]
+
+
+def test_a_read_whose_parse_failed_still_hands_on_what_it_queued() -> None:
+    """The queue hands on only when a read is over: the subscriber says so however its parse ended."""
+    subscriber = _Subscriber()
+    seen: list[object] = []
+    over: list[int] = []
+    subscriber.on_messages = lambda replies: seen.append([reply[2] for reply in replies])  # type: ignore[method-assign]
+    subscriber.on_read_over = lambda: over.append(len(seen))  # type: ignore[method-assign]
+    with pytest.raises(Exception, match="Protocol error"):
+        subscriber.dataReceived(pmessage(b"to:*", b"to:a:e", b"{}") + b"?not a reply\r\n")
+    assert seen == [[b"to:a:e"]] and over == [1]
 
 
 def test_when_a_read_is_over_its_first_slice_goes_in_the_same_turn() -> None:
