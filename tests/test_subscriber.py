@@ -406,7 +406,8 @@ def test_a_busy_stream_is_read_from_the_rests_timer_and_stays_out_of_the_reactor
 
 
 def test_a_read_from_the_rests_timer_that_fanned_out_widely_watches_the_socket_again() -> None:
-    pending, delivered, clock, transport, reads = reading_queue([])
+    pending, delivered, clock, transport = resting_queue()
+    reads: list[int] = []
 
     def read_many() -> bool:
         reads.append(1)
