@@ -43,6 +43,30 @@ ACCELERATED = Utf8Validator.__module__.startswith("autobahn.nvx")
 P99_BOUND_MS = 100 if ACCELERATED else 1000
 
 
+class _MachineStalls(threading.Thread):
+    """The longest time this process went unscheduled while the attack ran.
+
+    Here the siege's p99 is 3-6 ms; one CI run measured 120 ms (p50 6 ms, max 196 ms), and
+    a test alone cannot tell a machine that stopped running its processes from a service
+    that stalled. This thread shares no code and no socket with the service: a stall it
+    saw too is the machine's and is added to the bound; a stall of the service alone is
+    not, and fails the test.
+    """
+
+    TICK = 0.005
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.longest = 0.0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            before = time.monotonic()
+            time.sleep(self.TICK)
+            self.longest = max(self.longest, time.monotonic() - before - self.TICK)
+
+
 def _publish(redis_port: int, published: list[int]) -> None:
     """A plugin: RATE broadcasts a second for ATTACK_SECONDS, each stamped with its publish time in microseconds."""
     plugin = redis.Redis(port=redis_port)
@@ -89,10 +113,13 @@ def test_500_clients_keep_their_broadcasts_while_hostile_sockets_attack(twistd, 
         published: list[int] = []
         plugin = threading.Thread(target=_publish, args=(flushed_redis.port, published), daemon=True)
         plugin.start()
+        stalls = _MachineStalls()
+        stalls.start()
         peak = settled
         while attack.poll() is None or plugin.is_alive():
             peak = max(peak, rss_kib(pid))
             time.sleep(0.1)
+        stalls.done.set()
         attacks = json.loads(attack.stdout.read())
         _all_delivered(clients, len(published))
         summary = clients.finish()
@@ -104,12 +131,13 @@ def test_500_clients_keep_their_broadcasts_while_hostile_sockets_attack(twistd, 
     latency = summary["latency_us"]
     print(f"RSS {settled // 1024} MiB settled, {peak // 1024} MiB at peak; broadcasts {len(published)}, "
           f"latency p50 {latency['p50'] / 1000:.1f} ms, p99 {latency['p99'] / 1000:.1f} ms, "
-          f"max {latency['max'] / 1000:.1f} ms; attacks: {attacks}")
+          f"max {latency['max'] / 1000:.1f} ms; the machine's longest stall {stalls.longest * 1000:.1f} ms; "
+          f"attacks: {attacks}")
     assert service.process.poll() is None, "the service died"
     for kind, did in attacks.items():
         assert did["connections"] >= 1 and did["bytes_sent"] > 1_000_000, (kind, did)
     assert summary["closed_by_server"] == 0, "well-behaved clients were dropped"
     assert len(published) == RATE * ATTACK_SECONDS
     assert summary["ticks_min_per_conn"] == len(published), "a well-behaved client lost broadcasts"
-    assert latency["p99"] < P99_BOUND_MS * 1000, latency
+    assert latency["p99"] < (P99_BOUND_MS + stalls.longest * 1000) * 1000, (latency, stalls.longest)
     assert growth_mib < RSS_GROWTH_BOUND_MIB, f"grew by {growth_mib:.0f} MiB"
