@@ -29,7 +29,7 @@ from tangram_channel import bus, outputlimit
 from tangram_channel.bus import FEED_BYTES, RedisBridge, RedisURL, _Subscriber, _Watch
 from tangram_channel.metrics import Metrics
 from tangram_channel.naming import ALL_TOPICS_PATTERN, topic_pattern
-from tangram_channel.pending import REST_BELOW, PendingMessages
+from tangram_channel.pending import BUSY_SHARE, CALM_SHARE, LOAD_PERIOD, REST_BELOW, PendingMessages
 from tangram_channel.readbuffer import RESIDENT_BYTES, read_into_kept_buffer
 
 from .conftest import RedisServer, free_port
@@ -475,13 +475,82 @@ def test_when_a_read_is_over_its_first_slice_goes_in_the_same_turn() -> None:
     assert len(delivered) == 2
 
 
-def resting_queue(max_bytes: int = 1000) -> tuple[PendingMessages[str], list[list[str]], Clock, StringTransport]:
-    """A queue with a 2 ms read delay, reading from a transport."""
+class ProcessCPU:
+    """The CPU a service's process takes: ``share`` of a core of every second on ``clock``, as told."""
+
+    def __init__(self, clock: Clock, share: float) -> None:
+        self.clock, self.share = clock, share
+        self.seconds, self._since = 0.0, clock.seconds()
+
+    def __call__(self) -> float:
+        now = self.clock.seconds()
+        self.seconds += (now - self._since) * self.share
+        self._since = now
+        return self.seconds
+
+
+def resting_queue(
+    max_bytes: int = 1000, cpu_share: float = BUSY_SHARE
+) -> tuple[PendingMessages[str], list[list[str]], Clock, StringTransport]:
+    """A queue with a 2 ms read delay, reading from a transport, in a service that has taken ``cpu_share`` of a core for a second."""
     clock, delivered = Clock(), []
-    pending = PendingMessages(clock, recorder(delivered), max_bytes, Metrics(), slice_bytes=100, read_delay=0.002)
+    cpu = ProcessCPU(clock, cpu_share)
+    pending = PendingMessages(
+        clock, recorder(delivered), max_bytes, Metrics(), slice_bytes=100, read_delay=0.002, cpu_seconds=cpu
+    )
+    clock.advance(LOAD_PERIOD)
     transport = StringTransport()
     pending.attach(transport)
     return pending, delivered, clock, transport
+
+
+def test_busy_streams_rest_only_while_the_service_takes_a_fifth_of_a_core_until_it_takes_under_a_tenth() -> None:
+    """
+    A rest delays what comes during it: a service with CPU to spare reads at once, and
+    one whose CPU passed BUSY_SHARE over a second rests until it falls under CALM_SHARE.
+    """
+    pending, delivered, clock, transport = resting_queue(cpu_share=BUSY_SHARE - 0.01)
+    cpu = pending._cpu_seconds
+    assert isinstance(cpu, ProcessCPU)
+
+    def reads_soon_after_another() -> str:
+        pending.read_over()
+        clock.advance(0.001)
+        pending.extend(["m"], 10)
+        pending.read_over()
+        state = transport.producerState
+        clock.advance(0.01)  # any rest is over, and the next read comes after a quiet spell
+        return state
+
+    assert reads_soon_after_another() == "producing" and not pending.busy
+    cpu.share = BUSY_SHARE
+    clock.advance(LOAD_PERIOD)
+    assert reads_soon_after_another() == "paused" and pending.busy
+    cpu.share = CALM_SHARE  # not under it: still busy
+    clock.advance(LOAD_PERIOD)
+    assert reads_soon_after_another() == "paused"
+    cpu.share = CALM_SHARE - 0.01
+    clock.advance(LOAD_PERIOD)
+    assert reads_soon_after_another() == "producing" and not pending.busy
+    cpu.share = BUSY_SHARE - 0.01  # not past BUSY_SHARE again: read at once
+    clock.advance(LOAD_PERIOD)
+    assert reads_soon_after_another() == "producing"
+    assert len(delivered) == 5
+
+
+def test_a_queue_weighs_the_cpu_of_the_process_it_runs_in() -> None:
+    """By default the share is this process's CPU time over the clock's seconds."""
+    clock = Clock()
+    pending: PendingMessages[str] = PendingMessages(clock, lambda items: 0, 1000, Metrics(), read_delay=0.002)
+    clock.advance(LOAD_PERIOD)
+    pending.read_over()
+    assert pending.busy is False  # next to no CPU over the period
+    deadline = time.process_time() + 1.5 * BUSY_SHARE * LOAD_PERIOD
+    while time.process_time() < deadline:
+        pass
+    clock.advance(LOAD_PERIOD)
+    pending.read_over()
+    assert pending.busy is True
 
 
 def test_a_read_after_a_quiet_spell_is_not_followed_by_a_rest() -> None:
