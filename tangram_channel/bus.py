@@ -470,7 +470,7 @@ class RedisBridge(MultiService):
         self._pending: PendingMessages[tuple[str, str, bytes]] = PendingMessages(
             reactor, self._deliver, max_pending_bytes, self.metrics, read_delay=read_delay
         )
-        self.metrics.count_pending(lambda: self._pending.bytes)
+        self.metrics.count_pending(lambda: self._pending.bytes, lambda: self._pending.busy)
         self.on_connect: Callable[[], None] = lambda: None
         self._watched: dict[str, _Watch] = {}
         # channel -> (topic, event, the topic's pattern), or None if no watched topic

@@ -86,6 +86,11 @@ class Metrics:
         self.redis_pending_bytes = Gauge(
             PREFIX + "redis_pending_bytes", "Bytes read from the Redis subscriber not yet handed to clients", registry=r
         )
+        self.redis_reads_gathered = Gauge(
+            PREFIX + "redis_reads_gathered",
+            "1 while the service is busy enough that a busy Redis stream rests between reads (redis_read_delay)",
+            registry=r,
+        )
         self.redis_subscriber_pauses = Counter(
             PREFIX + "redis_subscriber_pauses",
             "Times the Redis subscriber was not read because max_pending_redis_bytes were pending",
@@ -132,9 +137,10 @@ class Metrics:
         self.redis_bytes_in_flight.set_function(lambda: inflight.bytes)
         self.sockets_waiting_for_redis.set_function(lambda: inflight.waiting)
 
-    def count_pending(self, pending_bytes: Callable[[], float]) -> None:
-        """Read the bytes waiting between the Redis subscriber and the hub at scrape time."""
+    def count_pending(self, pending_bytes: Callable[[], float], gathering: Callable[[], float]) -> None:
+        """Read, at scrape time, the bytes waiting between the Redis subscriber and the hub, and whether its reads are gathered."""
         self.redis_pending_bytes.set_function(pending_bytes)
+        self.redis_reads_gathered.set_function(gathering)
 
     def count_channels(self, channels: Callable[[], float]) -> None:
         self.channels.set_function(channels)

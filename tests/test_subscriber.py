@@ -538,6 +538,14 @@ def test_busy_streams_rest_only_while_the_service_takes_a_fifth_of_a_core_until_
     assert len(delivered) == 5
 
 
+def test_metrics_say_whether_a_busy_stream_rests_between_reads() -> None:
+    bridge = RedisBridge(Clock(), RedisURL("redis://127.0.0.1:1"), timeout=5, read_delay=0.001)
+    registry = bridge.metrics.registry
+    assert registry.get_sample_value("tangram_channel_redis_reads_gathered") == 0
+    bridge._pending.busy = True
+    assert registry.get_sample_value("tangram_channel_redis_reads_gathered") == 1
+
+
 def test_a_queue_weighs_the_cpu_of_the_process_it_runs_in() -> None:
     """By default the share is this process's CPU time over the clock's seconds."""
     clock = Clock()
