@@ -149,8 +149,9 @@ class PendingMessages(Generic[T]):
         as before), then rest if the read came soon after the last and made few deliveries.
         """
         now = self._clock.seconds()
-        if now - self._weighed_at >= LOAD_PERIOD:
-            self._weigh_load(now)
+        since = now - self._weighed_at
+        if since >= LOAD_PERIOD or since < 0:  # a second has passed, or the clock was set back
+            self._weigh_load(now, since)
         soon = now - self._last_read < self._read_delay
         self._last_read = now
         deliveries = 0
@@ -164,11 +165,12 @@ class PendingMessages(Generic[T]):
             self._rest = self._clock.callLater(self._read_delay, self._rested)
             self._producer.pauseProducing()
 
-    def _weigh_load(self, now: float) -> None:
-        """Whether the service is busy: its CPU over the time since the last weighing."""
+    def _weigh_load(self, now: float, since: float) -> None:
+        """Whether the service is busy: its CPU over the ``since`` seconds since the last weighing."""
         cpu = self._cpu_seconds()
-        share = (cpu - self._cpu_at_weighing) / (now - self._weighed_at)
-        self.busy = share >= (CALM_SHARE if self.busy else BUSY_SHARE)
+        if since > 0:  # else weighed again from now on
+            share = (cpu - self._cpu_at_weighing) / since
+            self.busy = share >= (CALM_SHARE if self.busy else BUSY_SHARE)
         self._weighed_at, self._cpu_at_weighing = now, cpu
 
     def _deliver_slice(self) -> int:

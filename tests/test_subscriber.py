@@ -538,6 +538,23 @@ def test_busy_streams_rest_only_while_the_service_takes_a_fifth_of_a_core_until_
     assert len(delivered) == 5
 
 
+def test_a_clock_set_back_restarts_the_weighing_of_the_service_cpu() -> None:
+    """An hour back (an NTP step): the service is weighed again a second later, not an hour later."""
+    pending, delivered, clock, transport = resting_queue(cpu_share=CALM_SHARE / 2)
+    pending.read_over()
+    assert not pending.busy
+    cpu = pending._cpu_seconds
+    assert isinstance(cpu, ProcessCPU)
+    cpu.share = 1.0
+    clock.rightNow -= 3600
+    cpu._since = clock.seconds()  # the CPU taken is unchanged by the clock's step
+    pending.read_over()
+    assert not pending.busy  # weighed from now on
+    clock.advance(LOAD_PERIOD)
+    pending.read_over()
+    assert pending.busy
+
+
 def test_metrics_say_whether_a_busy_stream_rests_between_reads() -> None:
     bridge = RedisBridge(Clock(), RedisURL("redis://127.0.0.1:1"), timeout=5, read_delay=0.001)
     registry = bridge.metrics.registry
