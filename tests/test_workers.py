@@ -33,6 +33,20 @@ def worker_pids(parent_pid: int) -> set[int]:
     return children
 
 
+def listeners(port: int) -> int:
+    """How many sockets listen on ``port`` (each worker has its own, with SO_REUSEPORT), from /proc/net."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):  # a kernel without IPv6
+            continue
+        with open(table) as f:
+            for line in f.read().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
+
+
 def node_of(entry: bytes) -> str:
     return entry.split(b"\n", 1)[0].decode()
 
@@ -59,22 +73,27 @@ def test_workers_share_the_port_restart_and_stop_together(twistd, flushed_redis)
         )
         assert json.load(urllib.request.urlopen(request, timeout=5))["channel"] == "room"
 
-    clients = []
-    for n in range(12):
+    # the kernel spreads connections over the listeners by a hash of their addresses: a
+    # dozen joins reach both workers but for one time in 2,048 (CI saw it once), so a
+    # few more are made while one worker has them all
+    wait_until(lambda: listeners(proc.port) == 2, what="both workers listening")
+    clients: list[RawSocket] = []
+    nodes: set[str] = set()
+    while len(clients) < 12 or (len(nodes) < 2 and len(clients) < 64):
         client = RawSocket(proc.port)
-        client.join_ok("room", token("room", f"user{n}"))
+        client.join_ok("room", token("room", f"user{len(clients)}"))
         clients.append(client)
-    entries = redis.hgetall("{tangram-channel}:presence:room")
-    nodes = {node_of(value) for value in entries.values()}
-    assert len(entries) == 12
+        nodes = {node_of(value) for value in redis.hgetall("{tangram-channel}:presence:room").values()}
+    joined = len(clients)
+    assert len(redis.hgetall("{tangram-channel}:presence:room")) == joined
     assert len(nodes) == 2, "the kernel spread the sockets over both workers"
 
     # one presence across workers: a new joiner's state lists everyone, wherever they are
     newcomer = RawSocket(proc.port)
     _, state = newcomer.join_ok("room", token("room", "newcomer"))
-    assert set(state) == {f"user{n}" for n in range(12)} | {"newcomer"}
+    assert set(state) == {f"user{n}" for n in range(joined)} | {"newcomer"}
     newcomer.close()
-    wait_until(lambda: len(redis.hgetall("{tangram-channel}:presence:room")) == 12, what="newcomer withdrawn")
+    wait_until(lambda: len(redis.hgetall("{tangram-channel}:presence:room")) == joined, what="newcomer withdrawn")
 
     victim = sorted(workers)[0]
     os.kill(victim, signal.SIGKILL)
@@ -88,7 +107,7 @@ def test_workers_share_the_port_restart_and_stop_together(twistd, flushed_redis)
         ),
         what="dead node's presences withdrawn",
     )
-    assert 0 < len(survivors) < 12
+    assert 0 < len(survivors) < joined
 
     all_workers = worker_pids(proc.process.pid)
     assert proc.stop() == 0
