@@ -22,10 +22,10 @@ wake-up (epoll, the reactor's turn, a read, the writes' system call) costs about
 much as delivering a few messages to one member, and a busy stream of messages for one
 member each (Tangram's ``streaming-<id>``) arrives a few at a time: resting lets a read
 gather many. A rest delays what comes during it by up to ``read_delay``, though: on a
-machine where the service has CPU to spare that is most of a message's latency
-(W5 on a quick machine: p99 1.3-1.4 ms resting against 0.24-0.44 ms reading at once,
-for 5.8-7.5 against 8-11 us of CPU per delivery), so only a busy service pays it. A stream that
-is quiet is read at once, and so is one whose reads each fan out to many sockets:
+machine where the service has CPU to spare that is most of a message's latency (W5
+on a quick machine: p99 1.3-1.4 ms resting against 0.24-0.44 ms reading at once, for
+5.8-7.5 against 8-11 us of CPU per delivery), so only a busy service pays it. A stream
+that is quiet is read at once, and so is one whose reads each fan out to many sockets:
 their wake-ups are paid for already. When a rest ends the socket is read from its
 timer (``read_now``, where the reader gives one) and watched again only if nothing had
 come: a busy stream stays out of epoll.

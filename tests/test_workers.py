@@ -73,9 +73,9 @@ def test_workers_share_the_port_restart_and_stop_together(twistd, flushed_redis)
         )
         assert json.load(urllib.request.urlopen(request, timeout=5))["channel"] == "room"
 
-    # the kernel spreads connections over the listeners by a hash of their addresses: a
-    # dozen joins reach both workers but for one time in 2,048 (CI saw it once), so a
-    # few more are made while one worker has them all
+    # the kernel spreads connections over the listeners by a hash of their addresses: if
+    # that hash were even, a dozen joins would miss a worker one time in 2,048 (CI saw it
+    # once), so a few more are made while one worker has them all
     wait_until(lambda: listeners(proc.port) == 2, what="both workers listening")
     clients: list[RawSocket] = []
     nodes: set[str] = set()
