@@ -490,11 +490,15 @@ class ProcessCPU:
 
 
 def resting_queue(
-    max_bytes: int = 1000, cpu_share: float = 2 * BUSY_SHARE
+    max_bytes: int = 1000, cpu: ProcessCPU | None = None
 ) -> tuple[PendingMessages[str], list[list[str]], Clock, StringTransport]:
-    """A queue with a 2 ms read delay, reading from a transport, in a service that has taken ``cpu_share`` of a core for a second."""
-    clock, delivered = Clock(), []
-    cpu = ProcessCPU(clock, cpu_share)
+    """
+    A queue with a 2 ms read delay, reading from a transport, in a service that has
+    taken ``cpu``'s share of a core (twice ``BUSY_SHARE`` if not given) for a second.
+    """
+    clock = Clock() if cpu is None else cpu.clock
+    cpu = ProcessCPU(clock, 2 * BUSY_SHARE) if cpu is None else cpu
+    delivered: list[list[str]] = []
     pending = PendingMessages(
         clock, recorder(delivered), max_bytes, Metrics(), slice_bytes=100, read_delay=0.002, cpu_seconds=cpu
     )
@@ -509,9 +513,8 @@ def test_busy_streams_rest_only_while_the_service_takes_a_fifth_of_a_core_until_
     A rest delays what comes during it: a service with CPU to spare reads at once, and
     one whose CPU passed BUSY_SHARE over a second rests until it falls under CALM_SHARE.
     """
-    pending, delivered, clock, transport = resting_queue(cpu_share=BUSY_SHARE - 0.01)
-    cpu = pending._cpu_seconds
-    assert isinstance(cpu, ProcessCPU)
+    cpu = ProcessCPU(Clock(), BUSY_SHARE - 0.01)
+    pending, delivered, clock, transport = resting_queue(cpu=cpu)
 
     def reads_soon_after_another() -> str:
         pending.read_over()
@@ -540,11 +543,10 @@ def test_busy_streams_rest_only_while_the_service_takes_a_fifth_of_a_core_until_
 
 def test_a_clock_set_back_restarts_the_weighing_of_the_service_cpu() -> None:
     """An hour back (an NTP step): the service is weighed again a second later, not an hour later."""
-    pending, delivered, clock, transport = resting_queue(cpu_share=CALM_SHARE / 2)
+    cpu = ProcessCPU(Clock(), CALM_SHARE / 2)
+    pending, delivered, clock, transport = resting_queue(cpu=cpu)
     pending.read_over()
     assert not pending.busy
-    cpu = pending._cpu_seconds
-    assert isinstance(cpu, ProcessCPU)
     cpu.share = 1.0
     clock.rightNow -= 3600
     pending.read_over()
