@@ -14,6 +14,13 @@ Linux on x86-64, arm64 and riscv64; elsewhere ``SendMany.open`` answers None and
 caller sends one socket at a time. A context that fails while in use (``io_getevents``
 refusing, or a write not completed within a second) is ``broken``: the writes it may or
 may not have made are reported unknown, and the caller goes on without it.
+
+The completions are read from the context's ring, which the kernel maps into the
+process (the context's id is its address), as ``io_getevents`` would copy them: a
+socket write completes inside ``io_submit``, so they are there when it returns, and
+each batch makes one system call instead of two (``benchmarks/sendmany.py``: 1.6-1.9 us
+less CPU a batch). A ring that the process's memory map does not show at that address,
+or whose header is not the one described here, is not read: ``io_getevents`` it is.
 """
 
 from __future__ import annotations
@@ -43,6 +50,11 @@ _IOCB_WORDS = 8
 _IOCB_BYTES = 8 * _IOCB_WORDS
 # struct io_event is four: data (0), obj (1), res (2), res2 (3)
 _EVENT_WORDS = 4
+# struct aio_ring, eight 32-bit words: id, nr (its events), head, tail, magic,
+# compat_features, incompat_features, header_length; its io_events follow
+_RING_NR, _RING_HEAD, _RING_TAIL, _RING_MAGIC, _RING_INCOMPAT, _RING_HEADER_LENGTH = 1, 2, 3, 4, 6, 7
+_RING_HEADER_WORDS = 8
+_AIO_RING_MAGIC = 0xA10A10A1
 
 
 class SendMany:
@@ -69,6 +81,17 @@ class SendMany:
         first = self._iocbs.buffer_info()[0]
         self._pointers = array("Q", range(first, first + _IOCB_BYTES * capacity, _IOCB_BYTES))
         self._events = array("q", bytes(8 * _EVENT_WORDS * capacity))
+        # the arguments every call passes, made once: a ctypes object costs as much as the call
+        self._submit_number, self._getevents_number = ctypes.c_long(self._submit), ctypes.c_long(self._getevents)
+        self._context_argument = ctypes.c_ulong(context.value)
+        self._iocb_pointers = ctypes.c_void_p(self._pointers.buffer_info()[0])
+        self._events_pointer = ctypes.c_void_p(self._events.buffer_info()[0])
+        self._timeout_pointer = ctypes.c_void_p(self._timeout.buffer_info()[0])
+        self._ring: memoryview | None = _ring_header(context.value)
+        self._ring_events: memoryview | None = None
+        if self._ring is not None:
+            size = 4 * _RING_HEADER_WORDS + 8 * _EVENT_WORDS * self._ring[_RING_NR]
+            self._ring_events = memoryview((ctypes.c_char * size).from_address(context.value)).cast("B").cast("q")
 
     @classmethod
     def open(cls, capacity: int = 512) -> SendMany | None:
@@ -117,21 +140,20 @@ class SendMany:
         iocbs[4:words:_IOCB_WORDS] = sizes
         # io_submit stops at an iocb it cannot take (a closed descriptor): those after it
         # stay at 0, and their callers write the usual way, which reports the error
-        submitted = self._io_submit(context, count)
+        submitted = self._io_submit(count)
         sent: list[int | None] | None = None
         reaped = 0
         try:
             while reaped < submitted:
-                # every socket write has completed inside io_submit: this does not wait
-                got = self._io_getevents(context, submitted - reaped)
-                events = self._events
+                events, first, got = self._completions(submitted - reaped)
+                end = first + _EVENT_WORDS * got
                 # a write takes no more than its size, so the sums are equal only if each
                 # took all: then nothing is gone through one by one
-                if got == count and sum(events[2 : _EVENT_WORDS * got : _EVENT_WORDS]) == sum(sizes):
+                if got == count and sum(events[first + 2 : end : _EVENT_WORDS]) == sum(sizes):
                     return None
                 if sent is None:
                     sent = [None] * submitted + [0] * (count - submitted)
-                for i in range(0, _EVENT_WORDS * got, _EVENT_WORDS):
+                for i in range(first, end, _EVENT_WORDS):
                     sent[events[i]] = events[i + 2]
                 reaped += got
         except OSError as e:
@@ -139,14 +161,9 @@ class SendMany:
             log.error("Linux AIO failed ({why}); writing to each socket in turn from now on", why=e.strerror)
         return sent if sent is not None else [None] * submitted + [0] * (count - submitted)
 
-    def _io_submit(self, context: int, count: int) -> int:
+    def _io_submit(self, count: int) -> int:
         """How many of the first ``count`` iocbs the kernel took (0 if it refused them all)."""
-        taken = self._syscall(
-            ctypes.c_long(self._submit),
-            ctypes.c_ulong(context),
-            ctypes.c_long(count),
-            ctypes.c_void_p(self._pointers.buffer_info()[0]),
-        )
+        taken = self._syscall(self._submit_number, self._context_argument, ctypes.c_long(count), self._iocb_pointers)
         if taken < 0 and not self._refusal_logged:
             # harmless (the callers write the usual way) but slower: say so once
             self._refusal_logged = True
@@ -154,16 +171,33 @@ class SendMany:
             log.warn("io_submit refused a batch ({why}); writing those sockets the usual way", why=os.strerror(code))
         return max(int(taken), 0)
 
-    def _io_getevents(self, context: int, count: int) -> int:
+    def _completions(self, most: int) -> tuple[Sequence[int], int, int]:
+        """
+        Up to ``most`` completions as ``(words, first, count)``: ``count`` io_events from
+        ``words[first]`` on, taken off the ring. Every socket write has completed inside
+        io_submit, so the ring holds them and nothing waits; from ``io_getevents`` if the
+        ring cannot be read (then it waits up to a second, for a kernel that differs).
+        """
+        ring, events = self._ring, self._ring_events
+        if ring is not None and events is not None:
+            head, size = ring[_RING_HEAD], ring[_RING_NR]
+            # the completions of one batch may wrap past the ring's end: those up to it now
+            got = min((ring[_RING_TAIL] - head) % size, size - head, most)
+            if got:
+                ring[_RING_HEAD] = (head + got) % size  # the slots are the kernel's again at the next io_submit
+                return events, _RING_HEADER_WORDS // 2 + _EVENT_WORDS * head, got
+        return self._events, 0, self._io_getevents(most)
+
+    def _io_getevents(self, count: int) -> int:
         """Collect up to ``count`` completions into ``_events``, at least one within a second."""
         while True:
             got = self._syscall(
-                ctypes.c_long(self._getevents),
-                ctypes.c_ulong(context),
+                self._getevents_number,
+                self._context_argument,
                 ctypes.c_long(1),
                 ctypes.c_long(count),
-                ctypes.c_void_p(self._events.buffer_info()[0]),
-                ctypes.c_void_p(self._timeout.buffer_info()[0]),
+                self._events_pointer,
+                self._timeout_pointer,
             )
             if got > 0:
                 return int(got)
@@ -176,8 +210,46 @@ class SendMany:
     def close(self) -> None:
         """Give the context back to the kernel (counted against ``fs.aio-max-nr``)."""
         if self._context is not None:
+            # the ring's views go first: the kernel unmaps it
+            self._ring = self._ring_events = None
             self._syscall(ctypes.c_long(self._destroy), ctypes.c_ulong(self._context))
             self._context = None
+
+
+def _ring_header(context: int) -> memoryview | None:
+    """
+    The header of the ring at ``context``, as 32-bit words, if it is the ring this module
+    knows: mapped there (``_maps_ring``), with its magic, no incompatible features and a
+    header of its size; else None.
+    """
+    if not _maps_ring(context):
+        return None
+    header = memoryview((ctypes.c_char * (4 * _RING_HEADER_WORDS)).from_address(context)).cast("B").cast("I")
+    if (
+        header[_RING_MAGIC] != _AIO_RING_MAGIC
+        or header[_RING_INCOMPAT] != 0
+        or header[_RING_HEADER_LENGTH] != 4 * _RING_HEADER_WORDS
+        or header[_RING_NR] == 0
+    ):
+        return None
+    return header
+
+
+def _maps_ring(context: int) -> bool:
+    """
+    Whether the process's memory map has the kernel's AIO ring at ``context``, readable
+    and writable: where a kernel (or a sandbox's) names its contexts otherwise, reading
+    the address would crash the process.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                span, _, rest = line.partition(" ")
+                if int(span.partition("-")[0], 16) == context:
+                    return rest.startswith("rw") and "[aio]" in rest
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _address_from_ctypes(data: bytes) -> int:

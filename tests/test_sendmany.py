@@ -134,6 +134,7 @@ def test_a_context_that_fails_while_in_use_reports_its_writes_unknown_and_is_not
     are unknown (None) rather than an exception through the caller, and later sends try nothing.
     """
     real_syscall = sender._syscall
+    sender._ring = None  # as on a kernel whose ring is not read: completions come from io_getevents
 
     def getevents_fails(number, *args):
         if number.value == sender._getevents:
@@ -150,6 +151,40 @@ def test_a_context_that_fails_while_in_use_reports_its_writes_unknown_and_is_not
     assert sender.broken
     assert len([line for line in lines if "Linux AIO failed (io_getevents: Invalid argument)" in line]) == 1
     assert [read_all(theirs) for _, theirs in pairs] == [b"frame"] * 4 + [b""] * 2
+
+
+def test_completions_are_read_off_the_ring_past_its_end_and_the_kernel_takes_more(sender):
+    """
+    The ring (a hundred-odd events for a context of four) wraps many times over: every
+    batch's answers stay matched to their sockets, whole or not, and io_submit keeps
+    taking batches, so the kernel sees the events read though no io_getevents ran.
+    """
+    assert sender._ring is not None  # Linux's ring, as this module knows it
+    size = sender._ring[sendmany._RING_NR]
+    pairs = socket_pairs(3)
+    stalled = pairs[1][0]
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    fds = [ours.fileno() for ours, _ in pairs]
+    first = sender.send(fds, os.urandom(50_000))
+    assert first[0] == first[2] == 50_000 and 0 < first[1] < 50_000
+    for n in range(3 * size):
+        data = b"%d" % n
+        assert sender.send(fds, data) == [len(data), -errno.EAGAIN, len(data)]
+        # None: all of each; a list where a batch's answers wrapped past the ring's end
+        assert sender.send_each([fds[0], fds[2]], [data, data * 2]) in (None, [len(data), 2 * len(data)])
+        assert read_all(pairs[0][1])[-2 * len(data) :] == data * 2
+        assert read_all(pairs[2][1])[-3 * len(data) :] == data * 3
+    assert not sender.broken
+
+
+def test_only_a_mapped_aio_ring_is_read(sender):
+    """
+    The ring is read only where the memory map shows it: any other address (a bytes
+    object's, or none mapped at all) is left alone, where reading could crash the process.
+    """
+    assert sendmany._maps_ring(sender._context)
+    assert sendmany._ring_header(id(b"not a ring")) is None
+    assert sendmany._ring_header(8) is None  # the first page is never mapped
 
 
 def test_send_each_writes_each_socket_its_own_buffer(sender):
