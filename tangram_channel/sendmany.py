@@ -19,7 +19,7 @@ The completions are read from the context's ring, which the kernel maps into the
 process (the context's id is its address), as ``io_getevents`` would copy them: a
 socket write completes inside ``io_submit``, so they are there when it returns, and
 each batch makes one system call instead of two (``benchmarks/sendmany.py``: 1.6-1.9 us
-less CPU a batch). A ring that the process's memory map does not show at that address,
+less CPU a call to one socket). A ring that the process's memory map does not show at that address,
 or whose header is not the one described here, is not read: ``io_getevents`` it is.
 """
 
@@ -128,8 +128,7 @@ class SendMany:
         return sent
 
     def _send_chunk(self, fds: Sequence[int], addresses: array[int], sizes: array[int]) -> list[int | None] | None:
-        context = self._context
-        if context is None:
+        if self._context is None:
             raise ValueError("this SendMany is closed")
         count = len(fds)
         words = _IOCB_WORDS * count

@@ -496,8 +496,9 @@ def resting_queue(
     A queue with a 2 ms read delay, reading from a transport, in a service that has
     taken ``cpu``'s share of a core (twice ``BUSY_SHARE`` if not given) for a second.
     """
-    clock = Clock() if cpu is None else cpu.clock
-    cpu = ProcessCPU(clock, 2 * BUSY_SHARE) if cpu is None else cpu
+    if cpu is None:
+        cpu = ProcessCPU(Clock(), 2 * BUSY_SHARE)
+    clock = cpu.clock
     delivered: list[list[str]] = []
     pending = PendingMessages(
         clock, recorder(delivered), max_bytes, Metrics(), slice_bytes=100, read_delay=0.002, cpu_seconds=cpu
