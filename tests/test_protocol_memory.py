@@ -18,11 +18,11 @@ from twisted.python.failure import Failure
 
 from tangram_channel.deflate import server_frame
 from tangram_channel.frames import V1, V2, Broadcast, Burst, splice_parts
-from tangram_channel.protocol import CLOSE_IDLE, CLOSE_POLICY, STALLED_BY, DirectWriter, PhoenixFactory, PhoenixProtocol
+from tangram_channel.protocol import CLOSE_IDLE, CLOSE_POLICY, RATE_GRACE, STALLED_BY, DirectWriter, PhoenixFactory, PhoenixProtocol
 
 from .fakes import World, offered, rejected_frames, reply
 
-TEXT, BINARY, CLOSE = 0x1, 0x2, 0x8
+TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 IDLE = 30.0
 MAX_MESSAGE = 4096
 MAX_BUFFER = 64 * 1024
@@ -345,6 +345,45 @@ def test_a_message_over_the_limit_closes_with_1009(world: World) -> None:
     assert client.transport.disconnecting
     client.protocol.connectionLost(Failure(ConnectionDone()))
     assert world.hub.members == {}
+
+
+def test_a_flood_past_the_budget_is_parsed_no_further_than_its_close(world: World) -> None:
+    """
+    One read of thousands of pings past the message budget: the socket is closed with
+    1008 at the end of the grace, and the rest of the read is dropped unparsed (Autobahn
+    would parse every frame of it, 14 us each, while waiting for the client's close).
+    """
+    factory = PhoenixFactory(hub=world.hub, clock=world.clock, message_rate=1, message_burst=5)
+    client = Client(world, factory=factory)
+    client.protocol.dataReceived(client_frame(b"", PING) * 5000)
+    pongs = [op for op, _ in server_frames(client.transport.value())].count(PONG)
+    assert pongs == 5
+    assert client.close_code() == CLOSE_POLICY
+    assert client.transport.disconnecting
+    registry = factory.metrics.registry
+    # the grace's pings were parsed and left unanswered; the one past it closed the socket
+    assert registry.get_sample_value("tangram_channel_pongs_skipped_total") == RATE_GRACE
+    assert registry.get_sample_value("tangram_channel_rate_clients_closed_total") == 1
+    client.protocol.dataReceived(client_frame(b"", PING) * 100)  # what TLS may still hand over
+    assert registry.get_sample_value("tangram_channel_pongs_skipped_total") == RATE_GRACE
+
+
+def test_a_client_flooding_instead_of_answering_a_close_is_dropped(world: World) -> None:
+    """
+    Once the service has sent a close (here 1009), it waits for the client's close
+    frame; frames past the budget meanwhile drop the connection, and are not parsed.
+    """
+    factory = PhoenixFactory(hub=world.hub, clock=world.clock, max_message_size=MAX_MESSAGE, message_rate=1, message_burst=5)
+    client = Client(world, factory=factory)
+    client.send_text(b'["1","2","room","ev","' + b"x" * MAX_MESSAGE + b'"]')
+    assert client.close_code() == 1009
+    assert not client.transport.disconnecting  # waiting for the close reply
+    client.protocol.dataReceived(client_frame(b"", PING) * 5000)
+    assert client.transport.disconnecting
+    assert [op for op, _ in server_frames(client.transport.value())] == [CLOSE]  # no second close, no pong
+    registry = factory.metrics.registry
+    assert registry.get_sample_value("tangram_channel_pongs_skipped_total") == RATE_GRACE
+    assert registry.get_sample_value("tangram_channel_rate_clients_closed_total") == 1
 
 
 def test_a_client_that_stops_reading_is_closed_with_1008_and_leaves(world: World) -> None:
