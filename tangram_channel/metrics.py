@@ -104,7 +104,8 @@ class Metrics:
         self.heartbeats = Counter(PREFIX + "heartbeats", "Heartbeats received from clients", registry=r)
         self.http_refusals = Counter(
             PREFIX + "http_refusals",
-            "HTTP connections closed for what they sent, by reason (body too large, slow request head, connection cap)",
+            "HTTP connections closed at accept or for what they sent, by reason "
+            "(body too large, slow request head, connection cap, descriptors)",
             ["reason"],
             registry=r,
         )

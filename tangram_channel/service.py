@@ -14,6 +14,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from .descriptors import raise_open_files_limit
 from .hub import Hub
 from .memory import LARGE_BUFFER, keep_large_buffers_separate
 from .presence import Presence
@@ -47,7 +48,8 @@ class ChannelService(Service):
 class ProcessSetup(Service):
     """
     What acts on the whole process, done once it runs as a service of its own (never in
-    a test's process): the allocator tuning of ``memory.py``, logged, and these signals.
+    a test's process): the allocator tuning of ``memory.py`` and the descriptor limit of
+    ``descriptors.py``, both logged, and these signals.
 
     SIGTERM and SIGINT stop the reactor, so shutdown runs as usual, and the process then
     exits 0. Twisted's own handlers re-raise the signal after a clean shutdown, which
@@ -66,6 +68,7 @@ class ProcessSetup(Service):
         super().startService()
         if keep_large_buffers_separate():
             log.info("large buffers get mappings of their own (glibc M_MMAP_THRESHOLD {size} bytes)", size=LARGE_BUFFER)
+        log.info("up to {limit} open descriptors (RLIMIT_NOFILE)", limit=raise_open_files_limit())
         # after the reactor has installed its handlers, so these replace them
         self._reactor.callWhenRunning(self._install)
 

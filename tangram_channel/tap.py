@@ -25,6 +25,7 @@ from . import __version__
 from . import config as configuration
 from .admin import AdminPage
 from .console import NodeView, console_endpoints
+from .descriptors import AcceptErrors, AcceptErrorsLogged
 from .embedded import EmbeddedRedis, find_redis_server, is_listening, server_arguments
 from .health import HealthResource, RedisProbe
 from .history import History
@@ -374,6 +375,8 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
     if options["worker"]:
         listening_reactor = ReusePortReactor(reactor)
         ParentWatch(reactor).setServiceParent(top)
+    accept_errors = AcceptErrors(metrics, reactor)
     for description in config.endpoints:
-        _Listener(server_endpoint(listening_reactor, description), site, description).setServiceParent(top)
+        endpoint = AcceptErrorsLogged(server_endpoint(listening_reactor, description), accept_errors)
+        _Listener(endpoint, site, description).setServiceParent(top)
     return top

@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -158,10 +158,17 @@ def flushed_redis(redis_server: RedisServer) -> RedisServer:
 class Twistd:
     """``twistd -n tangram-channel`` as a subprocess, logging to a file."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.args = args
         self.log_path = log_path
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.preexec_fn = preexec_fn  # run in the child before twistd: its limits, say
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, port: int | None = None) -> None:
@@ -173,6 +180,7 @@ class Twistd:
             stderr=subprocess.STDOUT,
             env=self.env,
             cwd=self.log_path.parent,
+            preexec_fn=self.preexec_fn,
         )
         if port is not None:
             wait_for_port(port)
@@ -201,8 +209,13 @@ def twistd(tmp_path: Path) -> Iterator:
     """Start ``twistd -n tangram-channel ARGS``; every started one is stopped afterwards."""
     started: list[Twistd] = []
 
-    def start(*args: str, port: int | None = None, env: dict[str, str] | None = None) -> Twistd:
-        proc = Twistd(list(args), tmp_path / f"twistd-{len(started)}.log", env)
+    def start(
+        *args: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> Twistd:
+        proc = Twistd(list(args), tmp_path / f"twistd-{len(started)}.log", env, preexec_fn)
         proc.start(port)
         started.append(proc)
         return proc

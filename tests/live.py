@@ -318,18 +318,24 @@ def post_token(port: int, body: dict, headers: dict[str, str] | None = None) -> 
 PORT_TRIES = 3
 
 
-def start_twistd(twistd: Callable[..., Any], *args: str, env: dict[str, str] | None = None, **settings: Any):
+def start_twistd(
+    twistd: Callable[..., Any],
+    *args: str,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+    **settings: Any,
+):
     """
     ``twistd -n tangram-channel`` on a free port with ``settings`` as
     TANGRAM_CHANNEL_<KEY> variables, returned once it has reached Redis
-    (``proc.port`` is its port).
+    (``proc.port`` is its port); ``preexec_fn`` runs in the child before twistd.
     """
     environ = {"TANGRAM_CHANNEL_JWT_SECRET": SECRET, "TANGRAM_CHANNEL_EMBEDDED_REDIS": "false"}
     environ.update({f"TANGRAM_CHANNEL_{k.upper()}": str(v) for k, v in settings.items()})
     environ.update(env or {})
     for _ in range(PORT_TRIES):
         port = free_port()
-        proc = twistd("--port", str(port), *args, env=environ)
+        proc = twistd("--port", str(port), *args, env=environ, preexec_fn=preexec_fn)
         proc.port = port
         wait_until(lambda: "connected to Redis" in proc.log() or proc.process.poll() is not None, 10.0, "twistd up")
         # another test's process took the free port between our look and twistd's bind
