@@ -32,6 +32,7 @@ import platform
 import sys
 from array import array
 from collections.abc import Sequence
+from typing import Literal
 
 from twisted.logger import Logger
 
@@ -91,7 +92,7 @@ class SendMany:
         self._ring_events: memoryview | None = None
         if self._ring is not None:
             size = 4 * _RING_HEADER_WORDS + 8 * _EVENT_WORDS * self._ring[_RING_NR]
-            self._ring_events = memoryview((ctypes.c_char * size).from_address(context.value)).cast("B").cast("q")
+            self._ring_events = _words_at(context.value, size, "q")
 
     @classmethod
     def open(cls, capacity: int = 512) -> SendMany | None:
@@ -223,7 +224,7 @@ def _ring_header(context: int) -> memoryview | None:
     """
     if not _maps_ring(context):
         return None
-    header = memoryview((ctypes.c_char * (4 * _RING_HEADER_WORDS)).from_address(context)).cast("B").cast("I")
+    header = _words_at(context, 4 * _RING_HEADER_WORDS, "I")
     if (
         header[_RING_MAGIC] != _AIO_RING_MAGIC
         or header[_RING_INCOMPAT] != 0
@@ -232,6 +233,11 @@ def _ring_header(context: int) -> memoryview | None:
     ):
         return None
     return header
+
+
+def _words_at(address: int, size: int, word: Literal["I", "q"]) -> memoryview:
+    """The ``size`` bytes of memory at ``address``, uncopied, as words of the ``struct`` format ``word``."""
+    return memoryview((ctypes.c_char * size).from_address(address)).cast("B").cast(word)
 
 
 def _maps_ring(context: int) -> bool:

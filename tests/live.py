@@ -346,6 +346,15 @@ def start_twistd(
     return proc
 
 
+def metric(port: int, sample: str) -> float:
+    """One sample of the service's ``/metrics``, named without the prefix, labels included."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f"tangram_channel_{sample} "):
+                return float(line.split()[1])
+    raise AssertionError(f"no metric {sample}")
+
+
 def process_gone(pid: int) -> bool:
     """Whether ``pid`` has exited (a zombie waiting for a reaper counts as gone)."""
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import urllib.request
 
 from tangram_channel.protocol import RATE_GRACE
 
@@ -25,6 +24,7 @@ from .live import (
     RawSocket,
     event_of,
     frame,
+    metric,
     payload_of,
     ref_of,
     reply_reason,
@@ -33,15 +33,6 @@ from .live import (
     token,
 )
 from .waiting import wait_until
-
-
-def metric(port: int, name: str) -> float:
-    """One unlabelled sample of the service's ``/metrics``."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("tangram_channel_" + name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"no metric {name}")
 
 
 def service_with(twistd, redis, **settings):

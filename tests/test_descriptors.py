@@ -10,7 +10,6 @@ import os
 import resource
 import socket
 import time
-import urllib.request
 
 import pytest
 from twisted.internet.task import Clock
@@ -19,7 +18,7 @@ from twisted.logger import capturedLogs
 from tangram_channel.descriptors import AcceptErrors, raise_open_files_limit
 from tangram_channel.metrics import Metrics
 
-from .live import RawSocket, start_twistd, token
+from .live import RawSocket, metric, start_twistd, token
 from .waiting import wait_until
 
 
@@ -79,14 +78,6 @@ def open_files(pid: int) -> tuple[int, int]:
     return int(soft), int(hard)
 
 
-def refusals(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith('tangram_channel_http_refusals_total{reason="descriptors"}'):
-                return float(line.split()[1])
-    return 0.0
-
-
 def test_the_service_raises_its_soft_descriptor_limit_to_the_hard_one(twistd, flushed_redis) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     soft = min(256, hard)
@@ -120,7 +111,7 @@ def test_at_the_descriptor_limit_connections_are_refused_with_one_log_line_and_c
         for holder in holders:
             holder.close()
     assert attempts >= 100
-    wait_until(lambda: refusals(service.port) >= 100, 10, "the refusals counted")
+    wait_until(lambda: metric(service.port, 'http_refusals_total{reason="descriptors"}') >= 100, 10, "refusals counted")
     log = service.log()
     assert log.count("refused connections: the process has its") == 1, log[-2000:]
     assert "EMFILE" not in log

@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 import tracemalloc
-import urllib.request
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -34,7 +33,7 @@ from tangram_channel.readbuffer import RESIDENT_BYTES, read_into_kept_buffer
 
 from .conftest import RedisServer, free_port
 from .e2e import captured_log
-from .live import RawSocket, event_of, payload_of, start_twistd, token
+from .live import RawSocket, event_of, metric, payload_of, start_twistd, token
 
 
 def recorder(delivered: list[list[str]]) -> Callable[[list[str]], int]:
@@ -836,12 +835,3 @@ def test_a_redis_that_refuses_config_is_left_unchecked_quietly(twistd, redis_bin
         assert "Traceback" not in service.log() and "Unhandled" not in service.log()
     finally:
         server.kill()
-
-
-def metric(port: int, name: str) -> float:
-    """One sample of the service's ``/metrics``, by its name without the prefix."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(f"tangram_channel_{name} "):
-                return float(line.split()[1])
-    raise KeyError(name)
