@@ -111,6 +111,9 @@ def test_at_the_descriptor_limit_connections_are_refused_with_one_log_line_and_c
         for holder in holders:
             holder.close()
     assert attempts >= 100
+    # the service closes the holders' descriptors once it reads their end: till then a
+    # request of ours would be refused too
+    wait_until(lambda: len(os.listdir(f"/proc/{pid}/fd")) < limit - 8, 10, "the holders' descriptors closed")
     wait_until(lambda: metric(service.port, 'http_refusals_total{reason="descriptors"}') >= 100, 10, "refusals counted")
     log = service.log()
     assert log.count("refused connections: the process has its") == 1, log[-2000:]
