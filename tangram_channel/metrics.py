@@ -68,6 +68,11 @@ class Metrics:
         self.slow_clients_closed = Counter(
             PREFIX + "slow_clients_closed", "Sockets closed with 1008 for not reading", registry=r
         )
+        self.reads_paused_unread = Counter(
+            PREFIX + "reads_paused_unread",
+            "Times a socket was read no further until it read the replies it had asked for (64 KiB of them waiting)",
+            registry=r,
+        )
         self.frames_rejected = Counter(
             PREFIX + "frames_rejected", "Client frames that could not be parsed, by reason", ["reason"], registry=r
         )

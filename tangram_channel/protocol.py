@@ -8,7 +8,9 @@ Phoenix 1.8 ``base64url.bearer.phx.<token>`` subprotocol), the idle timer, the b
 on bytes held for a client that does not read (every write counts: frames, pongs,
 replies, close frames, join backlogs), the budget of frames a client may send, and the
 budget of bytes it may send a second (past it the socket is not read for a moment, so a
-client streaming megabytes costs the reactor its share and no more).
+client streaming megabytes costs the reactor its share and no more). A client whose own
+answers wait unread is read no further until it reads them, and closed once it has not
+read them for ``idle_timeout``.
 The sockets offer a fast write path for the hub's ``Fanout``, which writes a broadcast
 to all of a channel's sockets together. A socket that negotiated permessage-deflate
 (``deflate.py``) gets what is sent to it compressed, each message on its own, so a
@@ -81,6 +83,12 @@ CLOSE_RESTART = 1012
 # error, before it is closed: room for a client that briefly overshoots, none for a flood.
 RATE_GRACE = 20
 RATE_LIMITED = "rate limit exceeded"
+
+# Bytes of a client's own answers (replies, pongs, presence states) that may wait behind
+# a full transport before the client is read no further: an attacker that pushes and
+# never reads could otherwise make the service queue replies until max_send_buffer, on
+# every socket it opens. Phoenix's socket process does the same by blocking in its send.
+OWN_BYTES_BEFORE_READ_PAUSE = 64 * 1024
 
 
 def fired_after_a_stall(call: IDelayedCall, clock: IReactorTime) -> bool:
@@ -280,6 +288,8 @@ class PhoenixProtocol(WebSocketServerProtocol):
     session: Session | None = None
     _idle: IDelayedCall | None = None
     _queued = 0
+    _own_queued = 0  # of _queued, what the client's own messages were answered with
+    _unread_since = 0.0  # when the client was last read no further for its unread answers
     _held = 0  # bytes of broadcasts held in this socket's join backlogs
     _closing_full = False  # while the 1008 close frame is written past the full budget
     _rate: TokenBucket | None = None
@@ -290,7 +300,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
     _echo = False
     _intake: TokenBucket | None = None  # bytes read a second
     _intake_wait: IDelayedCall | None = None
-    _read_holds: frozenset[str] = frozenset()  # why the socket is not read: "redis", "intake"
+    _read_holds: frozenset[str] = frozenset()  # why the socket is not read: "redis", "intake", "unread"
 
     def __init__(self) -> None:
         self.direct = DirectWriter(self)
@@ -453,7 +463,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
         # copied behind it: a joiner's presence_state may be megabytes, and every joiner
         # of a storm gets one
         header = frame_header(len(frame), is_binary)
-        if self._count(len(header) + len(frame)):
+        if self._count(len(header) + len(frame), own=True):
             self.direct.write_now(header, frame)
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
@@ -462,7 +472,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
         budget. Once open, a plain write takes the direct path (``write_now``) rather
         than Autobahn's, which queues it for a later reactor turn.
         """
-        if not (self._closing_full or self._count(len(data))):
+        if not (self._closing_full or self._count(len(data), own=True)):
             return
         if self.state == self.STATE_OPEN and not sync and chopsize is None and not self.send_queue:
             self.direct.write_now(data)
@@ -547,11 +557,19 @@ class PhoenixProtocol(WebSocketServerProtocol):
             self._idle.reset(self.factory.idle_timeout)
 
     def _idle_out(self) -> None:
-        if self._read_holds:
-            # silent because we stopped reading it, not because the client went away
-            self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_out)
-            return
         clock = self.factory.clock
+        if self._read_holds:
+            # silent because we stopped reading it, not because the client went away;
+            # unless it is not read because it has not read its own answers, for as long
+            unread = self._read_holds == {"unread"}
+            wait = self.factory.idle_timeout - (clock.seconds() - self._unread_since if unread else 0)
+            if wait > 0:
+                self._idle = clock.callLater(wait, self._idle_out)
+            elif unread:
+                self.factory.metrics.slow_clients_closed.inc()
+                self.factory.log_limited("slow", "closing a client that has not read its replies for idle_timeout")
+                self.close(CLOSE_POLICY, "not reading")
+            return
         if self._idle is not None and fired_after_a_stall(self._idle, clock):
             self._idle = clock.callLater(STALLED_BY, self._idle_out)
             return
@@ -582,15 +600,22 @@ class PhoenixProtocol(WebSocketServerProtocol):
         transport = self.transport
         return transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
 
-    def _count(self, size: int) -> bool:
+    def _count(self, size: int, own: bool = False) -> bool:
         """
-        Account for ``size`` more bytes; False if that closed the socket (nothing may follow).
+        Account for ``size`` more bytes, ``own`` if they answer the client's own messages
+        (not a broadcast); False if that closed the socket (nothing may follow).
 
         Bytes written while the transport has not paused us are below its high-water
         mark; past it, each one is held until the client reads, and counted.
         """
         if self.direct.paused:
             self._queued += size
+            if own:
+                self._own_queued += size
+                if self._own_queued > OWN_BYTES_BEFORE_READ_PAUSE and "unread" not in self._read_holds:
+                    self._unread_since = self.factory.clock.seconds()
+                    self.factory.metrics.reads_paused_unread.inc()
+                    self._hold_reading("unread")
         return self._within_budget()
 
     def _within_budget(self) -> bool:
@@ -613,7 +638,8 @@ class PhoenixProtocol(WebSocketServerProtocol):
 
     def resumeProducing(self) -> None:
         self.direct.paused = False
-        self._queued = 0
+        self._queued = self._own_queued = 0
+        self._release_reading("unread")
 
     def stopProducing(self) -> None:
         pass

@@ -211,3 +211,43 @@ def test_a_socket_sending_past_max_receive_rate_is_read_at_that_rate_and_kept(tw
     assert metric(service.port, "receive_throttled_total") >= 1
     replies = [streamer.reply(str(n), timeout=10) for n in range(count)]
     assert [reply_status(reply) for reply in replies] == ["ok"] * count
+
+
+def test_a_client_that_pushes_and_never_reads_is_read_no_further_then_closed(twistd, flushed_redis):
+    """
+    Pushes whose replies are never read: once 64 KiB of replies wait behind a full
+    socket, the service stops reading the client (its sends then stall in TCP) instead
+    of queuing replies up to max_send_buffer, and closes it with 1008 once it has not
+    read for idle_timeout. Its neighbour keeps its broadcasts. The message and byte
+    budgets are off, so that only this bound can stop the client.
+    """
+    service = service_with(twistd, flushed_redis, idle_timeout=5, message_rate=0, max_receive_rate=0)
+    neighbour = RawSocket(service.port)
+    neighbour.join_ok("room", token("room", "neighbour"))
+    pusher = RawSocket(service.port, rcvbuf=4096)
+    # each answered "unmatched topic", echoing the topic and the ref: about 330 bytes
+    batch = b"".join(frame(TEXT, json.dumps([None, "r" * 60, "t" * 200, "e", {}]).encode()) for _ in range(200))
+    pusher.sock.settimeout(1.0)
+    started = time.monotonic()
+    sent = 0
+    try:
+        while True:
+            assert sent < 64 * 1024 * 1024, "64 MB of pushes and the service still reads them"
+            pusher.sock.sendall(batch)
+            sent += len(batch)
+    except TimeoutError:
+        pass  # nothing taken for a second: the service no longer reads
+    assert_served(neighbour)  # its idle timer starts again
+    assert metric(service.port, "reads_paused_unread_total") == 1
+    read = metric(service.port, "messages_received_total")
+    time.sleep(0.5)
+    assert metric(service.port, "messages_received_total") == read
+    # the neighbour sends heartbeats meanwhile, as phoenix.js does
+    wait_until(
+        lambda: assert_served(neighbour) or metric(service.port, "slow_clients_closed_total") == 1,
+        10.0,
+        "the unread client closed",
+    )
+    flushed_redis.client().publish("to:room:news", '{"n":1}')
+    assert payload_of(neighbour.until(lambda m: event_of(m) == "news")) == {"n": 1}
+    assert_served(neighbour)

@@ -18,7 +18,16 @@ from twisted.python.failure import Failure
 
 from tangram_channel.deflate import server_frame
 from tangram_channel.frames import V1, V2, Broadcast, Burst, splice_parts
-from tangram_channel.protocol import CLOSE_IDLE, CLOSE_POLICY, RATE_GRACE, STALLED_BY, DirectWriter, PhoenixFactory, PhoenixProtocol
+from tangram_channel.protocol import (
+    CLOSE_IDLE,
+    CLOSE_POLICY,
+    OWN_BYTES_BEFORE_READ_PAUSE,
+    RATE_GRACE,
+    STALLED_BY,
+    DirectWriter,
+    PhoenixFactory,
+    PhoenixProtocol,
+)
 
 from .fakes import World, offered, rejected_frames, reply
 
@@ -442,4 +451,98 @@ def test_a_released_join_backlog_no_longer_counts(world: World) -> None:
         world.settle()
         events = [frame[3] for op, frame in client.received() if op == TEXT]
         assert events[-(MAX_BUFFER // len(PAD) - 1) :] == ["message"] * (MAX_BUFFER // len(PAD) - 1)
+    assert client.close_code() is None
+
+
+# A client that pushes and never reads what it is answered
+
+UNMATCHED = [None, "r" * 60, "t" * 200, "e", {}]  # answered "unmatched topic", the topic and ref echoed
+
+
+def unread_world_client(world: World) -> Client:
+    """A client with room for more than the replies that pause its reads, not reading."""
+    factory = PhoenixFactory(
+        hub=world.hub, clock=world.clock, idle_timeout=IDLE, max_send_buffer=16 * OWN_BYTES_BEFORE_READ_PAUSE
+    )
+    client = Client(world, factory=factory)
+    client.join("room", token=world.token("room"))
+    client.protocol.pauseProducing()  # the transport is full: what is written now waits
+    return client
+
+
+def push_until_paused(client: Client) -> int:
+    """Push until the service stops reading the client; how many pushes that took."""
+    pushes = 0
+    while client.transport.producerState != "paused":
+        assert pushes < 10_000, "10,000 unread replies and the client is still read"
+        client.send_text(UNMATCHED)
+        pushes += 1
+    return pushes
+
+
+def test_a_client_that_does_not_read_its_replies_is_read_no_further_until_it_does(world: World) -> None:
+    """
+    Replies wait behind a full transport: past 64 KiB of them the socket is not read
+    (TCP then stops the client), and once the transport has drained it is read again.
+    """
+    client = unread_world_client(world)
+    client.received()
+    pushes = push_until_paused(client)
+    written = len(client.transport.value())
+    assert OWN_BYTES_BEFORE_READ_PAUSE < written <= OWN_BYTES_BEFORE_READ_PAUSE + written // pushes
+    expected = reply(None, UNMATCHED[1], UNMATCHED[2], "error", {"reason": "unmatched topic"})
+    assert client.received() == [(TEXT, expected)] * pushes
+    registry = client.protocol.factory.metrics.registry
+    assert registry.get_sample_value("tangram_channel_reads_paused_unread_total") == 1
+    client.protocol.resumeProducing()  # the client read everything
+    assert client.transport.producerState == "producing"
+    client.protocol.pauseProducing()  # full again: the count starts from nothing
+    assert push_until_paused(client) == pushes
+    assert registry.get_sample_value("tangram_channel_reads_paused_unread_total") == 2
+    assert client.close_code() is None
+
+
+def test_broadcasts_waiting_for_a_slow_reader_do_not_stop_its_reads(world: World) -> None:
+    """What a slow reader is sent by others is bounded by max_send_buffer alone: its pushes are still read."""
+    client = unread_world_client(world)
+    for _ in range(4 * OWN_BYTES_BEFORE_READ_PAUSE // len(PAD)):
+        world.hub.deliver([("room", "message", PAD)])
+    client.send_text([None, "9", "phoenix", "heartbeat", {}])
+    assert client.transport.producerState == "producing"
+    assert client.close_code() is None
+
+
+def test_a_client_not_read_for_its_unread_replies_is_closed_after_the_idle_timeout(world: World) -> None:
+    """Not read, it sends no heartbeat we would see: it is closed (1008) once it has not read for the idle timeout."""
+    client = unread_world_client(world)
+    push_until_paused(client)  # its last message read is the one that paused it
+    world.clock.advance(IDLE - 1)
+    assert client.close_code() is None
+    world.clock.advance(1)
+    assert client.close_code() == CLOSE_POLICY
+    assert world.hub.members == {}
+    registry = client.protocol.factory.metrics.registry
+    assert registry.get_sample_value("tangram_channel_slow_clients_closed_total") == 1
+
+
+def test_the_idle_timeout_of_an_unread_client_counts_from_when_its_reads_stopped(world: World) -> None:
+    """A presence state too large to wait stops its reads 10 s after its last heartbeat: 10 s more."""
+    client = unread_world_client(world)
+    client.send_text([None, "9", "phoenix", "heartbeat", {}])
+    world.clock.advance(10)
+    client.protocol.send_frame(b'{"state":"' + b"x" * OWN_BYTES_BEFORE_READ_PAUSE + b'"}', False)
+    assert client.transport.producerState == "paused"
+    world.clock.advance(IDLE - 10)
+    assert client.close_code() is None
+    world.clock.advance(10)
+    assert client.close_code() == CLOSE_POLICY
+
+
+def test_a_client_that_reads_its_replies_in_time_stays(world: World) -> None:
+    client = unread_world_client(world)
+    push_until_paused(client)
+    world.clock.advance(IDLE - 1)
+    client.protocol.resumeProducing()
+    client.send_text([None, "9", "phoenix", "heartbeat", {}])
+    world.clock.advance(IDLE - 1)
     assert client.close_code() is None
