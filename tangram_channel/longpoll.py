@@ -19,7 +19,8 @@ outbox: the same joins, presence, replies and publishes. What the connection add
 the transport's share of the WebSocket's limits: frames wait for the next poll in a
 queue bounded by ``max_send_buffer`` (past it the session ends, as a socket that does
 not read is closed), a POST spends the same message and byte budgets as frames read
-from a socket, and a session no poll came for in ``longpoll_session_timeout`` ends
+from a socket, a POST whose answers leave 64 KiB of them unpolled is answered only once
+a poll has taken them (as a socket is not read), and a session no poll came for in ``longpoll_session_timeout`` ends
 (looked at again a second later when the process itself stalled, as an idle socket is).
 Binary broadcasts cannot ride in the JSON envelope and are not sent to these clients.
 
@@ -45,7 +46,15 @@ from .frames import Burst, FrameError, Message
 from .metrics import Metrics
 from .peers import PeerConnections
 from .pollroute import Forwarder, SessionRoutes, finish_json, json_body
-from .protocol import CLOSE_POLICY, RATE_GRACE, RATE_LIMITED, STALLED_BY, PhoenixFactory, fired_after_a_stall
+from .protocol import (
+    CLOSE_POLICY,
+    OWN_BYTES_BEFORE_READ_PAUSE,
+    RATE_GRACE,
+    RATE_LIMITED,
+    STALLED_BY,
+    PhoenixFactory,
+    fired_after_a_stall,
+)
 from .ratelimit import TokenBucket
 from .session import Session
 
@@ -112,6 +121,8 @@ class LongPollConnection:
         self.closed = False
         self._queue: list[bytes] = []
         self._queued = 0  # bytes in _queue
+        self._own_queued = 0  # of those, what the client's own messages were answered with
+        self._post_waits_for_poll = False  # its answers are not polled: the POST is answered after they are
         self._held = 0  # bytes of broadcasts held in join backlogs
         self._poll: Request | None = None
         self._poll_timer: IDelayedCall | None = None
@@ -169,7 +180,12 @@ class LongPollConnection:
             if self.session is None:
                 break
             self._received(data, is_binary)
-        if not self._paused:
+        if self.session is not None and self._own_queued > OWN_BYTES_BEFORE_READ_PAUSE:
+            # as a socket whose answers wait unread is read no further: phoenix.js sends
+            # its next batch once this one is answered
+            self._post_waits_for_poll = True
+            self.factory.metrics.reads_paused_unread.inc()
+        elif not self._paused:
             self._answer_post(200 if self.session is not None else 410)
 
     def _received(self, data: bytes, is_binary: bool) -> None:
@@ -189,11 +205,11 @@ class LongPollConnection:
     # Outbox, for the session and the hub
 
     def send(self, message: Message[str | None]) -> None:
-        self._enqueue(frames.encode(message, self.vsn))
+        self._enqueue(frames.encode(message, self.vsn), own=True)
 
     def send_frame(self, frame: bytes, is_binary: bool) -> None:
         if not is_binary:
-            self._enqueue(frame)
+            self._enqueue(frame, own=True)
 
     def send_burst(self, burst: Burst) -> None:
         for broadcast in burst.broadcasts:
@@ -237,7 +253,7 @@ class LongPollConnection:
 
     def resume_reading(self) -> None:
         self._paused = False
-        if self._post is not None:
+        if self._post is not None and not self._post_waits_for_poll:
             self._answer_post(200)
 
     def close(self, code: int, reason: str) -> None:
@@ -257,11 +273,14 @@ class LongPollConnection:
 
     # the queue and the answers
 
-    def _enqueue(self, frame: bytes) -> None:
+    def _enqueue(self, frame: bytes, own: bool = False) -> None:
+        """Queue ``frame`` for the next poll; ``own`` if it answers the client's own messages."""
         if self.closed or not self._within_budget(len(frame)):
             return
         self._queue.append(frame)
         self._queued += len(frame)
+        if own:
+            self._own_queued += len(frame)
         if self._poll is not None and self._flush_call is None:
             # what the same reactor turn adds (a join's reply and presence_state) goes along
             self._flush_call = self.factory.clock.callLater(0, self._flush)
@@ -288,7 +307,7 @@ class LongPollConnection:
         if request is None:
             return
         if status == 200:
-            messages, self._queue, self._queued = self._queue, [], 0
+            messages, self._queue, self._queued, self._own_queued = self._queue, [], 0, 0
             self.factory.metrics.sent(len(messages), sum(len(m) for m in messages))
             body = envelope(200, self.token, messages)
         elif status == 204:
@@ -296,6 +315,10 @@ class LongPollConnection:
         else:
             body = envelope(status)
         finish_json(request, body)
+        if status == 200 and self._post_waits_for_poll:
+            self._post_waits_for_poll = False
+            if not self._paused:
+                self._answer_post(200)
 
     def _answer_post(self, status: int) -> None:
         request, self._post = self._post, None
@@ -311,6 +334,7 @@ class LongPollConnection:
     def _post_ended(self, _: object, request: Request) -> None:
         if self._post is request:
             self._post = None
+            self._post_waits_for_poll = False
 
     def _expire(self) -> None:
         clock = self.factory.clock

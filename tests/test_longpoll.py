@@ -20,7 +20,7 @@ from tangram_channel import frames
 from tangram_channel.frames import FrameError
 from tangram_channel.longpoll import MAX_BATCH, LongPollResource, LongPolls, envelope, split_batch
 from tangram_channel.pollroute import SessionRoutes
-from tangram_channel.protocol import RATE_GRACE, STALLED_BY, PhoenixFactory
+from tangram_channel.protocol import OWN_BYTES_BEFORE_READ_PAUSE, RATE_GRACE, STALLED_BY, PhoenixFactory
 
 from .fakes import World, rejected_frames
 
@@ -250,6 +250,37 @@ def test_a_second_post_while_one_waits_is_refused():
     assert not first.finished
     second = service.post(token, [None, "2", "phoenix", "heartbeat", {}])
     assert second.responseCode == 429 and body(second) == {"status": 429}
+
+
+def test_a_post_whose_answers_are_not_polled_is_answered_only_once_a_poll_takes_them():
+    """
+    As a socket whose replies wait unread is read no further: past 64 KiB of a session's
+    own answers unpolled, its POST waits (the next one gets 429) until a poll takes them.
+    """
+    service = Service()
+    token = service.open()
+    unmatched = [None, "r" * 60, "t" * 200, "e", {}]  # answered "unmatched topic", echoing both
+    posts = 0
+    while True:
+        assert posts < 1000, "1,000 POSTs of answers nobody polled, and all answered"
+        post = service.post(token, *[unmatched] * 100)
+        posts += 1
+        if not post.finished:
+            break
+        assert body(post) == {"status": 200}
+    assert posts == OWN_BYTES_BEFORE_READ_PAUSE // (100 * len(envelope_frame(unmatched))) + 1
+    assert service.factory.metrics.reads_paused_unread._value.get() == 1
+    refused = service.post(token, unmatched)
+    assert body(refused) == {"status": 429}
+    polled = body(service.request(b"GET", token))["messages"]
+    assert len(polled) == posts * 100
+    assert body(post) == {"status": 200}
+    assert body(service.post(token, unmatched)) == {"status": 200}
+
+
+def envelope_frame(unmatched: list[Any]) -> bytes:
+    """The reply an unmatched push gets, as a long poll carries it."""
+    return frames.encode(frames.reply(None, unmatched[1], unmatched[2], "error", {"reason": "unmatched topic"}), frames.V2)
 
 
 def test_bad_lines_are_answered_like_bad_frames_and_a_bad_batch_is_refused():
