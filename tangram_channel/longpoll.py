@@ -20,8 +20,9 @@ the transport's share of the WebSocket's limits: frames wait for the next poll i
 queue bounded by ``max_send_buffer`` (past it the session ends, as a socket that does
 not read is closed), a POST spends the same message and byte budgets as frames read
 from a socket, a POST whose answers leave 64 KiB of them unpolled is answered only once
-a poll has taken them (as a socket is not read), and a session no poll came for in ``longpoll_session_timeout`` ends
-(looked at again a second later when the process itself stalled, as an idle socket is).
+a poll has taken them (as a socket is not read), and a session no poll came for in
+``longpoll_session_timeout`` ends (looked at again a second later when the process
+itself stalled, as an idle socket is).
 Binary broadcasts cannot ride in the JSON envelope and are not sent to these clients.
 
 A session lives in the process that opened it; under ``workers = N`` (or with
