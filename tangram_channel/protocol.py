@@ -566,9 +566,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
             if wait > 0:
                 self._idle = clock.callLater(wait, self._idle_out)
             elif unread:
-                self.factory.metrics.slow_clients_closed.inc()
-                self.factory.log_limited("slow", "closing a client that has not read its replies for idle_timeout")
-                self.close(CLOSE_POLICY, "not reading")
+                self._close_slow("closing a client that has not read its replies for idle_timeout", "not reading")
             return
         if self._idle is not None and fired_after_a_stall(self._idle, clock):
             self._idle = clock.callLater(STALLED_BY, self._idle_out)
@@ -624,14 +622,18 @@ class PhoenixProtocol(WebSocketServerProtocol):
         if held <= self.factory.max_send_buffer:
             return True
         if self.state == self.STATE_OPEN:
-            self.factory.metrics.slow_clients_closed.inc()
-            self.factory.log_limited("slow", f"closing a client that stopped reading ({held} bytes held)")
-            self._closing_full = True  # the close frame is the one write let past the budget
-            try:
-                self.close(CLOSE_POLICY, "send buffer full")
-            finally:
-                self._closing_full = False
+            self._close_slow(f"closing a client that stopped reading ({held} bytes held)", "send buffer full")
         return False
+
+    def _close_slow(self, logged: str, reason: str) -> None:
+        """Close with 1008 a client that does not read, counted and logged (throttled)."""
+        self.factory.metrics.slow_clients_closed.inc()
+        self.factory.log_limited("slow", logged)
+        self._closing_full = True  # the close frame is the one write let past the budget
+        try:
+            self.close(CLOSE_POLICY, reason)
+        finally:
+            self._closing_full = False
 
     def pauseProducing(self) -> None:
         self.direct.paused = True
