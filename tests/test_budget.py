@@ -228,7 +228,6 @@ def test_a_client_that_pushes_and_never_reads_is_read_no_further_then_closed(twi
     # each answered "unmatched topic", echoing the topic and the ref: about 330 bytes
     batch = b"".join(frame(TEXT, json.dumps([None, "r" * 60, "t" * 200, "e", {}]).encode()) for _ in range(200))
     pusher.sock.settimeout(1.0)
-    started = time.monotonic()
     sent = 0
     try:
         while True:
