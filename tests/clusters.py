@@ -7,12 +7,10 @@ that a failover takes seconds. Each node keeps its files in its own directory.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-from contextlib import ExitStack
 from pathlib import Path
 
-from .conftest import RedisServer
+from .conftest import RedisServer, free_port
 from .waiting import wait_until
 
 PRESENCE_TAG = "{tangram-channel}"  # naming.KEY_PREFIX's hash tag
@@ -95,11 +93,10 @@ class ClusterSet:
 
 
 def distinct_ports(n: int) -> list[int]:
-    """``n`` free loopback ports, all different (each held while the next is picked)."""
-    with ExitStack() as held:
-        ports = []
-        for _ in range(n):
-            s = held.enter_context(socket.socket())
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-        return ports
+    """``n`` free loopback ports, all different."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports

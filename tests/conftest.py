@@ -11,6 +11,7 @@ runs while no other test does.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import signal
 import socket
@@ -35,7 +36,39 @@ BATCHED_WRITES = {
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256"  # of services from ``start_service``
 
 
+# Ports for the tests' own listeners (twistd, redis-server, nginx) are taken below the
+# kernel's ephemeral range, a slice for each pytest-xdist worker. A port the kernel hands
+# out (a bind to port 0, a connect's own end) could be taken by another worker's socket
+# between our look and the listener's bind, which then fails: CI saw it.
+FIRST_OWN_PORT = 12000
+PORTS_PER_WORKER_AT_LEAST = 500
+
+
+def _own_ports() -> Iterator[int]:
+    """This worker's ports in turn, round and round; empty where the kernel leaves no room below its range."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_from = int(f.read().split()[0])
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    per_worker = (ephemeral_from - FIRST_OWN_PORT) // workers
+    if per_worker < PORTS_PER_WORKER_AT_LEAST:
+        return iter(())
+    first = FIRST_OWN_PORT + worker * per_worker
+    return itertools.cycle(range(first, first + per_worker))
+
+
+_next_own_ports = _own_ports()
+
+
 def free_port() -> int:
+    """A loopback port nothing listens on or is bound to, of this worker's own where it can."""
+    for port in itertools.islice(_next_own_ports, PORTS_PER_WORKER_AT_LEAST):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # another program's, or a closed connection's in TIME_WAIT
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

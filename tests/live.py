@@ -313,8 +313,8 @@ def post_token(port: int, body: dict, headers: dict[str, str] | None = None) -> 
 
 # A service in a subprocess
 
-# free_port() closes its socket before twistd binds the port: under pytest -n another
-# test's process may take it in between (CI saw it once), and twistd then exits at once
+# free_port() closes its socket before twistd binds the port: a program outside the
+# suite may take it in between (the workers' ports are apart), and twistd then exits at once
 PORT_TRIES = 3
 
 
