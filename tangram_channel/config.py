@@ -75,6 +75,7 @@ class Config:
     message_rate: float = 200.0
     message_burst: int = 1000
     max_receive_rate: int = 1024 * 1024
+    max_partial_message_bytes: int = 64 * 1024 * 1024
     redis_timeout: float = 5.0
     redis_wait_replicas: int = 0
     redis_read_delay: float = 0.001
@@ -173,6 +174,7 @@ _KINDS: dict[str, tuple[str, float | None]] = {
     "message_rate": ("float", 0),
     "message_burst": ("int", 1),
     "max_receive_rate": ("int", 0),
+    "max_partial_message_bytes": ("int", 0),
     "redis_timeout": ("float", 0.01),
     "redis_wait_replicas": ("int", 0),
     "max_pushes_in_flight": ("int", 1),

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from twisted.web.resource import IResource
 
 from .inflight import InFlight
+from .partials import PartialMessages
 
 PREFIX = "tangram_channel_"
 
@@ -132,6 +133,14 @@ class Metrics:
             "Times a socket was not read for a moment for sending over max_receive_rate",
             registry=r,
         )
+        self.partial_message_bytes = Gauge(
+            PREFIX + "partial_message_bytes", "What messages still arriving hold past 64 KiB each, in bytes", registry=r
+        )
+        self.partial_message_closes = Counter(
+            PREFIX + "partial_message_closes",
+            "Sockets closed with 1013 because their message still arriving did not fit in max_partial_message_bytes",
+            registry=r,
+        )
 
     def count_sockets(self, sockets: Callable[[], float]) -> None:
         """Read the open-socket count at scrape time rather than tracking it."""
@@ -142,6 +151,10 @@ class Metrics:
         self.redis_commands_in_flight.set_function(lambda: inflight.commands)
         self.redis_bytes_in_flight.set_function(lambda: inflight.bytes)
         self.sockets_waiting_for_redis.set_function(lambda: inflight.waiting)
+
+    def count_partial_messages(self, pool: PartialMessages) -> None:
+        """Read what messages still arriving hold from the process's pool at scrape time."""
+        self.partial_message_bytes.set_function(lambda: pool.bytes)
 
     def count_pending(self, pending_bytes: Callable[[], float], gathering: Callable[[], float]) -> None:
         """Read, at scrape time, the bytes waiting between the Redis subscriber and the hub, and whether its reads are gathered."""

@@ -56,6 +56,7 @@ from .session import Session
 from .frames import DEFAULT_LIMITS, Burst, FrameError, HeaderLimits, Message
 from .logs import ThrottledLog
 from .metrics import Metrics
+from .partials import PartialMessage, PartialMessages
 from .ratelimit import TokenBucket
 
 log = Logger()
@@ -78,6 +79,7 @@ CLOSE_IDLE = 4000
 STALLED_BY = 1.0
 CLOSE_POLICY = 1008
 CLOSE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013  # the process's pool for messages still arriving is full (see ``partials``)
 
 # Frames a socket may send in a row past its message budget, each answered with an
 # error, before it is closed: room for a client that briefly overshoots, none for a flood.
@@ -301,6 +303,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
     _intake: TokenBucket | None = None  # bytes read a second
     _intake_wait: IDelayedCall | None = None
     _read_holds: frozenset[str] = frozenset()  # why the socket is not read: "redis", "intake", "unread"
+    _partial: PartialMessage | None = None  # the message it is sending, while it arrives
 
     def __init__(self) -> None:
         self.direct = DirectWriter(self)
@@ -364,6 +367,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
         self._connection.unregisterProducer()
         self._connection.registerProducer(self, True)
         self.factory.sockets.add(self)
+        self._partial = self.factory.partial_messages.message()
         if self.factory.idle_timeout > 0:
             self._idle = self.factory.clock.callLater(self.factory.idle_timeout, self._idle_out)
         if not self._echo:  # the Autobahn testsuite's cases send floods of fragments on purpose
@@ -388,6 +392,8 @@ class PhoenixProtocol(WebSocketServerProtocol):
         if self._intake_wait is not None and self._intake_wait.active():
             self._intake_wait.cancel()
         self.direct.tcp = None  # its descriptor is closed, and may be another socket's soon
+        if self._partial is not None:
+            self._partial.end()
         super().connectionLost(reason)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
@@ -431,10 +437,42 @@ class PhoenixProtocol(WebSocketServerProtocol):
     def _close_for_rate(self) -> None:
         self.factory.metrics.rate_clients_closed.inc()
         self.factory.log_limited("rate", "closing a client that sent over its message budget")
-        self.close(CLOSE_POLICY, RATE_LIMITED)  # the close frame, unless one was sent already
-        # read no more of the flood: the frames parsed so far are all it may cost
+        self._close_reading_no_more(CLOSE_POLICY, RATE_LIMITED)
+
+    def _close_reading_no_more(self, code: int, reason: str) -> None:
+        """Close with ``code``, and read nothing more: what was parsed so far is all the client may cost."""
+        self.close(code, reason)  # the close frame, unless one was sent already
         self._input_dropped = True
         self._connection.loseConnection()
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        """A piece of the message arriving, kept only if the process's pool can hold it (see ``partials``)."""
+        if self._input_dropped or self.failedByMe:
+            return
+        if self._partial is not None and not self._partial.take(len(payload)):
+            self._close_for_partials()
+            return
+        super().onMessageFrameData(payload)
+
+    def onMessageEnd(self) -> None:
+        try:
+            if not self._input_dropped:
+                super().onMessageEnd()
+        finally:
+            if self._partial is not None:
+                self._partial.end()
+
+    def _close_for_partials(self) -> None:
+        """Close with 1013 a socket whose message the pool cannot hold, and free what the message held."""
+        self.factory.metrics.partial_message_closes.inc()
+        self.factory.log_limited(
+            "partial", "closing a client: its message does not fit in what is left of max_partial_message_bytes"
+        )
+        self._close_reading_no_more(CLOSE_TRY_AGAIN, "receive buffers full")
+        self.message_data = []
+        self.frame_data = []
+        if self._partial is not None:
+            self._partial.end()
 
     def onPing(self, payload: bytes) -> None:
         self._touch()
@@ -702,6 +740,7 @@ class PhoenixFactory(WebSocketServerFactory):
         message_rate: float = 0.0,
         message_burst: int = 1,
         max_receive_rate: int = 0,
+        max_partial_message_bytes: int = 0,
         compression: Compression = Compression(),
     ) -> None:
         super().__init__()
@@ -715,6 +754,8 @@ class PhoenixFactory(WebSocketServerFactory):
         self.message_burst = message_burst
         self.max_receive_rate = max_receive_rate
         self.max_message_size = max_message_size
+        self.partial_messages = PartialMessages(max_partial_message_bytes)
+        self.metrics.count_partial_messages(self.partial_messages)
         self.compression = compression
         self.sockets: set[Connection] = set()  # WebSockets and long-poll sessions
         self.metrics.count_sockets(lambda: len(self.sockets))

@@ -322,6 +322,7 @@ def makeService(options: Options, reactor: Any = None, environ: dict[str, str] |
         message_rate=config.message_rate,
         message_burst=config.message_burst,
         max_receive_rate=config.max_receive_rate,
+        max_partial_message_bytes=config.max_partial_message_bytes,
         header_limits=config.header_limits,
         compression=config.compression_settings,
     )

@@ -3,7 +3,8 @@ Budgets of one socket on a live ``twistd`` service and a real Redis (issue 13, p
 2 and 16): every byte held for a client counts toward ``max_send_buffer`` (pongs and
 join backlogs too), ``max_message_size`` never limits what the service sends, frames
 past ``message_rate`` are answered with errors, then 1008, and bytes past
-``max_receive_rate`` wait in TCP.
+``max_receive_rate`` wait in TCP. Messages still arriving share one pool past 64 KiB
+each (``max_partial_message_bytes``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import json
 import threading
 import time
 
-from tangram_channel.protocol import RATE_GRACE
+from tangram_channel.partials import OWN_BYTES
+from tangram_channel.protocol import CLOSE_TRY_AGAIN, RATE_GRACE
 
 from .live import (
     CLOSE,
@@ -29,6 +31,7 @@ from .live import (
     ref_of,
     reply_reason,
     reply_status,
+    rss_kib,
     start_twistd,
     token,
 )
@@ -250,3 +253,55 @@ def test_a_client_that_pushes_and_never_reads_is_read_no_further_then_closed(twi
     flushed_redis.client().publish("to:room:news", '{"n":1}')
     assert payload_of(neighbour.until(lambda m: event_of(m) == "news")) == {"n": 1}
     assert_served(neighbour)
+
+
+def test_a_message_the_pool_for_messages_arriving_cannot_hold_closes_its_socket_with_1013(twistd, flushed_redis):
+    """
+    A socket holds 64 KiB of a message still arriving on its own, the rest comes from
+    ``max_partial_message_bytes``: the socket whose message would pass it is closed with
+    1013, the one holding the pool finishes its push, and a neighbour is served meanwhile.
+    """
+    service = service_with(twistd, flushed_redis, max_partial_message_bytes=1024 * 1024)
+    plugin = flushed_redis.client().pubsub()
+    plugin.psubscribe("from:room:big")
+    while plugin.get_message(timeout=1) is None:  # the subscription is confirmed
+        pass
+    holder, neighbour = RawSocket(service.port), RawSocket(service.port)
+    join_ref, _ = holder.join_ok("room", token("room", "holder"))
+    held = frame(TEXT, json.dumps([join_ref, "9", "room", "big", {"pad": "x" * 900_000}]).encode())
+    holder.sock.sendall(held[:-1000])
+    wait_until(lambda: metric(service.port, "partial_message_bytes") > 800_000, 10.0, "the holder's message drawn")
+    refused = RawSocket(service.port)
+    refused.sock.sendall(frame(TEXT, json.dumps([None, "1", "room", "big", {"pad": "y" * 400_000}]).encode()))
+    assert refused.close_code() == CLOSE_TRY_AGAIN
+    assert metric(service.port, "partial_message_closes_total") == 1
+    assert_served(neighbour)
+    holder.sock.sendall(held[-1000:])
+    assert reply_status(holder.reply("9", timeout=10)) == "ok"
+    published = None
+    while published is None or published["type"] != "pmessage":
+        published = plugin.get_message(timeout=5)
+        assert published is not None, "the holder's push never reached Redis"
+    assert len(published["data"]) > 900_000
+    assert metric(service.port, "partial_message_bytes") == 0
+
+
+def test_many_unfinished_messages_cost_the_pool_and_64_kib_a_socket_not_a_megabyte_each(twistd, flushed_redis):
+    """
+    An attacker sends all of a 1 MB message but its end on each of 120 sockets: the
+    service keeps what the pool holds and 64 KiB a socket, not the 120 MB it was sent.
+    """
+    pool, sockets, size = 4 * 1024 * 1024, 120, 1_000_000
+    service = service_with(twistd, flushed_redis, max_partial_message_bytes=pool)
+    before = rss_kib(service.process.pid)
+    attackers = [RawSocket(service.port) for _ in range(sockets)]
+    unfinished = frame(TEXT, b"x" * size)[:-1]
+    for attacker in attackers:
+        attacker.sock.sendall(unfinished)
+    held = pool // (size - OWN_BYTES)  # the messages the pool can hold: the others' sockets are closed
+    wait_until(
+        lambda: metric(service.port, "partial_message_closes_total") == sockets - held, 30.0, "the pool full"
+    )
+    grown_mb = (rss_kib(service.process.pid) - before) / 1024
+    assert grown_mb < 40, f"RSS grew by {grown_mb:.0f} MB for {sockets} unfinished messages"
+    assert [attacker.close_code() for attacker in attackers[-3:]] == [CLOSE_TRY_AGAIN] * 3
