@@ -455,6 +455,7 @@ class PhoenixProtocol(WebSocketServerProtocol):
         super().onMessageFrameData(payload)
 
     def onMessageEnd(self) -> None:
+        """The message is handed on, unless the socket was closed for what it sent; what it drew goes back to the pool."""
         try:
             if not self._input_dropped:
                 super().onMessageEnd()
