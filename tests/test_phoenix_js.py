@@ -7,10 +7,14 @@ import json
 
 import pytest
 
+from tangram_channel.protocol import CLOSE_TRY_AGAIN
+
 from .conftest import JWT_SECRET
 from .e2e import forge_token
 from .jsdriver import PHOENIX_VERSIONS, channel_service, presence_converges, rejoins_after_restart  # noqa: F401
+from .live import TEXT, RawSocket, frame, metric, reply_status
 from .test_compression import state_payload
+from .waiting import wait_until
 
 pytestmark = pytest.mark.parametrize("phoenix", PHOENIX_VERSIONS)
 
@@ -130,4 +134,37 @@ def test_vsn_1_object_frames(channel_service, phoenix):
     pushed = driver.expect("pushed")
     assert pushed["status"] == "ok"
     assert pushed["frames"] == ["object"]
+    driver.finish()
+
+
+def test_a_push_refused_while_messages_arriving_fill_their_pool_is_retried_after_a_reconnect(channel_service, phoenix):
+    """
+    A raw socket holds most of ``max_partial_message_bytes`` with a message it has not
+    finished; phoenix.js's next large push cannot be held, so its socket is closed with
+    1013. The client reconnects and rejoins on its own, the refused push is not answered
+    (it times out, and never reaches Redis), and once the holder is done the same push
+    goes through.
+    """
+    service = channel_service(max_partial_message_bytes=1024 * 1024)
+    listener = service.listener("from:radar:big")
+    driver = service.driver("phoenix_node.mjs", "refusedPush", PHOENIX_VERSION=phoenix, PAD="400000")
+    assert driver.expect("join") == {"step": "join", "count": 1, "status": "ok"}
+    holder = RawSocket(service.port)
+    join_ref, _ = holder.join_ok("radar", forge_token(JWT_SECRET, "radar", "holder"))
+    held = frame(TEXT, json.dumps([join_ref, "9", "radar", "held", {"pad": "h" * 900_000}]).encode())
+    holder.sock.sendall(held[:-1000])
+    wait_until(lambda: metric(service.port, "partial_message_bytes") > 800_000, 10.0, "the holder's message drawn")
+
+    driver.send("push", n=1)
+    assert driver.expect("close")["code"] == CLOSE_TRY_AGAIN
+    assert driver.expect("open") == {"step": "open", "count": 2}
+    assert driver.expect("join") == {"step": "join", "count": 2, "status": "ok"}
+    assert driver.expect("pushed") == {"step": "pushed", "n": 1, "status": "timeout"}
+
+    holder.sock.sendall(held[-1000:])
+    assert reply_status(holder.reply("9", timeout=10)) == "ok"
+    driver.send("push", n=2)
+    assert driver.expect("pushed") == {"step": "pushed", "n": 2, "status": "ok"}
+    assert json.loads(listener.next("from:radar:big"))["n"] == 2  # the refused push never reached Redis
+    driver.send("done")
     driver.finish()

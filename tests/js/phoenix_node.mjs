@@ -181,6 +181,37 @@ const scenarios = {
     socket.disconnect();
   },
 
+  /**
+   * Join TOPIC; on each "push" command push a message of PAD bytes and report its
+   * reply (a push that no reply answers times out after 2 s); report every open, close
+   * and join reply until told "done".
+   */
+  async refusedPush() {
+    let opens = 0, joins = 0;
+    const { token, id } = await mintToken("system");
+    const socket = new Socket(socketUrl(), { ...transport, params: { userToken: token } });
+    socket.onOpen(() => report("open", { count: ++opens }));
+    socket.onClose(event => report("close", { code: event.code }));
+    const channel = socket.channel(TOPIC, { token: (await mintToken(TOPIC, id)).token });
+    channel.join()
+      .receive("ok", () => report("join", { count: ++joins, status: "ok" }))
+      .receive("error", response => report("join", { count: ++joins, status: "error", response }));
+    socket.connect();
+    const pad = "p".repeat(Number(process.env.PAD));
+    let pushes = command("push");
+    const done = command("done");
+    while (true) {
+      const next = await Promise.race([pushes, done]);
+      if (next.command === "done") break;
+      channel.push("big", { n: next.n, pad }, 2000)
+        .receive("ok", () => report("pushed", { n: next.n, status: "ok" }))
+        .receive("error", response => report("pushed", { n: next.n, status: "error", response }))
+        .receive("timeout", () => report("pushed", { n: next.n, status: "timeout" }));
+      pushes = command("push");
+    }
+    socket.disconnect();
+  },
+
   /** Join TOPIC; report every message but replies; push on "push" commands until "done". */
   async listen() {
     const { socket, id } = await connectAs();
