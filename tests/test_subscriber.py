@@ -22,7 +22,7 @@ from twisted.internet import main, reactor, tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from tangram_channel import bus, outputlimit
 from tangram_channel.bus import FEED_BYTES, RedisBridge, RedisURL, _Subscriber, _Watch
@@ -138,7 +138,7 @@ def bridge_under_to_all(clock: Clock) -> tuple[RedisBridge, list[list[tuple[str,
 
 def test_messages_no_topic_here_watches_are_dropped_as_read_and_take_no_room() -> None:
     """Under ``to:*`` a worker reads every topic's messages; only its own are queued, as ``(topic, event, payload)``."""
-    clock = Clock()
+    clock = MemoryReactorClock()
     bridge, handed = bridge_under_to_all(clock)
     for topic in ("mine", "a:b"):
         bridge._watched[topic] = _Watch(topic_pattern(topic))
@@ -163,7 +163,7 @@ def test_messages_no_topic_here_watches_are_dropped_as_read_and_take_no_room() -
 
 
 def test_a_channels_route_is_remembered_within_a_cap_until_a_topic_is_first_watched_or_last_unwatched() -> None:
-    clock = Clock()
+    clock = MemoryReactorClock()
     bridge, handed = bridge_under_to_all(clock)
 
     def read(channel: bytes = b"to:room:tick") -> None:
@@ -186,7 +186,7 @@ def test_a_channels_route_is_remembered_within_a_cap_until_a_topic_is_first_watc
 
 def test_a_read_larger_than_a_slice_is_handed_on_a_slice_a_turn() -> None:
     """The messages of one read are queued in chunks of a slice: a 4 MiB read is not handed on in one turn."""
-    clock = Clock()
+    clock = MemoryReactorClock()
     bridge, handed = bridge_under_to_all(clock)
     bridge._watched["mine"] = _Watch(topic_pattern("mine"))
     message = b'{"pad":"%s"}' % (b"x" * 990)  # 1,000 bytes
@@ -557,7 +557,7 @@ def test_a_clock_set_back_restarts_the_weighing_of_the_service_cpu() -> None:
 
 
 def test_metrics_say_whether_a_busy_stream_rests_between_reads() -> None:
-    bridge = RedisBridge(Clock(), RedisURL("redis://127.0.0.1:1"), timeout=5, read_delay=0.001)
+    bridge = RedisBridge(MemoryReactorClock(), RedisURL("redis://127.0.0.1:1"), timeout=5, read_delay=0.001)
     registry = bridge.metrics.registry
     assert registry.get_sample_value("tangram_channel_redis_reads_gathered") == 0
     bridge._pending.busy = True
