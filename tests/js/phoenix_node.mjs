@@ -183,8 +183,8 @@ const scenarios = {
 
   /**
    * Join TOPIC; on each "push" command push a message of PAD bytes and report its
-   * reply (a push that no reply answers times out after 2 s); report every open, close
-   * and join reply until told "done".
+   * reply (a push that no reply answers times out after 5 s, well after a reconnect and
+   * a rejoin); report every open, close and join reply until told "done".
    */
   async refusedPush() {
     let opens = 0, joins = 0;
@@ -203,7 +203,7 @@ const scenarios = {
     while (true) {
       const next = await Promise.race([pushes, done]);
       if (next.command === "done") break;
-      channel.push("big", { n: next.n, pad }, 2000)
+      channel.push("big", { n: next.n, pad }, 5000)
         .receive("ok", () => report("pushed", { n: next.n, status: "ok" }))
         .receive("error", response => report("pushed", { n: next.n, status: "error", response }))
         .receive("timeout", () => report("pushed", { n: next.n, status: "timeout" }));
