@@ -31,6 +31,24 @@ async function joinTopic(socket, id, topic = TOPIC) {
   return { channel, reply: await join(channel) };
 }
 
+/**
+ * A socket that reports every open and close, and its TOPIC channel, joining, that
+ * reports every join reply (rejoins included): not connected yet, so that handlers
+ * can be added first.
+ */
+async function reportingJoin() {
+  const counts = { open: 0, join: 0 };
+  const { token, id } = await mintToken("system");
+  const socket = new Socket(socketUrl(), { ...transport, params: { userToken: token } });
+  socket.onOpen(() => report("open", { count: ++counts.open }));
+  socket.onClose(event => report("close", { code: event.code }));
+  const channel = socket.channel(TOPIC, { token: (await mintToken(TOPIC, id)).token });
+  channel.join()
+    .receive("ok", () => report("join", { count: ++counts.join, status: "ok" }))
+    .receive("error", response => report("join", { count: ++counts.join, status: "error", response }));
+  return { socket, channel };
+}
+
 const scenarios = {
   /** Join, one JSON and one binary broadcast from Redis, one JSON and one binary push. */
   async basic() {
@@ -164,18 +182,10 @@ const scenarios = {
 
   /** Report every open, close, join reply, presence_state and broadcast until told "done". */
   async restart() {
-    const counts = { open: 0, join: 0, presence_state: 0, broadcast: 0 };
-    const { token, id } = await mintToken("system");
-    const socket = new Socket(socketUrl(), { ...transport, params: { userToken: token } });
-    socket.onOpen(() => report("open", { count: ++counts.open }));
-    socket.onClose(event => report("close", { code: event.code }));
-    const { token: topicToken } = await mintToken(TOPIC, id);
-    const channel = socket.channel(TOPIC, { token: topicToken });
+    const counts = { presence_state: 0, broadcast: 0 };
+    const { socket, channel } = await reportingJoin();
     channel.on("presence_state", state => report("presence_state", { count: ++counts.presence_state, keys: Object.keys(state) }));
     channel.on("news", payload => report("broadcast", { count: ++counts.broadcast, payload }));
-    channel.join()
-      .receive("ok", () => report("join", { count: ++counts.join, status: "ok" }))
-      .receive("error", response => report("join", { count: ++counts.join, status: "error", response }));
     socket.connect();
     await command("done");
     socket.disconnect();
@@ -187,15 +197,7 @@ const scenarios = {
    * a rejoin); report every open, close and join reply until told "done".
    */
   async refusedPush() {
-    let opens = 0, joins = 0;
-    const { token, id } = await mintToken("system");
-    const socket = new Socket(socketUrl(), { ...transport, params: { userToken: token } });
-    socket.onOpen(() => report("open", { count: ++opens }));
-    socket.onClose(event => report("close", { code: event.code }));
-    const channel = socket.channel(TOPIC, { token: (await mintToken(TOPIC, id)).token });
-    channel.join()
-      .receive("ok", () => report("join", { count: ++joins, status: "ok" }))
-      .receive("error", response => report("join", { count: ++joins, status: "error", response }));
+    const { socket, channel } = await reportingJoin();
     socket.connect();
     const pad = "p".repeat(Number(process.env.PAD));
     let pushes = command("push");
