@@ -45,12 +45,14 @@ def cpu_per_cycle(work: Callable[[], object], seconds: float, sleep: float) -> f
 
 
 def spread_objects(count: int, heap: int) -> list[dict[str, Any]]:
-    """``count`` of ``heap`` small dicts made in order and picked at random: each on its own pages."""
+    """``count`` of ``heap`` small dicts made in order and picked at random: spread over the heap's pages."""
     made: list[dict[str, Any]] = [{"n": i, "name": str(i), "pair": [i, i + 1]} for i in range(heap)]
     return random.sample(made, count)
 
 
 def touching(objects: list[dict[str, Any]]) -> Callable[[], object]:
+    """Python that reads two fields of each of ``objects``, as a message's path reads its member's."""
+
     def touch() -> int:
         total = 0
         for item in objects:
